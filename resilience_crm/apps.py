@@ -1,0 +1,10 @@
+from django.apps import AppConfig
+
+
+class ResilienceCrmConfig(AppConfig):
+    name = "resilience_crm"
+    verbose_name = "Resilience"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from resilience_crm import checks, receivers  # noqa: F401  (registers checks and receivers)

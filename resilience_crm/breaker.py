@@ -1,0 +1,299 @@
+"""A circuit breaker as one worker process sees it: a local snapshot in front of a shared store.
+
+The hot path is local. While the snapshot is younger than ``SNAPSHOT_TTL`` a closed circuit
+lets calls through and counts their successes in memory, and an open one rejects them, with
+no network or database call. Failures, slow calls and half-open trials go to the store at
+once, carrying the successes counted since the last step, so one store call does both.
+
+The store reports every transition to the one caller whose step made it; that caller sends
+``circuit_transition``, so each transition is announced once across the cluster. When the
+shared store cannot be reached the breaker carries on with a per-process store for
+``STORE_RETRY_INTERVAL`` seconds, then tries the shared one again.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from django.utils.module_loading import import_string
+
+from resilience_crm import core, metrics
+from resilience_crm.exceptions import CircuitOpenError, StoreUnavailable
+from resilience_crm.signals import circuit_transition
+from resilience_crm.stores.base import BaseStore
+from resilience_crm.stores.memory import MemoryStore
+
+logger = logging.getLogger("resilience_crm.breaker")
+
+T = TypeVar("T")
+
+#: Successes counted locally before they are sent to the store even if the snapshot is fresh.
+SUCCESS_BATCH = 100
+#: Seconds between attempts to write transition events buffered while the database was down.
+EVENT_FLUSH_INTERVAL = 5.0
+
+
+@dataclass(frozen=True)
+class Permit:
+    """Leave to make one call: the generation it was granted in and, in half-open, its lease."""
+
+    generation: int
+    id: str = ""
+    state: str = core.CLOSED
+
+
+class Breaker:
+    def __init__(
+        self,
+        name: str,
+        config: core.Config,
+        store: BaseStore,
+        *,
+        snapshot_ttl: float = 0.5,
+        retry_interval: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.store = store
+        self.snapshot_ttl = snapshot_ttl
+        self.retry_interval = retry_interval
+        self._clock = clock
+        self._monotonic = monotonic
+        self._rand = rand
+        self._step_config = config.as_step_config()
+        self._record_on = _exception_classes(config.record_exceptions) or (Exception,)
+        self._ignore = _exception_classes(config.ignore_exceptions)
+        self._lock = threading.Lock()
+        self._view: dict[str, Any] | None = None
+        self._fetched = float("-inf")
+        self._offset_ms = 0
+        self._pending: dict[int, int] = {}
+        self._pending_total = 0
+        self._fallback: MemoryStore | None = None
+        self._fallback_until = 0.0
+        self._last_event_flush = float("-inf")
+
+    def __repr__(self) -> str:
+        return f"<Breaker {self.name!r} {self._view['state'] if self._view else '?'}>"
+
+    # The calls a protected operation makes.
+
+    def allow(self) -> Permit:
+        """A permit for one call, or :class:`CircuitOpenError`. No I/O while the view is fresh."""
+        view = self._view
+        if view is not None and self._monotonic() - self._fetched < self.snapshot_ttl:
+            state = view["state"]
+            if state in core.PASSING:
+                return Permit(view["gen"], "", state)
+            if state in (core.OPEN, core.FORCED_OPEN):
+                wait_ms = view["until"] - self._server_now_ms()
+                if view["until"] == 0 or wait_ms > 0:
+                    metrics.inc("calls", circuit=self.name, outcome="rejected")
+                    retry_after = _seconds(wait_ms) if view["until"] else None
+                    raise CircuitOpenError(retry_after=retry_after, circuit=self.name)
+        result = self._step(self._take_pending(), "acquire", {"permit": uuid.uuid4().hex})
+        if result["allowed"]:
+            return Permit(result["gen"], result["permit"], result["state"])
+        metrics.inc("calls", circuit=self.name, outcome="rejected")
+        raise CircuitOpenError(retry_after=_seconds(result["retry_after"]), circuit=self.name)
+
+    def record(self, permit: Permit, outcome: str) -> None:
+        """Count the outcome of a call made under ``permit``."""
+        metrics.inc("calls", circuit=self.name, outcome=outcome)
+        if permit.state == core.DISABLED:
+            return
+        if outcome == core.SUCCESS and not permit.id:
+            with self._lock:
+                self._pending[permit.generation] = self._pending.get(permit.generation, 0) + 1
+                self._pending_total += 1
+                full = self._pending_total >= SUCCESS_BATCH
+            if full:
+                self._step(self._take_pending())
+            return
+        self._step([*self._take_pending(), [permit.generation, outcome, 1, permit.id]])
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn`` under the breaker, with no fallback: raises what it raises, or
+        :class:`CircuitOpenError` without running it."""
+        permit = self.allow()
+        started = self._monotonic()
+        try:
+            value = fn(*args, **kwargs)
+        except Exception as exc:
+            self.record(permit, core.FAILURE if self.is_failure(exc) else core.SUCCESS)
+            raise
+        slow = self._monotonic() - started >= self.config.slow_call_duration
+        self.record(permit, core.SLOW if slow else core.SUCCESS)
+        return value
+
+    def is_failure(self, exc: BaseException) -> bool:
+        """Whether ``exc`` counts against the circuit. An exception that does not still counts
+        as a success: the dependency answered."""
+        if isinstance(exc, (CircuitOpenError, *self._ignore)):
+            return False
+        return isinstance(exc, self._record_on)
+
+    # Reading and steering.
+
+    @property
+    def state(self) -> str:
+        """This worker's view of the state, refreshed from the store when older than the TTL."""
+        if self._view is None or self._monotonic() - self._fetched >= self.snapshot_ttl:
+            return str(self._step(self._take_pending())["state"])
+        return str(self._view["state"])
+
+    def snapshot(self) -> dict[str, Any]:
+        """The circuit as the store has it now (one store call)."""
+        view = self._step(self._take_pending())
+        calls, failures = view["calls"], view["failures"]
+        retry_after = None
+        if view["state"] in (core.OPEN, core.FORCED_OPEN) and view["until"]:
+            retry_after = _seconds(view["until"] - view["now"])
+        return {
+            "name": self.name,
+            "state": view["state"],
+            "generation": view["gen"],
+            "calls": calls,
+            "failures": failures,
+            "slow": view["slow"],
+            "failure_rate": failures / calls if calls else 0.0,
+            "opened_at": _datetime(view["opened_at"]),
+            "until": _datetime(view["until"]),
+            "retry_after": retry_after,
+            "store": "local" if self.using_fallback else "shared",
+        }
+
+    def reset(self, actor: Any = None, reason: str = "") -> None:
+        """Close the circuit and forget its counts, in every worker within ``SNAPSHOT_TTL``."""
+        self._set(core.CLOSED, actor, reason or "reset", None)
+
+    def force(self, state: str, actor: Any = None, reason: str = "",
+              until: datetime | None = None) -> None:
+        """Hold the circuit in ``state`` (one of ``core.FORCEABLE``), until ``until`` if given."""
+        if state not in core.FORCEABLE:
+            raise ValueError(f"Cannot force {state!r}; choose one of {', '.join(core.FORCEABLE)}.")
+        self._set(state, actor, reason or f"forced {state}", until)
+
+    @property
+    def using_fallback(self) -> bool:
+        return self._fallback is not None
+
+    # Internals.
+
+    def _set(self, state: str, actor: Any, reason: str, until: datetime | None) -> None:
+        arg = {
+            "state": state,
+            "reason": reason,
+            "actor": str(actor) if actor is not None else "",
+            "until": int(until.timestamp() * 1000) if until else 0,
+        }
+        self._step(self._take_pending(), "set", arg, actor=actor)
+
+    def _take_pending(self) -> list[list[Any]]:
+        with self._lock:
+            if not self._pending_total:
+                return []
+            pending, self._pending, self._pending_total = self._pending, {}, 0
+        return [[gen, core.SUCCESS, count, ""] for gen, count in pending.items()]
+
+    def _server_now_ms(self) -> int:
+        return int(self._clock() * 1000) + self._offset_ms
+
+    def _step(self, entries: Sequence[Sequence[Any]], op: str | None = None,
+              arg: Mapping[str, Any] | None = None, *, actor: Any = None) -> dict[str, Any]:
+        store = self._store_for_step()
+        try:
+            result = store.step(self.name, self._step_config, rand=self._rand(), entries=entries,
+                                op=op, arg=arg)
+        except StoreUnavailable as err:
+            store = self._enter_fallback(err)
+            result = store.step(self.name, self._step_config, rand=self._rand(), entries=entries,
+                                op=op, arg=arg)
+        local = store is self._fallback
+        with self._lock:
+            self._view = result
+            self._fetched = self._monotonic()
+            self._offset_ms = result["now"] - int(self._clock() * 1000)
+        for change in result["transitions"]:
+            self._announce(change, actor if change.get("actor") else None, local)
+        self._flush_events()
+        return result
+
+    def _store_for_step(self) -> BaseStore:
+        if self._fallback is None:
+            return self.store
+        if self._monotonic() < self._fallback_until:
+            return self._fallback
+        logger.info("Circuit %s: trying the shared store again.", self.name)
+        self._fallback = None
+        with self._lock:  # counts made under the local breaker's generations mean nothing there
+            self._pending, self._pending_total = {}, 0
+        return self.store
+
+    def _enter_fallback(self, err: StoreUnavailable) -> MemoryStore:
+        metrics.inc("store_errors", circuit=self.name)
+        if self._fallback is None:
+            logger.warning(
+                "Circuit %s: the shared store is unavailable (%s); this worker uses its own "
+                "breaker for %.1fs.", self.name, err.__cause__ or err, self.retry_interval,
+            )
+            self._fallback = MemoryStore(clock=self._clock)
+            if self._view is not None:
+                seed = core.new_state()
+                seed.update(state=self._view["state"], gen=self._view["gen"],
+                            until=self._view["until"], opened_at=self._view["opened_at"])
+                self._fallback.seed(self.name, seed)
+        self._fallback_until = self._monotonic() + self.retry_interval
+        return self._fallback
+
+    def _announce(self, change: Mapping[str, Any], actor: Any, local: bool) -> None:
+        logger.log(
+            logging.WARNING if change["to"] in (core.OPEN, core.FORCED_OPEN) else logging.INFO,
+            "Circuit %s: %s -> %s (generation %s, %s)%s", self.name, change["from"],
+            change["to"], change["gen"], change["reason"], " [local]" if local else "",
+        )
+        metrics.inc("transitions", circuit=self.name, to_state=change["to"])
+        responses = circuit_transition.send_robust(
+            sender=Breaker, name=self.name, from_state=change["from"], to_state=change["to"],
+            generation=change["gen"], reason=change["reason"], actor=actor,
+            at=_datetime(change["at"]), local=local,
+        )
+        for receiver, response in responses:
+            if isinstance(response, Exception):
+                logger.error("circuit_transition receiver %r failed", receiver,
+                             exc_info=(type(response), response, response.__traceback__))
+
+    def _flush_events(self) -> None:
+        now = self._monotonic()
+        if now - self._last_event_flush < EVENT_FLUSH_INTERVAL:
+            return
+        self._last_event_flush = now
+        try:
+            from resilience_crm import events
+
+            events.flush_pending()
+        except Exception:  # buffered events wait for the next attempt
+            logger.exception("Flushing buffered circuit events failed.")
+
+
+def _exception_classes(paths: Sequence[str]) -> tuple[type[BaseException], ...]:
+    return tuple(import_string(path) for path in paths)
+
+
+def _seconds(ms: float) -> float | None:
+    return max(0.0, ms / 1000) if ms else None
+
+
+def _datetime(ms: float) -> datetime | None:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC) if ms else None

@@ -1,0 +1,146 @@
+"""The ``RESILIENCE_CRM`` settings dict, read lazily and reloaded on ``setting_changed``.
+
+Nothing here copies a value at import time: every read goes through ``settings``, which
+looks the dict up on first use and forgets it when a test or a deployment changes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core.signals import setting_changed
+from django.utils.module_loading import import_string
+
+SETTING_NAME = "RESILIENCE_CRM"
+
+OP_CLASSES = ("read", "write", "rpc", "auth")
+
+#: Breaker settings every circuit starts from; ``CIRCUIT_DEFAULTS`` and ``CIRCUITS`` override them.
+BREAKER_DEFAULTS: dict[str, Any] = {
+    "failure_threshold": 5,
+    "failure_rate_threshold": 0.5,
+    "minimum_calls": 20,
+    "window": 60,
+    "slow_call_duration": 5.0,
+    "slow_call_rate_threshold": 1.0,
+    "reset_timeout": 30,
+    "max_reset_timeout": 600,
+    "half_open_max_calls": 1,
+    "success_threshold": 1,
+    "call_timeout": 10.0,
+    "permit_lease": 30,
+}
+
+DEFAULT_CIRCUITS = ("crm.read", "crm.write", "crm.rpc", "crm.auth")
+
+DEFAULTS: dict[str, Any] = {
+    "STORE": "auto",
+    "CACHE_ALIAS": "default",
+    "DATABASE_ALIAS": None,
+    "CIRCUIT_DEFAULTS": {},
+    "CIRCUITS": {},
+    "TIERS": {
+        "anonymous": {"read": "60/min", "write": "10/min", "rpc": "10/min", "auth": "10/min"},
+        "free": {"read": "120/min", "write": "30/min", "rpc": "30/min", "auth": "20/min"},
+        "pro": {"read": "1200/min", "write": "300/min", "rpc": "300/min", "auth": "60/min"},
+        "enterprise": {
+            "read": "12000/min",
+            "write": "3000/min",
+            "rpc": "3000/min",
+            "auth": "300/min",
+        },
+    },
+    "DEFAULT_TIER": "free",
+    "ANONYMOUS_TIER": "anonymous",
+    "ENDPOINTS": {},
+    "TRUSTED_PROXIES": 0,
+    "FAIL_OPEN": {"read": True, "write": True, "rpc": True, "auth": False},
+    "FALLBACK_TTL": 60,
+    "FALLBACK_STALE_TTL": 3600,
+    "METRICS_RETENTION_DAYS": 30,
+    "SENTRY_ALERTS": True,
+    # How long a worker trusts its local view of a circuit before asking the store again.
+    # Forced states and resets reach every worker within this many seconds.
+    "SNAPSHOT_TTL": 0.5,
+    # After the shared store fails, a worker uses its own in-process breaker for this long
+    # before it tries the store again.
+    "STORE_RETRY_INTERVAL": 5.0,
+}
+
+STORE_ALIASES = {
+    "redis": "resilience_crm.stores.redis.RedisStore",
+    "database": "resilience_crm.stores.database.DatabaseStore",
+    "memory": "resilience_crm.stores.memory.MemoryStore",
+}
+
+
+class ResilienceSettings:
+    """Attribute access to ``RESILIENCE_CRM`` with defaults filled in."""
+
+    def __init__(self) -> None:
+        self._cached: dict[str, Any] | None = None
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        value = getattr(django_settings, SETTING_NAME, None) or {}
+        return value if isinstance(value, dict) else {}
+
+    def _load(self) -> dict[str, Any]:
+        if self._cached is None:
+            merged = dict(DEFAULTS)
+            merged.update(self.user_settings)
+            self._cached = merged
+        return self._cached
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name not in DEFAULTS:
+            raise AttributeError(f"Invalid RESILIENCE_CRM setting: {name!r}")
+        return self._load()[name]
+
+    def reload(self) -> None:
+        self._cached = None
+
+    def circuit_names(self) -> list[str]:
+        names = list(DEFAULT_CIRCUITS)
+        names += [name for name in self.CIRCUITS if name not in names]
+        return names
+
+    def circuit_config(self, name: str) -> dict[str, Any]:
+        """Breaker settings for ``name``: defaults, then ``CIRCUIT_DEFAULTS``, then ``CIRCUITS``."""
+        config = dict(BREAKER_DEFAULTS)
+        config.update(self.CIRCUIT_DEFAULTS or {})
+        config.update((self.CIRCUITS or {}).get(name) or {})
+        return config
+
+    def store_path(self) -> str:
+        """The dotted path of the store class that ``STORE`` selects."""
+        store = self.STORE
+        if store == "auto":
+            store = "redis" if cache_is_redis(self.CACHE_ALIAS) else "database"
+        return STORE_ALIASES.get(store, store)
+
+    def store_class(self) -> type:
+        return import_string(self.store_path())
+
+
+def cache_backend(alias: str) -> str:
+    return str(django_settings.CACHES.get(alias, {}).get("BACKEND", ""))
+
+
+def cache_is_redis(alias: str) -> bool:
+    return cache_backend(alias).startswith("django_redis.")
+
+
+settings = ResilienceSettings()
+
+
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting in (SETTING_NAME, "CACHES", "DATABASES"):
+        settings.reload()
+        from resilience_crm import registry
+
+        registry.clear()
+
+
+setting_changed.connect(_on_setting_changed, dispatch_uid="resilience_crm.conf")

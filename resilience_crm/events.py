@@ -1,0 +1,99 @@
+"""The audit trail of transitions, kept even while the database is down.
+
+:func:`record_transition` writes a ``CircuitEvent`` and moves the circuit's durable state
+forward. When the database does not answer, the event waits in a bounded buffer in this
+process and :func:`flush_pending` writes it when the database is back; the breaker calls
+that every few seconds. Writing the same event twice is harmless: the unique constraint on
+(circuit, generation, to_state) keeps one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from datetime import datetime
+from typing import Any
+
+from django.db import DatabaseError, IntegrityError, router, transaction
+from django.utils import timezone
+
+logger = logging.getLogger("resilience_crm.events")
+
+#: Events kept while the database is down; past this the oldest are dropped, with a warning.
+BUFFER_SIZE = 10_000
+
+_pending: deque[dict[str, Any]] = deque(maxlen=BUFFER_SIZE)
+_lock = threading.Lock()
+
+
+def record_transition(
+    name: str, from_state: str, to_state: str, generation: int, reason: str = "",
+    actor: Any = None, at: datetime | None = None, source: str = "breaker",
+) -> None:
+    event = {
+        "name": name, "from_state": from_state, "to_state": to_state, "generation": generation,
+        "reason": reason[:500], "actor_id": getattr(actor, "pk", None), "source": source,
+        "at": at or timezone.now(),
+    }
+    flush_pending()
+    try:
+        _write(event)
+    except DatabaseError as err:
+        _buffer(event, err)
+
+
+def flush_pending() -> int:
+    """Write buffered events; returns how many were written. Cheap when there are none."""
+    if not _pending:
+        return 0
+    written = 0
+    with _lock:
+        while _pending:
+            event = _pending[0]
+            try:
+                _write(event)
+            except DatabaseError:
+                break
+            _pending.popleft()
+            written += 1
+    if written:
+        logger.info("Wrote %d circuit events buffered while the database was down.", written)
+    return written
+
+
+def pending_count() -> int:
+    return len(_pending)
+
+
+def _buffer(event: dict[str, Any], err: Exception) -> None:
+    with _lock:
+        if len(_pending) == _pending.maxlen:
+            dropped = _pending.popleft()
+            logger.error("Event buffer full; dropped %s", dropped)
+        _pending.append(event)
+    logger.warning(
+        "Circuit %s: could not write the %s -> %s event (%s); buffered (%d waiting).",
+        event["name"], event["from_state"], event["to_state"], err, len(_pending),
+    )
+
+
+def _write(event: dict[str, Any]) -> None:
+    from resilience_crm.models import Circuit, CircuitEvent
+
+    db = router.db_for_write(CircuitEvent)
+    with transaction.atomic(using=db):
+        circuit, _ = Circuit.objects.using(db).get_or_create(name=event["name"])
+        Circuit.objects.using(db).filter(
+            pk=circuit.pk, generation__lt=event["generation"]
+        ).update(state=event["to_state"], generation=event["generation"])
+        try:
+            with transaction.atomic(using=db):
+                CircuitEvent.objects.using(db).create(
+                    circuit=circuit, generation=event["generation"],
+                    from_state=event["from_state"], to_state=event["to_state"],
+                    reason=event["reason"], source=event["source"], actor_id=event["actor_id"],
+                    created_at=event["at"],
+                )
+        except IntegrityError:
+            pass  # already written: by this buffer's earlier attempt, or the database store

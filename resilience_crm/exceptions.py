@@ -1,0 +1,57 @@
+"""Every error the app raises: one base class, a stable ``code`` and a message for users."""
+
+from __future__ import annotations
+
+
+class ResilienceError(Exception):
+    """Base class. ``code`` is stable and machine-readable; ``message`` is safe to show users."""
+
+    code = "RESILIENCE_ERROR"
+    default_message = "The service is temporarily unavailable. Please try again shortly."
+    status = 503
+
+    def __init__(self, message: str | None = None, *, retry_after: float | None = None,
+                 circuit: str | None = None) -> None:
+        self.message = message or self.default_message
+        self.retry_after = retry_after
+        self.circuit = circuit
+        super().__init__(self.message)
+
+
+class CircuitOpenError(ResilienceError):
+    """The circuit rejects calls; never retried."""
+
+    code = "CIRCUIT_OPEN"
+    default_message = (
+        "This part of the service is recovering from errors. Please try again shortly."
+    )
+
+
+class RateLimited(ResilienceError):
+    code = "RATE_LIMITED"
+    default_message = "Too many requests. Please slow down."
+    status = 429
+
+
+class OperationTimeout(ResilienceError):
+    code = "TIMEOUT"
+    default_message = "The operation took too long and was stopped."
+    status = 504
+
+
+class RetriesExhausted(ResilienceError):
+    code = "RETRIES_EXHAUSTED"
+    default_message = "The operation kept failing after several attempts."
+
+
+class StoreUnavailable(ResilienceError):
+    """The shared breaker or rate-limit store could not be reached."""
+
+    code = "STORE_UNAVAILABLE"
+    default_message = "A backing service is unreachable."
+
+
+class ConfigurationError(ResilienceError):
+    code = "CONFIGURATION_ERROR"
+    default_message = "The resilience settings are invalid."
+    status = 500

@@ -1,0 +1,188 @@
+"""Durable records: circuits and their audit trail, metrics, tiers, and queued writes."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models.functions import Now
+
+from resilience_crm import core
+
+STATE_CHOICES = [(state, state.replace("_", " ")) for state in core.STATES]
+
+
+class Circuit(models.Model):
+    """A circuit's configuration overrides, forced state and durable state.
+
+    ``state`` and ``generation`` record the last transition; with the database store ``live``
+    and ``version`` also hold the live state, changed only by compare-and-set.
+    """
+
+    name = models.CharField(max_length=200, unique=True)
+    state = models.CharField(max_length=20, choices=STATE_CHOICES, default=core.CLOSED)
+    generation = models.BigIntegerField(default=0)
+    config = models.JSONField(
+        default=dict, blank=True,
+        help_text="Breaker settings that override RESILIENCE_CRM for this circuit.",
+    )
+    forced_state = models.CharField(max_length=20, choices=STATE_CHOICES, blank=True)
+    forced_reason = models.CharField(max_length=500, blank=True)
+    forced_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+        related_name="+",
+    )
+    forced_until = models.DateTimeField(null=True, blank=True)
+    live = models.JSONField(default=dict, blank=True, editable=False)
+    version = models.BigIntegerField(default=0, editable=False)
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        permissions = [
+            ("reset_circuit", "Can reset circuits"),
+            ("force_open_circuit", "Can force circuits open"),
+            ("force_closed_circuit", "Can force circuits closed"),
+            ("disable_circuit", "Can disable circuits"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        if not isinstance(self.config, dict):
+            raise ValidationError({"config": "Must be a JSON object of breaker settings."})
+        errors = core.config_errors(self.config)
+        if errors:
+            raise ValidationError({"config": [f"{key} {message}" for key, message in errors]})
+
+
+class CircuitEvent(models.Model):
+    """One transition of one circuit: the audit trail, exactly one row per transition."""
+
+    class Source(models.TextChoices):
+        BREAKER = "breaker", "breaker"
+        ADMIN = "admin", "admin"
+        COMMAND = "command", "command"
+        LOCAL = "local", "local breaker (store unavailable)"
+
+    circuit = models.ForeignKey(Circuit, on_delete=models.CASCADE, related_name="events")
+    generation = models.BigIntegerField()
+    from_state = models.CharField(max_length=20, choices=STATE_CHOICES)
+    to_state = models.CharField(max_length=20, choices=STATE_CHOICES)
+    reason = models.CharField(max_length=500, blank=True)
+    source = models.CharField(max_length=20, choices=Source.choices, default=Source.BREAKER)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        ordering = ["-created_at", "-generation"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["circuit", "generation", "to_state"], name="resilience_event_once"
+            )
+        ]
+        indexes = [models.Index(fields=["circuit", "-created_at"]), models.Index(fields=["to_state"])]
+
+    def __str__(self) -> str:
+        return f"{self.circuit}: {self.from_state} -> {self.to_state} (#{self.generation})"
+
+
+class CircuitMetric(models.Model):
+    """Call counts of one circuit over one minute."""
+
+    circuit = models.ForeignKey(Circuit, on_delete=models.CASCADE, related_name="metrics")
+    bucket = models.DateTimeField(help_text="The start of the minute.")
+    calls = models.PositiveBigIntegerField(default=0)
+    successes = models.PositiveBigIntegerField(default=0)
+    failures = models.PositiveBigIntegerField(default=0)
+    slow = models.PositiveBigIntegerField(default=0)
+    timeouts = models.PositiveBigIntegerField(default=0)
+    rejected = models.PositiveBigIntegerField(default=0)
+    fallbacks = models.PositiveBigIntegerField(default=0)
+    latency_sum_ms = models.FloatField(default=0)
+    latency_max_ms = models.FloatField(default=0)
+
+    class Meta:
+        ordering = ["-bucket"]
+        constraints = [
+            models.UniqueConstraint(fields=["circuit", "bucket"], name="resilience_metric_bucket")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.circuit} @ {self.bucket:%Y-%m-%d %H:%M}"
+
+
+class Tier(models.Model):
+    """A rate-limit tier: ``limits`` maps op class to a rate or a list of rates."""
+
+    name = models.CharField(max_length=50, unique=True)
+    limits = models.JSONField(default=dict, blank=True)
+    description = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        from resilience_crm.conf import OP_CLASSES
+        from resilience_crm.rates import parse_rates
+
+        if not isinstance(self.limits, dict):
+            raise ValidationError({"limits": "Must be a JSON object of op class -> rate."})
+        problems = []
+        for op_class, rates in self.limits.items():
+            if op_class not in OP_CLASSES:
+                problems.append(f"{op_class!r} is not an op class ({', '.join(OP_CLASSES)}).")
+                continue
+            try:
+                parse_rates(rates)
+            except (TypeError, ValueError) as err:
+                problems.append(f"{op_class}: {err}")
+        if problems:
+            raise ValidationError({"limits": problems})
+
+
+class TierAssignment(models.Model):
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="resilience_tier"
+    )
+    tier = models.ForeignKey(Tier, on_delete=models.PROTECT, related_name="assignments")
+
+    def __str__(self) -> str:
+        return f"{self.user} -> {self.tier}"
+
+
+class QueuedWrite(models.Model):
+    """A write taken while its circuit was open, replayed once by its handler."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "pending"
+        APPLYING = "applying", "applying"
+        APPLIED = "applied", "applied"
+        FAILED = "failed", "failed"
+        DEAD = "dead", "dead letter"
+
+    name = models.CharField(max_length=200, help_text="The write handler's name.")
+    idempotency_key = models.CharField(max_length=255, unique=True)
+    payload = models.JSONField(default=dict)
+    payload_hash = models.CharField(max_length=64)
+    state = models.CharField(max_length=20, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(db_default=Now())
+    updated_at = models.DateTimeField(auto_now=True)
+    applied_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        indexes = [models.Index(fields=["state", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.name} [{self.idempotency_key}] {self.state}"

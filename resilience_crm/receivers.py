@@ -1,0 +1,52 @@
+"""The app's own signal receivers, connected in ``AppConfig.ready``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from django.db.models.signals import post_migrate, post_save
+from django.dispatch import receiver
+
+from resilience_crm import alerts, events, registry
+from resilience_crm.conf import settings
+from resilience_crm.signals import circuit_transition
+
+
+@receiver(circuit_transition, dispatch_uid="resilience_crm.record_event")
+def record_event(sender: Any, name: str, from_state: str, to_state: str, generation: int,
+                 reason: str = "", actor: Any = None, local: bool = False, **kwargs: Any) -> None:
+    source = "local" if local else kwargs.get("source") or ("admin" if actor else "breaker")
+    events.record_transition(name, from_state, to_state, generation, reason,
+                             actor=actor if getattr(actor, "pk", None) else None,
+                             at=kwargs.get("at"), source=source)
+
+
+@receiver(circuit_transition, dispatch_uid="resilience_crm.send_alert")
+def send_alert(sender: Any, name: str, from_state: str, to_state: str, generation: int,
+               reason: str = "", local: bool = False, **kwargs: Any) -> None:
+    alerts.send_alert(name, from_state, to_state, generation, reason, local=local)
+
+
+@receiver(post_migrate, dispatch_uid="resilience_crm.create_rows")
+def create_rows(sender: Any, using: str = "default", **kwargs: Any) -> None:
+    """A row for every configured circuit and tier; existing rows, and edits, are kept."""
+    if sender.name != "resilience_crm":
+        return
+    from resilience_crm.models import Circuit, Tier
+
+    if not isinstance(settings.TIERS, dict):
+        return
+    for name in settings.circuit_names():
+        Circuit.objects.using(using).get_or_create(name=name)
+    for name, limits in settings.TIERS.items():
+        Tier.objects.using(using).get_or_create(
+            name=name, defaults={"limits": limits if isinstance(limits, dict) else {}}
+        )
+
+
+@receiver(post_save, sender="resilience_crm.Circuit", dispatch_uid="resilience_crm.config_saved")
+def config_saved(sender: Any, instance: Any, update_fields: Any = None, **kwargs: Any) -> None:
+    """A circuit's overrides changed in the admin: rebuild this process's breakers."""
+    if update_fields is None or "config" in update_fields:
+        transaction.on_commit(registry.clear, using=kwargs.get("using"))

@@ -1,0 +1,76 @@
+"""One :class:`~resilience_crm.breaker.Breaker` per circuit name in each process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from resilience_crm.breaker import Breaker
+from resilience_crm.conf import settings
+from resilience_crm.core import Config
+from resilience_crm.stores.base import BaseStore
+
+logger = logging.getLogger("resilience_crm.registry")
+
+_breakers: dict[str, Breaker] = {}
+_store: BaseStore | None = None
+_lock = threading.RLock()
+
+
+def get_store() -> BaseStore:
+    """The shared store that ``RESILIENCE_CRM["STORE"]`` selects, built once per process."""
+    global _store
+    if _store is None:
+        with _lock:
+            if _store is None:
+                _store = settings.store_class()()
+    return _store
+
+
+def get_breaker(name: str) -> Breaker:
+    breaker = _breakers.get(name)
+    if breaker is None:
+        with _lock:
+            breaker = _breakers.get(name)
+            if breaker is None:
+                breaker = Breaker(
+                    name,
+                    Config.from_mapping(settings.circuit_config(name) | _overrides(name)),
+                    get_store(),
+                    snapshot_ttl=settings.SNAPSHOT_TTL,
+                    retry_interval=settings.STORE_RETRY_INTERVAL,
+                )
+                _breakers[name] = breaker
+    return breaker
+
+
+def all_breakers() -> list[Breaker]:
+    """A breaker for every configured circuit, in settings order."""
+    return [get_breaker(name) for name in settings.circuit_names()]
+
+
+def clear() -> None:
+    """Forget every breaker and the store; the next use rebuilds them from settings."""
+    global _store
+    with _lock:
+        _breakers.clear()
+        _store = None
+
+
+def _overrides(name: str) -> dict[str, Any]:
+    """Settings an operator saved on the circuit's row in the admin; none if the database
+    is down."""
+    try:
+        from resilience_crm.models import Circuit
+
+        config = Circuit.objects.filter(name=name).values_list("config", flat=True).first()
+    except Exception as err:  # the database may be the thing that is down
+        logger.warning("Circuit %s: could not read overrides from the database (%s).", name, err)
+        return {}
+    return dict(config or {})
+
+
+# A forked worker must not share its parent's pending counts or snapshots.
+os.register_at_fork(after_in_child=clear)

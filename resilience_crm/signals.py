@@ -1,0 +1,15 @@
+"""Public signals."""
+
+from django.dispatch import Signal
+
+#: Sent exactly once per breaker transition across every process sharing the store, by the
+#: process whose store step made the transition.
+#:
+#: ``sender``: the :class:`resilience_crm.breaker.Breaker` class.
+#: ``name``: the circuit's name, e.g. ``"crm.read"``.
+#: ``from_state`` / ``to_state``: state names, as in ``resilience_crm.core.STATES``.
+#: ``generation``: the circuit's generation after the transition; it grows by one per transition.
+#: ``reason``: why, e.g. ``"consecutive_failures"``, ``"failure_rate"``, ``"reset"``.
+#: ``actor``: the user (or ``None``) behind a manual reset or forced state.
+#: ``local``: ``True`` when the shared store was unreachable and a per-process breaker made it.
+circuit_transition = Signal()

@@ -1,0 +1,1 @@
+"""Stores apply one breaker step atomically; see :class:`resilience_crm.stores.base.BaseStore`."""

@@ -1,0 +1,82 @@
+"""A local HTTP server standing in for Sentry's ingest endpoint.
+
+Point ``sentry_sdk.init(dsn=server.dsn)`` at it; it decodes each envelope the SDK posts
+(gzip or brotli as the Content-Encoding says) and keeps the event payloads.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+def parse_envelope(body: bytes) -> list[tuple[dict[str, Any], bytes]]:
+    """The (item header, payload) pairs of a Sentry envelope."""
+    items = []
+    _, _, rest = body.partition(b"\n")  # the envelope header
+    while rest.strip():
+        line, _, rest = rest.partition(b"\n")
+        if not line.strip():
+            continue
+        header = json.loads(line)
+        length = header.get("length")
+        if length is None:
+            payload, _, rest = rest.partition(b"\n")
+        else:
+            payload, rest = rest[:length], rest[length + 1:]
+        items.append((header, payload))
+    return items
+
+
+class SentryServer:
+    def __init__(self) -> None:
+        self._events: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                encoding = (self.headers.get("Content-Encoding") or "").lower()
+                if encoding == "gzip":
+                    body = gzip.decompress(body)
+                elif encoding == "deflate":
+                    body = zlib.decompress(body)
+                elif encoding == "br":
+                    import brotli
+
+                    body = brotli.decompress(body)
+                for header, payload in parse_envelope(body):
+                    if header.get("type") == "event":
+                        with server._lock:
+                            server._events.append(json.loads(payload))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def dsn(self) -> str:
+        return f"http://public@127.0.0.1:{self._httpd.server_address[1]}/1"
+
+    def events(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._events)
+
+    def __enter__(self) -> SentryServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()

@@ -1,0 +1,578 @@
+"""System checks on ``RESILIENCE_CRM``: one or more tests per check id."""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from typing import Any
+
+import pytest
+from django.core.checks import ERROR, CheckMessage, run_checks
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+
+from resilience_crm import checks, conf
+from resilience_crm.stores.memory import MemoryStore
+
+LOCMEM = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+DUMMY = {"default": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}}
+REDIS = {"default": {"BACKEND": "django_redis.cache.RedisCache",
+                     "LOCATION": "redis://127.0.0.1:1/0"}}  # never connected to by a check
+
+
+def run(settings: Any, **config: Any) -> list[CheckMessage]:
+    """Every resilience_crm check's messages with ``RESILIENCE_CRM = config``."""
+    settings.RESILIENCE_CRM = config
+    return run_checks(tags=[checks.TAG])
+
+
+def ids(messages: list[CheckMessage]) -> set[str]:
+    return {message.id for message in messages if message.id}
+
+
+def error_ids(messages: list[CheckMessage]) -> set[str]:
+    return {message.id for message in messages if message.level >= ERROR and message.id}
+
+
+def only(messages: list[CheckMessage], code: str) -> CheckMessage:
+    """The single message with id ``code``."""
+    found = [message for message in messages if message.id == code]
+    assert len(found) == 1, messages
+    return found[0]
+
+
+class NotSharedStore(MemoryStore):
+    shared = False
+
+
+class NotAStore:
+    pass
+
+
+# The defaults ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", [None, {}, dict(conf.DEFAULTS)])
+def test_default_configuration_has_no_errors(settings: Any, config: Any) -> None:
+    settings.CACHES = LOCMEM
+    settings.RESILIENCE_CRM = config
+    assert error_ids(run_checks(tags=[checks.TAG])) == set()
+
+
+def test_default_configuration_has_no_warnings_with_redis_in_production(settings: Any) -> None:
+    settings.CACHES = REDIS
+    settings.DEBUG = False
+    assert run(settings) == []
+
+
+def test_unset_setting_is_fine(settings: Any) -> None:
+    del settings.RESILIENCE_CRM
+    assert error_ids(run_checks(tags=[checks.TAG])) == set()
+
+
+def test_checks_run_with_manage_py_check(settings: Any) -> None:
+    settings.RESILIENCE_CRM = {"TIERS": {"free": {"read": "lots/min"}}}
+    with pytest.raises(SystemCheckError) as info:
+        call_command("check")
+    text = str(info.value)
+    assert checks.Codes.RATE_INVALID in text
+    assert 'RESILIENCE_CRM["TIERS"]["free"]["read"]' in text
+    assert "'lots/min' is not a rate" in text
+
+
+def test_manage_py_check_with_the_tag(settings: Any) -> None:
+    settings.RESILIENCE_CRM = {"STORE": "postgres"}
+    with pytest.raises(SystemCheckError, match=r'RESILIENCE_CRM\["STORE"\]'):
+        call_command("check", "--tag", checks.TAG)
+
+
+# E001 / E002: the dict and its keys --------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [["STORE", "redis"], "redis", 42])
+def test_e001_setting_not_a_dict(settings: Any, value: Any) -> None:
+    settings.RESILIENCE_CRM = value
+    messages = run_checks(tags=[checks.TAG])
+    assert ids(messages) == {checks.Codes.SETTING_NOT_DICT}
+    assert type(value).__name__ in messages[0].msg
+
+
+def test_e002_unknown_key_suggests_the_closest(settings: Any) -> None:
+    messages = run(settings, FAIL_OPN={"read": True}, FALLBACK_TTL=10)
+    assert error_ids(messages) == {checks.Codes.UNKNOWN_KEY}
+    error = only(messages, checks.Codes.UNKNOWN_KEY)
+    assert error.msg == 'RESILIENCE_CRM["FAIL_OPN"] is not a resilience_crm setting.'
+    assert error.hint.startswith("Did you mean 'FAIL_OPEN'? Valid keys: STORE, CACHE_ALIAS,")
+
+
+def test_e002_unknown_key_in_lower_case(settings: Any) -> None:
+    error = only(run(settings, store="redis"), checks.Codes.UNKNOWN_KEY)
+    assert "Did you mean 'STORE'?" in error.hint
+
+
+def test_e002_unknown_key_without_a_close_match(settings: Any) -> None:
+    error = only(run(settings, ZEBRA=1), checks.Codes.UNKNOWN_KEY)
+    assert error.hint.startswith("Valid keys: STORE,")
+    assert "SNAPSHOT_TTL" in error.hint
+
+
+# E003 - E006: rate limits ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "path"),
+    [
+        ({"TIERS": ["free", "pro"]}, 'RESILIENCE_CRM["TIERS"] must be a dict'),
+        ({"TIERS": None}, 'RESILIENCE_CRM["TIERS"] must be a dict'),
+        ({"TIERS": {"free": "100/min", "anonymous": {}}}, 'RESILIENCE_CRM["TIERS"]["free"]'),
+        ({"TIERS": {1: {}, "free": {}, "anonymous": {}}},
+         'RESILIENCE_CRM["TIERS"] must be keyed by strings, not the int key 1.'),
+        ({"ENDPOINTS": "contact-list"}, 'RESILIENCE_CRM["ENDPOINTS"] must be a dict'),
+        ({"ENDPOINTS": {"contact-list": ["10/s"]}}, 'RESILIENCE_CRM["ENDPOINTS"]["contact-list"]'),
+    ],
+)
+def test_e003_limits_shape(settings: Any, config: dict[str, Any], path: str) -> None:
+    messages = run(settings, **config)
+    assert checks.Codes.LIMITS_SHAPE in error_ids(messages)
+    assert any(path in message.msg for message in messages if message.id.endswith("E003"))
+
+
+def test_e003_tiers_not_a_dict_skips_the_tier_names(settings: Any) -> None:
+    assert error_ids(run(settings, TIERS=["free"])) == {checks.Codes.LIMITS_SHAPE}
+
+
+@pytest.mark.parametrize(
+    ("config", "path", "detail"),
+    [
+        ({"TIERS": {"free": {"read": "100/fortnight"}, "anonymous": {}}},
+         'RESILIENCE_CRM["TIERS"]["free"]["read"]', "unknown unit 'fortnight'"),
+        ({"TIERS": {"free": {"write": ["5/s", "0/min"]}, "anonymous": {}}},
+         'RESILIENCE_CRM["TIERS"]["free"]["write"]', "'0/min': the number of requests"),
+        ({"TIERS": {"free": {"rpc": 100}, "anonymous": {}}},
+         'RESILIENCE_CRM["TIERS"]["free"]["rpc"]', "rates must be a string"),
+        ({"ENDPOINTS": {"contact-list": {"read": "ten/s"}}},
+         'RESILIENCE_CRM["ENDPOINTS"]["contact-list"]["read"]', "'ten/s' is not a rate"),
+        ({"ENDPOINTS": {"contact-list": {"auth": ["1/s", {"n": 1}]}}},
+         'RESILIENCE_CRM["ENDPOINTS"]["contact-list"]["auth"]', "a rate must be a string"),
+    ],
+)
+def test_e004_malformed_rate(settings: Any, config: dict[str, Any], path: str,
+                             detail: str) -> None:
+    messages = run(settings, **config)
+    assert error_ids(messages) == {checks.Codes.RATE_INVALID}
+    error = only(messages, checks.Codes.RATE_INVALID)
+    assert error.msg.startswith(f"{path} is not a valid rate: ")
+    assert detail in error.msg
+
+
+def test_e004_good_rates_pass(settings: Any) -> None:
+    messages = run(settings,
+                   TIERS={"free": {"read": ["10/s", "100/5min"], "write": None},
+                          "anonymous": {"auth": "10/hour"}},
+                   ENDPOINTS={"contact-list": {"read": "1/day"}})
+    assert error_ids(messages) == set()
+
+
+@pytest.mark.parametrize(
+    ("config", "path", "hint"),
+    [
+        ({"TIERS": {"free": {"reads": "1/s"}, "anonymous": {}}}, 'RESILIENCE_CRM["TIERS"]["free"]',
+         "Did you mean 'read'?"),
+        ({"ENDPOINTS": {"login": {"login": "5/min"}}}, 'RESILIENCE_CRM["ENDPOINTS"]["login"]',
+         "Operation classes: read, write, rpc, auth."),
+        ({"FAIL_OPEN": {"read": True, "writes": False}}, 'RESILIENCE_CRM["FAIL_OPEN"]',
+         "Did you mean 'write'?"),
+    ],
+)
+def test_e005_unknown_op_class(settings: Any, config: dict[str, Any], path: str,
+                               hint: str) -> None:
+    messages = run(settings, **config)
+    assert error_ids(messages) == {checks.Codes.OP_CLASS_UNKNOWN}
+    error = only(messages, checks.Codes.OP_CLASS_UNKNOWN)
+    assert error.msg.startswith(f"{path}: ")
+    assert hint in error.hint
+
+
+@pytest.mark.parametrize(
+    ("config", "key"),
+    [
+        ({"DEFAULT_TIER": "gold"}, "DEFAULT_TIER"),
+        ({"ANONYMOUS_TIER": "guest"}, "ANONYMOUS_TIER"),
+        ({"ANONYMOUS_TIER": ["anonymous"]}, "ANONYMOUS_TIER"),
+        ({"TIERS": {"free": {}}}, "ANONYMOUS_TIER"),
+    ],
+)
+def test_e006_tier_not_in_tiers(settings: Any, config: dict[str, Any], key: str) -> None:
+    messages = run(settings, **config)
+    assert error_ids(messages) == {checks.Codes.TIER_UNKNOWN}
+    error = only(messages, checks.Codes.TIER_UNKNOWN)
+    assert error.msg.startswith(f'RESILIENCE_CRM["{key}"] is ')
+    assert error.hint.startswith("Tiers: ")
+
+
+# E007 / E008: circuits ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "path"),
+    [
+        ({"CIRCUIT_DEFAULTS": "fast"}, 'RESILIENCE_CRM["CIRCUIT_DEFAULTS"] must be a dict'),
+        ({"CIRCUITS": ["crm.read"]}, 'RESILIENCE_CRM["CIRCUITS"] must be a dict'),
+        ({"CIRCUITS": {"crm.read": 5}}, 'RESILIENCE_CRM["CIRCUITS"]["crm.read"] must be a dict'),
+        ({"CIRCUITS": {("a", "b"): {}}},
+         "RESILIENCE_CRM[\"CIRCUITS\"] must be keyed by strings, not the tuple key ('a', 'b')."),
+    ],
+)
+def test_e007_circuits_shape(settings: Any, config: dict[str, Any], path: str) -> None:
+    messages = run(settings, **config)
+    assert error_ids(messages) == {checks.Codes.CIRCUITS_SHAPE}
+    assert only(messages, checks.Codes.CIRCUITS_SHAPE).msg.startswith(path)
+
+
+def test_e008_names_the_circuit_and_the_key(settings: Any) -> None:
+    messages = run(settings, CIRCUITS={"crm.read": {"failure_rate_threshold": 1.5}})
+    assert error_ids(messages) == {checks.Codes.BREAKER_INVALID}
+    assert only(messages, checks.Codes.BREAKER_INVALID).msg == (
+        'RESILIENCE_CRM["CIRCUITS"]["crm.read"]["failure_rate_threshold"] must be between 0 and'
+        " 1, not 1.5."
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "detail"),
+    [
+        ({"failure_threshold": -1}, "failure_threshold", "must be at least 0, not -1"),
+        ({"minimum_calls": 2.5}, "minimum_calls", "must be a whole number, not 2.5"),
+        ({"window": 0}, "window", "must be above 0, not 0"),
+        ({"reset_timeout": "30s"}, "reset_timeout", "must be a number, not '30s'"),
+        ({"call_timeout": math.nan}, "call_timeout", "must be a number"),
+        ({"half_open_max_calls": True}, "half_open_max_calls", "must be a number, not True"),
+        ({"reset_timeout": 900}, "max_reset_timeout",
+         "must be at least reset_timeout (max_reset_timeout is 600, reset_timeout is 900)"),
+        ({"success_threshold": 3}, "success_threshold",
+         "must not exceed half_open_max_calls (success_threshold is 3, half_open_max_calls is 1)"),
+        ({"record_exceptions": "builtins.OSError"}, "record_exceptions", "must be a list"),
+        ({"record_exceptions": 5}, "record_exceptions", "wrong kind: 5"),
+    ],
+)
+def test_e008_breaker_setting_out_of_range(settings: Any, overrides: dict[str, Any], key: str,
+                                           detail: str) -> None:
+    messages = run(settings, CIRCUITS={"crm.rpc": overrides})
+    assert error_ids(messages) == {checks.Codes.BREAKER_INVALID}
+    error = only(messages, checks.Codes.BREAKER_INVALID)
+    assert error.msg.startswith(f'RESILIENCE_CRM["CIRCUITS"]["crm.rpc"]["{key}"] ')
+    assert detail in error.msg
+
+
+def test_e008_unknown_breaker_setting_suggests_the_closest(settings: Any) -> None:
+    error = only(run(settings, CIRCUITS={"crm.read": {"reset_timout": 5}}),
+                 checks.Codes.BREAKER_INVALID)
+    assert error.msg == (
+        'RESILIENCE_CRM["CIRCUITS"]["crm.read"]["reset_timout"] is not a breaker setting.'
+    )
+    assert error.hint.startswith("Did you mean 'reset_timeout'? Breaker settings: ")
+
+
+def test_e008_circuit_defaults_are_reported_once(settings: Any) -> None:
+    messages = run(settings, CIRCUIT_DEFAULTS={"failure_rate_threshold": 2},
+                   CIRCUITS={"crm.read": {"window": 30}, "crm.write": {}})
+    expected = ('RESILIENCE_CRM["CIRCUIT_DEFAULTS"]["failure_rate_threshold"] must be between'
+                " 0 and 1, not 2.")
+    assert [message.msg for message in messages if message.level >= ERROR] == [expected]
+
+
+def test_e008_a_circuit_that_repeats_a_bad_default_is_reported_too(settings: Any) -> None:
+    messages = run(settings, CIRCUIT_DEFAULTS={"window": -1}, CIRCUITS={"crm.read": {"window": -1}})
+    assert sorted(message.msg for message in messages if message.level >= ERROR) == [
+        'RESILIENCE_CRM["CIRCUITS"]["crm.read"]["window"] must be above 0, not -1.',
+        'RESILIENCE_CRM["CIRCUIT_DEFAULTS"]["window"] must be above 0, not -1.',
+    ]
+
+
+def test_e008_overrides_can_fix_what_defaults_break(settings: Any) -> None:
+    # Defaults raise reset_timeout past max_reset_timeout; the circuit raises the cap too.
+    messages = run(settings, CIRCUIT_DEFAULTS={"reset_timeout": 60, "max_reset_timeout": 60},
+                   CIRCUITS={"crm.read": {"reset_timeout": 700, "max_reset_timeout": 900}})
+    assert error_ids(messages) == set()
+
+
+def test_e008_a_circuit_override_breaks_a_rule_between_keys(settings: Any) -> None:
+    messages = run(settings, CIRCUIT_DEFAULTS={"half_open_max_calls": 3, "success_threshold": 3},
+                   CIRCUITS={"crm.auth": {"half_open_max_calls": 2}})
+    error = only(messages, checks.Codes.BREAKER_INVALID)
+    assert error.msg.startswith('RESILIENCE_CRM["CIRCUITS"]["crm.auth"]["success_threshold"]')
+
+
+# E009 - E012: store, cache and database ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("store", "reason"),
+    [
+        ("postgres", "cannot import it"),
+        ("no.such.module.Store", "cannot import it"),
+        ("resilience_crm.stores.memory.NoSuchStore", "cannot import it"),
+        ("collections.OrderedDict", "not a subclass of resilience_crm.stores.base.BaseStore"),
+        ("tests.test_checks.NotAStore", "not a subclass"),
+        ("resilience_crm.conf.DEFAULTS", "not a subclass"),
+        (42, "it is a int"),
+        (None, "it is a NoneType"),
+    ],
+)
+def test_e009_unknown_store(settings: Any, store: Any, reason: str) -> None:
+    settings.CACHES = LOCMEM
+    messages = run(settings, STORE=store)
+    assert error_ids(messages) == {checks.Codes.STORE_INVALID}
+    error = only(messages, checks.Codes.STORE_INVALID)
+    assert error.msg.startswith(f'RESILIENCE_CRM["STORE"] is {store!r}, which is neither')
+    assert reason in error.msg
+
+
+@pytest.mark.parametrize(
+    "store",
+    ["auto", "database", "memory", "resilience_crm.stores.memory.MemoryStore",
+     "tests.test_checks.NotSharedStore"],
+)
+def test_e009_known_stores_pass(settings: Any, store: str) -> None:
+    settings.CACHES = LOCMEM
+    assert error_ids(run(settings, STORE=store)) == set()
+
+
+@pytest.mark.parametrize("store", ["redis", "resilience_crm.stores.redis.RedisStore"])
+def test_e010_redis_store_without_redis_cache(settings: Any, store: str) -> None:
+    settings.CACHES = LOCMEM
+    messages = run(settings, STORE=store)
+    assert error_ids(messages) == {checks.Codes.STORE_REDIS_WITHOUT_REDIS_CACHE}
+    error = only(messages, checks.Codes.STORE_REDIS_WITHOUT_REDIS_CACHE)
+    assert error.msg.startswith('RESILIENCE_CRM["STORE"] selects the Redis store but the cache'
+                                " 'default'")
+    assert "'django.core.cache.backends.locmem.LocMemCache', not django-redis" in error.msg
+
+
+def test_e010_redis_store_with_redis_cache(settings: Any) -> None:
+    settings.CACHES = REDIS
+    assert error_ids(run(settings, STORE="redis")) == set()
+
+
+@pytest.mark.parametrize("alias", ["resilience", None, ["default"]])
+def test_e011_cache_alias_unknown(settings: Any, alias: Any) -> None:
+    settings.CACHES = LOCMEM
+    messages = run(settings, CACHE_ALIAS=alias)
+    assert error_ids(messages) == {checks.Codes.CACHE_ALIAS_UNKNOWN}
+    error = only(messages, checks.Codes.CACHE_ALIAS_UNKNOWN)
+    assert error.msg.startswith('RESILIENCE_CRM["CACHE_ALIAS"]')
+    assert error.hint == "Caches: default."
+
+
+def test_e011_cache_alias_known(settings: Any) -> None:
+    settings.CACHES = LOCMEM | {"resilience": LOCMEM["default"]}
+    assert error_ids(run(settings, CACHE_ALIAS="resilience")) == set()
+
+
+@pytest.mark.parametrize("alias", ["reporting", 0])
+def test_e012_database_alias_unknown(settings: Any, alias: Any) -> None:
+    messages = run(settings, DATABASE_ALIAS=alias)
+    assert error_ids(messages) == {checks.Codes.DATABASE_ALIAS_UNKNOWN}
+    error = only(messages, checks.Codes.DATABASE_ALIAS_UNKNOWN)
+    assert error.msg.startswith('RESILIENCE_CRM["DATABASE_ALIAS"]')
+    assert "default" in error.hint
+
+
+@pytest.mark.parametrize("alias", [None, "default"])
+def test_e012_database_alias_known(settings: Any, alias: Any) -> None:
+    assert error_ids(run(settings, DATABASE_ALIAS=alias)) == set()
+
+
+# E013 - E016: single values ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fail_open", "path"),
+    [
+        (True, 'RESILIENCE_CRM["FAIL_OPEN"] must be a dict'),
+        (["read"], 'RESILIENCE_CRM["FAIL_OPEN"] must be a dict'),
+        ({"read": "yes"}, 'RESILIENCE_CRM["FAIL_OPEN"]["read"] must be True or False'),
+        ({"auth": 0}, 'RESILIENCE_CRM["FAIL_OPEN"]["auth"] must be True or False'),
+    ],
+)
+def test_e013_fail_open_invalid(settings: Any, fail_open: Any, path: str) -> None:
+    messages = run(settings, FAIL_OPEN=fail_open)
+    assert error_ids(messages) == {checks.Codes.FAIL_OPEN_INVALID}
+    assert only(messages, checks.Codes.FAIL_OPEN_INVALID).msg.startswith(path)
+
+
+@pytest.mark.parametrize("value", [-1, "2", True, 1.5, None])
+def test_e014_trusted_proxies_invalid(settings: Any, value: Any) -> None:
+    messages = run(settings, TRUSTED_PROXIES=value)
+    assert error_ids(messages) == {checks.Codes.TRUSTED_PROXIES_INVALID}
+    assert only(messages, checks.Codes.TRUSTED_PROXIES_INVALID).msg == (
+        f'RESILIENCE_CRM["TRUSTED_PROXIES"] must be a whole number of at least 0, not {value!r}.'
+    )
+
+
+@pytest.mark.parametrize("value", [0, 2])
+def test_e014_trusted_proxies_valid(settings: Any, value: int) -> None:
+    assert error_ids(run(settings, TRUSTED_PROXIES=value)) == set()
+
+
+@pytest.mark.parametrize("key", checks.DURATION_KEYS)
+@pytest.mark.parametrize("value", [-1, -0.5, "60", None, True, math.nan, math.inf, [60]])
+def test_e015_durations_invalid(settings: Any, key: str, value: Any) -> None:
+    messages = run(settings, **{key: value})
+    assert error_ids(messages) == {checks.Codes.DURATION_INVALID}
+    assert only(messages, checks.Codes.DURATION_INVALID).msg == (
+        f'RESILIENCE_CRM["{key}"] must be a number of at least 0, not {value!r}.'
+    )
+
+
+@pytest.mark.parametrize("key", checks.DURATION_KEYS)
+@pytest.mark.parametrize("value", [0, 0.25, 1])
+def test_e015_durations_valid(settings: Any, key: str, value: float) -> None:
+    assert ids(run(settings, **{key: value})) & {checks.Codes.DURATION_INVALID,
+                                                  checks.Codes.SNAPSHOT_TTL_SLOW} == set()
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_e016_sentry_alerts_not_a_bool(settings: Any, value: Any) -> None:
+    messages = run(settings, SENTRY_ALERTS=value)
+    assert error_ids(messages) == {checks.Codes.SENTRY_ALERTS_INVALID}
+    error = only(messages, checks.Codes.SENTRY_ALERTS_INVALID)
+    assert error.msg.startswith('RESILIENCE_CRM["SENTRY_ALERTS"] must be True or False')
+
+
+# E017: the PostgreSQL pool ------------------------------------------------------------------
+
+
+def pooled_databases(settings: Any, engine: str = "django.db.backends.postgresql") -> None:
+    pooled = {"ENGINE": engine, "NAME": "crm", "OPTIONS": {"pool": {"min_size": 2}}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Overriding setting DATABASES can lead to ..."
+        settings.DATABASES = settings.DATABASES | {"pooled": pooled}
+
+
+def test_e017_pool_without_psycopg_pool(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    pooled_databases(settings)
+    monkeypatch.setitem(sys.modules, "psycopg_pool", None)  # makes the import fail
+    messages = checks.check_database_pool()
+    assert ids(messages) == {checks.Codes.POOL_WITHOUT_PSYCOPG_POOL}
+    assert 'settings.DATABASES["pooled"]["OPTIONS"]["pool"] is set' in messages[0].msg
+    assert "psycopg[pool]" in messages[0].hint
+
+
+def test_e017_pool_with_psycopg_pool(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    pooled_databases(settings)
+    monkeypatch.setitem(sys.modules, "psycopg_pool", type(sys)("psycopg_pool"))
+    assert checks.check_database_pool() == []
+
+
+def test_e017_ignores_pool_of_other_engines(settings: Any,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    pooled_databases(settings, engine="django.db.backends.oracle")
+    monkeypatch.setitem(sys.modules, "psycopg_pool", None)
+    assert checks.check_database_pool() == []
+
+
+def test_e017_postgis_counts(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    pooled_databases(settings, engine="django.contrib.gis.db.backends.postgis")
+    monkeypatch.setitem(sys.modules, "psycopg_pool", None)
+    assert ids(checks.check_database_pool()) == {checks.Codes.POOL_WITHOUT_PSYCOPG_POOL}
+
+
+# E099: a check that fails reports instead of crashing ---------------------------------------
+
+
+def test_e099_a_failing_check_is_reported(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(value: Any) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(checks, "parse_rates", boom)
+    error = only(run(settings), checks.Codes.CHECK_FAILED)
+    assert "check_rate_limits" in error.msg
+    assert "boom" in error.msg
+
+
+GARBAGE = [None, True, -1, 1.5, math.nan, "x", b"x", ["x"], ("x",), {"x": "y"}, {1: None},
+           {"read": {"x": 1}}, object()]
+
+
+@pytest.mark.parametrize("key", list(conf.DEFAULTS))
+@pytest.mark.parametrize("value", GARBAGE)
+def test_garbage_never_crashes_a_check(settings: Any, key: str, value: Any) -> None:
+    settings.CACHES = LOCMEM
+    messages = run(settings, **{key: value})
+    assert checks.Codes.CHECK_FAILED not in ids(messages)
+
+
+@pytest.mark.parametrize("value", GARBAGE)
+def test_garbage_inside_circuits_and_tiers_never_crashes(settings: Any, value: Any) -> None:
+    config = {
+        "CIRCUIT_DEFAULTS": {"window": value, "ignore_exceptions": value},
+        "CIRCUITS": {"crm.read": {"reset_timeout": value, "record_exceptions": value}},
+        "TIERS": {"free": {"read": value}, "anonymous": {"write": [value]}},
+        "ENDPOINTS": {"contact-list": {"rpc": value}},
+        "FAIL_OPEN": {"read": value},
+    }
+    assert checks.Codes.CHECK_FAILED not in ids(run(settings, **config))
+
+
+# Warnings ----------------------------------------------------------------------------------
+
+
+def test_w001_snapshot_ttl_above_one_second(settings: Any) -> None:
+    messages = run(settings, SNAPSHOT_TTL=2)
+    assert error_ids(messages) == set()
+    warning = only(messages, checks.Codes.SNAPSHOT_TTL_SLOW)
+    assert warning.msg.startswith('RESILIENCE_CRM["SNAPSHOT_TTL"] is 2: ')
+
+
+@pytest.mark.parametrize("store", ["memory", "tests.test_checks.NotSharedStore"])
+def test_w002_per_process_store_in_production(settings: Any, store: str) -> None:
+    settings.CACHES = REDIS
+    settings.DEBUG = False
+    messages = run(settings, STORE=store)
+    assert ids(messages) == {checks.Codes.STORE_PER_PROCESS}
+    assert f"selects {store!r}" in messages[0].msg
+
+
+@pytest.mark.parametrize("store", ["auto", "database", "redis", "postgres"])
+def test_w002_not_for_shared_or_broken_stores(settings: Any, store: str) -> None:
+    settings.CACHES = REDIS
+    settings.DEBUG = False
+    assert checks.Codes.STORE_PER_PROCESS not in ids(run(settings, STORE=store))
+
+
+def test_w002_not_in_development(settings: Any) -> None:
+    settings.CACHES = REDIS
+    settings.DEBUG = True
+    assert run(settings, STORE="memory") == []
+
+
+@pytest.mark.parametrize(("caches", "why"), [(LOCMEM, "inside each process"), (DUMMY, "no data")])
+def test_w003_per_process_cache_in_production(settings: Any, caches: Any, why: str) -> None:
+    settings.CACHES = caches
+    settings.DEBUG = False
+    messages = run(settings)
+    assert ids(messages) == {checks.Codes.CACHE_PER_PROCESS}
+    assert why in messages[0].msg
+    assert "'default'" in messages[0].msg
+
+
+def test_w003_file_based_cache_is_shared_enough(settings: Any, tmp_path: Any) -> None:
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+                                   "LOCATION": str(tmp_path)}}
+    settings.DEBUG = False
+    assert run(settings) == []
+
+
+def test_w003_not_in_development(settings: Any) -> None:
+    settings.CACHES = LOCMEM
+    settings.DEBUG = True
+    assert run(settings) == []
+
+
+def test_warnings_do_not_fail_manage_py_check(settings: Any) -> None:
+    settings.CACHES = LOCMEM
+    settings.DEBUG = False
+    settings.RESILIENCE_CRM = {"SNAPSHOT_TTL": 5}
+    call_command("check", "--tag", checks.TAG)  # warnings are printed, not raised

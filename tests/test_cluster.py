@@ -1,0 +1,316 @@
+"""Invariants across worker processes, against the real Redis and PostgreSQL.
+
+Each test forks real processes that share one circuit through the Redis store, lines them
+up with barriers and counts what the cluster did: transitions announced, events written,
+Sentry events received by a local ingest server, half-open permits granted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import threading
+import time
+import traceback
+
+import pytest
+from django.db import connections
+
+from resilience_crm import core, get_breaker, registry
+from resilience_crm.exceptions import CircuitOpenError
+from resilience_crm.models import CircuitEvent
+from resilience_crm.signals import circuit_transition
+from tests.sentry_server import SentryServer
+
+pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
+
+CIRCUIT = "cluster.test"
+PROCESSES = 8
+THREADS = 4
+INCIDENTS = 5
+
+ctx = multiprocessing.get_context("fork")
+
+
+@pytest.fixture
+def cluster(settings, redis_cache, postgres, transactional_db):
+    settings.RESILIENCE_CRM = {
+        "STORE": "redis",
+        "CACHE_ALIAS": "redis",
+        "SNAPSHOT_TTL": 0.05,
+        "CIRCUITS": {
+            CIRCUIT: {
+                "failure_threshold": 5,
+                "failure_rate_threshold": 0,
+                "reset_timeout": 0.3,
+                "max_reset_timeout": 0.3,
+                "half_open_max_calls": 3,
+                "success_threshold": 3,
+                "permit_lease": 1,
+            }
+        },
+    }
+    get_breaker(CIRCUIT).store.clear(CIRCUIT)
+    registry.clear()
+    connections.close_all()  # children open their own connections
+    yield
+
+
+def run_processes(target, *args, count=PROCESSES, timeout=60):
+    """Run ``target(index, *args)`` in ``count`` forked processes; fail on any error."""
+    errors = ctx.Queue()
+
+    def main(index):
+        try:
+            target(index, *args)
+        except BaseException:
+            errors.put(traceback.format_exc())
+            os._exit(1)
+        os._exit(0)
+
+    processes = [ctx.Process(target=main, args=(i,)) for i in range(count)]
+    for process in processes:
+        process.start()
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        process.join(max(0.1, deadline - time.monotonic()))
+    alive = [p for p in processes if p.is_alive()]
+    for process in alive:
+        process.kill()
+    problems = []
+    while not errors.empty():
+        problems.append(errors.get())
+    assert not alive, f"{len(alive)} processes did not finish in {timeout}s"
+    assert not problems, "\n".join(problems)
+    assert all(p.exitcode == 0 for p in processes)
+
+
+def count_transitions(counter):
+    def receiver(sender, **kwargs):
+        with counter.get_lock():
+            counter.value += 1
+
+    circuit_transition.connect(receiver, weak=False)
+
+
+def boom():
+    raise ConnectionError("the backend is down")
+
+
+def worker_incidents(index, barrier, announced, dsn):
+    import sentry_sdk
+
+    sentry_sdk.init(dsn=dsn, default_integrations=False)
+    count_transitions(announced)
+    breaker = get_breaker(CIRCUIT)
+
+    def fail_until_open():
+        for _ in range(1000):
+            try:
+                breaker.call(boom)
+            except ConnectionError:
+                continue
+            except CircuitOpenError:
+                return
+        raise AssertionError("the circuit never opened")
+
+    def succeed_until_closed():
+        for _ in range(1000):
+            try:
+                breaker.call(lambda: "ok")
+                if breaker.state == core.CLOSED:
+                    return
+            except CircuitOpenError:
+                pass
+            time.sleep(0.02)  # polling for the reset timeout, not synchronisation
+        raise AssertionError("the circuit never closed")
+
+    for _ in range(INCIDENTS):
+        barrier.wait()
+        run_threads(fail_until_open)
+        barrier.wait()
+        run_threads(succeed_until_closed)
+        barrier.wait()
+    sentry_sdk.flush(timeout=10)
+
+
+def run_threads(fn):
+    start = threading.Barrier(THREADS)
+    errors = []
+
+    def body():
+        start.wait()
+        try:
+            fn()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=body) for _ in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+def test_one_transition_event_and_alert_per_incident(cluster):
+    barrier = ctx.Barrier(PROCESSES)
+    announced = ctx.Value("i", 0)
+    with SentryServer() as sentry:
+        run_processes(worker_incidents, barrier, announced, sentry.dsn)
+        events = sentry.events()
+
+    # closed -> open -> half_open -> closed, once each per incident, in the whole cluster.
+    assert announced.value == 3 * INCIDENTS
+    rows = list(CircuitEvent.objects.filter(circuit__name=CIRCUIT).order_by("generation"))
+    assert [(e.from_state, e.to_state) for e in rows] == [
+        ("closed", "open"), ("open", "half_open"), ("half_open", "closed")] * INCIDENTS
+    assert [e.generation for e in rows] == list(range(1, 3 * INCIDENTS + 1))
+
+    alerts = [e for e in events if e.get("tags", {}).get("circuit") == CIRCUIT]
+    assert sorted(e["level"] for e in alerts) == ["error"] * INCIDENTS + ["info"] * INCIDENTS
+    for alert in alerts:
+        assert alert["fingerprint"][:2] == ["resilience-circuit", CIRCUIT]
+
+
+def worker_burst(index, barrier):
+    breaker = get_breaker(CIRCUIT)
+    assert breaker.state == core.CLOSED  # a fresh snapshot: every thread calls the backend
+    barrier.wait()
+
+    def fail_once():
+        with contextlib.suppress(ConnectionError, CircuitOpenError):
+            breaker.call(boom)
+
+    run_threads(fail_once)
+
+
+def test_failure_counts_never_overshoot(cluster):
+    barrier = ctx.Barrier(PROCESSES)
+    run_processes(worker_burst, barrier)
+    snapshot = get_breaker(CIRCUIT).snapshot()
+    assert snapshot["state"] == core.OPEN
+    assert snapshot["failures"] == 5  # 32 failures raced; the trip stopped the count at 5
+    assert snapshot["generation"] == 1
+
+
+def worker_trials(index, barrier, granted):
+    breaker = get_breaker(CIRCUIT)
+    barrier.wait()
+
+    def try_once():
+        try:
+            permit = breaker.allow()
+        except CircuitOpenError:
+            return
+        with granted.get_lock():
+            granted.value += 1
+        assert permit.id  # a half-open lease, held and never returned
+
+    run_threads(try_once)
+
+
+def open_and_wait_for_half_open():
+    breaker = get_breaker(CIRCUIT)
+    for _ in range(5):
+        with contextlib.suppress(ConnectionError):
+            breaker.call(boom)
+    assert breaker.snapshot()["state"] == core.OPEN
+    time.sleep(0.35)  # past reset_timeout: the next caller moves it to half_open
+
+
+def test_half_open_admits_exactly_max_calls_across_processes(cluster):
+    open_and_wait_for_half_open()
+    registry.clear()
+    connections.close_all()
+    barrier = ctx.Barrier(PROCESSES)
+    granted = ctx.Value("i", 0)
+    run_processes(worker_trials, barrier, granted)
+    assert granted.value == 3
+    snapshot = get_breaker(CIRCUIT).snapshot()
+    assert snapshot["state"] == core.HALF_OPEN
+
+
+def test_a_killed_holders_permit_is_reclaimed_after_the_lease(cluster):
+    open_and_wait_for_half_open()
+    registry.clear()
+    connections.close_all()
+    ready = ctx.Event()
+
+    def hold_and_hang():
+        breaker = get_breaker(CIRCUIT)
+        for _ in range(3):
+            breaker.allow()
+        ready.set()
+        time.sleep(60)
+
+    holder = ctx.Process(target=hold_and_hang)
+    holder.start()
+    assert ready.wait(10)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join()
+
+    breaker = get_breaker(CIRCUIT)
+    with pytest.raises(CircuitOpenError) as refused:
+        breaker.allow()
+    assert 0 < refused.value.retry_after <= 1
+    time.sleep(refused.value.retry_after + 0.05)
+    permits = [breaker.allow() for _ in range(3)]
+    assert all(p.id for p in permits)
+    for permit in permits:
+        breaker.record(permit, core.SUCCESS)
+    assert breaker.state == core.CLOSED
+
+
+def wait_for(breaker, state, limit):
+    started = time.monotonic()
+    while breaker.state != state:
+        if time.monotonic() - started > limit:
+            raise AssertionError(f"{state} never arrived")
+        time.sleep(0.005)
+    return time.monotonic() - started
+
+
+def worker_watch(index, barrier, before, expected, seen_after):
+    breaker = get_breaker(CIRCUIT)
+    wait_for(breaker, before, 5)
+    barrier.wait()  # the parent changes the state right after this
+    seen_after[index] = wait_for(breaker, expected, 5)
+
+
+@pytest.mark.parametrize(
+    ("before", "action", "expected"),
+    [(core.CLOSED, "force", core.FORCED_OPEN), (core.FORCED_OPEN, "reset", core.CLOSED)],
+)
+def test_forced_states_and_resets_reach_every_worker_within_a_second(
+    cluster, settings, before, action, expected
+):
+    settings.RESILIENCE_CRM = {**settings.RESILIENCE_CRM, "SNAPSHOT_TTL": 0.5}
+    if before == core.FORCED_OPEN:
+        get_breaker(CIRCUIT).force(core.FORCED_OPEN)
+    registry.clear()
+    connections.close_all()
+    barrier = ctx.Barrier(PROCESSES + 1)
+    seen_after = ctx.Array("d", PROCESSES)
+    failures = []
+
+    def run():
+        try:
+            run_processes(worker_watch, barrier, before, expected, seen_after)
+        except BaseException as exc:
+            failures.append(exc)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    barrier.wait(timeout=30)
+    breaker = get_breaker(CIRCUIT)
+    if action == "force":
+        breaker.force(core.FORCED_OPEN, reason="maintenance")
+    else:
+        breaker.reset(reason="recovered")
+    runner.join()
+    assert not failures, failures
+    assert max(seen_after) < 1.0
