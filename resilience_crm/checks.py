@@ -75,7 +75,9 @@ class Messages:
     LIMITS_SHAPE = "{path} must be {expected}, not {type}."
     RATE_INVALID = "{path} is not a valid rate: {error}."
     OP_CLASS_UNKNOWN = "{path}: {op_class!r} is not an operation class."
-    TIER_UNKNOWN = "{path} is {value!r}, which is not one of the tiers in RESILIENCE_CRM[\"TIERS\"]."
+    TIER_UNKNOWN = (
+        "{path} is {value!r}, which is not one of the tiers in RESILIENCE_CRM[\"TIERS\"]."
+    )
     CIRCUITS_SHAPE = "{path} must be {expected}, not {type}."
     BREAKER_INVALID = "{path} {error}."
     STORE_INVALID = (
@@ -83,8 +85,8 @@ class Messages:
         " ({reason})."
     )
     STORE_REDIS_WITHOUT_REDIS_CACHE = (
-        "{path} selects the Redis store but the cache {alias!r} that RESILIENCE_CRM[\"CACHE_ALIAS\"] names"
-        " uses {backend!r}, not django-redis."
+        "{path} selects the Redis store but the cache {alias!r} that"
+        " RESILIENCE_CRM[\"CACHE_ALIAS\"] names uses {backend!r}, not django-redis."
     )
     CACHE_ALIAS_UNKNOWN = "{path} is {value!r}, which is not a cache in settings.CACHES."
     DATABASE_ALIAS_UNKNOWN = "{path} is {value!r}, which is not a database in settings.DATABASES."

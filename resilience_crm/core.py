@@ -114,7 +114,7 @@ def config_errors(values: Mapping[str, Any]) -> list[tuple[str, str]]:
         if key not in known:
             errors.append((key, "is not a breaker setting"))
         elif key in _LIST_KEYS:
-            if isinstance(value, str) or not all(isinstance(v, str) for v in value or ()):
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
                 errors.append((key, "must be a list of dotted paths to exception classes"))
         elif isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
             errors.append((key, f"must be a number, not {value!r}"))
