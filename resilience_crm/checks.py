@@ -324,19 +324,10 @@ def check_rate_limits(config: dict[str, Any]) -> list[CheckMessage]:
     return errors
 
 
-def _breaker_errors(path: tuple[Any, ...], merged: dict[str, Any],
-                    written: Mapping[str, Any]) -> list[tuple[str, str, Error]]:
-    """``(key, message, error)`` for each problem in one circuit's merged breaker settings;
-    ``written`` is the part of ``merged`` written at ``path``."""
-    try:
-        problems = core.config_errors(merged)
-    except (TypeError, ValueError):  # a value config_errors cannot even inspect
-        problems = []
-        for key, value in written.items():
-            try:
-                problems += core.config_errors({key: value})
-            except (TypeError, ValueError):
-                problems.append((key, f"has a value of the wrong kind: {value!r}"))
+def _breaker_errors(path: tuple[Any, ...],
+                    merged: dict[str, Any]) -> list[tuple[str, str, Error]]:
+    """``(key, message, error)`` for each problem in one circuit's merged breaker settings."""
+    problems = core.config_errors(merged)
     found = []
     for key, message in problems:
         if message == "is not a breaker setting":
@@ -368,7 +359,7 @@ def check_circuits(config: dict[str, Any]) -> list[CheckMessage]:
         defaults = {}
     else:
         for key, message, error in _breaker_errors(("CIRCUIT_DEFAULTS",),
-                                                   conf.BREAKER_DEFAULTS | defaults, defaults):
+                                                   conf.BREAKER_DEFAULTS | defaults):
             default_problems.add((key, message))
             errors.append(error)
 
@@ -395,7 +386,7 @@ def check_circuits(config: dict[str, Any]) -> list[CheckMessage]:
             ))
             continue
         merged = conf.BREAKER_DEFAULTS | defaults | overrides
-        for key, message, error in _breaker_errors(("CIRCUITS", name), merged, overrides):
+        for key, message, error in _breaker_errors(("CIRCUITS", name), merged):
             if (key, message) in default_problems and key not in overrides:
                 continue  # inherited from CIRCUIT_DEFAULTS and reported there
             errors.append(error)
