@@ -103,14 +103,17 @@ class ResilienceSettings:
 
     def circuit_names(self) -> list[str]:
         names = list(DEFAULT_CIRCUITS)
-        names += [name for name in self.CIRCUITS if name not in names]
+        circuits = self.CIRCUITS if isinstance(self.CIRCUITS, dict) else {}
+        names += [name for name in circuits if name not in names]
         return names
 
     def circuit_config(self, name: str) -> dict[str, Any]:
         """Breaker settings for ``name``: defaults, then ``CIRCUIT_DEFAULTS``, then ``CIRCUITS``."""
         config = dict(BREAKER_DEFAULTS)
-        config.update(self.CIRCUIT_DEFAULTS or {})
-        config.update((self.CIRCUITS or {}).get(name) or {})
+        circuits = self.CIRCUITS if isinstance(self.CIRCUITS, dict) else {}
+        for layer in (self.CIRCUIT_DEFAULTS, circuits.get(name)):
+            if isinstance(layer, dict):  # anything else is reported by check E007
+                config.update(layer)
         return config
 
     def store_path(self) -> str:

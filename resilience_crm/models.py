@@ -86,7 +86,10 @@ class CircuitEvent(models.Model):
                 fields=["circuit", "generation", "to_state"], name="resilience_event_once"
             )
         ]
-        indexes = [models.Index(fields=["circuit", "-created_at"]), models.Index(fields=["to_state"])]
+        indexes = [
+            models.Index(fields=["circuit", "-created_at"]),
+            models.Index(fields=["to_state"]),
+        ]
 
     def __str__(self) -> str:
         return f"{self.circuit}: {self.from_state} -> {self.to_state} (#{self.generation})"
