@@ -35,6 +35,9 @@ def setup() -> None:
         USE_TZ=True,
     )
     django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
 
 
 def work() -> int:

@@ -19,9 +19,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from django.utils.module_loading import import_string
 
@@ -36,13 +35,12 @@ logger = logging.getLogger("resilience_crm.breaker")
 T = TypeVar("T")
 
 #: Successes counted locally before they are sent to the store even if the snapshot is fresh.
-SUCCESS_BATCH = 100
+SUCCESS_BATCH = 1000
 #: Seconds between attempts to write transition events buffered while the database was down.
 EVENT_FLUSH_INTERVAL = 5.0
 
 
-@dataclass(frozen=True)
-class Permit:
+class Permit(NamedTuple):
     """Leave to make one call: the generation it was granted in and, in half-open, its lease."""
 
     generation: int
@@ -83,6 +81,10 @@ class Breaker:
         self._fallback: MemoryStore | None = None
         self._fallback_until = 0.0
         self._last_event_flush = float("-inf")
+        self._counters = {
+            outcome: metrics.key("calls", circuit=name, outcome=outcome)
+            for outcome in (*core.OUTCOMES, "rejected")
+        }
 
     def __repr__(self) -> str:
         return f"<Breaker {self.name!r} {self._view['state'] if self._view else '?'}>"
@@ -99,18 +101,18 @@ class Breaker:
             if state in (core.OPEN, core.FORCED_OPEN):
                 wait_ms = view["until"] - self._server_now_ms()
                 if view["until"] == 0 or wait_ms > 0:
-                    metrics.inc("calls", circuit=self.name, outcome="rejected")
+                    metrics.add(self._counters["rejected"])
                     retry_after = _seconds(wait_ms) if view["until"] else None
                     raise CircuitOpenError(retry_after=retry_after, circuit=self.name)
         result = self._step(self._take_pending(), "acquire", {"permit": uuid.uuid4().hex})
         if result["allowed"]:
             return Permit(result["gen"], result["permit"], result["state"])
-        metrics.inc("calls", circuit=self.name, outcome="rejected")
+        metrics.add(self._counters["rejected"])
         raise CircuitOpenError(retry_after=_seconds(result["retry_after"]), circuit=self.name)
 
     def record(self, permit: Permit, outcome: str) -> None:
         """Count the outcome of a call made under ``permit``."""
-        metrics.inc("calls", circuit=self.name, outcome=outcome)
+        metrics.add(self._counters[outcome])
         if permit.state == core.DISABLED:
             return
         if outcome == core.SUCCESS and not permit.id:

@@ -12,12 +12,21 @@ from typing import Any
 _counters: Counter[tuple[Any, ...]] = Counter()
 
 
+def key(name: str, **labels: str) -> tuple[Any, ...]:
+    """The counter's key; hot paths build it once and pass it to :func:`add`."""
+    return (name, *sorted(labels.items()))
+
+
+def add(counter: tuple[Any, ...], amount: int = 1) -> None:
+    _counters[counter] += amount
+
+
 def inc(name: str, amount: int = 1, **labels: str) -> None:
-    _counters[(name, *sorted(labels.items()))] += amount
+    _counters[key(name, **labels)] += amount
 
 
 def value(name: str, **labels: str) -> int:
-    return _counters[(name, *sorted(labels.items()))]
+    return _counters[key(name, **labels)]
 
 
 def collect() -> list[tuple[str, dict[str, str], int]]:
