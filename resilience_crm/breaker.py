@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
 
@@ -60,18 +61,20 @@ class Breaker:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
+        base_config: Mapping[str, Any] | None = None,
+        overrides: Mapping[str, Any] | None = None,
     ) -> None:
         self.name = name
-        self.config = config
         self.store = store
         self.snapshot_ttl = snapshot_ttl
         self.retry_interval = retry_interval
         self._clock = clock
         self._monotonic = monotonic
         self._rand = rand
-        self._step_config = config.as_step_config()
-        self._record_on = _exception_classes(config.record_exceptions) or (Exception,)
-        self._ignore = _exception_classes(config.ignore_exceptions)
+        self._base_config = dict(base_config if base_config is not None else asdict(config))
+        self._overrides = dict(overrides or {})
+        self._cv = 0
+        self._use(config)
         self._lock = threading.Lock()
         self._view: dict[str, Any] | None = None
         self._fetched = float("-inf")
@@ -187,11 +190,36 @@ class Breaker:
             raise ValueError(f"Cannot force {state!r}; choose one of {', '.join(core.FORCEABLE)}.")
         self._set(state, actor, reason or f"forced {state}", until)
 
+    def configure(self, overrides: Mapping[str, Any]) -> None:
+        """Hand ``overrides`` (breaker settings over the ones in ``RESILIENCE_CRM``) to every
+        worker; each applies them with its next store step. Raises ``ValueError`` if invalid."""
+        core.Config.from_mapping(self._base_config | dict(overrides))
+        self._step(self._take_pending(), "config", {"config": dict(overrides)})
+
     @property
     def using_fallback(self) -> bool:
         return self._fallback is not None
 
     # Internals.
+
+    def _use(self, config: core.Config) -> None:
+        self.config = config
+        self._step_config = config.as_step_config()
+        self._record_on = _exception_classes(config.record_exceptions) or (Exception,)
+        self._ignore = _exception_classes(config.ignore_exceptions)
+
+    def _adopt_overrides(self, version: int, overrides: Mapping[str, Any]) -> None:
+        self._cv = version
+        if version == 0 or dict(overrides) == self._overrides:
+            return  # version 0: nothing was handed out since the state began; keep ours
+        try:
+            self._use(core.Config.from_mapping(self._base_config | dict(overrides)))
+        except (ValueError, ImportError) as err:
+            logger.error("Circuit %s: ignoring invalid overrides %r (%s)", self.name, overrides,
+                         err)
+            return
+        self._overrides = dict(overrides)
+        logger.info("Circuit %s: now using overrides %r", self.name, self._overrides)
 
     def _set(self, state: str, actor: Any, reason: str, until: datetime | None) -> None:
         arg = {
@@ -227,6 +255,8 @@ class Breaker:
             self._view = result
             self._fetched = self._monotonic()
             self._offset_ms = result["now"] - int(self._clock() * 1000)
+        if result["cv"] != self._cv and not local:
+            self._adopt_overrides(result["cv"], result["cfg"])
         for change in result["transitions"]:
             self._announce(change, actor if change.get("actor") else None, local)
         self._flush_events()

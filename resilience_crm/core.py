@@ -7,7 +7,8 @@ store under a lock. Times are integer milliseconds so that both ports compute th
 numbers.
 
 A step first applies the caller's pending outcomes (``entries``), then an operation:
-``"acquire"`` asks for a call permit, ``"set"`` forces a state or resets, ``None`` only reads.
+``"acquire"`` asks for a call permit, ``"set"`` forces a state or resets, ``"config"`` hands
+operators' overrides to every worker, ``None`` only reads.
 Every transition bumps the generation by one and is reported in the step's result, so the
 one caller whose step made it is the one that announces it.
 """
@@ -148,6 +149,8 @@ def new_state() -> dict[str, Any]:
         "buckets": {},  # slot -> [bucket index, calls, failures, slow]
         "reason": "",
         "actor": "",
+        "cv": 0,  # bumped each time an operator saves the circuit's overrides
+        "cfg": {},  # those overrides, so every worker picks them up with its next step
     }
 
 
@@ -166,7 +169,8 @@ def step(
     generation is not the current one is stale and ignored, so a burst of failures from many
     workers counts exactly up to the trip and no further.
     ``op``: ``"acquire"`` (``arg["permit"]``: the id a half-open permit is leased under),
-    ``"set"`` (``arg``: ``state``, ``until`` ms or 0, ``reason``, ``actor``) or ``None``.
+    ``"set"`` (``arg``: ``state``, ``until`` ms or 0, ``reason``, ``actor``), ``"config"``
+    (``arg["config"]``: the circuit's overrides, handed to every worker) or ``None``.
     ``rand``: a number in [0, 1) for the backoff jitter.
     """
     transitions: list[dict[str, Any]] = []
@@ -226,11 +230,15 @@ def step(
                 st["opened_at"] = now
         st["actor"] = arg.get("actor") or ""
         transitions[-1]["actor"] = st["actor"]
+    elif op == "config":
+        st["cfg"] = dict(arg["config"])
+        st["cv"] = st.get("cv", 0) + 1
 
     calls, failures, slow = _totals(st, cfg, now)
     result.update(
         state=st["state"], gen=st["gen"], until=st["until"], opened_at=st["opened_at"], now=now,
         calls=calls, failures=failures, slow=slow, counted=counted, transitions=transitions,
+        cv=st.get("cv", 0), cfg=st.get("cfg", {}),
     )
     return st, result
 

@@ -46,7 +46,12 @@ def create_rows(sender: Any, using: str = "default", **kwargs: Any) -> None:
 
 
 @receiver(post_save, sender="resilience_crm.Circuit", dispatch_uid="resilience_crm.config_saved")
-def config_saved(sender: Any, instance: Any, update_fields: Any = None, **kwargs: Any) -> None:
-    """A circuit's overrides changed in the admin: rebuild this process's breakers."""
+def config_saved(sender: Any, instance: Any, created: bool = False, update_fields: Any = None,
+                 **kwargs: Any) -> None:
+    """A circuit's overrides were saved: hand them to every worker through the store."""
+    if created and not instance.config:
+        return
     if update_fields is None or "config" in update_fields:
-        transaction.on_commit(registry.clear, using=kwargs.get("using"))
+        name, overrides = instance.name, dict(instance.config or {})
+        transaction.on_commit(lambda: registry.get_breaker(name).configure(overrides),
+                              using=kwargs.get("using"))

@@ -35,12 +35,17 @@ def get_breaker(name: str) -> Breaker:
         with _lock:
             breaker = _breakers.get(name)
             if breaker is None:
+                base, overrides = settings.circuit_config(name), _overrides(name)
+                try:
+                    config = Config.from_mapping(base | overrides)
+                except ValueError as err:  # saved before validation, or settings changed since
+                    logger.error("Circuit %s: ignoring invalid overrides (%s).", name, err)
+                    config, overrides = Config.from_mapping(base), {}
                 breaker = Breaker(
-                    name,
-                    Config.from_mapping(settings.circuit_config(name) | _overrides(name)),
-                    get_store(),
+                    name, config, get_store(),
                     snapshot_ttl=settings.SNAPSHOT_TTL,
                     retry_interval=settings.STORE_RETRY_INTERVAL,
+                    base_config=base, overrides=overrides,
                 )
                 _breakers[name] = breaker
     return breaker

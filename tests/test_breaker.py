@@ -198,3 +198,23 @@ def test_a_store_outage_falls_back_to_a_local_breaker(store, clock, caplog):
     store.down = False
     clock.now += 5
     assert breaker.snapshot()["store"] == "shared"
+
+
+def test_configure_hands_overrides_to_every_breaker_on_the_store(store, clock):
+    first, second = make_breaker(store, clock), make_breaker(store, clock)
+    second.state  # noqa: B018  (a fresh view from before the change)
+    first.configure({"failure_threshold": 1})
+    assert first.config.failure_threshold == 1
+    assert second.config.failure_threshold == 3  # its view is still fresh
+    clock.now += 0.6
+    with pytest.raises(ValueError):
+        second.call(boom)
+    assert second.config.failure_threshold == 1
+    assert second.state == core.OPEN
+
+
+def test_configure_rejects_invalid_overrides(store, clock):
+    breaker = make_breaker(store, clock)
+    with pytest.raises(ValueError, match="failure_rate_threshold"):
+        breaker.configure({"failure_rate_threshold": 2})
+    assert breaker.config.failure_rate_threshold == 0

@@ -314,3 +314,47 @@ def test_forced_states_and_resets_reach_every_worker_within_a_second(
     runner.join()
     assert not failures, failures
     assert max(seen_after) < 1.0
+
+
+def worker_config(index, barrier, seen_after):
+    breaker = get_breaker(CIRCUIT)
+    assert breaker.config.failure_threshold == 5
+    barrier.wait()  # the parent saves new overrides in the admin's way right after this
+    started = time.monotonic()
+    while breaker.config.failure_threshold != 2:
+        if time.monotonic() - started > 5:
+            raise AssertionError("the overrides never arrived")
+        breaker.state  # noqa: B018  (reading the state is what refreshes the snapshot)
+        time.sleep(0.005)
+    seen_after[index] = time.monotonic() - started
+
+
+def test_saved_overrides_reach_every_worker_within_a_second(cluster, settings):
+    from resilience_crm.models import Circuit
+
+    settings.RESILIENCE_CRM = {**settings.RESILIENCE_CRM, "SNAPSHOT_TTL": 0.5}
+    registry.clear()
+    barrier = ctx.Barrier(PROCESSES + 1)
+    seen_after = ctx.Array("d", PROCESSES)
+    failures = []
+
+    def run():
+        try:
+            run_processes(worker_config, barrier, seen_after)
+        except BaseException as exc:
+            failures.append(exc)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    barrier.wait(timeout=30)
+    circuit, _ = Circuit.objects.get_or_create(name=CIRCUIT)
+    circuit.config = {"failure_threshold": 2}
+    circuit.save()
+    runner.join()
+    assert not failures, failures
+    assert max(seen_after) < 1.0
+    breaker = get_breaker(CIRCUIT)
+    for _ in range(2):
+        with contextlib.suppress(ConnectionError):
+            breaker.call(boom)
+    assert breaker.state == core.OPEN

@@ -7,7 +7,7 @@
 -- ARGV[1]  config JSON (core.Config.as_step_config(): integer ms times)
 -- ARGV[2]  rand, a float in [0, 1) for the backoff jitter
 -- ARGV[3]  entries JSON: [[generation, outcome, count, permit_id], ...]
--- ARGV[4]  op: "acquire", "set", or "" for a read-only step (core's None)
+-- ARGV[4]  op: "acquire", "set", "config", or "" for a read-only step (core's None)
 -- ARGV[5]  arg JSON ("{}" when there is none)
 -- ARGV[6]  now in ms, FOR TESTS ONLY; "" (the normal case) takes the time from Redis TIME
 -- ARGV[7]  the key's time to live in ms, refreshed on every step ("" for 7 days)
@@ -72,6 +72,8 @@ local function new_state()
     buckets = {},
     reason = '',
     actor = '',
+    cv = 0,
+    cfg = {},
   }
 end
 
@@ -286,6 +288,9 @@ elseif op == 'set' then
   transitions[#transitions + 1] = change
   st.actor = truthy(arg.actor) and arg.actor or ''
   change.actor = st.actor
+elseif op == 'config' then
+  st.cfg = arg.config
+  st.cv = (st.cv or 0) + 1
 end
 
 local calls, failures, slow = totals(st, cfg, now)
@@ -299,6 +304,8 @@ result.failures = failures
 result.slow = slow
 result.counted = counted
 result.transitions = transitions
+result.cv = st.cv or 0
+result.cfg = st.cfg or {}
 
 redis.call('SET', key, cjson.encode(st), 'PX', ttl_ms)
 return cjson.encode(result)
