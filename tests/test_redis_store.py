@@ -207,6 +207,10 @@ class StepMachine(RuleBasedStateMachine):
                "reason": reason, "actor": actor}
         self.step(rand=rand, op="set", arg=arg)
 
+    @rule(overrides=st.sampled_from([{}, {"failure_threshold": 2}, {"window": 30, "x": "y"}]))
+    def hand_out_overrides(self, overrides: dict) -> None:
+        self.step(rand=0.5, op="config", arg={"config": overrides})
+
     @rule()
     def clear(self) -> None:
         self.store.clear(self.name)
