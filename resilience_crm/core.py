@@ -127,7 +127,7 @@ def config_errors(values: Mapping[str, Any]) -> list[tuple[str, str]]:
             errors.append((key, f"must be {'above' if key in _POSITIVE_KEYS else 'at least'} 0,"
                                 f" not {value!r}"))
     if not errors:
-        merged = {f.name: f.default for f in fields(Config)} | dict(values)
+        merged: dict[str, Any] = {f.name: f.default for f in fields(Config)} | dict(values)
         if merged["max_reset_timeout"] < merged["reset_timeout"]:
             errors.append(("max_reset_timeout", "must be at least reset_timeout"))
         if merged["success_threshold"] > merged["half_open_max_calls"]:
@@ -173,6 +173,7 @@ def step(
     (``arg["config"]``: the circuit's overrides, handed to every worker) or ``None``.
     ``rand``: a number in [0, 1) for the backoff jitter.
     """
+    arg = arg or {}
     transitions: list[dict[str, Any]] = []
     counted = 0
     for gen, outcome, count, permit in entries:
