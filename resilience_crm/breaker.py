@@ -77,6 +77,7 @@ class Breaker:
         self._use(config)
         self._lock = threading.Lock()
         self._view: dict[str, Any] | None = None
+        self._view_local = False
         self._fetched = float("-inf")
         self._offset_ms = 0
         self._pending: dict[int, int] = {}
@@ -252,9 +253,12 @@ class Breaker:
                                 op=op, arg=arg)
         local = store is self._fallback
         with self._lock:
-            self._view = result
-            self._fetched = self._monotonic()
-            self._offset_ms = result["now"] - int(self._clock() * 1000)
+            # Threads step concurrently; a slower answer must not replace a newer view.
+            view = self._view
+            if view is None or local != self._view_local or result["now"] >= view["now"]:
+                self._view, self._view_local = result, local
+                self._fetched = self._monotonic()
+                self._offset_ms = result["now"] - int(self._clock() * 1000)
         if result["cv"] != self._cv and not local:
             self._adopt_overrides(result["cv"], result["cfg"])
         for change in result["transitions"]:
