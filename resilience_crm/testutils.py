@@ -1,0 +1,50 @@
+"""Helpers for projects' own tests.
+
+    from resilience_crm.testutils import override_circuit
+
+    @override_circuit("crm.read", state="forced_open")
+    def test_contacts_page_survives_an_open_circuit(client): ...
+
+Inside the block the circuit runs on a fresh in-process breaker (nothing touches Redis or
+the database, nothing leaks into other tests) in the given state, with any breaker
+settings given as keyword arguments.
+"""
+
+from __future__ import annotations
+
+from contextlib import ContextDecorator
+from typing import Any
+
+from resilience_crm import core, registry
+from resilience_crm.breaker import Breaker
+from resilience_crm.conf import settings
+from resilience_crm.stores.memory import MemoryStore
+
+
+class override_circuit(ContextDecorator):  # noqa: N801  (used like a function, as in Django)
+    def __init__(self, name: str, state: str = core.CLOSED, **config: Any) -> None:
+        if state not in (core.CLOSED, core.OPEN, *core.FORCEABLE):
+            raise ValueError(f"override_circuit cannot set {state!r}")
+        self.name, self.state, self.config = name, state, config
+        self._previous: Breaker | None = None
+
+    def __enter__(self) -> Breaker:
+        base = settings.circuit_config(self.name)
+        breaker = Breaker(self.name, core.Config.from_mapping(base | self.config), MemoryStore(),
+                          snapshot_ttl=settings.SNAPSHOT_TTL, base_config=base)
+        # Seeded, not stepped into: no transition is announced, so no event is written.
+        seed = core.new_state() | {"state": self.state, "reason": "override_circuit"}
+        if self.state == core.OPEN:
+            seed |= {"until": 2**53, "opened_at": 1, "opens": 1}
+        breaker.store.seed(self.name, seed)
+        with registry._lock:
+            self._previous = registry._breakers.get(self.name)
+            registry._breakers[self.name] = breaker
+        return breaker
+
+    def __exit__(self, *exc: Any) -> None:
+        with registry._lock:
+            if self._previous is None:
+                registry._breakers.pop(self.name, None)
+            else:
+                registry._breakers[self.name] = self._previous

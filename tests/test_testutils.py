@@ -1,0 +1,29 @@
+import pytest
+
+from resilience_crm import core, get_breaker
+from resilience_crm.exceptions import CircuitOpenError
+from resilience_crm.testutils import override_circuit
+
+
+@pytest.mark.django_db  # the real breaker after the block uses the database store
+@pytest.mark.parametrize("state", [core.OPEN, core.FORCED_OPEN])
+def test_open_overrides_reject_calls(state):
+    with override_circuit("crm.read", state=state), pytest.raises(CircuitOpenError):
+        get_breaker("crm.read").call(lambda: 1)
+    assert get_breaker("crm.read").call(lambda: 1) == 1
+
+
+def test_decorator_form_and_config():
+    @override_circuit("crm.rpc", failure_threshold=1)
+    def check():
+        breaker = get_breaker("crm.rpc")
+        with pytest.raises(ValueError):
+            breaker.call(lambda: (_ for _ in ()).throw(ValueError()))
+        return breaker.state
+
+    assert check() == core.OPEN
+
+
+def test_rejects_states_it_cannot_set():
+    with pytest.raises(ValueError):
+        override_circuit("crm.read", state="half_open")
