@@ -30,13 +30,14 @@ class override_circuit(ContextDecorator):  # noqa: N801  (used like a function, 
 
     def __enter__(self) -> Breaker:
         base = settings.circuit_config(self.name)
-        breaker = Breaker(self.name, core.Config.from_mapping(base | self.config), MemoryStore(),
+        store = MemoryStore()
+        breaker = Breaker(self.name, core.Config.from_mapping(base | self.config), store,
                           snapshot_ttl=settings.SNAPSHOT_TTL, base_config=base)
         # Seeded, not stepped into: no transition is announced, so no event is written.
         seed = core.new_state() | {"state": self.state, "reason": "override_circuit"}
         if self.state == core.OPEN:
             seed |= {"until": 2**53, "opened_at": 1, "opens": 1}
-        breaker.store.seed(self.name, seed)
+        store.seed(self.name, seed)
         with registry._lock:
             self._previous = registry._breakers.get(self.name)
             registry._breakers[self.name] = breaker
