@@ -180,16 +180,18 @@ class Breaker:
             "store": "local" if self.using_fallback else "shared",
         }
 
-    def reset(self, actor: Any = None, reason: str = "") -> None:
-        """Close the circuit and forget its counts, in every worker within ``SNAPSHOT_TTL``."""
-        self._set(core.CLOSED, actor, reason or "reset", None)
+    def reset(self, actor: Any = None, reason: str = "", *, source: str = "") -> None:
+        """Close the circuit and forget its counts, in every worker within ``SNAPSHOT_TTL``.
+
+        ``actor`` and ``source`` (``"admin"``, ``"command"``) go into the audit trail."""
+        self._set(core.CLOSED, actor, reason or "reset", None, source)
 
     def force(self, state: str, actor: Any = None, reason: str = "",
-              until: datetime | None = None) -> None:
+              until: datetime | None = None, *, source: str = "") -> None:
         """Hold the circuit in ``state`` (one of ``core.FORCEABLE``), until ``until`` if given."""
         if state not in core.FORCEABLE:
             raise ValueError(f"Cannot force {state!r}; choose one of {', '.join(core.FORCEABLE)}.")
-        self._set(state, actor, reason or f"forced {state}", until)
+        self._set(state, actor, reason or f"forced {state}", until, source)
 
     def configure(self, overrides: Mapping[str, Any]) -> None:
         """Hand ``overrides`` (breaker settings over the ones in ``RESILIENCE_CRM``) to every
@@ -222,14 +224,15 @@ class Breaker:
         self._overrides = dict(overrides)
         logger.info("Circuit %s: now using overrides %r", self.name, self._overrides)
 
-    def _set(self, state: str, actor: Any, reason: str, until: datetime | None) -> None:
+    def _set(self, state: str, actor: Any, reason: str, until: datetime | None,
+             source: str) -> None:
         arg = {
             "state": state,
             "reason": reason,
             "actor": str(actor) if actor is not None else "",
             "until": int(until.timestamp() * 1000) if until else 0,
         }
-        self._step(self._take_pending(), "set", arg, actor=actor)
+        self._step(self._take_pending(), "set", arg, actor=actor, source=source)
 
     def _take_pending(self) -> list[list[Any]]:
         with self._lock:
@@ -242,7 +245,8 @@ class Breaker:
         return int(self._clock() * 1000) + self._offset_ms
 
     def _step(self, entries: Sequence[Sequence[Any]], op: str | None = None,
-              arg: Mapping[str, Any] | None = None, *, actor: Any = None) -> dict[str, Any]:
+              arg: Mapping[str, Any] | None = None, *, actor: Any = None,
+              source: str = "") -> dict[str, Any]:
         store = self._store_for_step()
         try:
             result = store.step(self.name, self._step_config, rand=self._rand(), entries=entries,
@@ -261,8 +265,10 @@ class Breaker:
                 self._offset_ms = result["now"] - int(self._clock() * 1000)
         if result["cv"] != self._cv and not local:
             self._adopt_overrides(result["cv"], result["cfg"])
-        for change in result["transitions"]:
-            self._announce(change, actor if change.get("actor") else None, local)
+        transitions = result["transitions"]
+        for i, change in enumerate(transitions):
+            manual = op == "set" and i == len(transitions) - 1  # the set's own transition
+            self._announce(change, actor if manual else None, local, source if manual else "")
         self._flush_events()
         return result
 
@@ -293,7 +299,8 @@ class Breaker:
         self._fallback_until = self._monotonic() + self.retry_interval
         return self._fallback
 
-    def _announce(self, change: Mapping[str, Any], actor: Any, local: bool) -> None:
+    def _announce(self, change: Mapping[str, Any], actor: Any, local: bool,
+                  source: str = "") -> None:
         logger.log(
             logging.WARNING if change["to"] in (core.OPEN, core.FORCED_OPEN) else logging.INFO,
             "Circuit %s: %s -> %s (generation %s, %s)%s", self.name, change["from"],
@@ -303,7 +310,7 @@ class Breaker:
         responses = circuit_transition.send_robust(
             sender=Breaker, name=self.name, from_state=change["from"], to_state=change["to"],
             generation=change["gen"], reason=change["reason"], actor=actor,
-            at=_datetime(change["at"]), local=local,
+            at=_datetime(change["at"]), local=local, source=source or None,
         )
         for receiver, response in responses:
             if isinstance(response, Exception):

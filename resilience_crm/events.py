@@ -18,6 +18,8 @@ from typing import Any
 from django.db import DatabaseError, IntegrityError, router, transaction
 from django.utils import timezone
 
+from resilience_crm.core import FORCEABLE
+
 logger = logging.getLogger("resilience_crm.events")
 
 #: Events kept while the database is down; past this the oldest are dropped, with a warning.
@@ -84,9 +86,15 @@ def _write(event: dict[str, Any]) -> None:
     db = router.db_for_write(CircuitEvent)
     with transaction.atomic(using=db):
         circuit, _ = Circuit.objects.using(db).get_or_create(name=event["name"])
-        Circuit.objects.using(db).filter(
-            pk=circuit.pk, generation__lt=event["generation"]
-        ).update(state=event["to_state"], generation=event["generation"])
+        rows = Circuit.objects.using(db).filter(pk=circuit.pk)
+        rows.filter(generation__lt=event["generation"]).update(
+            state=event["to_state"], generation=event["generation"]
+        )
+        if event["to_state"] not in FORCEABLE:  # a reset, or a forced state that lapsed
+            # (<=: the database store has already moved the row's generation itself)
+            rows.filter(generation__lte=event["generation"]).exclude(forced_state="").update(
+                forced_state="", forced_reason="", forced_by=None, forced_until=None
+            )
         try:
             with transaction.atomic(using=db):
                 CircuitEvent.objects.using(db).create(

@@ -11,5 +11,6 @@ from django.dispatch import Signal
 #: ``generation``: the circuit's generation after the transition; it grows by one per transition.
 #: ``reason``: why, e.g. ``"consecutive_failures"``, ``"failure_rate"``, ``"reset"``.
 #: ``actor``: the user (or ``None``) behind a manual reset or forced state.
+#: ``source``: ``"admin"`` or ``"command"`` for a manual change made there, else ``None``.
 #: ``local``: ``True`` when the shared store was unreachable and a per-process breaker made it.
 circuit_transition = Signal()

@@ -31,6 +31,9 @@ def test_seed_demo_admin_can_log_in(client):
     assert "Demo admin: admin / admin" in out.getvalue()
     assert client.login(username="admin", password="admin")
     assert client.get("/admin/").status_code == 200
+    for page in ("circuit", "circuitevent", "circuitmetric", "tier", "tierassignment",
+                 "queuedwrite"):
+        assert client.get(f"/admin/resilience_crm/{page}/").status_code == 200, page
 
 
 def test_health_endpoints_are_served(client):

@@ -1,0 +1,318 @@
+"""Admin for circuits (with audited manual control), their events and metrics, tiers and
+queued writes.
+
+The four circuit actions each need their own permission. Each one steps the shared store, so
+every worker sees the change within ``SNAPSHOT_TTL``; the transition leaves a
+``CircuitEvent`` naming the acting user, and the action leaves a ``LogEntry``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
+from django.db.models import Count, QuerySet
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.http import urlencode
+
+from resilience_crm import core, registry
+from resilience_crm.models import (
+    Circuit,
+    CircuitEvent,
+    CircuitMetric,
+    QueuedWrite,
+    Tier,
+    TierAssignment,
+)
+
+logger = logging.getLogger("resilience_crm.admin")
+
+#: Badge colours per state: green passes calls, red rejects them, amber is trying or overridden.
+STATE_COLOURS = {
+    core.CLOSED: "#1e7e34",
+    core.OPEN: "#b52a1c",
+    core.HALF_OPEN: "#b36b00",
+    core.FORCED_OPEN: "#7a1010",
+    core.FORCED_CLOSED: "#35586c",
+    core.DISABLED: "#6c757d",
+    core.METRICS_ONLY: "#5a4a8a",
+}
+
+
+def state_badge(state: str) -> str:
+    colour = STATE_COLOURS.get(state, "#6c757d")
+    return format_html(
+        '<span class="resilience-state resilience-state-{}" style="background:{};color:#fff;'
+        'padding:2px 8px;border-radius:10px;font-weight:600;white-space:nowrap">{}</span>',
+        state, colour, state.replace("_", " "),
+    )
+
+
+class CircuitActionForm(ActionForm):
+    """The action bar, with the reason and expiry that forced states and resets carry.
+
+    ``until`` is parsed by the action itself, so a bad value is reported as such rather than
+    as "no action selected"."""
+
+    reason = forms.CharField(
+        required=False, label="Reason",
+        widget=forms.TextInput(attrs={"placeholder": "why (kept in the audit trail)"}),
+    )
+    until = forms.CharField(
+        required=False, label="Until",
+        widget=forms.TextInput(attrs={"placeholder": "until YYYY-MM-DD HH:MM (optional)"}),
+    )
+
+
+def _until(value: str) -> Any:
+    """The expiry typed in the action bar, in the current time zone; ``None`` when blank."""
+    until = forms.DateTimeField(required=False).clean(value.strip())
+    if until is not None and until <= timezone.now():
+        raise forms.ValidationError("Until must be in the future.")
+    return until
+
+
+def _steer(modeladmin: CircuitAdmin, request: HttpRequest, queryset: QuerySet[Circuit],
+           state: str) -> None:
+    try:
+        until = _until(request.POST.get("until", "")) if state != core.CLOSED else None
+    except forms.ValidationError as err:
+        modeladmin.message_user(request, f"Nothing changed: {' '.join(err.messages)}",
+                                messages.ERROR)
+        return
+    reason = request.POST.get("reason", "").strip()[:200]
+    done = []
+    for circuit in queryset:
+        breaker = registry.get_breaker(circuit.name)
+        if state == core.CLOSED:
+            breaker.reset(actor=request.user, reason=reason or "reset from the admin",
+                          source="admin")
+            circuit.forced_state, circuit.forced_reason = "", ""
+            circuit.forced_by, circuit.forced_until = None, None
+            message = f"Reset the circuit. {reason}".strip()
+        else:
+            breaker.force(state, actor=request.user, reason=reason or f"{state} from the admin",
+                          until=until, source="admin")
+            circuit.forced_state, circuit.forced_reason = state, reason
+            circuit.forced_by, circuit.forced_until = request.user, until  # type: ignore[assignment]
+            message = f"Set the circuit to {state}" + (f" until {until:%Y-%m-%d %H:%M %Z}"
+                                                     if until else "") + f". {reason}".rstrip()
+        circuit.save(update_fields=["forced_state", "forced_reason", "forced_by",
+                                    "forced_until", "updated_at"])
+        modeladmin.log_change(request, circuit, message.strip())
+        done.append(circuit.name)
+    if done:
+        verb = "Reset" if state == core.CLOSED else f"Set to {state.replace('_', ' ')}:"
+        modeladmin.message_user(request, f"{verb} {', '.join(done)}.", messages.SUCCESS)
+
+
+@admin.register(Circuit)
+class CircuitAdmin(admin.ModelAdmin):
+    list_display = ["name", "live_state", "durable_state", "generation", "forced_state",
+                    "forced_until", "overridden", "updated_at"]
+    list_filter = ["state", "forced_state"]
+    search_fields = ["name"]
+    readonly_fields = ["live_panel", "state", "generation", "forced_state", "forced_reason",
+                       "forced_by", "forced_until", "recent_events", "created_at", "updated_at"]
+    fieldsets = [
+        (None, {"fields": ["name", "live_panel", "config"]}),
+        ("Durable record", {"fields": ["state", "generation", "recent_events"]}),
+        ("Forced state", {"fields": ["forced_state", "forced_reason", "forced_by",
+                                     "forced_until"]}),
+        ("Timestamps", {"fields": ["created_at", "updated_at"], "classes": ["collapse"]}),
+    ]
+    action_form = CircuitActionForm
+    actions = ["reset", "force_open", "force_closed", "disable"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        fields = list(super().get_readonly_fields(request, obj))
+        return [*fields, "name"] if obj is not None else fields
+
+    # Columns.
+
+    @admin.display(description="live state")
+    def live_state(self, obj: Circuit) -> str:
+        state = self._snapshot(obj).get("state")
+        return state_badge(state) if state else "unknown"
+
+    @admin.display(description="last recorded", ordering="state")
+    def durable_state(self, obj: Circuit) -> str:
+        return obj.state.replace("_", " ")
+
+    @admin.display(description="overrides", boolean=True)
+    def overridden(self, obj: Circuit) -> bool:
+        return bool(obj.config)
+
+    @admin.display(description="live")
+    def live_panel(self, obj: Circuit) -> str:
+        if obj.pk is None:
+            return "-"
+        snap = self._snapshot(obj)
+        if not snap:
+            return "The store did not answer."
+        rate = f"{snap['failure_rate']:.0%}"
+        retry = f", retry in {snap['retry_after']:.1f}s" if snap["retry_after"] else ""
+        return format_html(
+            "{} generation {} &middot; {} calls, {} failures ({}), {} slow in the window{}"
+            " &middot; {} store",
+            state_badge(snap["state"]), snap["generation"], snap["calls"], snap["failures"],
+            rate, snap["slow"], retry, snap["store"],
+        )
+
+    @admin.display(description="events")
+    def recent_events(self, obj: Circuit) -> str:
+        if obj.pk is None:
+            return "-"
+        url = reverse("admin:resilience_crm_circuitevent_changelist")
+        count = obj.events.count()
+        return format_html('<a href="{}?{}">{} event{}</a>', url,
+                           urlencode({"circuit__id__exact": obj.pk}), count,
+                           "" if count == 1 else "s")
+
+    def _snapshot(self, obj: Circuit) -> dict[str, Any]:
+        try:
+            return registry.get_breaker(obj.name).snapshot()
+        except Exception:  # the admin must render even when the store and fallback both fail
+            logger.exception("Circuit %s: could not read the live state.", obj.name)
+            return {}
+
+    # Actions, each behind its own permission.
+
+    @admin.action(description="Reset selected circuits (close, forget counts)",
+                  permissions=["reset"])
+    def reset(self, request: HttpRequest, queryset: QuerySet[Circuit]) -> None:
+        _steer(self, request, queryset, core.CLOSED)
+
+    @admin.action(description="Force selected circuits open", permissions=["force_open"])
+    def force_open(self, request: HttpRequest, queryset: QuerySet[Circuit]) -> None:
+        _steer(self, request, queryset, core.FORCED_OPEN)
+
+    @admin.action(description="Force selected circuits closed", permissions=["force_closed"])
+    def force_closed(self, request: HttpRequest, queryset: QuerySet[Circuit]) -> None:
+        _steer(self, request, queryset, core.FORCED_CLOSED)
+
+    @admin.action(description="Disable selected circuits (let every call through, count none)",
+                  permissions=["disable"])
+    def disable(self, request: HttpRequest, queryset: QuerySet[Circuit]) -> None:
+        _steer(self, request, queryset, core.DISABLED)
+
+    def has_reset_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("resilience_crm.reset_circuit")
+
+    def has_force_open_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("resilience_crm.force_open_circuit")
+
+    def has_force_closed_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("resilience_crm.force_closed_circuit")
+
+    def has_disable_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("resilience_crm.disable_circuit")
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records written by the app; the admin shows them and nothing more."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(CircuitEvent)
+class CircuitEventAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "circuit", "transition", "generation", "reason", "source",
+                    "actor"]
+    list_filter = ["to_state", "from_state", "source", "circuit"]
+    list_select_related = ["circuit", "actor"]
+    search_fields = ["circuit__name", "reason"]
+    date_hierarchy = "created_at"
+
+    @admin.display(description="transition")
+    def transition(self, obj: CircuitEvent) -> str:
+        return format_html("{} &rarr; {}", state_badge(obj.from_state), state_badge(obj.to_state))
+
+
+@admin.register(CircuitMetric)
+class CircuitMetricAdmin(ReadOnlyAdmin):
+    list_display = ["bucket", "circuit", "calls", "successes", "failures", "slow", "timeouts",
+                    "rejected", "fallbacks", "mean_latency", "latency_max_ms"]
+    list_filter = ["circuit"]
+    list_select_related = ["circuit"]
+    date_hierarchy = "bucket"
+
+    @admin.display(description="mean latency (ms)")
+    def mean_latency(self, obj: CircuitMetric) -> str:
+        return f"{obj.latency_sum_ms / obj.calls:.1f}" if obj.calls else "-"
+
+
+@admin.register(Tier)
+class TierAdmin(admin.ModelAdmin):
+    list_display = ["name", "limits_summary", "description", "users"]
+    search_fields = ["name"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Tier]:
+        return super().get_queryset(request).annotate(user_count=Count("assignments"))
+
+    @admin.display(description="limits")
+    def limits_summary(self, obj: Tier) -> str:
+        if not isinstance(obj.limits, dict):
+            return "-"
+        return "; ".join(
+            f"{op}: {', '.join(rates) if isinstance(rates, list) else rates}"
+            for op, rates in obj.limits.items()
+        ) or "-"
+
+    @admin.display(description="users", ordering="user_count")
+    def users(self, obj: Any) -> int:
+        return int(obj.user_count)
+
+
+@admin.register(TierAssignment)
+class TierAssignmentAdmin(admin.ModelAdmin):
+    list_display = ["user", "tier"]
+    list_filter = ["tier"]
+    list_select_related = ["user", "tier"]
+    raw_id_fields = ["user"]
+    search_fields = ["user__username", "user__email"]
+
+
+@admin.register(QueuedWrite)
+class QueuedWriteAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "name", "idempotency_key", "state", "attempts", "applied_at"]
+    list_filter = ["state", "name"]
+    search_fields = ["idempotency_key", "name", "last_error"]
+    date_hierarchy = "created_at"
+    readonly_fields = ["name", "idempotency_key", "payload", "payload_hash", "state", "attempts",
+                       "last_error", "created_at", "updated_at", "applied_at"]
+    actions = ["requeue"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(description="Queue selected failed writes and dead letters for replay again",
+                  permissions=["change"])
+    def requeue(self, request: HttpRequest, queryset: QuerySet[QueuedWrite]) -> None:
+        requeued = 0
+        for write in queryset.filter(state__in=[QueuedWrite.State.FAILED,
+                                                QueuedWrite.State.DEAD]):
+            write.state, write.attempts = QueuedWrite.State.PENDING, 0
+            write.save(update_fields=["state", "attempts", "updated_at"])
+            self.log_change(request, write, "Queued again for replay.")
+            requeued += 1
+        skipped = queryset.count() - requeued
+        self.message_user(
+            request,
+            f"Queued {requeued} write(s) again." + (
+                f" Skipped {skipped} that were not failed or dead." if skipped else ""),
+            messages.SUCCESS if requeued else messages.WARNING,
+        )
