@@ -22,6 +22,7 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 
 from resilience_crm import core, registry
+from resilience_crm.control import steer
 from resilience_crm.models import (
     Circuit,
     CircuitEvent,
@@ -89,22 +90,13 @@ def _steer(modeladmin: CircuitAdmin, request: HttpRequest, queryset: QuerySet[Ci
     reason = request.POST.get("reason", "").strip()[:200]
     done = []
     for circuit in queryset:
-        breaker = registry.get_breaker(circuit.name)
+        steer(circuit.name, state, actor=request.user, reason=reason, until=until,
+              source="admin")
         if state == core.CLOSED:
-            breaker.reset(actor=request.user, reason=reason or "reset from the admin",
-                          source="admin")
-            circuit.forced_state, circuit.forced_reason = "", ""
-            circuit.forced_by, circuit.forced_until = None, None
-            message = f"Reset the circuit. {reason}".strip()
+            message = f"Reset the circuit. {reason}"
         else:
-            breaker.force(state, actor=request.user, reason=reason or f"{state} from the admin",
-                          until=until, source="admin")
-            circuit.forced_state, circuit.forced_reason = state, reason
-            circuit.forced_by, circuit.forced_until = request.user, until  # type: ignore[assignment]
-            message = f"Set the circuit to {state}" + (f" until {until:%Y-%m-%d %H:%M %Z}"
-                                                     if until else "") + f". {reason}".rstrip()
-        circuit.save(update_fields=["forced_state", "forced_reason", "forced_by",
-                                    "forced_until", "updated_at"])
+            expiry = f" until {until:%Y-%m-%d %H:%M %Z}" if until else ""
+            message = f"Set the circuit to {state}{expiry}. {reason}"
         modeladmin.log_change(request, circuit, message.strip())
         done.append(circuit.name)
     if done:

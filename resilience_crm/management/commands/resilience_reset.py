@@ -1,0 +1,31 @@
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from resilience_crm import core
+from resilience_crm.control import known_circuits, steer
+
+
+class Command(BaseCommand):
+    help = "Close circuits and forget their counts, in every worker within SNAPSHOT_TTL."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("names", nargs="*", metavar="NAME", help="circuits to reset")
+        parser.add_argument("--all", action="store_true", help="reset every known circuit")
+        parser.add_argument("--reason", default="", help="kept in the audit trail")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        names = tuple(options["names"])
+        known = known_circuits()
+        if options["all"] == bool(names):
+            raise CommandError("Name the circuits to reset, or pass --all.")
+        if options["all"]:
+            names = tuple(known)
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise CommandError(f"Unknown circuit(s): {', '.join(unknown)}. "
+                               f"Known: {', '.join(known)}.")
+        for name in names:
+            steer(name, core.CLOSED, reason=options["reason"] or "reset by command",
+                  source="command")
+            self.stdout.write(self.style.SUCCESS(f"Reset {name}."))
