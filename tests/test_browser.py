@@ -1,0 +1,69 @@
+"""The circuits admin in a real browser: Debian's chromium, headless, driven by Playwright."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+from django.contrib.auth.models import User
+from django.db import connections
+
+from resilience_crm import core, registry
+from resilience_crm.models import CircuitEvent
+from tests.services import require_service
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def page(monkeypatch):
+    executable = os.environ.get("CHROMIUM") or shutil.which("chromium") or ""
+    require_service("Chromium", bool(executable),
+                    "no chromium on PATH (apt-get install chromium, or set CHROMIUM)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        require_service("Chromium", False, "playwright is not installed")
+    # Playwright runs an event loop in this thread; the ORM calls around it are still sync.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True)
+        page = browser.new_page()
+        page.set_default_timeout(10_000)
+        yield page
+        browser.close()
+        # The test's ORM calls ran beside Playwright's loop, so asgiref gave them their own
+        # connections; close them here or they outlive the test database.
+        connections.close_all()
+
+
+def test_operator_forces_a_circuit_open_from_the_admin(live_server, page):
+    user = User.objects.create_superuser("ops", "ops@example.com", "ops-password")
+
+    page.goto(f"{live_server.url}/admin/login/?next=/admin/resilience_crm/circuit/")
+    page.fill("#id_username", "ops")
+    page.fill("#id_password", "ops-password")
+    page.click("input[type=submit]")
+    page.wait_for_url("**/admin/resilience_crm/circuit/")
+
+    row = page.locator("#result_list tbody tr", has_text="crm.write")
+    assert row.locator(".resilience-state").inner_text().strip() == "closed"
+    row.locator("input.action-select").check()
+    page.select_option("select[name=action]", "force_open")
+    page.fill("input[name=reason]", "primary database failover")
+    page.click("button[name=index]")
+
+    page.wait_for_selector(".messagelist .success")
+    assert "Set to forced open: crm.write." in page.locator(".messagelist").inner_text()
+    badge = page.locator("#result_list tbody tr", has_text="crm.write").locator(
+        ".resilience-state")
+    assert badge.inner_text().strip() == "forced open"
+    closed = page.locator("#result_list .resilience-state-closed")
+    assert closed.count() == 3
+
+    assert registry.get_breaker("crm.write").state == core.FORCED_OPEN
+    event = CircuitEvent.objects.get(circuit__name="crm.write", to_state=core.FORCED_OPEN)
+    assert (event.actor, event.source, event.reason) == (user, "admin",
+                                                         "primary database failover")
+
