@@ -149,7 +149,12 @@ class CircuitAdmin(admin.ModelAdmin):
         if not snap:
             return "The store did not answer."
         rate = f"{snap['failure_rate']:.0%}"
-        retry = f", retry in {snap['retry_after']:.1f}s" if snap["retry_after"] else ""
+        if snap["state"] == core.OPEN and snap["retry_after"]:
+            retry = f", next trial in {snap['retry_after']:.1f}s"
+        elif snap["state"] in core.FORCEABLE and snap["until"]:
+            retry = f", until {timezone.localtime(snap['until']):%Y-%m-%d %H:%M:%S %Z}"
+        else:
+            retry = ""
         return format_html(
             "{} generation {} &middot; {} calls, {} failures ({}), {} slow in the window{}"
             " &middot; {} store",

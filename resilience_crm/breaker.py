@@ -89,6 +89,7 @@ class Breaker:
             outcome: metrics.key("calls", circuit=name, outcome=outcome)
             for outcome in (*core.OUTCOMES, "rejected")
         }
+        self._latency = metrics.key("latency_us", circuit=name)
 
     def __repr__(self) -> str:
         return f"<Breaker {self.name!r} {self._view['state'] if self._view else '?'}>"
@@ -137,10 +138,13 @@ class Breaker:
         try:
             value = fn(*args, **kwargs)
         except Exception as exc:
+            metrics.observe_latency(self._latency, self.name, self._monotonic() - started)
             self.record(permit, core.FAILURE if self.is_failure(exc) else core.SUCCESS)
             raise
-        slow = self._monotonic() - started >= self.config.slow_call_duration
-        self.record(permit, core.SLOW if slow else core.SUCCESS)
+        elapsed = self._monotonic() - started
+        metrics.observe_latency(self._latency, self.name, elapsed)
+        self.record(permit, core.SLOW if elapsed >= self.config.slow_call_duration
+                    else core.SUCCESS)
         return value
 
     def is_failure(self, exc: BaseException) -> bool:

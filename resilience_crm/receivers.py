@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from django.core.signals import request_finished
 from django.db import transaction
 from django.db.models.signals import post_migrate, post_save
 from django.dispatch import receiver
 
-from resilience_crm import alerts, events, registry
+from resilience_crm import alerts, events, metrics, registry
 from resilience_crm.conf import settings
 from resilience_crm.signals import circuit_transition
 
@@ -55,3 +57,12 @@ def config_saved(sender: Any, instance: Any, created: bool = False, update_field
         name, overrides = instance.name, dict(instance.config or {})
         transaction.on_commit(lambda: registry.get_breaker(name).configure(overrides),
                               using=kwargs.get("using"))
+
+
+@receiver(request_finished, dispatch_uid="resilience_crm.flush_metrics")
+def flush_metrics(sender: Any, **kwargs: Any) -> None:
+    """Write the per-minute call metrics once the response is out, every few seconds."""
+    try:
+        metrics.maybe_flush_buckets()
+    except Exception:  # metrics must never break a request
+        logging.getLogger("resilience_crm.metrics").exception("Writing call metrics failed.")

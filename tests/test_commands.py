@@ -32,7 +32,7 @@ def test_status_lists_every_circuit_with_its_live_state():
 
     assert lines[0] == "Store: DatabaseStore"
     rows = {line.split()[0]: line.split() for line in lines[2:]}
-    assert set(rows) == {"crm.read", "crm.write", "crm.rpc", "crm.auth"}
+    assert {"crm.read", "crm.write", "crm.rpc", "crm.auth"} <= set(rows)
     assert rows["crm.write"][1:6] == ["closed", "0", "1", "1", "100%"]
     assert rows["crm.rpc"][1] == "forced_open"
 
