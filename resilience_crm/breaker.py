@@ -259,6 +259,10 @@ class Breaker:
             store = self._enter_fallback(err)
             result = store.step(self.name, self._step_config, rand=self._rand(), entries=entries,
                                 op=op, arg=arg)
+        else:
+            if store is self.store and self._fallback is not None:
+                logger.info("Circuit %s: back on the shared store.", self.name)
+                self._fallback = None
         local = store is self._fallback
         with self._lock:
             # Threads step concurrently; a slower answer must not replace a newer view.
@@ -281,10 +285,9 @@ class Breaker:
             return self.store
         if self._monotonic() < self._fallback_until:
             return self._fallback
+        # Keep the local breaker (and its counts) until the shared store answers; counts
+        # made under the local breaker's generations are ignored by the shared store's step.
         logger.info("Circuit %s: trying the shared store again.", self.name)
-        self._fallback = None
-        with self._lock:  # counts made under the local breaker's generations mean nothing there
-            self._pending, self._pending_total = {}, 0
         return self.store
 
     def _enter_fallback(self, err: StoreUnavailable) -> MemoryStore:
