@@ -15,15 +15,27 @@ from collections import deque
 from datetime import datetime
 from typing import Any
 
-from django.db import DatabaseError, IntegrityError, router, transaction
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    DatabaseError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connections,
+    router,
+    transaction,
+)
 from django.utils import timezone
 
 from resilience_crm.core import FORCEABLE
 
 logger = logging.getLogger("resilience_crm.events")
 
-#: Events kept while the database is down; past this the oldest are dropped, with a warning.
+#: Events kept while the database is down; past this the oldest are dropped, with an error.
 BUFFER_SIZE = 10_000
+#: Errors that mean the database cannot be reached (the event waits); any other
+#: ``DatabaseError`` means it refuses this event, which is logged and dropped.
+UNREACHABLE = (OperationalError, InterfaceError)
 
 _pending: deque[dict[str, Any]] = deque(maxlen=BUFFER_SIZE)
 _lock = threading.Lock()
@@ -38,16 +50,30 @@ def record_transition(
         "reason": reason[:500], "actor_id": getattr(actor, "pk", None), "source": source,
         "at": at or timezone.now(),
     }
+    db = _database()
+    if _in_callers_transaction(db):
+        # The call that made the transition may well roll this transaction back (it failed,
+        # after all): keep the event here, write it once the transaction commits or, if it
+        # does not, with the next flush outside it.
+        with _lock:
+            _pending.append(event)
+        transaction.on_commit(flush_pending, using=db)
+        return
     flush_pending()
     try:
         _write(event)
-    except DatabaseError as err:
+    except UNREACHABLE as err:
         _buffer(event, err)
+    except DatabaseError:
+        logger.exception("Circuit %s: the database refused the %s -> %s event; dropped.",
+                         name, from_state, to_state)
 
 
 def flush_pending() -> int:
-    """Write buffered events; returns how many were written. Cheap when there are none."""
-    if not _pending:
+    """Write buffered events; returns how many were written. Cheap when there are none.
+
+    Does nothing inside a transaction the caller opened, which may yet roll back."""
+    if not _pending or _in_callers_transaction(_database()):
         return 0
     written = 0
     with _lock:
@@ -55,10 +81,12 @@ def flush_pending() -> int:
             event = _pending[0]
             try:
                 _write(event)
-            except DatabaseError:
-                break
+                written += 1
+            except UNREACHABLE:
+                break  # still down: keep it, and the rest, in order
+            except DatabaseError:  # refused for good: must not hold up the ones behind it
+                logger.exception("Dropping circuit event %s: the database refuses it.", event)
             _pending.popleft()
-            written += 1
     if written:
         logger.info("Wrote %d circuit events buffered while the database was down.", written)
     return written
@@ -80,10 +108,25 @@ def _buffer(event: dict[str, Any], err: Exception) -> None:
     )
 
 
+def _database() -> str:
+    from resilience_crm.models import CircuitEvent
+
+    return router.db_for_write(CircuitEvent) or DEFAULT_DB_ALIAS
+
+
+def _in_callers_transaction(db: str) -> bool:
+    """Whether writes on ``db`` would join a transaction opened around us. The test case's
+    own transaction (flagged by Django's ``TestCase``) does not count: it never commits."""
+    connection = connections[db]
+    return connection.in_atomic_block and not all(
+        getattr(block, "_from_testcase", False) for block in connection.atomic_blocks
+    )
+
+
 def _write(event: dict[str, Any]) -> None:
     from resilience_crm.models import Circuit, CircuitEvent
 
-    db = router.db_for_write(CircuitEvent)
+    db = _database()
     with transaction.atomic(using=db):
         circuit, _ = Circuit.objects.using(db).get_or_create(name=event["name"])
         rows = Circuit.objects.using(db).filter(pk=circuit.pk)

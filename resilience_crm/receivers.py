@@ -18,7 +18,7 @@ from resilience_crm.signals import circuit_transition
 @receiver(circuit_transition, dispatch_uid="resilience_crm.record_event")
 def record_event(sender: Any, name: str, from_state: str, to_state: str, generation: int,
                  reason: str = "", actor: Any = None, local: bool = False, **kwargs: Any) -> None:
-    source = "local" if local else kwargs.get("source") or ("admin" if actor else "breaker")
+    source = kwargs.get("source") or ("local" if local else "admin" if actor else "breaker")
     events.record_transition(name, from_state, to_state, generation, reason,
                              actor=actor if getattr(actor, "pk", None) else None,
                              at=kwargs.get("at"), source=source)
@@ -59,10 +59,12 @@ def config_saved(sender: Any, instance: Any, created: bool = False, update_field
                               using=kwargs.get("using"))
 
 
-@receiver(request_finished, dispatch_uid="resilience_crm.flush_metrics")
-def flush_metrics(sender: Any, **kwargs: Any) -> None:
-    """Write the per-minute call metrics once the response is out, every few seconds."""
+@receiver(request_finished, dispatch_uid="resilience_crm.after_response")
+def after_response(sender: Any, **kwargs: Any) -> None:
+    """Once the response is out (and outside ``ATOMIC_REQUESTS``' transaction): write events
+    kept back, and every few seconds the per-minute call metrics."""
     try:
+        events.flush_pending()
         metrics.maybe_flush_buckets()
-    except Exception:  # metrics must never break a request
-        logging.getLogger("resilience_crm.metrics").exception("Writing call metrics failed.")
+    except Exception:  # bookkeeping must never break a request
+        logging.getLogger("resilience_crm").exception("Writing events or metrics failed.")
