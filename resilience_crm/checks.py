@@ -67,6 +67,7 @@ class Codes:
     SNAPSHOT_TTL_SLOW = "resilience_crm.W001"
     STORE_PER_PROCESS = "resilience_crm.W002"
     CACHE_PER_PROCESS = "resilience_crm.W003"
+    STORE_IN_REQUEST_TRANSACTION = "resilience_crm.W004"
 
 
 class Messages:
@@ -111,6 +112,10 @@ class Messages:
         "The cache {alias!r} that RESILIENCE_CRM[\"CACHE_ALIAS\"] names uses {backend!r}, which"
         " {why}: with more than one worker, rate limits and fallback data are not shared."
     )
+    STORE_IN_REQUEST_TRANSACTION = (
+        "The database store keeps live circuit state on the database {alias!r}, which has"
+        " ATOMIC_REQUESTS: a request that fails rolls back the state change its failure made."
+    )
 
 
 class Hints:
@@ -153,6 +158,11 @@ class Hints:
     CACHE_PER_PROCESS = (
         "Point RESILIENCE_CRM[\"CACHE_ALIAS\"] at a Redis cache (django-redis) when the app runs"
         " in more than one process. Silence this warning if it never does."
+    )
+    STORE_IN_REQUEST_TRANSACTION = (
+        "Add a second alias for the same database without ATOMIC_REQUESTS, name it in"
+        " RESILIENCE_CRM[\"DATABASE_ALIAS\"] and add resilience_crm.routers.ResilienceRouter to"
+        " DATABASE_ROUTERS, or use the Redis store."
     )
 
 
@@ -527,6 +537,22 @@ def check_shared_state(config: dict[str, Any]) -> list[CheckMessage]:
                 hint=Hints.CACHE_PER_PROCESS, id=Codes.CACHE_PER_PROCESS,
             ))
     return warnings
+
+
+@_check(Tags.database)
+def check_store_transaction(config: dict[str, Any]) -> list[CheckMessage]:
+    """The database store must not share the transaction ``ATOMIC_REQUESTS`` wraps views in."""
+    alias = config["DATABASE_ALIAS"] or "default"
+    if not isinstance(alias, str) or not isinstance(config["STORE"], str):
+        return []  # reported by check_values and check_store
+    database = django_settings.DATABASES.get(alias)
+    if not isinstance(database, dict) or not database.get("ATOMIC_REQUESTS"):
+        return []
+    if conf.settings.store_path() != conf.STORE_ALIASES["database"]:
+        return []
+    return [CheckWarning(Messages.STORE_IN_REQUEST_TRANSACTION.format(alias=alias),
+                         hint=Hints.STORE_IN_REQUEST_TRANSACTION,
+                         id=Codes.STORE_IN_REQUEST_TRANSACTION)]
 
 
 @register(TAG, Tags.database)

@@ -576,3 +576,33 @@ def test_warnings_do_not_fail_manage_py_check(settings: Any) -> None:
     settings.DEBUG = False
     settings.RESILIENCE_CRM = {"SNAPSHOT_TTL": 5}
     call_command("check", "--tag", checks.TAG)  # warnings are printed, not raised
+
+
+def with_atomic_requests(settings: Any, alias: str = "default") -> None:
+    databases = {name: dict(db) for name, db in settings.DATABASES.items()}
+    databases[alias] = {**databases["default"], "ATOMIC_REQUESTS": True}
+    settings.DATABASES = databases
+
+
+def test_w004_database_store_inside_atomic_requests(settings: Any) -> None:
+    settings.CACHES = REDIS
+    with_atomic_requests(settings)
+    messages = run(settings, STORE="database")
+    assert ids(messages) == {checks.Codes.STORE_IN_REQUEST_TRANSACTION}
+    assert "'default'" in messages[0].msg
+    assert "DATABASE_ALIAS" in messages[0].hint
+
+
+@pytest.mark.parametrize("config", [{"STORE": "redis"}, {"STORE": "memory"}])
+def test_w004_not_for_stores_outside_the_database(settings: Any, config: Any) -> None:
+    settings.CACHES = REDIS
+    with_atomic_requests(settings)
+    assert checks.Codes.STORE_IN_REQUEST_TRANSACTION not in ids(run(settings, **config))
+
+
+def test_w004_not_when_the_app_has_its_own_alias(settings: Any) -> None:
+    with_atomic_requests(settings)
+    settings.DATABASES = {**settings.DATABASES, "resilience": {
+        **settings.DATABASES["default"], "ATOMIC_REQUESTS": False}}
+    messages = run(settings, STORE="database", DATABASE_ALIAS="resilience")
+    assert checks.Codes.STORE_IN_REQUEST_TRANSACTION not in ids(messages)
