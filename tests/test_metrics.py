@@ -12,6 +12,7 @@ from resilience_crm import get_breaker, metrics
 from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.models import CircuitMetric
 from tests.test_cluster import ctx, run_processes
+from tests.test_events import CIRCUIT, database_down  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -94,3 +95,15 @@ def test_processes_flushing_together_add_up(postgres):
 
     row = totals("crm.auth")
     assert row.successes == row.calls == sum(10 + i for i in range(8))
+
+
+def test_counts_wait_in_the_process_while_the_database_is_down(database_down, caplog):  # noqa: F811
+    make_calls(get_breaker(CIRCUIT), successes=3, failures=1)
+
+    assert metrics.flush_buckets() == 0
+    assert "Could not write call metrics" in caplog.text
+    database_down.end()
+    assert metrics.flush_buckets() == 1
+
+    row = totals(CIRCUIT)
+    assert (row.calls, row.successes, row.failures) == (4, 3, 1)
