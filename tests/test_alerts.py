@@ -22,6 +22,7 @@ from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.models import CircuitEvent
 from resilience_crm.stores.memory import MemoryStore
 from resilience_crm.stores.redis import RedisStore
+from tests.clock import Clock
 from tests.sentry_server import SentryServer
 
 pytestmark = pytest.mark.django_db  # every transition also writes its CircuitEvent
@@ -35,14 +36,6 @@ CONFIG = {
     "half_open_max_calls": 1,
     "success_threshold": 1,
 }
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @contextlib.contextmanager

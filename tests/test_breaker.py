@@ -12,14 +12,7 @@ from resilience_crm.breaker import SUCCESS_BATCH, Breaker
 from resilience_crm.exceptions import CircuitOpenError, StoreUnavailable
 from resilience_crm.signals import circuit_transition
 from resilience_crm.stores.memory import MemoryStore
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clock import Clock
 
 
 class CountingStore(MemoryStore):

@@ -23,6 +23,7 @@ from resilience_crm.breaker import EVENT_FLUSH_INTERVAL, Breaker
 from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.models import Circuit, CircuitEvent
 from resilience_crm.stores.memory import MemoryStore
+from tests.clock import Clock
 
 CIRCUIT = "test.events"
 ALIAS = "resilience_events"
@@ -34,14 +35,6 @@ TRIPS_AFTER_TWO = {
     "reset_timeout": 60,
     "max_reset_timeout": 60,
 }
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def boom():
