@@ -584,6 +584,7 @@ def with_atomic_requests(settings: Any, alias: str = "default") -> None:
     settings.DATABASES = databases
 
 
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")  # read by the check only
 def test_w004_database_store_inside_atomic_requests(settings: Any) -> None:
     settings.CACHES = REDIS
     with_atomic_requests(settings)
@@ -593,6 +594,7 @@ def test_w004_database_store_inside_atomic_requests(settings: Any) -> None:
     assert "DATABASE_ALIAS" in messages[0].hint
 
 
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")  # read by the check only
 @pytest.mark.parametrize("config", [{"STORE": "redis"}, {"STORE": "memory"}])
 def test_w004_not_for_stores_outside_the_database(settings: Any, config: Any) -> None:
     settings.CACHES = REDIS
@@ -600,6 +602,7 @@ def test_w004_not_for_stores_outside_the_database(settings: Any, config: Any) ->
     assert checks.Codes.STORE_IN_REQUEST_TRANSACTION not in ids(run(settings, **config))
 
 
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")  # read by the check only
 def test_w004_not_when_the_app_has_its_own_alias(settings: Any) -> None:
     with_atomic_requests(settings)
     settings.DATABASES = {**settings.DATABASES, "resilience": {
