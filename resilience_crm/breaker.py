@@ -256,13 +256,16 @@ class Breaker:
             result = store.step(self.name, self._step_config, rand=self._rand(), entries=entries,
                                 op=op, arg=arg)
         except StoreUnavailable as err:
+            self.store.unavailable_until = time.monotonic() + self.retry_interval
             store = self._enter_fallback(err)
             result = store.step(self.name, self._step_config, rand=self._rand(), entries=entries,
                                 op=op, arg=arg)
         else:
-            if store is self.store and self._fallback is not None:
-                logger.info("Circuit %s: back on the shared store.", self.name)
-                self._fallback = None
+            if store is self.store:
+                self.store.unavailable_until = 0.0
+                if self._fallback is not None:
+                    logger.info("Circuit %s: back on the shared store.", self.name)
+                    self._fallback = None
         local = store is self._fallback
         with self._lock:
             # Threads step concurrently; a slower answer must not replace a newer view.
@@ -282,6 +285,8 @@ class Breaker:
 
     def _store_for_step(self) -> BaseStore:
         if self._fallback is None:
+            if time.monotonic() < self.store.unavailable_until:  # another circuit just found
+                return self._enter_fallback(StoreUnavailable("the shared store is down"))
             return self.store
         if self._monotonic() < self._fallback_until:
             return self._fallback

@@ -220,6 +220,31 @@ def test_stalled_redis_is_given_up_on_and_returned_to(proxied_redis):
         other.call(lambda: "never")
 
 
+def test_one_circuits_timeout_spares_the_others_theirs(client, proxied_redis):
+    """The first circuit to find Redis stalled waits out the socket timeout; the other
+    circuits of this process go straight to their local breakers, so readiness stays fast."""
+    proxy = proxied_redis
+    for name in ("crm.read", "crm.write", "crm.rpc", "crm.auth"):
+        registry.get_breaker(name).call(lambda: "warm")
+    proxy.stalled = True
+    proxy.cut()
+
+    started = time.monotonic()
+    assert registry.get_breaker("crm.read").call(lambda: "first") == "first"
+    first = time.monotonic() - started
+    started = time.monotonic()
+    assert registry.get_breaker("crm.write").call(lambda: "second") == "second"
+    second = time.monotonic() - started
+
+    assert first >= SOCKET_TIMEOUT * 0.9
+    assert second < SOCKET_TIMEOUT / 2
+    assert registry.get_breaker("crm.write").using_fallback
+    started = time.monotonic()
+    body = client.get("/resilience/health/ready").json()
+    assert time.monotonic() - started < 2 * SOCKET_TIMEOUT + 0.5  # the cache probe's own wait
+    assert {c["store"] for c in body["circuits"].values()} == {"local"}
+
+
 def test_ready_lists_every_circuit_on_its_local_breaker(client, redis_down):
     response = client.get("/resilience/health/ready")
 

@@ -14,6 +14,9 @@ class BaseStore:
 
     #: ``True`` when every process sees the same state (Redis, the database).
     shared = True
+    #: ``time.monotonic()`` until which this process's breakers treat the store as down
+    #: without asking it: one breaker's timeout spares the others theirs.
+    unavailable_until = 0.0
 
     def step(
         self,
