@@ -52,6 +52,26 @@ def postgres():
 
 
 @pytest.fixture
+def redis_proxy(settings, redis_cache, redis_url):
+    """A TCP proxy in front of the real Redis, the test's to watch, stall or cut, and a
+    django-redis cache alias ``"proxied"`` through it (same keys as the ``redis`` alias)."""
+    from urllib.parse import urlparse
+
+    from tests.proxy import PROXY_SOCKET_TIMEOUT, Proxy
+
+    target = urlparse(redis_url)
+    with Proxy(target.hostname or "127.0.0.1", target.port or 6379) as proxy:
+        settings.CACHES = {**settings.CACHES, "proxied": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": proxy.url(path=target.path or "/0"),
+            "KEY_PREFIX": "rcrm-test",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": PROXY_SOCKET_TIMEOUT,
+                        "SOCKET_TIMEOUT": PROXY_SOCKET_TIMEOUT},
+        }}
+        yield proxy
+
+
+@pytest.fixture
 def redis_settings(settings, redis_cache):
     """Breakers on the real Redis store."""
     settings.RESILIENCE_CRM = {"STORE": "redis", "CACHE_ALIAS": "redis"}

@@ -8,6 +8,9 @@ import socket
 import threading
 from typing import Any
 
+#: django-redis's connect and read timeouts on the ``redis_proxy`` fixture's alias, in seconds.
+PROXY_SOCKET_TIMEOUT = 0.25
+
 
 class Proxy:
     def __init__(self, target_host: str, target_port: int) -> None:

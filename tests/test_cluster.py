@@ -270,6 +270,26 @@ def test_a_killed_holders_permit_is_reclaimed_after_the_lease(cluster, settings)
     assert breaker.state == core.CLOSED
 
 
+def in_background(fn, *args):
+    """Start ``fn(*args)`` in a thread; the returned function waits for it and re-raises."""
+    failures = []
+
+    def run():
+        try:
+            fn(*args)
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+
+    def finished():
+        thread.join()
+        assert not failures, failures
+
+    return finished
+
+
 def wait_for(breaker, state, limit):
     started = time.monotonic()
     while breaker.state != state:
@@ -300,24 +320,14 @@ def test_forced_states_and_resets_reach_every_worker_within_a_second(
     connections.close_all()
     barrier = ctx.Barrier(PROCESSES + 1)
     seen_after = ctx.Array("d", PROCESSES)
-    failures = []
-
-    def run():
-        try:
-            run_processes(worker_watch, barrier, before, expected, seen_after)
-        except BaseException as exc:
-            failures.append(exc)
-
-    runner = threading.Thread(target=run)
-    runner.start()
+    finished = in_background(run_processes, worker_watch, barrier, before, expected, seen_after)
     barrier.wait(timeout=30)
     breaker = get_breaker(CIRCUIT)
     if action == "force":
         breaker.force(core.FORCED_OPEN, reason="maintenance")
     else:
         breaker.reset(reason="recovered")
-    runner.join()
-    assert not failures, failures
+    finished()
     assert max(seen_after) < 1.0
 
 
@@ -341,22 +351,12 @@ def test_saved_overrides_reach_every_worker_within_a_second(cluster, settings):
     registry.clear()
     barrier = ctx.Barrier(PROCESSES + 1)
     seen_after = ctx.Array("d", PROCESSES)
-    failures = []
-
-    def run():
-        try:
-            run_processes(worker_config, barrier, seen_after)
-        except BaseException as exc:
-            failures.append(exc)
-
-    runner = threading.Thread(target=run)
-    runner.start()
+    finished = in_background(run_processes, worker_config, barrier, seen_after)
     barrier.wait(timeout=30)
     circuit, _ = Circuit.objects.get_or_create(name=CIRCUIT)
     circuit.config = {"failure_threshold": 2}
     circuit.save()
-    runner.join()
-    assert not failures, failures
+    finished()
     assert max(seen_after) < 1.0
     breaker = get_breaker(CIRCUIT)
     for _ in range(2):

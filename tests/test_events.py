@@ -372,3 +372,19 @@ def test_events_kept_back_by_a_rolled_back_request_are_written_after_it(transact
 
     assert events.pending_count() == 0
     assert transitions() == [(1, "closed", "open")]
+
+
+def test_a_manual_change_holds_while_the_database_is_down(database_down, caplog):
+    """The live state changes and its event waits; only the row's forced fields are missed."""
+    from resilience_crm.control import steer
+
+    assert steer(CIRCUIT, core.FORCED_OPEN, reason="failover", source="command") is None
+
+    assert get_breaker(CIRCUIT).state == core.FORCED_OPEN
+    assert "its row could not be updated" in caplog.text
+    assert events.pending_count() == 1
+    database_down.end()
+    events.flush_pending()
+    event = CircuitEvent.objects.get(circuit__name=CIRCUIT)
+    assert (event.to_state, event.source, event.reason) == (core.FORCED_OPEN, "command",
+                                                            "failover")

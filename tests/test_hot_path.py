@@ -3,41 +3,29 @@ before the protected function runs."""
 
 from __future__ import annotations
 
-from urllib.parse import urlparse
-
 import pytest
 
 from resilience_crm import core, get_breaker
 from resilience_crm.exceptions import CircuitOpenError
-from tests.proxy import Proxy
 
 
 @pytest.mark.redis
-def test_closed_path_sends_nothing_to_redis(settings, redis_url):
-    target = urlparse(redis_url)
-    with Proxy(target.hostname or "127.0.0.1", target.port or 6379) as proxy:
-        settings.CACHES = {
-            **settings.CACHES,
-            "proxied": {
-                "BACKEND": "django_redis.cache.RedisCache",
-                "LOCATION": proxy.url(path=target.path or "/0"),
-                "KEY_PREFIX": "rcrm-test-hot",
-            },
-        }
-        settings.RESILIENCE_CRM = {"STORE": "redis", "CACHE_ALIAS": "proxied", "SNAPSHOT_TTL": 1}
-        breaker = get_breaker("hot.path")
-        breaker.store.clear("hot.path")
-        assert breaker.call(lambda: "first") == "first"  # fetches the snapshot
-        sent = proxy.bytes_up
-        assert sent > 0
-        for _ in range(50):
-            assert breaker.call(lambda: "ok") == "ok"
-        assert proxy.bytes_up == sent
-        # A failure goes to Redis at once, with the successes counted meanwhile.
-        with pytest.raises(ValueError):
-            breaker.call(_boom)
-        assert proxy.bytes_up > sent
-        assert breaker.snapshot()["calls"] == 52
+def test_closed_path_sends_nothing_to_redis(settings, redis_proxy):
+    proxy = redis_proxy
+    settings.RESILIENCE_CRM = {"STORE": "redis", "CACHE_ALIAS": "proxied", "SNAPSHOT_TTL": 1}
+    breaker = get_breaker("hot.path")
+    breaker.store.clear("hot.path")
+    assert breaker.call(lambda: "first") == "first"  # fetches the snapshot
+    sent = proxy.bytes_up
+    assert sent > 0
+    for _ in range(50):
+        assert breaker.call(lambda: "ok") == "ok"
+    assert proxy.bytes_up == sent
+    # A failure goes to Redis at once, with the successes counted meanwhile.
+    with pytest.raises(ValueError):
+        breaker.call(_boom)
+    assert proxy.bytes_up > sent
+    assert breaker.snapshot()["calls"] == 52
 
 
 @pytest.mark.django_db
@@ -52,30 +40,21 @@ def test_closed_path_sends_nothing_to_the_database(settings, django_assert_num_q
 
 
 @pytest.mark.redis
-def test_open_circuit_rejects_without_asking_redis(settings, redis_url):
-    target = urlparse(redis_url)
-    with Proxy(target.hostname or "127.0.0.1", target.port or 6379) as proxy:
-        settings.CACHES = {
-            **settings.CACHES,
-            "proxied": {
-                "BACKEND": "django_redis.cache.RedisCache",
-                "LOCATION": proxy.url(path=target.path or "/0"),
-                "KEY_PREFIX": "rcrm-test-hot",
-            },
-        }
-        settings.RESILIENCE_CRM = {
-            "STORE": "redis", "CACHE_ALIAS": "proxied", "SNAPSHOT_TTL": 1,
-            "CIRCUITS": {"hot.open": {"failure_threshold": 1, "reset_timeout": 30}},
-        }
-        breaker = get_breaker("hot.open")
-        breaker.store.clear("hot.open")
-        with pytest.raises(ValueError):
-            breaker.call(_boom)
-        sent = proxy.bytes_up
-        for _ in range(20):
-            with pytest.raises(CircuitOpenError):
-                breaker.call(lambda: "never")
-        assert proxy.bytes_up == sent
+def test_open_circuit_rejects_without_asking_redis(settings, redis_proxy):
+    proxy = redis_proxy
+    settings.RESILIENCE_CRM = {
+        "STORE": "redis", "CACHE_ALIAS": "proxied", "SNAPSHOT_TTL": 1,
+        "CIRCUITS": {"hot.open": {"failure_threshold": 1, "reset_timeout": 30}},
+    }
+    breaker = get_breaker("hot.open")
+    breaker.store.clear("hot.open")
+    with pytest.raises(ValueError):
+        breaker.call(_boom)
+    sent = proxy.bytes_up
+    for _ in range(20):
+        with pytest.raises(CircuitOpenError):
+            breaker.call(lambda: "never")
+    assert proxy.bytes_up == sent
 
 
 def _boom():

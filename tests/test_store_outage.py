@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from urllib.parse import urlparse
 
 import pytest
 
@@ -22,13 +21,13 @@ from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.models import CircuitEvent
 from resilience_crm.stores.redis import RedisStore
 from resilience_crm.views import PENALTIES
-from tests.proxy import Proxy
+from tests.proxy import PROXY_SOCKET_TIMEOUT
 
 # Transitions are written to the audit trail, so the database must be reachable.
 pytestmark = pytest.mark.django_db
 
-#: django-redis's connect and read timeouts, in seconds.
-SOCKET_TIMEOUT = 0.25
+#: django-redis's connect and read timeouts, in seconds (the same on the proxied alias).
+SOCKET_TIMEOUT = PROXY_SOCKET_TIMEOUT
 #: Seconds a worker keeps its own breaker before it tries Redis again.
 RETRY_INTERVAL = 0.4
 #: The most one call may take while Redis is down. It waits out one timeout at most (a refused
@@ -70,14 +69,10 @@ def redis_down(settings):
 
 
 @pytest.fixture
-def proxied_redis(settings, redis_url, redis_cache):
+def proxied_redis(settings, redis_proxy):
     """Breakers on the real Redis through a proxy that the test can stall."""
-    target = urlparse(redis_url)
-    with Proxy(target.hostname or "127.0.0.1", target.port or 6379) as proxy:
-        location = proxy.url(path=target.path or "/0")
-        settings.CACHES = {**settings.CACHES, "proxied": _redis_cache(location)}
-        _breaker_settings(settings, "proxied")
-        yield proxy
+    _breaker_settings(settings, "proxied")
+    return redis_proxy
 
 
 def wait_until(condition: Callable[[], bool], what: str) -> None:
