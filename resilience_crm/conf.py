@@ -6,33 +6,22 @@ looks the dict up on first use and forgets it when a test or a deployment change
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 from django.conf import settings as django_settings
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
-SETTING_NAME = "RESILIENCE_CRM"
+from resilience_crm.constants import DEFAULT_CIRCUITS, OP_CLASSES, SETTING_NAME
+from resilience_crm.core import Config
 
-OP_CLASSES = ("read", "write", "rpc", "auth")
+__all__ = ["BREAKER_DEFAULTS", "DEFAULTS", "DEFAULT_CIRCUITS", "OP_CLASSES", "SETTING_NAME",
+           "settings"]
 
-#: Breaker settings every circuit starts from; ``CIRCUIT_DEFAULTS`` and ``CIRCUITS`` override them.
-BREAKER_DEFAULTS: dict[str, Any] = {
-    "failure_threshold": 5,
-    "failure_rate_threshold": 0.5,
-    "minimum_calls": 20,
-    "window": 60,
-    "slow_call_duration": 5.0,
-    "slow_call_rate_threshold": 1.0,
-    "reset_timeout": 30,
-    "max_reset_timeout": 600,
-    "half_open_max_calls": 1,
-    "success_threshold": 1,
-    "call_timeout": 10.0,
-    "permit_lease": 30,
-}
-
-DEFAULT_CIRCUITS = ("crm.read", "crm.write", "crm.rpc", "crm.auth")
+#: Breaker settings every circuit starts from (``core.Config``'s defaults);
+#: ``CIRCUIT_DEFAULTS`` and ``CIRCUITS`` override them.
+BREAKER_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Config)}
 
 DEFAULTS: dict[str, Any] = {
     "STORE": "auto",
@@ -141,9 +130,6 @@ settings = ResilienceSettings()
 def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
     if setting in (SETTING_NAME, "CACHES", "DATABASES"):
         settings.reload()
-        from resilience_crm import registry
-
-        registry.clear()
 
 
 setting_changed.connect(_on_setting_changed, dispatch_uid="resilience_crm.conf")

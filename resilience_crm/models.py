@@ -8,6 +8,7 @@ from django.db import models
 from django.db.models.functions import Now
 
 from resilience_crm import core
+from resilience_crm.constants import OP_CLASSES
 
 STATE_CHOICES = [(state, state.replace("_", " ")) for state in core.STATES]
 
@@ -134,7 +135,6 @@ class Tier(models.Model):
         return self.name
 
     def clean(self) -> None:
-        from resilience_crm.conf import OP_CLASSES
         from resilience_crm.rates import parse_rates
 
         if not isinstance(self.limits, dict):

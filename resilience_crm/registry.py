@@ -7,8 +7,11 @@ import os
 import threading
 from typing import Any
 
+from django.core.signals import setting_changed
+
 from resilience_crm.breaker import Breaker
 from resilience_crm.conf import settings
+from resilience_crm.constants import SETTING_NAME
 from resilience_crm.core import Config
 from resilience_crm.stores.base import BaseStore
 
@@ -76,6 +79,13 @@ def _overrides(name: str) -> dict[str, Any]:
         return {}
     return dict(config or {})
 
+
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting in (SETTING_NAME, "CACHES", "DATABASES"):
+        clear()
+
+
+setting_changed.connect(_on_setting_changed, dispatch_uid="resilience_crm.registry")
 
 # A forked worker must not share its parent's pending counts or snapshots.
 os.register_at_fork(after_in_child=clear)
