@@ -6,13 +6,16 @@ no network or database call. Failures, slow calls and half-open trials go to the
 once, carrying the successes counted since the last step, so one store call does both.
 
 The store reports every transition to the one caller whose step made it; that caller sends
-``circuit_transition``, so each transition is announced once across the cluster. When the
-shared store cannot be reached the breaker carries on with a per-process store for
-``STORE_RETRY_INTERVAL`` seconds, then tries the shared one again.
+``circuit_transition``, so each transition is announced once across the cluster. What
+happens when the shared store fails is the store's business: the registry hands breakers a
+:class:`~resilience_crm.stores.failover.FailoverStore`, whose results say whether a step
+was taken on the worker's own breaker (``local``).
 """
 
 from __future__ import annotations
 
+import importlib
+import json
 import logging
 import random
 import threading
@@ -23,13 +26,10 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
 
-from django.utils.module_loading import import_string
-
 from resilience_crm import core, metrics
-from resilience_crm.exceptions import CircuitOpenError, StoreUnavailable
+from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.signals import circuit_transition
 from resilience_crm.stores.base import BaseStore
-from resilience_crm.stores.memory import MemoryStore
 
 logger = logging.getLogger("resilience_crm.breaker")
 
@@ -37,8 +37,6 @@ T = TypeVar("T")
 
 #: Successes counted locally before they are sent to the store even if the snapshot is fresh.
 SUCCESS_BATCH = 1000
-#: Seconds between attempts to write transition events buffered while the database was down.
-EVENT_FLUSH_INTERVAL = 5.0
 
 
 class Permit(NamedTuple):
@@ -57,7 +55,6 @@ class Breaker:
         store: BaseStore,
         *,
         snapshot_ttl: float = 0.5,
-        retry_interval: float = 5.0,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
@@ -67,7 +64,6 @@ class Breaker:
         self.name = name
         self.store = store
         self.snapshot_ttl = snapshot_ttl
-        self.retry_interval = retry_interval
         self._clock = clock
         self._monotonic = monotonic
         self._rand = rand
@@ -82,9 +78,6 @@ class Breaker:
         self._offset_ms = 0
         self._pending: dict[int, int] = {}
         self._pending_total = 0
-        self._fallback: MemoryStore | None = None
-        self._fallback_until = 0.0
-        self._last_event_flush = float("-inf")
         self._counters = {
             outcome: metrics.key("calls", circuit=name, outcome=outcome)
             for outcome in (*core.OUTCOMES, "rejected")
@@ -138,14 +131,22 @@ class Breaker:
         try:
             value = fn(*args, **kwargs)
         except Exception as exc:
-            metrics.observe_latency(self._latency, self.name, self._monotonic() - started)
-            self.record(permit, core.FAILURE if self.is_failure(exc) else core.SUCCESS)
+            self._settle(permit, started, core.FAILURE if self.is_failure(exc) else core.SUCCESS)
             raise
-        elapsed = self._monotonic() - started
-        metrics.observe_latency(self._latency, self.name, elapsed)
-        self.record(permit, core.SLOW if elapsed >= self.config.slow_call_duration
-                    else core.SUCCESS)
+        self._settle(permit, started, None)
         return value
+
+    def _settle(self, permit: Permit, started: float, outcome: str | None) -> None:
+        """Time and record a call that ran; ``None``: a success, or slow. Never raises: the
+        caller's own result or exception is what the caller gets."""
+        elapsed = self._monotonic() - started
+        if outcome is None:
+            outcome = core.SLOW if elapsed >= self.config.slow_call_duration else core.SUCCESS
+        try:
+            metrics.observe_latency(self._latency, self.name, elapsed)
+            self.record(permit, outcome)
+        except Exception:
+            logger.exception("Circuit %s: recording a call's outcome failed.", self.name)
 
     def is_failure(self, exc: BaseException) -> bool:
         """Whether ``exc`` counts against the circuit. An exception that does not still counts
@@ -162,6 +163,14 @@ class Breaker:
         if self._view is None or self._monotonic() - self._fetched >= self.snapshot_ttl:
             return str(self._step(self._take_pending())["state"])
         return str(self._view["state"])
+
+    def peek(self) -> str:
+        """The state, read without stepping the store (no write anywhere): for probes."""
+        view = self._view
+        if view is not None and self._monotonic() - self._fetched < self.snapshot_ttl:
+            return str(view["state"])
+        stored = self.store.read(self.name)
+        return core.CLOSED if stored is None else core.current_state(stored, self._server_now_ms())
 
     def snapshot(self) -> dict[str, Any]:
         """The circuit as the store has it now (one store call)."""
@@ -187,7 +196,9 @@ class Breaker:
     def reset(self, actor: Any = None, reason: str = "", *, source: str = "") -> None:
         """Close the circuit and forget its counts, in every worker within ``SNAPSHOT_TTL``.
 
-        ``actor`` and ``source`` (``"admin"``, ``"command"``) go into the audit trail."""
+        ``actor`` and ``source`` (``"admin"``, ``"command"``) go into the audit trail. Raises
+        :class:`~resilience_crm.exceptions.StoreUnavailable` when the shared store cannot take
+        it: a change that only this worker would see is no change at all."""
         self._set(core.CLOSED, actor, reason or "reset", None, source)
 
     def force(self, state: str, actor: Any = None, reason: str = "",
@@ -199,29 +210,44 @@ class Breaker:
 
     def configure(self, overrides: Mapping[str, Any]) -> None:
         """Hand ``overrides`` (breaker settings over the ones in ``RESILIENCE_CRM``) to every
-        worker; each applies them with its next store step. Raises ``ValueError`` if invalid."""
+        worker; each applies them with its next store step. Raises ``ValueError`` if invalid,
+        :class:`~resilience_crm.exceptions.StoreUnavailable` if the shared store cannot take
+        them."""
+        problems = exception_errors(overrides)
+        if problems:
+            raise ValueError("; ".join(f"{key} {message}" for key, message in problems))
         core.Config.from_mapping(self._base_config | dict(overrides))
-        self._step(self._take_pending(), "config", {"config": dict(overrides)})
+        self._step(self._take_pending(), "config", {"config": json.dumps(dict(overrides))},
+                   shared_only=True)
 
     @property
     def using_fallback(self) -> bool:
-        return self._fallback is not None
+        """Whether this worker's last step was on its own breaker (the shared store failed)."""
+        return self._view_local
 
     # Internals.
 
     def _use(self, config: core.Config) -> None:
         self.config = config
         self._step_config = config.as_step_config()
-        self._record_on = _exception_classes(config.record_exceptions) or (Exception,)
-        self._ignore = _exception_classes(config.ignore_exceptions)
+        self._record_on = exception_classes(config.record_exceptions, self.name) or (Exception,)
+        self._ignore = exception_classes(config.ignore_exceptions, self.name)
 
-    def _adopt_overrides(self, version: int, overrides: Mapping[str, Any]) -> None:
+    def _adopt_overrides(self, version: int, text: Any) -> None:
         self._cv = version
-        if version == 0 or dict(overrides) == self._overrides:
-            return  # version 0: nothing was handed out since the state began; keep ours
+        if version == 0:
+            return  # nothing was handed out since the state began; keep ours
         try:
-            self._use(core.Config.from_mapping(self._base_config | dict(overrides)))
-        except (ValueError, ImportError) as err:
+            overrides = json.loads(text) if isinstance(text, str) else dict(text or {})
+            if not isinstance(overrides, dict):
+                raise ValueError("the overrides are not a JSON object")
+            if overrides == self._overrides:
+                return
+            problems = exception_errors(overrides)
+            if problems:
+                raise ValueError("; ".join(f"{key} {message}" for key, message in problems))
+            self._use(core.Config.from_mapping(self._base_config | overrides))
+        except ValueError as err:
             logger.error("Circuit %s: ignoring invalid overrides %r (%s)", self.name, overrides,
                          err)
             return
@@ -236,7 +262,8 @@ class Breaker:
             "actor": str(actor) if actor is not None else "",
             "until": int(until.timestamp() * 1000) if until else 0,
         }
-        self._step(self._take_pending(), "set", arg, actor=actor, source=source)
+        self._step(self._take_pending(), "set", arg, actor=actor, source=source,
+                   shared_only=True)
 
     def _take_pending(self) -> list[list[Any]]:
         with self._lock:
@@ -250,23 +277,13 @@ class Breaker:
 
     def _step(self, entries: Sequence[Sequence[Any]], op: str | None = None,
               arg: Mapping[str, Any] | None = None, *, actor: Any = None,
-              source: str = "") -> dict[str, Any]:
-        store = self._store_for_step()
-        try:
-            result = store.step(self.name, self._step_config, rand=self._rand(), entries=entries,
-                                op=op, arg=arg)
-        except StoreUnavailable as err:
-            self.store.unavailable_until = time.monotonic() + self.retry_interval
-            store = self._enter_fallback(err)
-            result = store.step(self.name, self._step_config, rand=self._rand(), entries=entries,
-                                op=op, arg=arg)
-        else:
-            if store is self.store:
-                self.store.unavailable_until = 0.0
-                if self._fallback is not None:
-                    logger.info("Circuit %s: back on the shared store.", self.name)
-                    self._fallback = None
-        local = store is self._fallback
+              source: str = "", shared_only: bool = False) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        if shared_only and self.store.fails_over:
+            options["shared_only"] = True
+        result = self.store.step(self.name, self._step_config, rand=self._rand(),
+                                 entries=entries, op=op, arg=arg, **options)
+        local = bool(result.get("local"))
         with self._lock:
             # Threads step concurrently; a slower answer must not replace a newer view.
             view = self._view
@@ -280,36 +297,7 @@ class Breaker:
         for i, change in enumerate(transitions):
             manual = op == "set" and i == len(transitions) - 1  # the set's own transition
             self._announce(change, actor if manual else None, local, source if manual else "")
-        self._flush_events()
         return result
-
-    def _store_for_step(self) -> BaseStore:
-        if self._fallback is None:
-            if time.monotonic() < self.store.unavailable_until:  # another circuit just found
-                return self._enter_fallback(StoreUnavailable("the shared store is down"))
-            return self.store
-        if self._monotonic() < self._fallback_until:
-            return self._fallback
-        # Keep the local breaker (and its counts) until the shared store answers; counts
-        # made under the local breaker's generations are ignored by the shared store's step.
-        logger.info("Circuit %s: trying the shared store again.", self.name)
-        return self.store
-
-    def _enter_fallback(self, err: StoreUnavailable) -> MemoryStore:
-        metrics.inc("store_errors", circuit=self.name)
-        if self._fallback is None:
-            logger.warning(
-                "Circuit %s: the shared store is unavailable (%s); this worker uses its own "
-                "breaker for %.1fs.", self.name, err.__cause__ or err, self.retry_interval,
-            )
-            self._fallback = MemoryStore(clock=self._clock)
-            if self._view is not None:
-                seed = core.new_state()
-                seed.update(state=self._view["state"], gen=self._view["gen"],
-                            until=self._view["until"], opened_at=self._view["opened_at"])
-                self._fallback.seed(self.name, seed)
-        self._fallback_until = self._monotonic() + self.retry_interval
-        return self._fallback
 
     def _announce(self, change: Mapping[str, Any], actor: Any, local: bool,
                   source: str = "") -> None:
@@ -329,21 +317,50 @@ class Breaker:
                 logger.error("circuit_transition receiver %r failed", receiver,
                              exc_info=(type(response), response, response.__traceback__))
 
-    def _flush_events(self) -> None:
-        now = self._monotonic()
-        if now - self._last_event_flush < EVENT_FLUSH_INTERVAL:
-            return
-        self._last_event_flush = now
+
+def import_exception(path: str) -> type[BaseException]:
+    """The exception class at the dotted ``path``; ``ImportError`` or ``TypeError`` says why
+    there is none."""
+    module, _, attr = path.rpartition(".")
+    if not module:
+        raise ImportError(f"{path!r} is not a dotted path")
+    try:
+        value = getattr(importlib.import_module(module), attr)
+    except AttributeError as err:
+        raise ImportError(f"module {module!r} has no attribute {attr!r}") from err
+    if not (isinstance(value, type) and issubclass(value, BaseException)):
+        raise TypeError(f"{path!r} is not an exception class")
+    return value
+
+
+def exception_errors(values: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(key, message)`` for each path in ``record_exceptions`` / ``ignore_exceptions`` that
+    does not name an exception class (the shapes are :func:`core.config_errors`' job)."""
+    errors = []
+    for key in ("record_exceptions", "ignore_exceptions"):
+        paths = values.get(key)
+        if not isinstance(paths, list | tuple):
+            continue
+        for path in paths:
+            if not isinstance(path, str):
+                continue
+            try:
+                import_exception(path)
+            except Exception as err:  # importing user code may raise anything
+                errors.append((key, f"cannot use {path!r}: {err}"))
+    return errors
+
+
+def exception_classes(paths: Sequence[str], circuit: str = "") -> tuple[type[BaseException], ...]:
+    """The classes ``paths`` name. One that cannot be imported is left out, with an error in
+    the log: a bad path never makes a circuit raise (the checks report it at start-up)."""
+    classes = []
+    for path in paths:
         try:
-            from resilience_crm import events
-
-            events.flush_pending()
-        except Exception:  # buffered events wait for the next attempt
-            logger.exception("Flushing buffered circuit events failed.")
-
-
-def _exception_classes(paths: Sequence[str]) -> tuple[type[BaseException], ...]:
-    return tuple(import_string(path) for path in paths)
+            classes.append(import_exception(path))
+        except Exception as err:  # importing user code may raise anything
+            logger.error("Circuit %s: ignoring exception path %r (%s).", circuit, path, err)
+    return tuple(classes)
 
 
 def _seconds(ms: float) -> float | None:

@@ -103,7 +103,7 @@ _SECONDS_KEYS = {
     "permit_lease",
 }
 _POSITIVE_KEYS = {"window", "reset_timeout", "max_reset_timeout", "permit_lease",
-                  "half_open_max_calls", "success_threshold"}
+                  "half_open_max_calls", "success_threshold", "slow_call_duration"}
 _LIST_KEYS = {"record_exceptions", "ignore_exceptions"}
 
 
@@ -150,7 +150,9 @@ def new_state() -> dict[str, Any]:
         "reason": "",
         "actor": "",
         "cv": 0,  # bumped each time an operator saves the circuit's overrides
-        "cfg": {},  # those overrides, so every worker picks them up with its next step
+        # Those overrides as JSON text, so every worker picks them up with its next step. Text,
+        # not a table: Redis's cjson would turn an empty list in them into an object.
+        "cfg": "",
     }
 
 
@@ -170,7 +172,8 @@ def step(
     workers counts exactly up to the trip and no further.
     ``op``: ``"acquire"`` (``arg["permit"]``: the id a half-open permit is leased under),
     ``"set"`` (``arg``: ``state``, ``until`` ms or 0, ``reason``, ``actor``), ``"config"``
-    (``arg["config"]``: the circuit's overrides, handed to every worker) or ``None``.
+    (``arg["config"]``: the circuit's overrides as JSON text, handed to every worker) or
+    ``None``.
     ``rand``: a number in [0, 1) for the backoff jitter.
     """
     arg = arg or {}
@@ -232,16 +235,28 @@ def step(
         st["actor"] = arg.get("actor") or ""
         transitions[-1]["actor"] = st["actor"]
     elif op == "config":
-        st["cfg"] = dict(arg["config"])
+        st["cfg"] = str(arg["config"])
         st["cv"] = st.get("cv", 0) + 1
 
     calls, failures, slow = _totals(st, cfg, now)
     result.update(
         state=st["state"], gen=st["gen"], until=st["until"], opened_at=st["opened_at"], now=now,
         calls=calls, failures=failures, slow=slow, counted=counted, transitions=transitions,
-        cv=st.get("cv", 0), cfg=st.get("cfg", {}),
+        cv=st.get("cv", 0), cfg=st.get("cfg", ""),
     )
     return st, result
+
+
+def current_state(st: Mapping[str, Any], now: int) -> str:
+    """The state ``st`` is in at ``now``, without stepping it: an open circuit whose timeout
+    has passed reads as half-open, a forced state that has lapsed as closed."""
+    state = str(st["state"])
+    if state != CLOSED and st["until"] > 0 and now >= st["until"]:
+        if state == OPEN:
+            return HALF_OPEN
+        if state in FORCEABLE:
+            return CLOSED
+    return state
 
 
 def _count(st: dict[str, Any], cfg: Mapping[str, Any], now: int, outcome: str, count: int) -> None:

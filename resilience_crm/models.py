@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models.functions import Now
+from django.utils import timezone
 
 from resilience_crm import core
 from resilience_crm.constants import OP_CLASSES
 
 STATE_CHOICES = [(state, state.replace("_", " ")) for state in core.STATES]
+
+
+class CircuitQuerySet(models.QuerySet["Circuit"]):
+    def live_seed(self, name: str) -> dict[str, Any]:
+        """The live state to start ``name`` from when the shared store has lost it: the
+        durable generation, forced state and overrides; a new circuit if there is no row."""
+        circuit = self.filter(name=name).select_related("forced_by").first()
+        return core.new_state() if circuit is None else circuit.live_seed()
 
 
 class Circuit(models.Model):
@@ -39,6 +51,8 @@ class Circuit(models.Model):
     created_at = models.DateTimeField(db_default=Now(), editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
+    objects = CircuitQuerySet.as_manager()
+
     class Meta:
         ordering = ["name"]
         permissions = [
@@ -50,6 +64,22 @@ class Circuit(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def live_seed(self) -> dict[str, Any]:
+        """This row as a live state (see :func:`resilience_crm.core.new_state`): generations go
+        on above the last recorded one, and a forced state that has not lapsed holds."""
+        seed = core.new_state()
+        seed["gen"] = self.generation
+        if self.config:
+            seed["cfg"], seed["cv"] = json.dumps(self.config), 1
+        until = self.forced_until
+        if self.forced_state in core.FORCEABLE and (until is None or until > timezone.now()):
+            seed.update(state=self.forced_state, reason=self.forced_reason,
+                        actor=str(self.forced_by or ""),
+                        until=int(until.timestamp() * 1000) if until else 0)
+            if self.forced_state == core.FORCED_OPEN:
+                seed["opened_at"] = int(self.updated_at.timestamp() * 1000)
+        return seed
 
     def clean(self) -> None:
         if not isinstance(self.config, dict):

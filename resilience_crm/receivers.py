@@ -12,7 +12,7 @@ from django.dispatch import receiver
 
 from resilience_crm import alerts, events, metrics, registry
 from resilience_crm.conf import settings
-from resilience_crm.signals import circuit_transition
+from resilience_crm.signals import circuit_transition, shared_store_recovered
 
 
 @receiver(circuit_transition, dispatch_uid="resilience_crm.record_event")
@@ -26,8 +26,17 @@ def record_event(sender: Any, name: str, from_state: str, to_state: str, generat
 
 @receiver(circuit_transition, dispatch_uid="resilience_crm.send_alert")
 def send_alert(sender: Any, name: str, from_state: str, to_state: str, generation: int,
-               reason: str = "", local: bool = False, **kwargs: Any) -> None:
-    alerts.send_alert(name, from_state, to_state, generation, reason, local=local)
+               reason: str = "", local: bool = False, actor: Any = None,
+               **kwargs: Any) -> None:
+    alerts.send_alert(name, from_state, to_state, generation, reason, local=local, actor=actor,
+                      source=kwargs.get("source"))
+
+
+@receiver(shared_store_recovered, dispatch_uid="resilience_crm.store_recovered")
+def store_recovered(sender: Any, **kwargs: Any) -> None:
+    """The shared store is back: allow the next outage its local alert, and apply the manual
+    changes operators made while it was down."""
+    alerts.store_recovered()
 
 
 @receiver(post_migrate, dispatch_uid="resilience_crm.create_rows")

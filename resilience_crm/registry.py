@@ -13,7 +13,9 @@ from resilience_crm.breaker import Breaker
 from resilience_crm.conf import settings
 from resilience_crm.constants import SETTING_NAME
 from resilience_crm.core import Config
+from resilience_crm.models import Circuit
 from resilience_crm.stores.base import BaseStore
+from resilience_crm.stores.failover import FailoverStore
 
 logger = logging.getLogger("resilience_crm.registry")
 
@@ -23,13 +25,25 @@ _lock = threading.RLock()
 
 
 def get_store() -> BaseStore:
-    """The shared store that ``RESILIENCE_CRM["STORE"]`` selects, built once per process."""
+    """The store that ``RESILIENCE_CRM["STORE"]`` selects, built once per process. A shared
+    one comes wrapped in a :class:`FailoverStore`: the process's own breakers stand in while
+    it fails, and circuits it has lost are seeded from their durable rows."""
     global _store
     if _store is None:
         with _lock:
             if _store is None:
-                _store = settings.store_class()()
+                store = settings.store_class()()
+                if store.shared:
+                    store = FailoverStore(store, retry_interval=settings.STORE_RETRY_INTERVAL,
+                                          seed=Circuit.objects.live_seed)
+                _store = store
     return _store
+
+
+def shared_store() -> BaseStore:
+    """The store itself, without the failover wrapper: for reports."""
+    store = get_store()
+    return store.primary if isinstance(store, FailoverStore) else store
 
 
 def get_breaker(name: str) -> Breaker:
@@ -47,7 +61,6 @@ def get_breaker(name: str) -> Breaker:
                 breaker = Breaker(
                     name, config, get_store(),
                     snapshot_ttl=settings.SNAPSHOT_TTL,
-                    retry_interval=settings.STORE_RETRY_INTERVAL,
                     base_config=base, overrides=overrides,
                 )
                 _breakers[name] = breaker
@@ -57,6 +70,16 @@ def get_breaker(name: str) -> Breaker:
 def all_breakers() -> list[Breaker]:
     """A breaker for every configured circuit, in settings order."""
     return [get_breaker(name) for name in settings.circuit_names()]
+
+
+def swap_breaker(name: str, breaker: Breaker | None) -> Breaker | None:
+    """Put ``breaker`` in place for ``name`` (``None``: forget it); returns the one it
+    replaces. For test helpers such as :class:`resilience_crm.testutils.override_circuit`."""
+    with _lock:
+        previous = _breakers.pop(name, None)
+        if breaker is not None:
+            _breakers[name] = breaker
+    return previous
 
 
 def clear() -> None:
@@ -71,8 +94,6 @@ def _overrides(name: str) -> dict[str, Any]:
     """Settings an operator saved on the circuit's row in the admin; none if the database
     is down."""
     try:
-        from resilience_crm.models import Circuit
-
         config = Circuit.objects.filter(name=name).values_list("config", flat=True).first()
     except Exception as err:  # the database may be the thing that is down
         logger.warning("Circuit %s: could not read overrides from the database (%s).", name, err)

@@ -38,14 +38,8 @@ class override_circuit(ContextDecorator):  # noqa: N801  (used like a function, 
         if self.state == core.OPEN:
             seed |= {"until": 2**53, "opened_at": 1, "opens": 1}
         store.seed(self.name, seed)
-        with registry._lock:
-            self._previous = registry._breakers.get(self.name)
-            registry._breakers[self.name] = breaker
+        self._previous = registry.swap_breaker(self.name, breaker)
         return breaker
 
     def __exit__(self, *exc: Any) -> None:
-        with registry._lock:
-            if self._previous is None:
-                registry._breakers.pop(self.name, None)
-            else:
-                registry._breakers[self.name] = self._previous
+        registry.swap_breaker(self.name, self._previous)

@@ -20,6 +20,7 @@ from resilience_crm import alerts, core
 from resilience_crm.breaker import Breaker
 from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.models import CircuitEvent
+from resilience_crm.stores.failover import FailoverStore
 from resilience_crm.stores.memory import MemoryStore
 from resilience_crm.stores.redis import RedisStore
 from tests.clock import Clock
@@ -170,7 +171,8 @@ def test_an_incident_opened_by_a_workers_own_breaker_says_so(sentry, clock, sett
             "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.25, "SOCKET_TIMEOUT": 0.25},
         },
     }
-    breaker = Breaker(CIRCUIT, core.Config.from_mapping(CONFIG), RedisStore("redis_down"),
+    store = FailoverStore(RedisStore("redis_down"), clock=clock, monotonic=clock)
+    breaker = Breaker(CIRCUIT, core.Config.from_mapping(CONFIG), store,
                       clock=clock, monotonic=clock, rand=lambda: 0.5)
     trip(breaker)
     assert breaker.using_fallback

@@ -11,6 +11,7 @@ from resilience_crm import core, metrics
 from resilience_crm.breaker import SUCCESS_BATCH, Breaker
 from resilience_crm.exceptions import CircuitOpenError, StoreUnavailable
 from resilience_crm.signals import circuit_transition
+from resilience_crm.stores.failover import FailoverStore
 from resilience_crm.stores.memory import MemoryStore
 from tests.clock import Clock
 
@@ -44,7 +45,7 @@ def make_breaker(store, clock, **config) -> Breaker:
     base = {"failure_threshold": 3, "failure_rate_threshold": 0, "reset_timeout": 10,
             "max_reset_timeout": 60}
     return Breaker("test.circuit", core.Config.from_mapping(base | config), store,
-                   snapshot_ttl=0.5, retry_interval=5, clock=clock, monotonic=clock,
+                   snapshot_ttl=0.5, clock=clock, monotonic=clock,
                    rand=lambda: 0.5)
 
 
@@ -172,12 +173,13 @@ def test_disabled_circuit_records_nothing(store, clock):
 
 
 def test_a_store_outage_falls_back_to_a_local_breaker(store, clock, caplog):
-    breaker = make_breaker(store, clock, failure_threshold=2)
+    failover = FailoverStore(store, retry_interval=5, clock=clock, monotonic=clock)
+    breaker = make_breaker(failover, clock, failure_threshold=2)
     breaker.call(lambda: 1)
     store.down = True
     clock.now += 1
     errors = metrics.value("store_errors", circuit="test.circuit")
-    with caplog.at_level(logging.WARNING, logger="resilience_crm.breaker"):
+    with caplog.at_level(logging.WARNING, logger="resilience_crm.stores"):
         for _ in range(2):
             with pytest.raises(ValueError):
                 breaker.call(boom)

@@ -17,9 +17,8 @@ from django.db import connections, transaction
 from django.db.utils import load_backend
 from model_bakery import baker
 
-from resilience_crm import breaker as breaker_module
 from resilience_crm import core, events, get_breaker
-from resilience_crm.breaker import EVENT_FLUSH_INTERVAL, Breaker
+from resilience_crm.breaker import Breaker
 from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.models import Circuit, CircuitEvent
 from resilience_crm.stores.memory import MemoryStore
@@ -261,38 +260,6 @@ def test_buffered_events_keep_the_time_of_their_transition(database_down):
 
     event = CircuitEvent.objects.get(circuit__name=CIRCUIT)
     assert event.created_at.timestamp() == pytest.approx(1_700_000_000.0)
-
-
-def test_the_breaker_writes_buffered_events_itself_every_few_seconds(database_down):
-    clock = Clock()
-    breaker = Breaker(CIRCUIT, core.Config.from_mapping(TRIPS_AFTER_TWO), MemoryStore(clock),
-                      clock=clock, monotonic=clock, rand=lambda: 0.5)
-    trip(breaker)  # its store step also tried, and failed, to flush
-    assert events.pending_count() == 1
-    database_down.end()
-
-    clock.now += EVENT_FLUSH_INTERVAL - 1
-    assert breaker.snapshot()["state"] == core.OPEN  # a store step, too soon to flush
-    assert events.pending_count() == 1
-    assert transitions() == []
-
-    clock.now += 1
-    assert breaker.snapshot()["state"] == core.OPEN
-    assert events.pending_count() == 0
-    assert transitions() == [(1, "closed", "open")]
-
-
-def test_a_registry_breaker_flushes_on_its_next_store_step(database_down, monkeypatch):
-    breaker = get_breaker(CIRCUIT)
-    trip(breaker)
-    assert events.pending_count() == 1
-    database_down.end()
-    monkeypatch.setattr(breaker_module, "EVENT_FLUSH_INTERVAL", 0)
-
-    breaker.snapshot()
-
-    assert events.pending_count() == 0
-    assert transitions() == [(1, "closed", "open")]
 
 
 def test_a_full_buffer_drops_the_oldest_event_with_an_error(database_down, monkeypatch, caplog):

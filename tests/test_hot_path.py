@@ -10,6 +10,7 @@ from resilience_crm.exceptions import CircuitOpenError
 
 
 @pytest.mark.redis
+@pytest.mark.django_db  # the first step seeds the circuit from its durable row
 def test_closed_path_sends_nothing_to_redis(settings, redis_proxy):
     proxy = redis_proxy
     settings.RESILIENCE_CRM = {"STORE": "redis", "CACHE_ALIAS": "proxied", "SNAPSHOT_TTL": 1}
@@ -40,6 +41,7 @@ def test_closed_path_sends_nothing_to_the_database(settings, django_assert_num_q
 
 
 @pytest.mark.redis
+@pytest.mark.django_db
 def test_open_circuit_rejects_without_asking_redis(settings, redis_proxy):
     proxy = redis_proxy
     settings.RESILIENCE_CRM = {

@@ -207,9 +207,10 @@ class StepMachine(RuleBasedStateMachine):
                "reason": reason, "actor": actor}
         self.step(rand=rand, op="set", arg=arg)
 
-    @rule(overrides=st.sampled_from([{}, {"failure_threshold": 2}, {"window": 30, "x": "y"}]))
+    @rule(overrides=st.sampled_from([{}, {"failure_threshold": 2}, {"window": 30, "x": "y"},
+                                     {"record_exceptions": [], "ignore_exceptions": []}]))
     def hand_out_overrides(self, overrides: dict) -> None:
-        self.step(rand=0.5, op="config", arg={"config": overrides})
+        self.step(rand=0.5, op="config", arg={"config": json.dumps(overrides)})
 
     @rule()
     def clear(self) -> None:

@@ -122,14 +122,14 @@ def test_store_errors_count_once_per_retry_interval(redis_down):
 
 
 def test_outage_is_logged_once_naming_the_circuit(redis_down, caplog):
-    caplog.set_level(logging.WARNING, logger="resilience_crm.breaker")
+    caplog.set_level(logging.WARNING, logger="resilience_crm.stores")
     breaker = registry.get_breaker("crm.read")
 
     for _ in range(50):
         breaker.call(lambda: "ok")
 
     warnings = [r for r in caplog.records
-                if r.name == "resilience_crm.breaker" and r.levelno >= logging.WARNING]
+                if r.name == "resilience_crm.stores" and r.levelno >= logging.WARNING]
     assert len(warnings) == 1
     assert "crm.read" in warnings[0].getMessage()
     assert "shared store is unavailable" in warnings[0].getMessage()

@@ -5,9 +5,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from django.db import DatabaseError, router
+from django.db.models import F
 
 from resilience_crm import core
 from resilience_crm.exceptions import StoreUnavailable
+from resilience_crm.models import Circuit
 from resilience_crm.stores.base import BaseStore
 
 #: Compare-and-set attempts before a step gives up under contention.
@@ -20,6 +22,7 @@ class DatabaseStore(BaseStore):
     A step reads the row, applies :func:`resilience_crm.core.step` in Python and writes the
     result back with ``UPDATE ... WHERE version = %s AND generation = %s``; a concurrent
     writer makes that update match nothing and the step is taken again on the fresh row.
+    A row with no live state starts from its own durable record (:meth:`Circuit.live_seed`).
     Time is this process's clock.
     """
 
@@ -28,8 +31,6 @@ class DatabaseStore(BaseStore):
         self._clock = clock
 
     def _manager(self) -> Any:
-        from resilience_crm.models import Circuit
-
         return Circuit.objects.using(self.alias or router.db_for_write(Circuit))
 
     def step(
@@ -41,6 +42,8 @@ class DatabaseStore(BaseStore):
         entries: Sequence[Sequence[Any]] = (),
         op: str | None = None,
         arg: Mapping[str, Any] | None = None,
+        require_state: bool = False,
+        seed: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         try:
             circuits = self._manager()
@@ -52,7 +55,7 @@ class DatabaseStore(BaseStore):
                     circuits.get_or_create(name=name)  # safe when another worker races us
                     continue
                 live, version, generation = row
-                state = live or dict(core.new_state(), gen=generation)
+                state = live or circuits.live_seed(name)
                 state, result = core.step(state, config, int(self._clock() * 1000), rand,
                                           entries, op, arg)
                 updated = circuits.filter(name=name, version=version, generation=generation).update(
@@ -64,9 +67,14 @@ class DatabaseStore(BaseStore):
             raise StoreUnavailable(f"The database store failed: {err}") from err
         raise StoreUnavailable(f"Circuit {name}: too much contention on the database store.")
 
-    def clear(self, name: str) -> None:
-        from django.db.models import F
+    def read(self, name: str) -> dict[str, Any] | None:
+        try:
+            live = self._manager().filter(name=name).values_list("live", flat=True).first()
+        except DatabaseError as err:
+            raise StoreUnavailable(f"The database store failed: {err}") from err
+        return live or None
 
+    def clear(self, name: str) -> None:
         try:
             self._manager().filter(name=name).update(live={}, version=F("version") + 1)
         except DatabaseError as err:

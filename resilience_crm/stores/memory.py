@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from resilience_crm import core
-from resilience_crm.stores.base import BaseStore
+from resilience_crm.stores.base import BaseStore, StateMissing
 
 
 class MemoryStore(BaseStore):
@@ -30,12 +30,24 @@ class MemoryStore(BaseStore):
         entries: Sequence[Sequence[Any]] = (),
         op: str | None = None,
         arg: Mapping[str, Any] | None = None,
+        require_state: bool = False,
+        seed: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         now = int(self._clock() * 1000)
         with self._lock:
-            state = self._states.setdefault(name, core.new_state())
+            state = self._states.get(name)
+            if state is None:
+                if seed is None and require_state:
+                    raise StateMissing(name)
+                state = core.new_state() | copy.deepcopy(dict(seed or {}))
+                self._states[name] = state
             _, result = core.step(state, config, now, rand, entries, op, arg)
         return result
+
+    def read(self, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            state = self._states.get(name)
+            return None if state is None else copy.deepcopy(state)
 
     def seed(self, name: str, state: Mapping[str, Any]) -> None:
         """Start ``name`` from ``state`` (a full state dict) unless it already has one."""

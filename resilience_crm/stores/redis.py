@@ -19,23 +19,21 @@ from redis import exceptions as redis_exceptions
 
 from resilience_crm.conf import settings
 from resilience_crm.exceptions import StoreUnavailable
-from resilience_crm.stores.base import BaseStore
+from resilience_crm.stores.base import BaseStore, StateMissing
 
 SCRIPT = Path(__file__).with_name("step.lua").read_text(encoding="utf-8")
 
-#: A circuit nobody has stepped for this long is forgotten (the key's TTL, in ms).
+#: A circuit nobody has stepped for this long is forgotten (the key's TTL, in ms); the next
+#: step seeds it again from the durable ``Circuit`` row.
 STATE_TTL_MS = 7 * 24 * 3600 * 1000
 
-#: Errors that mean Redis cannot be reached or cannot take writes right now. Anything else
-#: (a script error, a wrong type) is a bug and propagates as it is.
-UNAVAILABLE = (
-    redis_exceptions.ConnectionError,  # also loading, auth and pool-exhausted errors
-    redis_exceptions.TimeoutError,
-    redis_exceptions.InvalidResponse,  # something that is not Redis answered
-    redis_exceptions.ReadOnlyError,  # a replica during failover
-    redis_exceptions.ClusterDownError,  # also MASTERDOWN
-    redis_exceptions.OutOfMemoryError,
+#: Errors that make a step fail. Every one of them degrades to the worker's own breaker: not
+#: only an unreachable Redis but one that answers with an error (BUSY, MISCONF, OOM, a
+#: replica's READONLY, WRONGTYPE on the key, a script error on a malformed value).
+FAILURES = (
+    redis_exceptions.RedisError,
     OSError,
+    ValueError,  # a reply that is not the JSON the script writes
 )
 
 
@@ -62,6 +60,8 @@ class RedisStore(BaseStore):
         entries: Sequence[Sequence[Any]] = (),
         op: str | None = None,
         arg: Mapping[str, Any] | None = None,
+        require_state: bool = False,
+        seed: Mapping[str, Any] | None = None,
         now: int | None = None,
     ) -> dict[str, Any]:
         """One atomic :func:`resilience_crm.core.step` in one round trip.
@@ -76,28 +76,34 @@ class RedisStore(BaseStore):
             json.dumps(dict(arg or {})),
             "" if now is None else str(int(now)),
             str(STATE_TTL_MS),
+            "1" if require_state else "",
+            "" if seed is None else json.dumps(dict(seed)),
         ]
         try:
-            raw = self._script(keys=[self.key(name)], args=argv)
-        except UNAVAILABLE as err:
+            result = _ints(json.loads(self._script(keys=[self.key(name)], args=argv)))
+        except FAILURES as err:
             raise StoreUnavailable(circuit=name) from err
-        result = _ints(json.loads(raw))
+        if result.get("missing"):
+            raise StateMissing(name)
         # cjson encodes an empty Lua table as an object.
         result["transitions"] = list(result["transitions"] or [])
         return result
+
+    def read(self, name: str) -> dict[str, Any] | None:
+        return self.read_state(name)
 
     def read_state(self, name: str) -> dict[str, Any] | None:
         """The circuit's stored state dict (see :func:`resilience_crm.core.new_state`), if any."""
         try:
             raw = self._client.get(self.key(name))
-        except UNAVAILABLE as err:
+            return None if raw is None else _ints(json.loads(raw))
+        except FAILURES as err:
             raise StoreUnavailable(circuit=name) from err
-        return None if raw is None else _ints(json.loads(raw))
 
     def clear(self, name: str) -> None:
         try:
             self._client.delete(self.key(name))
-        except UNAVAILABLE as err:
+        except FAILURES as err:
             raise StoreUnavailable(circuit=name) from err
 
 

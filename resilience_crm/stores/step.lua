@@ -11,6 +11,8 @@
 -- ARGV[5]  arg JSON ("{}" when there is none)
 -- ARGV[6]  now in ms, FOR TESTS ONLY; "" (the normal case) takes the time from Redis TIME
 -- ARGV[7]  the key's time to live in ms, refreshed on every step ("" for 7 days)
+-- ARGV[8]  "1": when the key is missing, change nothing and answer {"missing": true}
+-- ARGV[9]  seed JSON: the state to start from when the key is missing ("" for a new state)
 --
 -- Returns core.step's result dict as a JSON string. cjson encodes an empty table as {}: the
 -- caller turns an empty ``transitions`` back into a list. Numbers are encoded with 14
@@ -73,7 +75,7 @@ local function new_state()
     reason = '',
     actor = '',
     cv = 0,
-    cfg = {},
+    cfg = '',
   }
 end
 
@@ -195,6 +197,14 @@ local raw = redis.call('GET', key)
 local st
 if raw then
   st = cjson.decode(raw)
+elseif ARGV[9] ~= nil and ARGV[9] ~= '' then
+  -- The circuit's state was lost (eviction, restart, flush): go on from the durable record.
+  st = new_state()
+  for field, value in pairs(cjson.decode(ARGV[9])) do
+    st[field] = value
+  end
+elseif ARGV[8] == '1' then
+  return cjson.encode({missing = true})
 else
   st = new_state()
 end
@@ -305,7 +315,7 @@ result.slow = slow
 result.counted = counted
 result.transitions = transitions
 result.cv = st.cv or 0
-result.cfg = st.cfg or {}
+result.cfg = st.cfg or ''
 
 redis.call('SET', key, cjson.encode(st), 'PX', ttl_ms)
 return cjson.encode(result)

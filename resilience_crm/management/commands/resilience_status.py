@@ -25,7 +25,7 @@ class Command(BaseCommand):
             snap.pop("name")
             snap["forced"] = forced.get(name)
             circuits[name] = snap
-        store = type(registry.get_store())
+        store = type(registry.shared_store())
         if options["json"]:
             body = {"store": f"{store.__module__}.{store.__qualname__}", "circuits": circuits,
                     "pending_events": events.pending_count()}
