@@ -3,7 +3,12 @@ queued writes.
 
 The four circuit actions each need their own permission. Each one steps the shared store, so
 every worker sees the change within ``SNAPSHOT_TTL``; the transition leaves a
-``CircuitEvent`` naming the acting user, and the action leaves a ``LogEntry``.
+``CircuitEvent`` naming the acting user, and the action leaves a ``LogEntry``. While the
+shared store is unreachable an action is saved and reported as pending (it reaches every
+worker when the store is back), or refused when the database cannot save it either.
+Editing a circuit's breaker settings needs ``change_circuit_config`` and leaves a
+``LogEntry`` with the diff; a circuit with events cannot be deleted (they are its audit
+trail).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
+from django.db import router, transaction
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
@@ -23,6 +29,7 @@ from django.utils.http import urlencode
 
 from resilience_crm import core, registry
 from resilience_crm.control import steer
+from resilience_crm.exceptions import ManualChangeRefused
 from resilience_crm.models import (
     Circuit,
     CircuitEvent,
@@ -88,26 +95,53 @@ def _steer(modeladmin: CircuitAdmin, request: HttpRequest, queryset: QuerySet[Ci
                                 messages.ERROR)
         return
     reason = request.POST.get("reason", "").strip()[:200]
-    done = []
+    done: list[str] = []
+    pending: list[str] = []
     for circuit in queryset:
-        steer(circuit.name, state, actor=request.user, reason=reason, until=until,
-              source="admin")
+        try:
+            outcome = steer(circuit.name, state, actor=request.user, reason=reason, until=until,
+                            source="admin")
+        except ManualChangeRefused as err:
+            modeladmin.message_user(request, err.message, messages.ERROR)
+            continue
         if state == core.CLOSED:
             message = f"Reset the circuit. {reason}"
         else:
             expiry = f" until {until:%Y-%m-%d %H:%M %Z}" if until else ""
             message = f"Set the circuit to {state}{expiry}. {reason}"
+        if outcome.pending:
+            message = f"Saved, pending the shared store: {message}"
         modeladmin.log_change(request, circuit, message.strip())
-        done.append(circuit.name)
+        (done if outcome.applied else pending).append(circuit.name)
+    verb = "Reset" if state == core.CLOSED else f"Set to {state.replace('_', ' ')}:"
     if done:
-        verb = "Reset" if state == core.CLOSED else f"Set to {state.replace('_', ' ')}:"
         modeladmin.message_user(request, f"{verb} {', '.join(done)}.", messages.SUCCESS)
+    if pending:
+        modeladmin.message_user(
+            request,
+            f"Pending: {', '.join(pending)}. The shared store is unreachable, so the change is "
+            f"saved and not yet in effect; it reaches every worker as soon as the store is back.",
+            messages.WARNING,
+        )
+
+
+def config_diff(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """``"failure_threshold: 5 -> 10; window: (default) -> 30"`` for two override dicts."""
+    keys = sorted(set(before) | set(after))
+    return "; ".join(
+        f"{key}: {before.get(key, '(default)')!r} -> {after.get(key, '(default)')!r}"
+        .replace("'(default)'", "(default)")
+        for key in keys if before.get(key, _UNSET) != after.get(key, _UNSET)
+    )
+
+
+_UNSET = object()
 
 
 @admin.register(Circuit)
 class CircuitAdmin(admin.ModelAdmin):
     list_display = ["name", "live_state", "durable_state", "generation", "forced_state",
-                    "forced_until", "overridden", "updated_at"]
+                    "forced_until", "overridden", "pending_change", "updated_at"]
     list_filter = ["state", "forced_state"]
     search_fields = ["name"]
     readonly_fields = ["live_panel", "state", "generation", "forced_state", "forced_reason",
@@ -124,7 +158,35 @@ class CircuitAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         fields = list(super().get_readonly_fields(request, obj))
-        return [*fields, "name"] if obj is not None else fields
+        if obj is not None:
+            fields.append("name")
+        if not request.user.has_perm("resilience_crm.change_circuit_config"):
+            fields.append("config")
+        return fields
+
+    def save_model(self, request: HttpRequest, obj: Circuit, form: Any, change: bool) -> None:
+        before = Circuit.objects.filter(pk=obj.pk).values_list("config", flat=True).first()
+        super().save_model(request, obj, form, change)
+        diff = config_diff(before or {}, obj.config or {})
+        if not diff:
+            return
+        request._resilience_config_diff = diff  # type: ignore[attr-defined]  # for log_change
+
+        def report() -> None:  # after config_saved's own on_commit has handed them out
+            if "config" in (Circuit.objects.filter(pk=obj.pk)
+                            .values_list("pending", flat=True).first() or {}):
+                self.message_user(request, "The breaker settings are saved, but the shared "
+                                  "store is unreachable: they reach every worker as soon as it "
+                                  "is back.", messages.WARNING)
+
+        transaction.on_commit(report, using=router.db_for_write(Circuit))
+
+    def log_change(self, request: HttpRequest, obj: Any, message: Any) -> Any:
+        diff = getattr(request, "_resilience_config_diff", None)
+        if diff and isinstance(message, list):
+            request._resilience_config_diff = None  # type: ignore[attr-defined]
+            message = f"Changed breaker settings: {diff}."
+        return super().log_change(request, obj, message)
 
     # Columns.
 
@@ -136,6 +198,17 @@ class CircuitAdmin(admin.ModelAdmin):
     @admin.display(description="last recorded", ordering="state")
     def durable_state(self, obj: Circuit) -> str:
         return obj.state.replace("_", " ")
+
+    @admin.display(description="pending")
+    def pending_change(self, obj: Circuit) -> str:
+        """A change saved while the shared store was unreachable, not yet in effect."""
+        pending = obj.pending or {}
+        parts = []
+        if pending.get("action"):
+            parts.append(str(pending["action"].get("state", "")).replace("_", " "))
+        if pending.get("config"):
+            parts.append("settings")
+        return ", ".join(parts) or "-"
 
     @admin.display(description="overrides", boolean=True)
     def overridden(self, obj: Circuit) -> bool:

@@ -55,3 +55,10 @@ class ConfigurationError(ResilienceError):
     code = "CONFIGURATION_ERROR"
     default_message = "The resilience settings are invalid."
     status = 500
+
+
+class ManualChangeRefused(ResilienceError):
+    """An operator's change could be made neither in the shared store nor saved for later."""
+
+    code = "MANUAL_CHANGE_REFUSED"
+    default_message = "The change could not be made: the shared store and the database are down."

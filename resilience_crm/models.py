@@ -12,6 +12,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from resilience_crm import core
+from resilience_crm.breaker import exception_errors
 from resilience_crm.constants import OP_CLASSES
 
 STATE_CHOICES = [(state, state.replace("_", " ")) for state in core.STATES]
@@ -46,6 +47,11 @@ class Circuit(models.Model):
         related_name="+",
     )
     forced_until = models.DateTimeField(null=True, blank=True)
+    pending = models.JSONField(
+        default=dict, blank=True, editable=False,
+        help_text="A manual change saved while the shared store was unreachable, applied to "
+                  "every worker as soon as it is back.",
+    )
     live = models.JSONField(default=dict, blank=True, editable=False)
     version = models.BigIntegerField(default=0, editable=False)
     created_at = models.DateTimeField(db_default=Now(), editable=False)
@@ -60,6 +66,7 @@ class Circuit(models.Model):
             ("force_open_circuit", "Can force circuits open"),
             ("force_closed_circuit", "Can force circuits closed"),
             ("disable_circuit", "Can disable circuits"),
+            ("change_circuit_config", "Can change circuits' breaker settings"),
         ]
 
     def __str__(self) -> str:
@@ -84,7 +91,7 @@ class Circuit(models.Model):
     def clean(self) -> None:
         if not isinstance(self.config, dict):
             raise ValidationError({"config": "Must be a JSON object of breaker settings."})
-        errors = core.config_errors(self.config)
+        errors = core.config_errors(self.config) or exception_errors(self.config)
         if errors:
             raise ValidationError({"config": [f"{key} {message}" for key, message in errors]})
 
@@ -98,7 +105,8 @@ class CircuitEvent(models.Model):
         COMMAND = "command", "command"
         LOCAL = "local", "local breaker (store unavailable)"
 
-    circuit = models.ForeignKey(Circuit, on_delete=models.CASCADE, related_name="events")
+    # PROTECT: deleting a circuit must not erase its audit trail.
+    circuit = models.ForeignKey(Circuit, on_delete=models.PROTECT, related_name="events")
     generation = models.BigIntegerField()
     from_state = models.CharField(max_length=20, choices=STATE_CHOICES)
     to_state = models.CharField(max_length=20, choices=STATE_CHOICES)

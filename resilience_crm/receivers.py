@@ -10,7 +10,7 @@ from django.db import transaction
 from django.db.models.signals import post_migrate, post_save
 from django.dispatch import receiver
 
-from resilience_crm import alerts, events, metrics, registry
+from resilience_crm import alerts, control, events, metrics
 from resilience_crm.conf import settings
 from resilience_crm.signals import circuit_transition, shared_store_recovered
 
@@ -37,6 +37,7 @@ def store_recovered(sender: Any, **kwargs: Any) -> None:
     """The shared store is back: allow the next outage its local alert, and apply the manual
     changes operators made while it was down."""
     alerts.store_recovered()
+    control.apply_pending()
 
 
 @receiver(post_migrate, dispatch_uid="resilience_crm.create_rows")
@@ -64,7 +65,7 @@ def config_saved(sender: Any, instance: Any, created: bool = False, update_field
         return
     if update_fields is None or "config" in update_fields:
         name, overrides = instance.name, dict(instance.config or {})
-        transaction.on_commit(lambda: registry.get_breaker(name).configure(overrides),
+        transaction.on_commit(lambda: control.push_config(name, overrides),
                               using=kwargs.get("using"))
 
 

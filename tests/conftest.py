@@ -5,7 +5,7 @@ import os
 import pytest
 from django.conf import settings as django_settings
 
-from resilience_crm import metrics, registry
+from resilience_crm import alerts, metrics, registry
 from tests.services import require_service
 
 
@@ -14,6 +14,7 @@ def _fresh_breakers():
     """Every test starts with no breakers, store or counters left by another."""
     registry.clear()
     metrics.reset()
+    alerts.store_recovered()  # no store outage carries over from another test
     yield
     registry.clear()
 
@@ -76,3 +77,23 @@ def redis_settings(settings, redis_cache):
     """Breakers on the real Redis store."""
     settings.RESILIENCE_CRM = {"STORE": "redis", "CACHE_ALIAS": "redis"}
     return settings
+
+
+@pytest.fixture
+def unreachable_database(transactional_db):
+    """The alias of a database connection to a port nothing listens on (``DatabaseError`` at
+    once); the default connection's settings otherwise."""
+    from django.db import connections
+    from django.db.utils import load_backend
+
+    alias = "resilience_unreachable"
+    working = dict(connections["default"].settings_dict)
+    if working["ENGINE"] == "django.db.backends.sqlite3":
+        down = {**working, "NAME": "/nonexistent-directory/db.sqlite3"}
+    else:
+        down = {**working, "HOST": "127.0.0.1", "PORT": 1}
+    # A connection added to the handler after start-up is one the test case allows.
+    connections[alias] = load_backend(down["ENGINE"]).DatabaseWrapper(down, alias)
+    yield alias
+    connections[alias].close()
+    del connections[alias]

@@ -16,14 +16,16 @@ import pytest
 import sentry_sdk
 from sentry_sdk.integrations.logging import LoggingIntegration
 
-from resilience_crm import alerts, core
+from resilience_crm import alerts, core, registry
 from resilience_crm.breaker import Breaker
+from resilience_crm.control import steer
 from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.models import CircuitEvent
 from resilience_crm.stores.failover import FailoverStore
 from resilience_crm.stores.memory import MemoryStore
 from resilience_crm.stores.redis import RedisStore
 from tests.clock import Clock
+from tests.conditions import wait_for
 from tests.sentry_server import SentryServer
 
 pytestmark = pytest.mark.django_db  # every transition also writes its CircuitEvent
@@ -258,3 +260,52 @@ def test_an_unreachable_ingest_endpoint_never_breaks_the_call(breaker, clock):
         sentry_sdk.flush(timeout=5)
 
     assert recorded() == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+
+
+@pytest.mark.redis
+def test_local_breakers_send_one_alert_per_process_per_store_outage(sentry, settings,
+                                                                     redis_proxy):
+    """Every circuit of a worker whose Redis is gone may open on its own: that is one alert,
+    grouped apart from the cluster's, and the next outage may send one again."""
+    proxy = redis_proxy
+    settings.RESILIENCE_CRM = {
+        "STORE": "redis", "CACHE_ALIAS": "proxied", "SNAPSHOT_TTL": 0,
+        "STORE_RETRY_INTERVAL": 0.2, "CIRCUIT_DEFAULTS": CONFIG,
+    }
+    first, second = registry.get_breaker("crm.read"), registry.get_breaker("crm.write")
+    first.call(lambda: "warm")
+    proxy.stalled = True
+    proxy.cut()
+    trip(first)
+    trip(second)
+    assert first.using_fallback and second.using_fallback
+
+    events = received(sentry)
+    assert len(events) == 1
+    assert events[0]["tags"]["store"] == "local"
+    assert events[0]["fingerprint"] == alerts.LOCAL_FINGERPRINT
+
+    proxy.stalled = False
+    wait_for(lambda: registry.get_breaker("crm.rpc").snapshot()["store"] == "shared",
+             "the worker to find Redis again")
+    proxy.stalled = True
+    proxy.cut()
+    third = registry.get_breaker("crm.auth")
+    trip(third)
+    assert third.using_fallback
+    assert [e["fingerprint"] for e in received(sentry)] == [alerts.LOCAL_FINGERPRINT] * 2
+
+
+def test_an_operators_reset_of_an_open_circuit_sends_the_recovery_with_the_actor(
+        sentry, settings, django_user_model):
+    settings.RESILIENCE_CRM = {"STORE": "memory", "CIRCUITS": {CIRCUIT: CONFIG}}
+    operator = django_user_model.objects.create_user("ops-lead")
+    trip(registry.get_breaker(CIRCUIT))
+
+    steer(CIRCUIT, core.CLOSED, actor=operator, reason="backend fixed", source="admin")
+
+    events = received(sentry)
+    assert [e["level"] for e in events] == ["error", "info"]
+    assert events[1]["tags"]["actor"] == "ops-lead"
+    assert events[1]["message"] == f"Circuit {CIRCUIT} recovered (reset by ops-lead)"
+    assert events[1]["fingerprint"] == ["resilience-circuit", CIRCUIT, "recovered"]

@@ -8,12 +8,10 @@ Sentry events received by a local ingest server, half-open permits granted.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 import signal
 import threading
 import time
-import traceback
 
 import pytest
 from django.db import connections
@@ -22,6 +20,7 @@ from resilience_crm import core, get_breaker, registry
 from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.models import CircuitEvent
 from resilience_crm.signals import circuit_transition
+from tests.processes import ctx, run_processes
 from tests.sentry_server import SentryServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
@@ -31,7 +30,6 @@ PROCESSES = 8
 THREADS = 4
 INCIDENTS = 5
 
-ctx = multiprocessing.get_context("fork")
 
 
 @pytest.fixture
@@ -56,35 +54,6 @@ def cluster(settings, redis_cache, postgres, transactional_db):
     registry.clear()
     connections.close_all()  # children open their own connections
     yield
-
-
-def run_processes(target, *args, count=PROCESSES, timeout=60):
-    """Run ``target(index, *args)`` in ``count`` forked processes; fail on any error."""
-    errors = ctx.Queue()
-
-    def main(index):
-        try:
-            target(index, *args)
-        except BaseException:
-            errors.put(traceback.format_exc())
-            os._exit(1)
-        os._exit(0)
-
-    processes = [ctx.Process(target=main, args=(i,)) for i in range(count)]
-    for process in processes:
-        process.start()
-    deadline = time.monotonic() + timeout
-    for process in processes:
-        process.join(max(0.1, deadline - time.monotonic()))
-    alive = [p for p in processes if p.is_alive()]
-    for process in alive:
-        process.kill()
-    problems = []
-    while not errors.empty():
-        problems.append(errors.get())
-    assert not alive, f"{len(alive)} processes did not finish in {timeout}s"
-    assert not problems, "\n".join(problems)
-    assert all(p.exitcode == 0 for p in processes)
 
 
 def count_transitions(counter):

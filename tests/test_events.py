@@ -345,7 +345,7 @@ def test_a_manual_change_holds_while_the_database_is_down(database_down, caplog)
     """The live state changes and its event waits; only the row's forced fields are missed."""
     from resilience_crm.control import steer
 
-    assert steer(CIRCUIT, core.FORCED_OPEN, reason="failover", source="command") is None
+    assert steer(CIRCUIT, core.FORCED_OPEN, reason="failover", source="command").circuit is None
 
     assert get_breaker(CIRCUIT).state == core.FORCED_OPEN
     assert "its row could not be updated" in caplog.text

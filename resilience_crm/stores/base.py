@@ -24,6 +24,11 @@ class BaseStore:
     #: takes ``shared_only=True`` to refuse standing in (see ``stores/failover.py``).
     fails_over = False
 
+    @property
+    def available(self) -> bool:
+        """Whether the store answered the last time it was asked (see the failover store)."""
+        return True
+
     def step(
         self,
         name: str,

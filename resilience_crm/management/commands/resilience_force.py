@@ -6,7 +6,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from resilience_crm.control import STEERABLE, known_circuits, steer
+from resilience_crm.control import PENDING, STEERABLE, known_circuits, steer
+from resilience_crm.exceptions import ManualChangeRefused
 
 DURATION = re.compile(r"^(\d+)([smhd])$")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -31,10 +32,17 @@ class Command(BaseCommand):
         if name not in known:
             raise CommandError(f"Unknown circuit {name!r}. Known: {', '.join(known)}.")
         until = parse_until(options["until"]) if options["until"] else None
-        steer(name, state, reason=options["reason"] or f"{state} by command", until=until,
-              source="command")
+        try:
+            outcome = steer(name, state, reason=options["reason"] or f"{state} by command",
+                            until=until, source="command")
+        except ManualChangeRefused as err:
+            raise CommandError(err.message) from err
         expiry = f" until {until.isoformat()}" if until else ""
-        self.stdout.write(self.style.SUCCESS(f"{name} is now {state}{expiry}."))
+        if outcome.applied:
+            self.stdout.write(self.style.SUCCESS(f"{name} is now {state}{expiry}."))
+        else:
+            self.stdout.write(self.style.WARNING(PENDING.format(name=name,
+                                                                change=f"{state}{expiry}")))
 
 
 def parse_until(value: str) -> datetime:

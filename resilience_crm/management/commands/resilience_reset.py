@@ -3,7 +3,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from resilience_crm import core
-from resilience_crm.control import known_circuits, steer
+from resilience_crm.control import PENDING, known_circuits, steer
+from resilience_crm.exceptions import ManualChangeRefused
 
 
 class Command(BaseCommand):
@@ -26,6 +27,12 @@ class Command(BaseCommand):
             raise CommandError(f"Unknown circuit(s): {', '.join(unknown)}. "
                                f"Known: {', '.join(known)}.")
         for name in names:
-            steer(name, core.CLOSED, reason=options["reason"] or "reset by command",
-                  source="command")
-            self.stdout.write(self.style.SUCCESS(f"Reset {name}."))
+            try:
+                outcome = steer(name, core.CLOSED, reason=options["reason"] or "reset by command",
+                                source="command")
+            except ManualChangeRefused as err:
+                raise CommandError(err.message) from err
+            if outcome.applied:
+                self.stdout.write(self.style.SUCCESS(f"Reset {name}."))
+            else:
+                self.stdout.write(self.style.WARNING(PENDING.format(name=name, change="reset")))
