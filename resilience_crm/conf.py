@@ -55,6 +55,9 @@ DEFAULTS: dict[str, Any] = {
     # After the shared store fails, a worker uses its own in-process breaker for this long
     # before it tries the store again.
     "STORE_RETRY_INTERVAL": 5.0,
+    # A bearer token that lets monitoring see /ready's details (queue counts, errors,
+    # latencies) without a staff session. None: staff only.
+    "MONITORING_TOKEN": None,
 }
 
 STORE_ALIASES = {

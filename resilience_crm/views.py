@@ -1,63 +1,106 @@
-"""Health endpoints: ``live`` answers without touching anything; ``ready`` probes the database
-and the cache under a hard deadline and lists every circuit as this worker sees it."""
+"""Health endpoints.
+
+``live`` answers without touching anything. ``ready`` probes the database and the cache and
+reads every circuit's state (without stepping it: a probe writes nothing anywhere), all at
+once and under one overall deadline, :data:`PROBE_DEADLINE`. Each probe runs on a daemon
+thread of its own, at most one of each kind at a time, so a stalled database or Redis holds
+one thread (never the request, nor the process's exit): a probe that has not answered by
+the deadline counts as failed, and the next request waits on the same one.
+
+Anonymous callers get ``status``, ``score`` and ``circuits``; staff (when the database
+answers, so their session can be read) and callers with the configured
+``MONITORING_TOKEN`` also get ``queue`` and ``checks`` (error names, latencies).
+"""
 
 from __future__ import annotations
 
+import hmac
 import logging
+import os
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from django.core.cache import caches
 from django.db import DatabaseError, connections, router, transaction
+from django.db.models import Count
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from resilience_crm import core, registry
 from resilience_crm.conf import settings
+from resilience_crm.models import Circuit, QueuedWrite
 
 logger = logging.getLogger("resilience_crm.health")
 
-#: Seconds a readiness probe may take.
-PROBE_DEADLINE = 1.0
+#: Seconds a readiness probe may take, all probes together.
+PROBE_DEADLINE = 0.7
 #: What each unhealthy part takes off the readiness score.
 PENALTIES = {"database": 50, "cache": 20, "open_circuit": 10, "local_store": 10}
+
+_lock = threading.Lock()
+_running: dict[str, Future[Any]] = {}
 
 
 @never_cache
 @require_GET
+@transaction.non_atomic_requests
 def live(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
 @never_cache
 @require_GET
+@transaction.non_atomic_requests  # ATOMIC_REQUESTS would connect to the database first
 def ready(request: HttpRequest) -> JsonResponse:
-    checks = {"database": _probe_database(), "cache": _probe_cache()}
-    circuits: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + PROBE_DEADLINE
+    probes = {kind: _probe(kind, probe) for kind, probe in PROBES.items()}
+    results = {kind: _wait(future, deadline) for kind, future in probes.items()}
+    checks = {"database": results["database"], "cache": results["cache"]}
+    circuits = results["circuits"].get("circuits") or {
+        name: {"state": "unknown"} for name in settings.circuit_names()}
+
     score = 100
-    for breaker in registry.all_breakers():
-        state = breaker.state
-        circuits[breaker.name] = {"state": state}
-        if breaker.using_fallback:
-            circuits[breaker.name]["store"] = "local"
+    for circuit in circuits.values():
+        if circuit.get("store") == "local":
             score -= PENALTIES["local_store"]
-        if state in (core.OPEN, core.FORCED_OPEN):
+        if circuit["state"] in (core.OPEN, core.FORCED_OPEN, "unknown"):
             score -= PENALTIES["open_circuit"]
-    queue = _queue() if checks["database"]["ok"] else None
     for part in ("database", "cache"):
         if not checks[part]["ok"]:
             score -= PENALTIES[part]
     score = max(0, score)
-    status = "ok" if score == 100 else ("degraded" if checks["database"]["ok"] else "unavailable")
-    body = {"status": status, "score": score, "circuits": circuits, "queue": queue,
-            "checks": checks}
+    database_ok = checks["database"]["ok"]
+    status = "ok" if score == 100 else ("degraded" if database_ok else "unavailable")
+    body: dict[str, Any] = {"status": status, "score": score, "circuits": circuits}
+    if _may_see_details(request, database_ok):
+        body["queue"] = checks["database"].pop("queue", None)
+        body["checks"] = checks
     return JsonResponse(body, status=503 if status == "unavailable" else 200)
 
 
-def _probe_database() -> dict[str, Any]:
-    from resilience_crm.models import Circuit
+def _may_see_details(request: HttpRequest, database_ok: bool) -> bool:
+    token = settings.MONITORING_TOKEN
+    header = request.headers.get("Authorization", "")
+    if token and hmac.compare_digest(header.encode(), f"Bearer {token}".encode()):
+        return True
+    if not database_ok:  # the session cannot be read; nobody is known to be staff
+        return False
+    user = getattr(request, "user", None)
+    try:
+        return bool(user is not None and user.is_authenticated and user.is_staff)
+    except DatabaseError:
+        return False
 
+
+# The probes, each run on the pool's threads.
+
+
+def _probe_database() -> dict[str, Any]:
     alias = router.db_for_read(Circuit) or "default"
     connection = connections[alias]
     started = time.monotonic()
@@ -66,10 +109,15 @@ def _probe_database() -> dict[str, Any]:
             if connection.vendor == "postgresql":
                 cursor.execute("SET LOCAL statement_timeout = %s", [int(PROBE_DEADLINE * 1000)])
             cursor.execute("SELECT 1")
+        counts = dict(QueuedWrite.objects.using(router.db_for_read(QueuedWrite))
+                      .values_list("state").annotate(n=Count("pk")))
     except DatabaseError as err:
         logger.warning("Readiness: database %s failed: %s", alias, err)
         return {"ok": False, "error": err.__class__.__name__, "ms": _ms_since(started)}
-    return {"ok": True, "ms": _ms_since(started)}
+    finally:
+        connection.close()  # this thread's own connection: never left open, or broken
+    return {"ok": True, "ms": _ms_since(started),
+            "queue": {"pending": counts.get("pending", 0), "dead": counts.get("dead", 0)}}
 
 
 def _probe_cache() -> dict[str, Any]:
@@ -83,17 +131,68 @@ def _probe_cache() -> dict[str, Any]:
     return {"ok": True, "ms": _ms_since(started)}
 
 
-def _queue() -> dict[str, int] | None:
-    from django.db.models import Count
-
-    from resilience_crm.models import QueuedWrite
-
+def _read_circuits() -> dict[str, Any]:
+    circuits: dict[str, dict[str, Any]] = {}
     try:
-        counts = dict(QueuedWrite.objects.values_list("state").annotate(n=Count("pk")))
-    except DatabaseError:
-        return None
-    return {"pending": counts.get("pending", 0), "dead": counts.get("dead", 0)}
+        for name in settings.circuit_names():
+            breaker = registry.get_breaker(name)
+            try:
+                circuits[name] = {"state": breaker.peek()}
+            except Exception as err:  # a store that fails to read: said, not raised
+                logger.warning("Readiness: circuit %s could not be read: %s", name, err)
+                circuits[name] = {"state": "unknown"}
+            if breaker.using_fallback or not registry.get_store().available:
+                circuits[name]["store"] = "local"
+    finally:
+        connections.close_all()  # the database store reads through this thread's connection
+    return {"circuits": circuits}
+
+
+PROBES: dict[str, Callable[[], dict[str, Any]]] = {
+    "database": _probe_database, "cache": _probe_cache, "circuits": _read_circuits,
+}
+
+
+def _probe(kind: str, probe: Callable[[], dict[str, Any]]) -> Future[Any]:
+    """The running probe of this kind, or a new one: a stalled probe is waited on again,
+    never stacked."""
+    with _lock:
+        future = _running.get(kind)
+        if future is None or future.done():
+            future = _running[kind] = Future()
+            threading.Thread(target=_run, args=(future, probe), daemon=True,
+                             name=f"resilience-ready-{kind}").start()
+    return future
+
+
+def _run(future: Future[Any], probe: Callable[[], dict[str, Any]]) -> None:
+    try:
+        future.set_result(probe())
+    except BaseException as err:  # handed to the waiting request, which reports it
+        future.set_exception(err)
+
+
+def _wait(future: Future[Any], deadline: float) -> dict[str, Any]:
+    started = time.monotonic()
+    try:
+        result: dict[str, Any] = future.result(timeout=max(0.0, deadline - started))
+    except FutureTimeout:
+        return {"ok": False, "error": "timeout", "ms": _ms_since(started)}
+    except Exception as err:  # a probe that raised: reported, never a 500
+        logger.exception("Readiness probe failed.")
+        return {"ok": False, "error": err.__class__.__name__, "ms": _ms_since(started)}
+    return dict(result)
 
 
 def _ms_since(started: float) -> float:
     return round((time.monotonic() - started) * 1000, 2)
+
+
+def _forget_probes() -> None:
+    """A forked child has none of its parent's threads."""
+    global _lock
+    _lock = threading.Lock()
+    _running.clear()
+
+
+os.register_at_fork(after_in_child=_forget_probes)

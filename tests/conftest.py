@@ -6,6 +6,7 @@ import pytest
 from django.conf import settings as django_settings
 
 from resilience_crm import alerts, metrics, registry
+from tests.databases import extra_database
 from tests.services import require_service
 
 
@@ -84,16 +85,11 @@ def unreachable_database(transactional_db):
     """The alias of a database connection to a port nothing listens on (``DatabaseError`` at
     once); the default connection's settings otherwise."""
     from django.db import connections
-    from django.db.utils import load_backend
 
-    alias = "resilience_unreachable"
     working = dict(connections["default"].settings_dict)
     if working["ENGINE"] == "django.db.backends.sqlite3":
         down = {**working, "NAME": "/nonexistent-directory/db.sqlite3"}
     else:
         down = {**working, "HOST": "127.0.0.1", "PORT": 1}
-    # A connection added to the handler after start-up is one the test case allows.
-    connections[alias] = load_backend(down["ENGINE"]).DatabaseWrapper(down, alias)
-    yield alias
-    connections[alias].close()
-    del connections[alias]
+    with extra_database("resilience_unreachable", down) as alias:
+        yield alias

@@ -16,6 +16,7 @@ class Proxy:
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.bytes_up = 0  # client -> server
+        self.upstream = bytearray()  # everything clients sent, for tests that read it
         self.connections = 0
         self.stalled = False
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -72,6 +73,7 @@ class Proxy:
                 if upstream:
                     with self._lock:
                         self.bytes_up += len(data)
+                        self.upstream += data
                 sink.sendall(data)
         except OSError:
             pass

@@ -5,28 +5,24 @@ from __future__ import annotations
 
 import pytest
 from django.db import connections
-from django.db.utils import load_backend
 from django.urls import reverse
 
 from resilience_crm import core, registry
 from resilience_crm.views import PENALTIES
+from tests.databases import extra_database
 
 pytestmark = pytest.mark.django_db
 
 LIVE = reverse("resilience:health-live")
 READY = reverse("resilience:health-ready")
 CIRCUITS = ("crm.read", "crm.write", "crm.rpc", "crm.auth")
+TOKEN = "monitoring-secret"
 
 
 @pytest.fixture
 def database_down(settings):
     """The app's tables routed to a database alias ``"down"``: PostgreSQL on a port nothing
-    listens on.
-
-    Django reads ``DATABASES`` once, so an alias added with the ``settings`` fixture never
-    reaches ``connections``; the connection is installed under the alias by hand instead,
-    and only for this thread and this test.
-    """
+    listens on."""
     down = connections.configure_settings({
         "default": {},
         "down": {
@@ -38,12 +34,10 @@ def database_down(settings):
             "OPTIONS": {"connect_timeout": 1},
         },
     })["down"]
-    connections["down"] = load_backend(down["ENGINE"]).DatabaseWrapper(down, "down")
     settings.DATABASE_ROUTERS = ["resilience_crm.routers.ResilienceRouter"]
-    settings.RESILIENCE_CRM = {"DATABASE_ALIAS": "down"}
-    yield
-    connections["down"].close()
-    del connections["down"]
+    settings.RESILIENCE_CRM = {"DATABASE_ALIAS": "down", "MONITORING_TOKEN": TOKEN}
+    with extra_database("down", down):
+        yield
 
 
 def assert_never_cached(response) -> None:
@@ -60,8 +54,8 @@ def test_live_answers_without_a_query(client, django_assert_num_queries):
     assert response.json() == {"status": "ok"}
 
 
-def test_ready_on_a_healthy_setup(client):
-    response = client.get(READY)
+def test_ready_on_a_healthy_setup(admin_client):
+    response = admin_client.get(READY)
 
     assert response.status_code == 200
     body = response.json()
@@ -103,8 +97,9 @@ def test_health_endpoints_reject_post(client, url):
     assert_never_cached(response)
 
 
+@pytest.mark.django_db(transaction=True)  # the probes connect from their own threads
 def test_ready_with_the_database_down_is_unavailable(client, database_down):
-    response = client.get(READY)
+    response = client.get(READY, HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
 
     assert response.status_code == 503
     body = response.json()

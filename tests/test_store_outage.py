@@ -240,7 +240,8 @@ def test_one_circuits_timeout_spares_the_others_theirs(client, proxied_redis):
     assert {c["store"] for c in body["circuits"].values()} == {"local"}
 
 
-def test_ready_lists_every_circuit_on_its_local_breaker(client, redis_down):
+def test_ready_lists_every_circuit_on_its_local_breaker(admin_client, redis_down):
+    client = admin_client
     response = client.get("/resilience/health/ready")
 
     assert response.status_code == 200  # the database answers, so this worker can serve

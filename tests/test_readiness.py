@@ -1,0 +1,100 @@
+"""Readiness is cheap and safe to probe: it reads circuit state without stepping it, answers
+within its deadline with the database blackholed (also under ATOMIC_REQUESTS), and shows its
+details only to staff or to the monitoring token."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from django.contrib.auth.models import User
+from django.urls import reverse
+
+from resilience_crm import core, registry
+from resilience_crm.models import Circuit
+from resilience_crm.views import PROBE_DEADLINE
+from tests.databases import default_database_through
+from tests.proxy import Proxy
+
+READY = reverse("resilience:health-ready")
+LIVE = reverse("resilience:health-live")
+TOKEN = "s3cret-monitoring-token"
+#: The most a probe may take past its deadline on a loaded machine: JSON, a thread switch.
+SLACK = 0.3
+
+
+@pytest.mark.django_db
+@pytest.mark.redis
+def test_ready_reads_redis_without_stepping_a_circuit(client, settings, redis_proxy):
+    settings.RESILIENCE_CRM = {"STORE": "redis", "CACHE_ALIAS": "proxied", "SNAPSHOT_TTL": 0}
+    registry.get_breaker("crm.write").force(core.FORCED_OPEN, reason="drill")
+    redis_proxy.upstream.clear()
+
+    for _ in range(3):
+        body = client.get(READY).json()
+
+    assert body["circuits"]["crm.write"] == {"state": core.FORCED_OPEN}
+    commands = set(re.findall(rb"\*\d+\r\n\$\d+\r\n(\w+)\r\n", bytes(redis_proxy.upstream)))
+    assert b"GET" in commands
+    assert not commands & {b"EVALSHA", b"EVAL", b"SET", b"DEL"}, commands
+
+
+@pytest.mark.django_db(transaction=True)  # the probes connect from their own threads
+def test_ready_reads_the_database_store_without_writing(client, settings):
+    settings.RESILIENCE_CRM = {"STORE": "database", "SNAPSHOT_TTL": 0}
+    registry.get_breaker("crm.read").force(core.FORCED_OPEN, reason="drill")
+    before = dict(Circuit.objects.values_list("name", "version"))
+
+    body = client.get(READY).json()
+
+    assert body["circuits"]["crm.read"] == {"state": core.FORCED_OPEN}
+    assert dict(Circuit.objects.values_list("name", "version")) == before
+
+
+@pytest.mark.django_db(transaction=True)
+def test_details_are_for_staff_and_the_monitoring_token_only(client, settings):
+    settings.RESILIENCE_CRM = {"MONITORING_TOKEN": TOKEN}
+    anonymous = client.get(READY).json()
+    wrong = client.get(READY, HTTP_AUTHORIZATION="Bearer not-the-token").json()
+    with_token = client.get(READY, HTTP_AUTHORIZATION=f"Bearer {TOKEN}").json()
+    User.objects.create_user("clerk", password="pw")
+    client.login(username="clerk", password="pw")
+    not_staff = client.get(READY).json()
+    User.objects.create_user("ops", password="pw", is_staff=True)
+    client.login(username="ops", password="pw")
+    staff = client.get(READY).json()
+
+    for body in (anonymous, wrong, not_staff):
+        assert set(body) == {"status", "score", "circuits"}
+    for body in (with_token, staff):
+        assert set(body) == {"status", "score", "circuits", "queue", "checks"}
+        assert body["queue"] == {"pending": 0, "dead": 0}
+        assert body["checks"]["database"]["ok"] is True
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("atomic_requests", [False, True])
+def test_a_blackholed_database_gets_a_503_within_the_deadline(client, settings, postgres,
+                                                               atomic_requests):
+    settings.RESILIENCE_CRM = {"STORE": "memory", "MONITORING_TOKEN": TOKEN}
+    target = client.get(READY)  # warm: every circuit built, its row read
+    assert target.status_code == 200
+    default = settings.DATABASES["default"]
+    proxy = Proxy(default.get("HOST") or "127.0.0.1", int(default.get("PORT") or 5432))
+    with proxy, default_database_through(proxy, ATOMIC_REQUESTS=atomic_requests,
+                                         OPTIONS={"connect_timeout": 3}):
+        proxy.stalled = True  # accepted, never answered: a blackhole, not a refusal
+        started = time.monotonic()
+        response = client.get(READY, HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
+        elapsed = time.monotonic() - started
+
+        assert response.status_code == 503
+        body = response.json()
+        assert body["status"] == "unavailable"
+        assert body["checks"]["database"] == {"ok": False, "error": "timeout",
+                                              "ms": body["checks"]["database"]["ms"]}
+        assert elapsed < PROBE_DEADLINE + SLACK
+        assert client.get(LIVE).status_code == 200
+        proxy.cut()
