@@ -21,6 +21,7 @@ from django.core.checks import Warning as CheckWarning
 from django.utils.module_loading import import_string
 
 from resilience_crm import conf, core
+from resilience_crm.breaker import exception_errors
 from resilience_crm.rates import parse_rates
 
 TAG = "resilience_crm"
@@ -63,6 +64,7 @@ class Codes:
     DURATION_INVALID = "resilience_crm.E015"
     SENTRY_ALERTS_INVALID = "resilience_crm.E016"
     POOL_WITHOUT_PSYCOPG_POOL = "resilience_crm.E017"
+    MONITORING_ACCESS_INVALID = "resilience_crm.E018"
     CHECK_FAILED = "resilience_crm.E099"
     SNAPSHOT_TTL_SLOW = "resilience_crm.W001"
     STORE_PER_PROCESS = "resilience_crm.W002"
@@ -99,6 +101,7 @@ class Messages:
         "settings.DATABASES[\"{alias}\"][\"OPTIONS\"][\"pool\"] is set but psycopg_pool cannot"
         " be imported."
     )
+    MONITORING_ACCESS_INVALID = "{path} must be None or a non-empty string, not {value!r}."
     CHECK_FAILED = "{check} could not check settings.RESILIENCE_CRM: {error!r}."
     SNAPSHOT_TTL_SLOW = (
         "{path} is {value!r}: a forced state or reset made in the admin takes up to that many"
@@ -149,6 +152,10 @@ class Hints:
     DURATION_INVALID = "Use 0 to turn it off, where that is meaningful."
     SENTRY_ALERTS_INVALID = None
     POOL_WITHOUT_PSYCOPG_POOL = 'Install psycopg with the pool extra: pip install "psycopg[pool]".'
+    MONITORING_ACCESS_INVALID = (
+        "Set it from the environment, e.g. os.environ.get(\"RESILIENCE_MONITORING_TOKEN\"), and"
+        " send it as \"Authorization: Bearer <token>\"."
+    )
     CHECK_FAILED = "This is a bug in resilience_crm; please report it with your settings."
     SNAPSHOT_TTL_SLOW = f"Use a value of at most {MAX_SNAPSHOT_TTL}; 0.5 is the default."
     STORE_PER_PROCESS = (
@@ -337,7 +344,7 @@ def check_rate_limits(config: dict[str, Any]) -> list[CheckMessage]:
 def _breaker_errors(path: tuple[Any, ...],
                     merged: dict[str, Any]) -> list[tuple[str, str, Error]]:
     """``(key, message, error)`` for each problem in one circuit's merged breaker settings."""
-    problems = core.config_errors(merged)
+    problems = core.config_errors(merged) or exception_errors(merged)
     found = []
     for key, message in problems:
         if message == "is not a breaker setting":
@@ -503,6 +510,13 @@ def check_values(config: dict[str, Any]) -> list[CheckMessage]:
                 Messages.SNAPSHOT_TTL_SLOW.format(path=_path(key), value=value),
                 hint=Hints.SNAPSHOT_TTL_SLOW, id=Codes.SNAPSHOT_TTL_SLOW,
             ))
+
+    token = config["MONITORING_TOKEN"]
+    if token is not None and (not isinstance(token, str) or not token):
+        errors.append(Error(
+            Messages.MONITORING_ACCESS_INVALID.format(path=_path("MONITORING_TOKEN"), value=token),
+            hint=Hints.MONITORING_ACCESS_INVALID, id=Codes.MONITORING_ACCESS_INVALID,
+        ))
 
     if not isinstance(config["SENTRY_ALERTS"], bool):
         errors.append(Error(

@@ -171,6 +171,23 @@ def test_invalid_overrides_are_refused_naming_the_key(admin_client, circuit):
     assert circuit.config == {}
 
 
+@pytest.mark.parametrize(("paths", "why"), [
+    (["crm_demo.no_such_module.Error"], "No module named 'crm_demo.no_such_module'"),
+    (["builtins.print"], "is not an exception class"),
+])
+def test_exception_paths_are_imported_and_checked_when_saved(admin_client, circuit, paths,
+                                                             why):
+    url = reverse("admin:resilience_crm_circuit_change", args=[circuit.pk])
+
+    response = admin_client.post(url, {"config": f'{{"record_exceptions": ["{paths[0]}"]}}'})
+
+    assert response.status_code == 200
+    error = response.context["adminform"].form.errors["config"][0]
+    assert error.startswith(f"record_exceptions cannot use '{paths[0]}'") and why in error
+    circuit.refresh_from_db()
+    assert circuit.config == {}
+
+
 def test_saved_overrides_reach_the_breaker(admin_client, circuit):
     url = reverse("admin:resilience_crm_circuit_change", args=[circuit.pk])
 

@@ -254,6 +254,15 @@ def test_e008_names_the_circuit_and_the_key(settings: Any) -> None:
          "must not exceed half_open_max_calls (success_threshold is 3, half_open_max_calls is 1)"),
         ({"record_exceptions": "builtins.OSError"}, "record_exceptions", "must be a list"),
         ({"record_exceptions": 5}, "record_exceptions", "must be a list"),
+        ({"slow_call_duration": 0}, "slow_call_duration", "must be above 0, not 0"),
+        ({"record_exceptions": ["no.such.module.Error"]}, "record_exceptions",
+         "cannot use 'no.such.module.Error': No module named 'no'"),
+        ({"ignore_exceptions": ["builtins.NoSuchError"]}, "ignore_exceptions",
+         "cannot use 'builtins.NoSuchError': module 'builtins' has no attribute"),
+        ({"record_exceptions": ["builtins.len"]}, "record_exceptions",
+         "cannot use 'builtins.len': 'builtins.len' is not an exception class"),
+        ({"ignore_exceptions": ["OSError"]}, "ignore_exceptions",
+         "cannot use 'OSError': 'OSError' is not a dotted path"),
     ],
 )
 def test_e008_breaker_setting_out_of_range(settings: Any, overrides: dict[str, Any], key: str,
@@ -609,3 +618,18 @@ def test_w004_not_when_the_app_has_its_own_alias(settings: Any) -> None:
         **settings.DATABASES["default"], "ATOMIC_REQUESTS": False}}
     messages = run(settings, STORE="database", DATABASE_ALIAS="resilience")
     assert checks.Codes.STORE_IN_REQUEST_TRANSACTION not in ids(messages)
+
+
+def test_e008_importable_exception_classes_pass(settings: Any) -> None:
+    messages = run(settings, CIRCUITS={"crm.rpc": {
+        "record_exceptions": ["builtins.OSError", "django.db.OperationalError"],
+        "ignore_exceptions": ["resilience_crm.exceptions.RateLimited"]}})
+    assert error_ids(messages) == set()
+
+
+@pytest.mark.parametrize("token", ["", 42, ["a"]])
+def test_e018_monitoring_token(settings: Any, token: Any) -> None:
+    error = only(run(settings, MONITORING_TOKEN=token), checks.Codes.MONITORING_ACCESS_INVALID)
+    assert error.msg == (
+        f'RESILIENCE_CRM["MONITORING_TOKEN"] must be None or a non-empty string, not {token!r}.')
+    assert error_ids(run(settings, MONITORING_TOKEN="s3cret")) == set()

@@ -113,3 +113,25 @@ def test_ready_with_the_database_down_is_unavailable(client, database_down):
                                 for name in CIRCUITS}
     assert body["score"] == 100 - PENALTIES["database"] - len(CIRCUITS) * PENALTIES["local_store"]
     assert client.get(LIVE).json() == {"status": "ok"}
+
+
+def test_an_unimportable_exception_path_never_makes_a_circuit_or_ready_raise(client, settings,
+                                                                           caplog):
+    settings.RESILIENCE_CRM = {"CIRCUITS": {"crm.read": {
+        "record_exceptions": ["no.such.module.Error", "builtins.ConnectionError"],
+        "ignore_exceptions": ["builtins.not_an_exception"]}}}
+
+    breaker = registry.get_breaker("crm.read")
+    assert breaker.call(lambda: "answer") == "answer"
+    with pytest.raises(ConnectionError):  # the importable path still counts
+        breaker.call(_refused)
+    response = client.get(READY)
+
+    assert response.status_code == 200
+    assert response.json()["circuits"]["crm.read"] == {"state": core.CLOSED}
+    assert "ignoring exception path 'no.such.module.Error'" in caplog.text
+    assert breaker.snapshot()["failures"] == 1
+
+
+def _refused():
+    raise ConnectionError("refused")
