@@ -1,0 +1,89 @@
+"""How long a forced state takes to reach every worker process, on the real Redis.
+
+    REDIS_URL=redis://127.0.0.1:6379/1 .venv/bin/python bench/propagation.py [--workers N]
+
+N forked workers poll their breaker's state (each read refreshes the snapshot once it is
+older than ``SNAPSHOT_TTL``, 0.5 s); the parent forces the circuit open and each worker
+reports how long after that it saw the change. The promise is "within one second"; the
+suite checks the same path with a bound a loaded machine can keep (tests/test_cluster.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import django  # noqa: E402
+from django.conf import settings  # noqa: E402
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/1")
+CIRCUIT = "bench.propagation"
+
+
+def setup() -> None:
+    settings.configure(
+        INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "resilience_crm"],
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+        CACHES={"default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL,
+                            "KEY_PREFIX": "rcrm-bench"}},
+        RESILIENCE_CRM={"STORE": "redis", "SNAPSHOT_TTL": 0.5},
+        USE_TZ=True,
+    )
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def watch(barrier, forced_at, seen) -> None:
+    from resilience_crm import registry
+
+    registry.clear()
+    breaker = registry.get_breaker(CIRCUIT)
+    assert breaker.state == "closed"
+    barrier.wait()
+    while breaker.state != "forced_open":
+        time.sleep(0.001)
+    seen.put(time.time() - forced_at.value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    setup()
+    from resilience_crm import registry
+
+    ctx = multiprocessing.get_context("fork")
+    delays: list[float] = []
+    for _ in range(args.rounds):
+        registry.get_breaker(CIRCUIT).reset()
+        barrier = ctx.Barrier(args.workers + 1)
+        forced_at, seen = ctx.Value("d", 0.0), ctx.Queue()
+        workers = [ctx.Process(target=watch, args=(barrier, forced_at, seen))
+                   for _ in range(args.workers)]
+        for worker in workers:
+            worker.start()
+        barrier.wait()
+        time.sleep(0.3)  # the workers' snapshots are now of every age up to the TTL
+        forced_at.value = time.time()
+        registry.get_breaker(CIRCUIT).force("forced_open", reason="bench")
+        delays += [seen.get(timeout=30) for _ in workers]
+        for worker in workers:
+            worker.join()
+    registry.get_breaker(CIRCUIT).reset()
+    print(f"{args.workers} workers x {args.rounds} rounds, SNAPSHOT_TTL 0.5 s")
+    print(f"median {statistics.median(delays) * 1000:.0f} ms, "
+          f"max {max(delays) * 1000:.0f} ms (promise: under 1000 ms)")
+
+
+if __name__ == "__main__":
+    main()
