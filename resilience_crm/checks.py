@@ -12,7 +12,8 @@ import difflib
 import importlib
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import fields
+from dataclasses import dataclass, fields
+from types import SimpleNamespace
 from typing import Any
 
 from django.conf import settings as django_settings
@@ -46,131 +47,197 @@ POSTGRES_ENGINES = ("postgresql", "postgis")
 MAX_SNAPSHOT_TTL = 1
 
 
-class Codes:
-    SETTING_NOT_DICT = "resilience_crm.E001"
-    UNKNOWN_KEY = "resilience_crm.E002"
-    LIMITS_SHAPE = "resilience_crm.E003"
-    RATE_INVALID = "resilience_crm.E004"
-    OP_CLASS_UNKNOWN = "resilience_crm.E005"
-    TIER_UNKNOWN = "resilience_crm.E006"
-    CIRCUITS_SHAPE = "resilience_crm.E007"
-    BREAKER_INVALID = "resilience_crm.E008"
-    STORE_INVALID = "resilience_crm.E009"
-    STORE_REDIS_WITHOUT_REDIS_CACHE = "resilience_crm.E010"
-    CACHE_ALIAS_UNKNOWN = "resilience_crm.E011"
-    DATABASE_ALIAS_UNKNOWN = "resilience_crm.E012"
-    FAIL_OPEN_INVALID = "resilience_crm.E013"
-    TRUSTED_PROXIES_INVALID = "resilience_crm.E014"
-    DURATION_INVALID = "resilience_crm.E015"
-    SENTRY_ALERTS_INVALID = "resilience_crm.E016"
-    POOL_WITHOUT_PSYCOPG_POOL = "resilience_crm.E017"
-    MONITORING_ACCESS_INVALID = "resilience_crm.E018"
-    CHECK_FAILED = "resilience_crm.E099"
-    SNAPSHOT_TTL_SLOW = "resilience_crm.W001"
-    STORE_PER_PROCESS = "resilience_crm.W002"
-    CACHE_PER_PROCESS = "resilience_crm.W003"
-    STORE_IN_REQUEST_TRANSACTION = "resilience_crm.W004"
+@dataclass(frozen=True)
+class Check:
+    """One message a check can give: its stable id, its text and its hint."""
+
+    id: str
+    message: str
+    hint: str | None = None
+    warning: bool = False
+
+    def hint_for(self, **fields: Any) -> str:
+        """The usual hint, formatted with ``fields``."""
+        return (self.hint or "").format(**fields)
+
+    def __call__(self, *, hint: str | None = None, **fields: Any) -> CheckMessage:
+        """The message, its text formatted with ``fields``; ``hint`` replaces the usual one."""
+        level = CheckWarning if self.warning else Error
+        return level(self.message.format(**fields), hint=self.hint if hint is None else hint,
+                     id=self.id)
 
 
-class Messages:
-    SETTING_NOT_DICT = "settings.RESILIENCE_CRM must be a dict, not {type}."
-    UNKNOWN_KEY = "{path} is not a resilience_crm setting."
-    LIMITS_SHAPE = "{path} must be {expected}, not {type}."
-    RATE_INVALID = "{path} is not a valid rate: {error}."
-    OP_CLASS_UNKNOWN = "{path}: {op_class!r} is not an operation class."
-    TIER_UNKNOWN = (
-        "{path} is {value!r}, which is not one of the tiers in RESILIENCE_CRM[\"TIERS\"]."
-    )
-    CIRCUITS_SHAPE = "{path} must be {expected}, not {type}."
-    BREAKER_INVALID = "{path} {error}."
-    STORE_INVALID = (
-        "{path} is {value!r}, which is neither a store name nor a dotted path to a store class"
-        " ({reason})."
-    )
-    STORE_REDIS_WITHOUT_REDIS_CACHE = (
-        "{path} selects the Redis store but the cache {alias!r} that"
-        " RESILIENCE_CRM[\"CACHE_ALIAS\"] names uses {backend!r}, not django-redis."
-    )
-    CACHE_ALIAS_UNKNOWN = "{path} is {value!r}, which is not a cache in settings.CACHES."
-    DATABASE_ALIAS_UNKNOWN = "{path} is {value!r}, which is not a database in settings.DATABASES."
-    FAIL_OPEN_INVALID = "{path} must be {expected}, not {value!r}."
-    TRUSTED_PROXIES_INVALID = "{path} must be a whole number of at least 0, not {value!r}."
-    DURATION_INVALID = "{path} must be a number of at least 0, not {value!r}."
-    SENTRY_ALERTS_INVALID = "{path} must be True or False, not {value!r}."
-    POOL_WITHOUT_PSYCOPG_POOL = (
-        "settings.DATABASES[\"{alias}\"][\"OPTIONS\"][\"pool\"] is set but psycopg_pool cannot"
-        " be imported."
-    )
-    MONITORING_ACCESS_INVALID = "{path} must be None or a non-empty string, not {value!r}."
-    CHECK_FAILED = "{check} could not check settings.RESILIENCE_CRM: {error!r}."
-    SNAPSHOT_TTL_SLOW = (
-        "{path} is {value!r}: a forced state or reset made in the admin takes up to that many"
-        " seconds to reach every worker, longer than the one second the app promises."
-    )
-    STORE_PER_PROCESS = (
-        "{path} selects {store!r}, which keeps circuit state inside each process: with more than"
-        " one worker, each opens and closes its circuits on its own."
-    )
-    CACHE_PER_PROCESS = (
-        "The cache {alias!r} that RESILIENCE_CRM[\"CACHE_ALIAS\"] names uses {backend!r}, which"
-        " {why}: with more than one worker, rate limits and fallback data are not shared."
-    )
-    STORE_IN_REQUEST_TRANSACTION = (
-        "The database store keeps live circuit state on the database {alias!r}, which has"
-        " ATOMIC_REQUESTS: a request that fails rolls back the state change its failure made."
-    )
+#: Every message the checks give, by key; ids never change (silence them by id).
+CHECKS: dict[str, Check] = {
+    "SETTING_NOT_DICT": Check(
+        "resilience_crm.E001",
+        "settings.RESILIENCE_CRM must be a dict, not {type}.",
+        "Set RESILIENCE_CRM = {...} with the keys described in docs/settings.md.",
+    ),
+    "UNKNOWN_KEY": Check(
+        "resilience_crm.E002",
+        "{path} is not a resilience_crm setting.",
+        "Valid keys: {valid}.",
+    ),
+    "LIMITS_SHAPE": Check(
+        "resilience_crm.E003",
+        "{path} must be {expected}, not {type}.",
+        None,
+    ),
+    "RATE_INVALID": Check(
+        "resilience_crm.E004",
+        "{path} is not a valid rate: {error}.",
+        'Write a rate as "<requests>/<period>": "100/min", "10/5s", "1000/hour".',
+    ),
+    "OP_CLASS_UNKNOWN": Check(
+        "resilience_crm.E005",
+        "{path}: {op_class!r} is not an operation class.",
+        "Operation classes: {valid}.",
+    ),
+    "TIER_UNKNOWN": Check(
+        "resilience_crm.E006",
+        '{path} is {value!r}, which is not one of the tiers in RESILIENCE_CRM["TIERS"].',
+        "Tiers: {valid}.",
+    ),
+    "CIRCUITS_SHAPE": Check(
+        "resilience_crm.E007",
+        "{path} must be {expected}, not {type}.",
+        'Example: {"crm.read": {"failure_threshold": 10, "reset_timeout": 60}}.',
+    ),
+    "BREAKER_INVALID": Check(
+        "resilience_crm.E008",
+        "{path} {error}.",
+        "See 'Breaker settings' in docs/settings.md for each setting's range.",
+    ),
+    "STORE_INVALID": Check(
+        "resilience_crm.E009",
+        (
+            "{path} is {value!r}, which is neither a store name nor a dotted path to a store class "
+            "({reason})."
+        ),
+        (
+            'Use "auto", "redis", "database", "memory", or the dotted path of a subclass of '
+            "resilience_crm.stores.base.BaseStore."
+        ),
+    ),
+    "STORE_REDIS_WITHOUT_REDIS_CACHE": Check(
+        "resilience_crm.E010",
+        (
+            "{path} selects the Redis store but the cache {alias!r} that "
+            'RESILIENCE_CRM["CACHE_ALIAS"] names uses {backend!r}, not django-redis.'
+        ),
+        (
+            'Point CACHE_ALIAS at a cache with BACKEND "django_redis.cache.RedisCache", or use '
+            'STORE "auto" to pick the database store when there is no Redis.'
+        ),
+    ),
+    "CACHE_ALIAS_UNKNOWN": Check(
+        "resilience_crm.E011",
+        "{path} is {value!r}, which is not a cache in settings.CACHES.",
+        "Caches: {valid}.",
+    ),
+    "DATABASE_ALIAS_UNKNOWN": Check(
+        "resilience_crm.E012",
+        "{path} is {value!r}, which is not a database in settings.DATABASES.",
+        "Use None for the default database, or one of: {valid}.",
+    ),
+    "FAIL_OPEN_INVALID": Check(
+        "resilience_crm.E013",
+        "{path} must be {expected}, not {value!r}.",
+        'Example: {"read": True, "write": True, "rpc": True, "auth": False}.',
+    ),
+    "TRUSTED_PROXIES_INVALID": Check(
+        "resilience_crm.E014",
+        "{path} must be a whole number of at least 0, not {value!r}.",
+        (
+            "Count the proxies in front of the app that append to X-Forwarded-For; 0 trusts none."
+        ),
+    ),
+    "DURATION_INVALID": Check(
+        "resilience_crm.E015",
+        "{path} must be a number of at least 0, not {value!r}.",
+        "Use 0 to turn it off, where that is meaningful.",
+    ),
+    "SENTRY_ALERTS_INVALID": Check(
+        "resilience_crm.E016",
+        "{path} must be True or False, not {value!r}.",
+        None,
+    ),
+    "POOL_WITHOUT_PSYCOPG_POOL": Check(
+        "resilience_crm.E017",
+        (
+            'settings.DATABASES["{alias}"]["OPTIONS"]["pool"] is set but psycopg_pool cannot be '
+            "imported."
+        ),
+        'Install psycopg with the pool extra: pip install "psycopg[pool]".',
+    ),
+    "MONITORING_ACCESS_INVALID": Check(
+        "resilience_crm.E018",
+        "{path} must be None or a non-empty string, not {value!r}.",
+        (
+            'Set it from the environment, e.g. os.environ.get("RESILIENCE_MONITORING_TOKEN"), and '
+            'send it as "Authorization: Bearer <token>".'
+        ),
+    ),
+    "CHECK_FAILED": Check(
+        "resilience_crm.E099",
+        "{check} could not check settings.RESILIENCE_CRM: {error!r}.",
+        "This is a bug in resilience_crm; please report it with your settings.",
+    ),
+    "SNAPSHOT_TTL_SLOW": Check(
+        "resilience_crm.W001",
+        (
+            "{path} is {value!r}: a forced state or reset made in the admin takes up to that many "
+            "seconds to reach every worker, longer than the one second the app promises."
+        ),
+        'Use a value of at most 1; 0.5 is the default.', warning=True,
+    ),
+    "STORE_PER_PROCESS": Check(
+        "resilience_crm.W002",
+        (
+            "{path} selects {store!r}, which keeps circuit state inside each process: with more "
+            "than one worker, each opens and closes its circuits on its own."
+        ),
+        (
+            'Use "auto", "redis" or "database" when the app runs in more than one process. Silence '
+            "this warning if it never does."
+        ), warning=True,
+    ),
+    "CACHE_PER_PROCESS": Check(
+        "resilience_crm.W003",
+        (
+            'The cache {alias!r} that RESILIENCE_CRM["CACHE_ALIAS"] names uses {backend!r}, which '
+            "{why}: with more than one worker, rate limits and fallback data are not shared."
+        ),
+        (
+            'Point RESILIENCE_CRM["CACHE_ALIAS"] at a Redis cache (django-redis) when the app runs '
+            "in more than one process. Silence this warning if it never does."
+        ), warning=True,
+    ),
+    "STORE_IN_REQUEST_TRANSACTION": Check(
+        "resilience_crm.W004",
+        (
+            "The database store keeps live circuit state on the database {alias!r}, which has "
+            "ATOMIC_REQUESTS: a request that fails rolls back the state change its failure made."
+        ),
+        (
+            "Add a second alias for the same database without ATOMIC_REQUESTS, name it in "
+            'RESILIENCE_CRM["DATABASE_ALIAS"] and add resilience_crm.routers.ResilienceRouter to '
+            "DATABASE_ROUTERS, or use the Redis store."
+        ), warning=True,
+    ),
+}
 
+#: The ids by key, for ``SILENCED_SYSTEM_CHECKS`` lists and tests: ``Codes.UNKNOWN_KEY``.
+Codes = SimpleNamespace(**{key: check.id for key, check in CHECKS.items()})
 
-class Hints:
-    SETTING_NOT_DICT = "Set RESILIENCE_CRM = {...} with the keys described in docs/settings.md."
-    UNKNOWN_KEY = "Valid keys: {valid}."
-    UNKNOWN_KEY_CLOSE = "Did you mean {close!r}? Valid keys: {valid}."
-    TIERS_SHAPE = 'Example: {"free": {"read": "120/min", "write": ["5/s", "30/min"]}}.'
-    ENDPOINTS_SHAPE = 'Example: {"contact-list": {"read": "10/s"}}, keyed by URL name.'
-    RATE_INVALID = 'Write a rate as "<requests>/<period>": "100/min", "10/5s", "1000/hour".'
-    OP_CLASS_UNKNOWN = "Operation classes: {valid}."
-    OP_CLASS_UNKNOWN_CLOSE = "Did you mean {close!r}? Operation classes: {valid}."
-    TIER_UNKNOWN = "Tiers: {valid}."
-    CIRCUITS_SHAPE = 'Example: {"crm.read": {"failure_threshold": 10, "reset_timeout": 60}}.'
-    BREAKER_INVALID = "See 'Breaker settings' in docs/settings.md for each setting's range."
-    BREAKER_UNKNOWN = "Breaker settings: {valid}."
-    BREAKER_UNKNOWN_CLOSE = "Did you mean {close!r}? Breaker settings: {valid}."
-    STORE_INVALID = (
-        'Use "auto", "redis", "database", "memory", or the dotted path of a subclass of'
-        " resilience_crm.stores.base.BaseStore."
-    )
-    STORE_REDIS_WITHOUT_REDIS_CACHE = (
-        'Point CACHE_ALIAS at a cache with BACKEND "django_redis.cache.RedisCache", or use'
-        ' STORE "auto" to pick the database store when there is no Redis.'
-    )
-    CACHE_ALIAS_UNKNOWN = "Caches: {valid}."
-    DATABASE_ALIAS_UNKNOWN = "Use None for the default database, or one of: {valid}."
-    FAIL_OPEN_INVALID = 'Example: {"read": True, "write": True, "rpc": True, "auth": False}.'
-    TRUSTED_PROXIES_INVALID = (
-        "Count the proxies in front of the app that append to X-Forwarded-For; 0 trusts none."
-    )
-    DURATION_INVALID = "Use 0 to turn it off, where that is meaningful."
-    SENTRY_ALERTS_INVALID = None
-    POOL_WITHOUT_PSYCOPG_POOL = 'Install psycopg with the pool extra: pip install "psycopg[pool]".'
-    MONITORING_ACCESS_INVALID = (
-        "Set it from the environment, e.g. os.environ.get(\"RESILIENCE_MONITORING_TOKEN\"), and"
-        " send it as \"Authorization: Bearer <token>\"."
-    )
-    CHECK_FAILED = "This is a bug in resilience_crm; please report it with your settings."
-    SNAPSHOT_TTL_SLOW = f"Use a value of at most {MAX_SNAPSHOT_TTL}; 0.5 is the default."
-    STORE_PER_PROCESS = (
-        'Use "auto", "redis" or "database" when the app runs in more than one process. Silence'
-        " this warning if it never does."
-    )
-    CACHE_PER_PROCESS = (
-        "Point RESILIENCE_CRM[\"CACHE_ALIAS\"] at a Redis cache (django-redis) when the app runs"
-        " in more than one process. Silence this warning if it never does."
-    )
-    STORE_IN_REQUEST_TRANSACTION = (
-        "Add a second alias for the same database without ATOMIC_REQUESTS, name it in"
-        " RESILIENCE_CRM[\"DATABASE_ALIAS\"] and add resilience_crm.routers.ResilienceRouter to"
-        " DATABASE_ROUTERS, or use the Redis store."
-    )
+#: Hints that replace a check's usual one where there is something closer to say.
+HINT_UNKNOWN_KEY_CLOSE = "Did you mean {close!r}? Valid keys: {valid}."
+HINT_TIERS_SHAPE = 'Example: {"free": {"read": "120/min", "write": ["5/s", "30/min"]}}.'
+HINT_ENDPOINTS_SHAPE = 'Example: {"contact-list": {"read": "10/s"}}, keyed by URL name.'
+HINT_OP_CLASS_UNKNOWN_CLOSE = "Did you mean {close!r}? Operation classes: {valid}."
+HINT_BREAKER_UNKNOWN = "Breaker settings: {valid}."
+HINT_BREAKER_UNKNOWN_CLOSE = "Did you mean {close!r}? Breaker settings: {valid}."
 
 
 # Helpers ----------------------------------------------------------------------------------
@@ -200,11 +267,11 @@ def _closest(word: Any, choices: Iterable[str]) -> str | None:
     return matches[0]
 
 
-def _choice_hint(word: Any, choices: Iterable[str], plain: str, close: str) -> str:
+def _choice_hint(word: Any, choices: Iterable[str], plain: str | None, close: str) -> str:
     choices = list(choices)
     match = _closest(word, choices)
     valid = _names(choices)
-    return close.format(close=match, valid=valid) if match else plain.format(valid=valid)
+    return close.format(close=match, valid=valid) if match else (plain or "").format(valid=valid)
 
 
 def _user_settings() -> dict[str, Any] | None:
@@ -238,8 +305,7 @@ def _check(*tags: str) -> Callable[[Callable[[dict[str, Any]], list[CheckMessage
             try:
                 return func(config)
             except Exception as err:  # noqa: BLE001  (a check must report, never crash)
-                return [Error(Messages.CHECK_FAILED.format(check=func.__name__, error=err),
-                              hint=Hints.CHECK_FAILED, id=Codes.CHECK_FAILED)]
+                return [CHECKS["CHECK_FAILED"](check=func.__name__, error=err)]
 
         # Not functools.wraps: Django inspects the signature, which must take **kwargs.
         check.__name__, check.__qualname__ = func.__name__, func.__qualname__
@@ -257,8 +323,7 @@ def check_setting_type(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
     value = getattr(django_settings, SETTING, None)
     if value is None or isinstance(value, dict):
         return []
-    return [Error(Messages.SETTING_NOT_DICT.format(type=_type(value)),
-                  hint=Hints.SETTING_NOT_DICT, id=Codes.SETTING_NOT_DICT)]
+    return [CHECKS["SETTING_NOT_DICT"](type=_type(value))]
 
 
 @_check()
@@ -266,9 +331,9 @@ def check_unknown_keys(config: dict[str, Any]) -> list[CheckMessage]:
     errors: list[CheckMessage] = []
     for key in config:
         if key not in conf.DEFAULTS:
-            hint = _choice_hint(key, conf.DEFAULTS, Hints.UNKNOWN_KEY, Hints.UNKNOWN_KEY_CLOSE)
-            errors.append(Error(Messages.UNKNOWN_KEY.format(path=_path(key)), hint=hint,
-                                id=Codes.UNKNOWN_KEY))
+            hint = _choice_hint(key, conf.DEFAULTS, CHECKS["UNKNOWN_KEY"].hint,
+                                HINT_UNKNOWN_KEY_CLOSE)
+            errors.append(CHECKS["UNKNOWN_KEY"](path=_path(key), hint=hint))
     return errors
 
 
@@ -277,43 +342,36 @@ def _limits_errors(path: tuple[Any, ...], limits: Mapping[Any, Any]) -> list[Che
     errors: list[CheckMessage] = []
     for op_class, rates in limits.items():
         if op_class not in conf.OP_CLASSES:
-            hint = _choice_hint(op_class, conf.OP_CLASSES, Hints.OP_CLASS_UNKNOWN,
-                                Hints.OP_CLASS_UNKNOWN_CLOSE)
-            errors.append(Error(
-                Messages.OP_CLASS_UNKNOWN.format(path=_path(*path), op_class=op_class),
-                hint=hint, id=Codes.OP_CLASS_UNKNOWN,
+            hint = _choice_hint(op_class, conf.OP_CLASSES, CHECKS["OP_CLASS_UNKNOWN"].hint,
+                                HINT_OP_CLASS_UNKNOWN_CLOSE)
+            errors.append(CHECKS["OP_CLASS_UNKNOWN"](
+                path=_path(*path), op_class=op_class, hint=hint,
             ))
             continue
         try:
             parse_rates(rates)
         except (TypeError, ValueError) as err:
-            errors.append(Error(
-                Messages.RATE_INVALID.format(path=_path(*path, op_class), error=err),
-                hint=Hints.RATE_INVALID, id=Codes.RATE_INVALID,
-            ))
+            errors.append(CHECKS["RATE_INVALID"](path=_path(*path, op_class), error=err))
     return errors
 
 
 def _table_errors(key: str, table: Any, expected: str, hint: str) -> list[CheckMessage]:
     """Errors in ``TIERS`` or ``ENDPOINTS``: ``{name: {op_class: rate or [rates]}}``."""
     if not isinstance(table, dict):
-        return [Error(Messages.LIMITS_SHAPE.format(path=_path(key), expected=expected,
-                                                   type=_type(table)),
-                      hint=hint, id=Codes.LIMITS_SHAPE)]
+        return [CHECKS["LIMITS_SHAPE"](
+            path=_path(key), expected=expected, type=_type(table), hint=hint,
+        )]
     errors: list[CheckMessage] = []
     for name, limits in table.items():
         if not isinstance(name, str):
-            errors.append(Error(
-                Messages.LIMITS_SHAPE.format(path=_path(key), expected="keyed by strings",
-                                             type=f"the {_type(name)} key {name!r}"),
-                hint=hint, id=Codes.LIMITS_SHAPE,
+            errors.append(CHECKS["LIMITS_SHAPE"](
+                path=_path(key), expected="keyed by strings",
+                type=f"the {_type(name)} key {name!r}", hint=hint,
             ))
         elif not isinstance(limits, dict):
-            errors.append(Error(
-                Messages.LIMITS_SHAPE.format(path=_path(key, name),
-                                             expected="a dict of {op_class: rate or [rates]}",
-                                             type=_type(limits)),
-                hint=hint, id=Codes.LIMITS_SHAPE,
+            errors.append(CHECKS["LIMITS_SHAPE"](
+                path=_path(key, name), expected="a dict of {op_class: rate or [rates]}",
+                type=_type(limits), hint=hint,
             ))
         else:
             errors += _limits_errors((key, name), limits)
@@ -324,39 +382,39 @@ def _table_errors(key: str, table: Any, expected: str, hint: str) -> list[CheckM
 def check_rate_limits(config: dict[str, Any]) -> list[CheckMessage]:
     tiers = config["TIERS"]
     errors = _table_errors("TIERS", tiers, "a dict of {tier: {op_class: rate or [rates]}}",
-                           Hints.TIERS_SHAPE)
+                           HINT_TIERS_SHAPE)
     endpoints = {} if config["ENDPOINTS"] is None else config["ENDPOINTS"]
     errors += _table_errors("ENDPOINTS", endpoints,
                             "a dict of {url_name: {op_class: rate or [rates]}}",
-                            Hints.ENDPOINTS_SHAPE)
+                            HINT_ENDPOINTS_SHAPE)
     if isinstance(tiers, dict):
         names = [name for name in tiers if isinstance(name, str)]
         for key in ("DEFAULT_TIER", "ANONYMOUS_TIER"):
             value = config[key]
             if not isinstance(value, str) or value not in tiers:
-                errors.append(Error(
-                    Messages.TIER_UNKNOWN.format(path=_path(key), value=value),
-                    hint=Hints.TIER_UNKNOWN.format(valid=_names(names)), id=Codes.TIER_UNKNOWN,
+                errors.append(CHECKS["TIER_UNKNOWN"](
+                    path=_path(key), value=value,
+                    hint=CHECKS["TIER_UNKNOWN"].hint_for(valid=_names(names)),
                 ))
     return errors
 
 
 def _breaker_errors(path: tuple[Any, ...],
-                    merged: dict[str, Any]) -> list[tuple[str, str, Error]]:
+                    merged: dict[str, Any]) -> list[tuple[str, str, CheckMessage]]:
     """``(key, message, error)`` for each problem in one circuit's merged breaker settings."""
     problems = core.config_errors(merged) or exception_errors(merged)
     found = []
     for key, message in problems:
+        hint: str | None
         if message == "is not a breaker setting":
-            hint = _choice_hint(key, BREAKER_KEYS, Hints.BREAKER_UNKNOWN,
-                                Hints.BREAKER_UNKNOWN_CLOSE)
+            hint = _choice_hint(key, BREAKER_KEYS, HINT_BREAKER_UNKNOWN,
+                                HINT_BREAKER_UNKNOWN_CLOSE)
         else:
-            hint = Hints.BREAKER_INVALID
+            hint = CHECKS["BREAKER_INVALID"].hint
             other = message.rsplit(" ", 1)[-1]
             if other != key and other in merged and key in merged:  # a rule between two keys
                 message += f" ({key} is {merged[key]!r}, {other} is {merged[other]!r})"
-        error = Error(Messages.BREAKER_INVALID.format(path=_path(*path, key), error=message),
-                      hint=hint, id=Codes.BREAKER_INVALID)
+        error = CHECKS["BREAKER_INVALID"](path=_path(*path, key), error=message, hint=hint)
         found.append((key, message, error))
     return found
 
@@ -367,11 +425,9 @@ def check_circuits(config: dict[str, Any]) -> list[CheckMessage]:
     defaults = {} if config["CIRCUIT_DEFAULTS"] is None else config["CIRCUIT_DEFAULTS"]
     default_problems: set[tuple[str, str]] = set()
     if not isinstance(defaults, dict):
-        errors.append(Error(
-            Messages.CIRCUITS_SHAPE.format(path=_path("CIRCUIT_DEFAULTS"),
-                                           expected="a dict of breaker settings",
-                                           type=_type(defaults)),
-            hint=Hints.BREAKER_INVALID, id=Codes.CIRCUITS_SHAPE,
+        errors.append(CHECKS["CIRCUITS_SHAPE"](
+            path=_path("CIRCUIT_DEFAULTS"), expected="a dict of breaker settings",
+            type=_type(defaults), hint=CHECKS["BREAKER_INVALID"].hint,
         ))
         defaults = {}
     else:
@@ -382,11 +438,9 @@ def check_circuits(config: dict[str, Any]) -> list[CheckMessage]:
 
     circuits = {} if config["CIRCUITS"] is None else config["CIRCUITS"]
     if not isinstance(circuits, dict):
-        errors.append(Error(
-            Messages.CIRCUITS_SHAPE.format(path=_path("CIRCUITS"),
-                                           expected="a dict of {name: {breaker settings}}",
-                                           type=_type(circuits)),
-            hint=Hints.CIRCUITS_SHAPE, id=Codes.CIRCUITS_SHAPE,
+        errors.append(CHECKS["CIRCUITS_SHAPE"](
+            path=_path("CIRCUITS"), expected="a dict of {name: {breaker settings}}",
+            type=_type(circuits),
         ))
         return errors
     for name, overrides in circuits.items():
@@ -397,10 +451,7 @@ def check_circuits(config: dict[str, Any]) -> list[CheckMessage]:
                 if isinstance(name, str)
                 else (_path("CIRCUITS"), "keyed by strings", f"the {_type(name)} key {name!r}")
             )
-            errors.append(Error(
-                Messages.CIRCUITS_SHAPE.format(path=path, expected=expected, type=found),
-                hint=Hints.CIRCUITS_SHAPE, id=Codes.CIRCUITS_SHAPE,
-            ))
+            errors.append(CHECKS["CIRCUITS_SHAPE"](path=path, expected=expected, type=found))
             continue
         merged = conf.BREAKER_DEFAULTS | defaults | overrides
         for key, message, error in _breaker_errors(("CIRCUITS", name), merged):
@@ -436,32 +487,26 @@ def check_store(config: dict[str, Any]) -> list[CheckMessage]:
     else:
         reason = _store_class(store)[1]
     if reason:
-        errors.append(Error(Messages.STORE_INVALID.format(path=_path("STORE"), value=store,
-                                                          reason=reason),
-                            hint=Hints.STORE_INVALID, id=Codes.STORE_INVALID))
+        errors.append(CHECKS["STORE_INVALID"](path=_path("STORE"), value=store, reason=reason))
 
     alias = config["CACHE_ALIAS"]
     caches = django_settings.CACHES
     if not isinstance(alias, str) or alias not in caches:
-        errors.append(Error(
-            Messages.CACHE_ALIAS_UNKNOWN.format(path=_path("CACHE_ALIAS"), value=alias),
-            hint=Hints.CACHE_ALIAS_UNKNOWN.format(valid=_names(caches)),
-            id=Codes.CACHE_ALIAS_UNKNOWN,
+        errors.append(CHECKS["CACHE_ALIAS_UNKNOWN"](
+            path=_path("CACHE_ALIAS"), value=alias,
+            hint=CHECKS["CACHE_ALIAS_UNKNOWN"].hint_for(valid=_names(caches)),
         ))
     elif store in ("redis", conf.STORE_ALIASES["redis"]) and not conf.cache_is_redis(alias):
-        errors.append(Error(
-            Messages.STORE_REDIS_WITHOUT_REDIS_CACHE.format(
-                path=_path("STORE"), alias=alias, backend=conf.cache_backend(alias)),
-            hint=Hints.STORE_REDIS_WITHOUT_REDIS_CACHE, id=Codes.STORE_REDIS_WITHOUT_REDIS_CACHE,
+        errors.append(CHECKS["STORE_REDIS_WITHOUT_REDIS_CACHE"](
+            path=_path("STORE"), alias=alias, backend=conf.cache_backend(alias),
         ))
 
     database = config["DATABASE_ALIAS"]
     databases = django_settings.DATABASES
     if database is not None and (not isinstance(database, str) or database not in databases):
-        errors.append(Error(
-            Messages.DATABASE_ALIAS_UNKNOWN.format(path=_path("DATABASE_ALIAS"), value=database),
-            hint=Hints.DATABASE_ALIAS_UNKNOWN.format(valid=_names(databases)),
-            id=Codes.DATABASE_ALIAS_UNKNOWN,
+        errors.append(CHECKS["DATABASE_ALIAS_UNKNOWN"](
+            path=_path("DATABASE_ALIAS"), value=database,
+            hint=CHECKS["DATABASE_ALIAS_UNKNOWN"].hint_for(valid=_names(databases)),
         ))
     return errors
 
@@ -471,58 +516,45 @@ def check_values(config: dict[str, Any]) -> list[CheckMessage]:
     errors: list[CheckMessage] = []
     fail_open = config["FAIL_OPEN"]
     if not isinstance(fail_open, dict):
-        errors.append(Error(
-            Messages.FAIL_OPEN_INVALID.format(path=_path("FAIL_OPEN"),
-                                              expected="a dict of {op_class: True or False}",
-                                              value=fail_open),
-            hint=Hints.FAIL_OPEN_INVALID, id=Codes.FAIL_OPEN_INVALID,
+        errors.append(CHECKS["FAIL_OPEN_INVALID"](
+            path=_path("FAIL_OPEN"), expected="a dict of {op_class: True or False}",
+            value=fail_open,
         ))
     else:
         for op_class, value in fail_open.items():
             if op_class not in conf.OP_CLASSES:
-                hint = _choice_hint(op_class, conf.OP_CLASSES, Hints.OP_CLASS_UNKNOWN,
-                                    Hints.OP_CLASS_UNKNOWN_CLOSE)
-                errors.append(Error(
-                    Messages.OP_CLASS_UNKNOWN.format(path=_path("FAIL_OPEN"), op_class=op_class),
-                    hint=hint, id=Codes.OP_CLASS_UNKNOWN,
+                hint = _choice_hint(op_class, conf.OP_CLASSES, CHECKS["OP_CLASS_UNKNOWN"].hint,
+                                    HINT_OP_CLASS_UNKNOWN_CLOSE)
+                errors.append(CHECKS["OP_CLASS_UNKNOWN"](
+                    path=_path("FAIL_OPEN"), op_class=op_class, hint=hint,
                 ))
             elif not isinstance(value, bool):
-                errors.append(Error(
-                    Messages.FAIL_OPEN_INVALID.format(path=_path("FAIL_OPEN", op_class),
-                                                      expected="True or False", value=value),
-                    hint=Hints.FAIL_OPEN_INVALID, id=Codes.FAIL_OPEN_INVALID,
+                errors.append(CHECKS["FAIL_OPEN_INVALID"](
+                    path=_path("FAIL_OPEN", op_class), expected="True or False", value=value,
                 ))
 
     proxies = config["TRUSTED_PROXIES"]
     if isinstance(proxies, bool) or not isinstance(proxies, int) or proxies < 0:
-        errors.append(Error(
-            Messages.TRUSTED_PROXIES_INVALID.format(path=_path("TRUSTED_PROXIES"), value=proxies),
-            hint=Hints.TRUSTED_PROXIES_INVALID, id=Codes.TRUSTED_PROXIES_INVALID,
+        errors.append(CHECKS["TRUSTED_PROXIES_INVALID"](
+            path=_path("TRUSTED_PROXIES"), value=proxies,
         ))
 
     for key in DURATION_KEYS:
         value = config[key]
         if not _is_number(value) or value < 0:
-            errors.append(Error(Messages.DURATION_INVALID.format(path=_path(key), value=value),
-                                hint=Hints.DURATION_INVALID, id=Codes.DURATION_INVALID))
+            errors.append(CHECKS["DURATION_INVALID"](path=_path(key), value=value))
         elif key == "SNAPSHOT_TTL" and value > MAX_SNAPSHOT_TTL:
-            errors.append(CheckWarning(
-                Messages.SNAPSHOT_TTL_SLOW.format(path=_path(key), value=value),
-                hint=Hints.SNAPSHOT_TTL_SLOW, id=Codes.SNAPSHOT_TTL_SLOW,
-            ))
+            errors.append(CHECKS["SNAPSHOT_TTL_SLOW"](path=_path(key), value=value))
 
     token = config["MONITORING_TOKEN"]
     if token is not None and (not isinstance(token, str) or not token):
-        errors.append(Error(
-            Messages.MONITORING_ACCESS_INVALID.format(path=_path("MONITORING_TOKEN"), value=token),
-            hint=Hints.MONITORING_ACCESS_INVALID, id=Codes.MONITORING_ACCESS_INVALID,
+        errors.append(CHECKS["MONITORING_ACCESS_INVALID"](
+            path=_path("MONITORING_TOKEN"), value=token,
         ))
 
     if not isinstance(config["SENTRY_ALERTS"], bool):
-        errors.append(Error(
-            Messages.SENTRY_ALERTS_INVALID.format(path=_path("SENTRY_ALERTS"),
-                                                  value=config["SENTRY_ALERTS"]),
-            hint=Hints.SENTRY_ALERTS_INVALID, id=Codes.SENTRY_ALERTS_INVALID,
+        errors.append(CHECKS["SENTRY_ALERTS_INVALID"](
+            path=_path("SENTRY_ALERTS"), value=config["SENTRY_ALERTS"],
         ))
     return errors
 
@@ -537,18 +569,13 @@ def check_shared_state(config: dict[str, Any]) -> list[CheckMessage]:
     if isinstance(store, str) and store != "auto":
         cls = _store_class(conf.STORE_ALIASES.get(store, store))[0]
         if store == "memory" or (cls is not None and not getattr(cls, "shared", True)):
-            warnings.append(CheckWarning(
-                Messages.STORE_PER_PROCESS.format(path=_path("STORE"), store=store),
-                hint=Hints.STORE_PER_PROCESS, id=Codes.STORE_PER_PROCESS,
-            ))
+            warnings.append(CHECKS["STORE_PER_PROCESS"](path=_path("STORE"), store=store))
     alias = config["CACHE_ALIAS"]
     if isinstance(alias, str) and alias in django_settings.CACHES:
         backend = conf.cache_backend(alias)
         if backend in PER_PROCESS_CACHES:
-            warnings.append(CheckWarning(
-                Messages.CACHE_PER_PROCESS.format(alias=alias, backend=backend,
-                                                  why=PER_PROCESS_CACHES[backend]),
-                hint=Hints.CACHE_PER_PROCESS, id=Codes.CACHE_PER_PROCESS,
+            warnings.append(CHECKS["CACHE_PER_PROCESS"](
+                alias=alias, backend=backend, why=PER_PROCESS_CACHES[backend],
             ))
     return warnings
 
@@ -564,9 +591,7 @@ def check_store_transaction(config: dict[str, Any]) -> list[CheckMessage]:
         return []
     if conf.settings.store_path() != conf.STORE_ALIASES["database"]:
         return []
-    return [CheckWarning(Messages.STORE_IN_REQUEST_TRANSACTION.format(alias=alias),
-                         hint=Hints.STORE_IN_REQUEST_TRANSACTION,
-                         id=Codes.STORE_IN_REQUEST_TRANSACTION)]
+    return [CHECKS["STORE_IN_REQUEST_TRANSACTION"](alias=alias)]
 
 
 @register(TAG, Tags.database)
@@ -585,7 +610,6 @@ def check_database_pool(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
     try:
         importlib.import_module("psycopg_pool")
     except ImportError:
-        return [Error(Messages.POOL_WITHOUT_PSYCOPG_POOL.format(alias=alias),
-                      hint=Hints.POOL_WITHOUT_PSYCOPG_POOL, id=Codes.POOL_WITHOUT_PSYCOPG_POOL)
+        return [CHECKS["POOL_WITHOUT_PSYCOPG_POOL"](alias=alias)
                 for alias in pooled]
     return []
