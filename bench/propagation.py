@@ -25,6 +25,7 @@ from django.conf import settings  # noqa: E402
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/1")
 CIRCUIT = "bench.propagation"
+TTL = 0.5
 
 
 def setup() -> None:
@@ -33,7 +34,7 @@ def setup() -> None:
         DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
         CACHES={"default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL,
                             "KEY_PREFIX": "rcrm-bench"}},
-        RESILIENCE_CRM={"STORE": "redis", "SNAPSHOT_TTL": 0.5},
+        RESILIENCE_CRM={"STORE": "redis", "SNAPSHOT_TTL": TTL},
         USE_TZ=True,
     )
     django.setup()
@@ -42,13 +43,14 @@ def setup() -> None:
     call_command("migrate", verbosity=0)
 
 
-def watch(barrier, forced_at, seen) -> None:
+def watch(index, workers, barrier, forced_at, seen) -> None:
     from resilience_crm import registry
 
     registry.clear()
     breaker = registry.get_breaker(CIRCUIT)
-    assert breaker.state == "closed"
     barrier.wait()
+    time.sleep(index * TTL / workers)  # so the snapshots are of every age when it changes
+    assert breaker.state == "closed"
     while breaker.state != "forced_open":
         time.sleep(0.001)
     seen.put(time.time() - forced_at.value)
@@ -68,12 +70,12 @@ def main() -> None:
         registry.get_breaker(CIRCUIT).reset()
         barrier = ctx.Barrier(args.workers + 1)
         forced_at, seen = ctx.Value("d", 0.0), ctx.Queue()
-        workers = [ctx.Process(target=watch, args=(barrier, forced_at, seen))
-                   for _ in range(args.workers)]
+        workers = [ctx.Process(target=watch, args=(i, args.workers, barrier, forced_at, seen))
+                   for i in range(args.workers)]
         for worker in workers:
             worker.start()
         barrier.wait()
-        time.sleep(0.3)  # the workers' snapshots are now of every age up to the TTL
+        time.sleep(TTL * 1.2)  # every worker has read the state once
         forced_at.value = time.time()
         registry.get_breaker(CIRCUIT).force("forced_open", reason="bench")
         delays += [seen.get(timeout=30) for _ in workers]
