@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-import os
-
 import pytest
 from django.conf import settings as django_settings
 
 from resilience_crm import alerts, metrics, registry
 from tests.databases import extra_database
-from tests.services import require_service
+from tests.services import header, require_service
 
 
 @pytest.fixture(autouse=True)
@@ -20,10 +18,19 @@ def _fresh_breakers():
     registry.clear()
 
 
+def pytest_report_header(config):
+    return header(django_settings.SERVICES)
+
+
+def _service(name: str):
+    return next(s for s in django_settings.SERVICES if s.name == name)
+
+
 @pytest.fixture
 def redis_url():
-    url = os.environ.get("REDIS_URL", "")
-    require_service("Redis", bool(url), "REDIS_URL is not set")
+    redis = _service("Redis")
+    url = redis.url
+    require_service("Redis", bool(url), redis.why)
     from django_redis import get_redis_connection
 
     try:
@@ -47,9 +54,10 @@ def redis_cache(redis_url):
 @pytest.fixture
 def postgres():
     engine = django_settings.DATABASES["default"]["ENGINE"]
+    postgres = _service("PostgreSQL")
     require_service(
         "PostgreSQL", engine == "django.db.backends.postgresql",
-        "DATABASE_URL does not name a PostgreSQL database",
+        postgres.why if not postgres.url else "DATABASE_URL does not name a PostgreSQL database",
     )
 
 

@@ -1,20 +1,21 @@
-"""Settings for the test suite: the demo project, with PostgreSQL when ``DATABASE_URL`` names
-it and a django-redis alias ``"redis"`` when ``REDIS_URL`` is set."""
-
-import os
+"""Settings for the test suite: the demo project, with PostgreSQL and a django-redis alias
+``"redis"`` where ``DATABASE_URL`` / ``REDIS_URL`` name them or they answer on their default
+local ports (see ``tests/services.py``); SQLite in memory otherwise."""
 
 import dj_database_url
 
 from crm_demo.settings import *  # noqa: F403
+from tests.services import LOCAL_POSTGRES, LOCAL_REDIS, find
+
+SERVICES = [find("DATABASE_URL", "PostgreSQL", LOCAL_POSTGRES),
+            find("REDIS_URL", "Redis", LOCAL_REDIS)]
+DATABASE_URL, REDIS_URL = (service.url for service in SERVICES)
 
 DATABASES = {
-    "default": dj_database_url.parse(
-        os.environ.get("DATABASE_URL", "sqlite:///:memory:"), conn_max_age=0
-    )
+    "default": dj_database_url.parse(DATABASE_URL or "sqlite:///:memory:", conn_max_age=0)
 }
 
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
     CACHES["redis"] = {
         "BACKEND": "django_redis.cache.RedisCache",

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
+from django.conf import settings as django_settings
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -25,8 +25,8 @@ from redis import exceptions as redis_exceptions
 from resilience_crm import core
 from resilience_crm.exceptions import StoreUnavailable
 from resilience_crm.stores.redis import STATE_TTL_MS, RedisStore
+from tests.services import require_service
 
-REDIS_URL = os.environ.get("REDIS_URL", "")
 ALIAS = "resilience_redis_store_test"
 DOWN_ALIAS = "resilience_redis_store_down"
 START = 1_700_000_000_000  # ms; any 13-digit time
@@ -35,16 +35,14 @@ START = 1_700_000_000_000  # ms; any 13-digit time
 @pytest.fixture
 def store(settings: Any) -> Iterator[RedisStore]:
     """A RedisStore on a cache alias of its own, with a key prefix no other test shares."""
-    if not REDIS_URL:
-        if os.environ.get("RESILIENCE_CRM_REQUIRE_SERVICES") == "1":
-            pytest.fail("REDIS_URL is not set and RESILIENCE_CRM_REQUIRE_SERVICES=1")
-        pytest.skip("REDIS_URL is not set")
+    redis_url = django_settings.REDIS_URL
+    require_service("Redis", bool(redis_url), "REDIS_URL is not set and none was found")
     prefix = f"test-redis-store-{uuid.uuid4().hex}"
     settings.CACHES = {
         **settings.CACHES,
         ALIAS: {
             "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": REDIS_URL,
+            "LOCATION": redis_url,
             "KEY_PREFIX": prefix,
         },
     }
