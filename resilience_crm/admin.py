@@ -19,15 +19,18 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
+from django.core.exceptions import PermissionDenied
 from django.db import router, transaction
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest
-from django.urls import reverse
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
-from resilience_crm import core, registry
+from resilience_crm import core, dashboard, registry
 from resilience_crm.control import steer
 from resilience_crm.exceptions import ManualChangeRefused
 from resilience_crm.models import (
@@ -40,6 +43,9 @@ from resilience_crm.models import (
 )
 
 logger = logging.getLogger("resilience_crm.admin")
+
+#: Seconds between the dashboard's reloads of itself.
+DASHBOARD_REFRESH = 15
 
 #: Badge colours per state: green passes calls, red rejects them, amber is trying or overridden.
 STATE_COLOURS = {
@@ -155,6 +161,34 @@ class CircuitAdmin(admin.ModelAdmin):
     ]
     action_form = CircuitActionForm
     actions = ["reset", "force_open", "force_closed", "disable"]
+    change_list_template = "admin/resilience_crm/circuit/change_list.html"
+
+    def get_urls(self) -> list[Any]:
+        dashboard = path("dashboard/", self.admin_site.admin_view(self.dashboard_view),
+                         name="resilience_crm_dashboard")
+        return [dashboard, *super().get_urls()]
+
+    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
+        """Every circuit at a glance, with charts, transitions, queued writes and the
+        reset and force buttons (which run the same audited actions as the list)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        if request.method == "POST":
+            response = self.response_action(request, queryset=self.get_queryset(request))
+            return response or redirect(request.get_full_path())
+        actions = self.get_actions(request)
+        data = dashboard.context()
+        rows = dict(Circuit.objects.values_list("name", "pk"))
+        for panel in data["panels"]:
+            panel.pk = rows.get(panel.name)
+            panel.badge = state_badge(panel.snapshot["state"])
+        context = {
+            **self.admin_site.each_context(request), **data,
+            "title": "Resilience dashboard", "opts": self.model._meta,
+            "can_reset": "reset" in actions, "can_force_open": "force_open" in actions,
+            "refresh_seconds": DASHBOARD_REFRESH, "state_colours": STATE_COLOURS,
+        }
+        return TemplateResponse(request, "admin/resilience_crm/dashboard.html", context)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         fields = list(super().get_readonly_fields(request, obj))

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import shutil
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
 from django.db import connections
+from django.utils import timezone
 
 from resilience_crm import core, registry
-from resilience_crm.models import CircuitEvent
+from resilience_crm.control import steer
+from resilience_crm.models import Circuit, CircuitEvent, CircuitMetric
 from tests.services import require_service
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -67,3 +71,40 @@ def test_operator_forces_a_circuit_open_from_the_admin(live_server, page):
     assert (event.actor, event.source, event.reason) == (user, "admin",
                                                          "primary database failover")
 
+
+
+#: Where the dashboard's screenshot is kept for people to look at (ignored by git).
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def test_the_dashboard_renders_its_charts_and_its_reset_button_works(live_server, page):
+    User.objects.create_superuser("ops", "ops@example.com", "ops-password")
+    now = timezone.now().replace(second=0, microsecond=0)
+    read = Circuit.objects.get(name="crm.read")
+    for minutes, calls, failures in ((50, 120, 3), (20, 80, 40), (5, 100, 90), (1, 60, 60)):
+        CircuitMetric.objects.create(circuit=read, bucket=now - timedelta(minutes=minutes),
+                                     calls=calls, failures=failures, successes=calls - failures,
+                                     latency_sum_ms=calls * 12.5, latency_max_ms=80)
+    steer("crm.read", core.FORCED_OPEN, reason="database failover drill", source="command")
+
+    page.goto(f"{live_server.url}/admin/login/?next=/admin/resilience_crm/circuit/dashboard/")
+    page.fill("#id_username", "ops")
+    page.fill("#id_password", "ops-password")
+    page.click("input[type=submit]")
+    page.wait_for_url("**/circuit/dashboard/")
+
+    panels = page.locator(".resilience-circuit")
+    assert panels.count() == 4
+    panel = page.locator('.resilience-circuit[data-circuit="crm.read"]')
+    assert panel.locator(".resilience-state").inner_text().strip() == "forced open"
+    assert panel.locator(".resilience-span.shown svg.resilience-chart").count() == 3
+    assert panel.locator(".resilience-span.shown svg rect").count() == 12  # 4 minutes x 3
+    assert "database failover drill" in page.locator("#recent-transitions").inner_text()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+    panel.locator("button[name=reset]").click()
+    page.wait_for_selector(".messagelist .success")
+    panel = page.locator('.resilience-circuit[data-circuit="crm.read"]')
+    assert panel.locator(".resilience-state").inner_text().strip() == "closed"
+    assert registry.get_breaker("crm.read").state == core.CLOSED
