@@ -21,7 +21,7 @@ from django.core.checks import Warning as CheckWarning
 from django.utils.module_loading import import_string
 
 from resilience_crm import conf, core
-from resilience_crm.rates import parse_rates
+from resilience_crm.rates import UNKNOWN_OP_CLASS, limits_errors
 
 TAG = "resilience_crm"
 SETTING = conf.SETTING_NAME
@@ -268,20 +268,17 @@ def check_unknown_keys(config: dict[str, Any]) -> list[CheckMessage]:
 def _limits_errors(path: tuple[Any, ...], limits: Mapping[Any, Any]) -> list[CheckMessage]:
     """Errors in one ``{op_class: rate or [rates]}`` mapping at ``path``."""
     errors: list[CheckMessage] = []
-    for op_class, rates in limits.items():
-        if op_class not in conf.OP_CLASSES:
+    for op_class, kind, message in limits_errors(limits, conf.OP_CLASSES):
+        if kind == UNKNOWN_OP_CLASS:
             hint = _choice_hint(op_class, conf.OP_CLASSES, Hints.OP_CLASS_UNKNOWN,
                                 Hints.OP_CLASS_UNKNOWN_CLOSE)
             errors.append(Error(
                 Messages.OP_CLASS_UNKNOWN.format(path=_path(*path), op_class=op_class),
                 hint=hint, id=Codes.OP_CLASS_UNKNOWN,
             ))
-            continue
-        try:
-            parse_rates(rates)
-        except (TypeError, ValueError) as err:
+        else:
             errors.append(Error(
-                Messages.RATE_INVALID.format(path=_path(*path, op_class), error=err),
+                Messages.RATE_INVALID.format(path=_path(*path, op_class), error=message),
                 hint=Hints.RATE_INVALID, id=Codes.RATE_INVALID,
             ))
     return errors

@@ -483,10 +483,10 @@ def test_e017_postgis_counts(settings: Any, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_e099_a_failing_check_is_reported(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    def boom(value: Any) -> None:
+    def boom(*args: Any) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(checks, "parse_rates", boom)
+    monkeypatch.setattr(checks, "limits_errors", boom)
     error = only(run(settings), checks.Codes.CHECK_FAILED)
     assert "check_rate_limits" in error.msg
     assert "boom" in error.msg
