@@ -1,0 +1,64 @@
+"""Who a request comes from, for rate limiting: a user id, or the client's IP address.
+
+An anonymous client is its IP address. ``X-Forwarded-For`` counts only through
+``TRUSTED_PROXIES`` hops: each trusted proxy appends the address it saw, so the client is the
+entry that many places from the right (``REMOTE_ADDR`` being the last hop). Anything a client
+writes further left is ignored, so a forged header cannot buy a fresh bucket. IPv6 clients
+are limited per /64 network, the block one subscriber usually holds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.http import HttpRequest
+from django.utils.module_loading import import_string
+
+from resilience_crm import tiers
+from resilience_crm.conf import settings
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Whose budget a request spends. ``key`` names the buckets (``u:42``, ``ip:192.0.2.1``)."""
+
+    key: str
+    tier: str
+    exempt: bool = False
+    #: Per-user rates that replace the tier's: ``{op_class: rate or [rates]}``.
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def client_ip(request: HttpRequest, trusted_proxies: int | None = None) -> str:
+    """The client's address as the ``TRUSTED_PROXIES`` proxies in front of us saw it."""
+    trusted = settings.TRUSTED_PROXIES if trusted_proxies is None else trusted_proxies
+    remote = str(request.META.get("REMOTE_ADDR", "") or "")
+    chosen = remote
+    if trusted > 0:
+        forwarded = [part.strip() for part in
+                     str(request.META.get("HTTP_X_FORWARDED_FOR", "")).split(",") if part.strip()]
+        chain = [*forwarded, remote]
+        chosen = chain[max(0, len(chain) - 1 - trusted)]
+    try:
+        address = ipaddress.ip_address(chosen)
+    except ValueError:
+        return remote or "unknown"
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+def principal(request: HttpRequest) -> Principal:
+    """The :class:`Principal` for ``request`` (after authentication)."""
+    resolver = settings.TIER_RESOLVER
+    chosen = import_string(resolver)(request) if resolver else None
+    user = getattr(request, "user", None)
+    if user is not None and user.is_authenticated:
+        exempt = bool(settings.EXEMPT_STAFF and user.is_staff) or bool(
+            settings.EXEMPT_PERMISSION and user.has_perm(settings.EXEMPT_PERMISSION))
+        assigned, overrides = tiers.assignment(user.pk)
+        tier = chosen or assigned or settings.DEFAULT_TIER
+        return Principal(key=f"u:{user.pk}", tier=tier, exempt=exempt, overrides=overrides)
+    return Principal(key=f"ip:{client_ip(request)}", tier=chosen or settings.ANONYMOUS_TIER)
