@@ -31,7 +31,7 @@ BREAKER_KEYS = tuple(f.name for f in fields(core.Config))
 #: Settings that take a number of seconds (or days) and must not be negative.
 DURATION_KEYS = (
     "FALLBACK_TTL", "FALLBACK_STALE_TTL", "METRICS_RETENTION_DAYS", "SNAPSHOT_TTL",
-    "STORE_RETRY_INTERVAL",
+    "STORE_RETRY_INTERVAL", "TIER_CACHE_TTL",
 )
 #: Cache backends whose contents one process cannot share with another.
 PER_PROCESS_CACHES = {
@@ -43,6 +43,8 @@ POSTGRES_ENGINES = ("postgresql", "postgis")
 #: The longest ``SNAPSHOT_TTL`` that keeps the promise "an admin change reaches every worker
 #: within one second".
 MAX_SNAPSHOT_TTL = 1
+#: ``RATELIMIT_STORE`` names besides "auto".
+RATELIMIT_STORES = ("redis", "memory")
 
 
 class Codes:
@@ -68,6 +70,17 @@ class Codes:
     STORE_PER_PROCESS = "resilience_crm.W002"
     CACHE_PER_PROCESS = "resilience_crm.W003"
     STORE_IN_REQUEST_TRANSACTION = "resilience_crm.W004"
+    # Rate limiting.
+    RATELIMIT_STORE_INVALID = "resilience_crm.E030"
+    RATELIMIT_STORE_REDIS_WITHOUT_REDIS_CACHE = "resilience_crm.E031"
+    TIER_RESOLVER_INVALID = "resilience_crm.E032"
+    SHADOW_INVALID = "resilience_crm.E033"
+    ADAPTIVE_FACTOR_INVALID = "resilience_crm.E034"
+    EXEMPTION_INVALID = "resilience_crm.E035"
+    EXPECTED_PROCESSES_INVALID = "resilience_crm.E036"
+    RATELIMIT_STORE_PER_PROCESS = "resilience_crm.W020"
+    TIER_CACHE_TTL_SLOW = "resilience_crm.W021"
+    SHADOW_TIER_UNKNOWN = "resilience_crm.W022"
 
 
 class Messages:
@@ -112,6 +125,28 @@ class Messages:
         "The cache {alias!r} that RESILIENCE_CRM[\"CACHE_ALIAS\"] names uses {backend!r}, which"
         " {why}: with more than one worker, rate limits and fallback data are not shared."
     )
+    RATELIMIT_STORE_INVALID = (
+        "{path} is {value!r}, which is neither a limiter store name nor a dotted path to a"
+        " limiter store class ({reason})."
+    )
+    RATELIMIT_STORE_REDIS_WITHOUT_REDIS_CACHE = (
+        "{path} selects the Redis limiter store but the cache {alias!r} that"
+        " RESILIENCE_CRM[\"CACHE_ALIAS\"] names uses {backend!r}, not django-redis."
+    )
+    TIER_RESOLVER_INVALID = "{path} is {value!r}, which is not a callable's dotted path ({reason})."
+    SHADOW_INVALID = "{path} must be a list of names, not {value!r}."
+    ADAPTIVE_FACTOR_INVALID = "{path} must be a number above 0 and at most 1, not {value!r}."
+    EXEMPTION_INVALID = "{path} must be {expected}, not {value!r}."
+    EXPECTED_PROCESSES_INVALID = "{path} must be a whole number of at least 1, not {value!r}."
+    RATELIMIT_STORE_PER_PROCESS = (
+        "Rate limits are kept inside each process ({store!r}) while {path} says {processes}"
+        " processes serve the app: each one admits the full limit."
+    )
+    TIER_CACHE_TTL_SLOW = (
+        "{path} is {value!r}: a tier edited in the admin takes up to that many seconds to"
+        " reach every worker, longer than the one second the app promises."
+    )
+    SHADOW_TIER_UNKNOWN = "{path} names {value!r}, which is not one of the tiers in TIERS."
     STORE_IN_REQUEST_TRANSACTION = (
         "The database store keeps live circuit state on the database {alias!r}, which has"
         " ATOMIC_REQUESTS: a request that fails rolls back the state change its failure made."
@@ -124,6 +159,7 @@ class Hints:
     UNKNOWN_KEY_CLOSE = "Did you mean {close!r}? Valid keys: {valid}."
     TIERS_SHAPE = 'Example: {"free": {"read": "120/min", "write": ["5/s", "30/min"]}}.'
     ENDPOINTS_SHAPE = 'Example: {"contact-list": {"read": "10/s"}}, keyed by URL name.'
+    GLOBAL_LIMITS_SHAPE = 'Example: {"write": "1000/s"}: shared by every client.'
     RATE_INVALID = 'Write a rate as "<requests>/<period>": "100/min", "10/5s", "1000/hour".'
     OP_CLASS_UNKNOWN = "Operation classes: {valid}."
     OP_CLASS_UNKNOWN_CLOSE = "Did you mean {close!r}? Operation classes: {valid}."
@@ -159,6 +195,29 @@ class Hints:
         "Point RESILIENCE_CRM[\"CACHE_ALIAS\"] at a Redis cache (django-redis) when the app runs"
         " in more than one process. Silence this warning if it never does."
     )
+    RATELIMIT_STORE_INVALID = (
+        'Use "auto", "redis", "memory", or the dotted path of a subclass of'
+        " resilience_crm.stores.ratelimit_base.BaseLimiterStore."
+    )
+    RATELIMIT_STORE_REDIS_WITHOUT_REDIS_CACHE = (
+        'Point CACHE_ALIAS at a django-redis cache, or use RATELIMIT_STORE "auto".'
+    )
+    TIER_RESOLVER_INVALID = (
+        'Use None, or the dotted path of a function taking the request and returning a tier'
+        ' name or None, e.g. "myproject.limits.tier_for".'
+    )
+    SHADOW_INVALID = 'Example: ["free"] for SHADOW_TIERS, ["contact-list"] for SHADOW_ENDPOINTS.'
+    ADAPTIVE_FACTOR_INVALID = "0.5 halves an op class's limits while its circuit is open; 1 is off."
+    EXEMPTION_INVALID = (
+        'EXEMPT_STAFF is True or False; EXEMPT_PERMISSION is None or "app_label.codename".'
+    )
+    EXPECTED_PROCESSES_INVALID = "Count the worker processes across every server; 1 if unsure."
+    RATELIMIT_STORE_PER_PROCESS = (
+        "Point CACHE_ALIAS at a django-redis cache so every process shares the limits, or set"
+        " EXPECTED_PROCESSES to 1 if there is only one."
+    )
+    TIER_CACHE_TTL_SLOW = f"Use a value of at most {MAX_SNAPSHOT_TTL}; 0.5 is the default."
+    SHADOW_TIER_UNKNOWN = "Tiers: {valid}."
     STORE_IN_REQUEST_TRANSACTION = (
         "Add a second alias for the same database without ATOMIC_REQUESTS, name it in"
         " RESILIENCE_CRM[\"DATABASE_ALIAS\"] and add resilience_crm.routers.ResilienceRouter to"
@@ -495,6 +554,11 @@ def check_values(config: dict[str, Any]) -> list[CheckMessage]:
         if not _is_number(value) or value < 0:
             errors.append(Error(Messages.DURATION_INVALID.format(path=_path(key), value=value),
                                 hint=Hints.DURATION_INVALID, id=Codes.DURATION_INVALID))
+        elif key == "TIER_CACHE_TTL" and value > MAX_SNAPSHOT_TTL:
+            errors.append(CheckWarning(
+                Messages.TIER_CACHE_TTL_SLOW.format(path=_path(key), value=value),
+                hint=Hints.TIER_CACHE_TTL_SLOW, id=Codes.TIER_CACHE_TTL_SLOW,
+            ))
         elif key == "SNAPSHOT_TTL" and value > MAX_SNAPSHOT_TTL:
             errors.append(CheckWarning(
                 Messages.SNAPSHOT_TTL_SLOW.format(path=_path(key), value=value),
@@ -572,3 +636,127 @@ def check_database_pool(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
                       hint=Hints.POOL_WITHOUT_PSYCOPG_POOL, id=Codes.POOL_WITHOUT_PSYCOPG_POOL)
                 for alias in pooled]
     return []
+
+
+# Rate limiting ----------------------------------------------------------------------------
+
+
+def _limiter_store_class(store: str) -> tuple[type | None, str]:
+    """The class a ``RATELIMIT_STORE`` dotted path names, or ``None`` and why not."""
+    from resilience_crm.stores.ratelimit_base import BaseLimiterStore
+
+    try:
+        cls = import_string(store)
+    except ImportError as err:
+        return None, f"cannot import it: {err}"
+    except Exception as err:  # noqa: BLE001  (importing user code may raise anything)
+        return None, f"importing it raised {err!r}"
+    if not (isinstance(cls, type) and issubclass(cls, BaseLimiterStore)):
+        return None, ("it is not a subclass of"
+                      " resilience_crm.stores.ratelimit_base.BaseLimiterStore")
+    return cls, ""
+
+
+@_check(Tags.caches)
+def check_ratelimit_store(config: dict[str, Any]) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    store = config["RATELIMIT_STORE"]
+    cls: type | None = None
+    if not isinstance(store, str):
+        reason = f"it is a {_type(store)}"
+    elif store in ("auto", *RATELIMIT_STORES):
+        reason = ""
+    else:
+        cls, reason = _limiter_store_class(store)
+    if reason:
+        return [Error(Messages.RATELIMIT_STORE_INVALID.format(
+            path=_path("RATELIMIT_STORE"), value=store, reason=reason),
+            hint=Hints.RATELIMIT_STORE_INVALID, id=Codes.RATELIMIT_STORE_INVALID)]
+    alias = config["CACHE_ALIAS"]
+    if not isinstance(alias, str) or alias not in django_settings.CACHES:
+        return []  # E011
+    redis_cache = conf.cache_is_redis(alias)
+    if store == "redis" and not redis_cache:
+        errors.append(Error(
+            Messages.RATELIMIT_STORE_REDIS_WITHOUT_REDIS_CACHE.format(
+                path=_path("RATELIMIT_STORE"), alias=alias, backend=conf.cache_backend(alias)),
+            hint=Hints.RATELIMIT_STORE_REDIS_WITHOUT_REDIS_CACHE,
+            id=Codes.RATELIMIT_STORE_REDIS_WITHOUT_REDIS_CACHE,
+        ))
+    per_process = (store == "memory" or (store == "auto" and not redis_cache)
+                   or (cls is not None and not getattr(cls, "shared", True)))
+    processes = config["EXPECTED_PROCESSES"]
+    if per_process and isinstance(processes, int) and processes > 1:
+        errors.append(CheckWarning(
+            Messages.RATELIMIT_STORE_PER_PROCESS.format(
+                store=store, path=_path("EXPECTED_PROCESSES"), processes=processes),
+            hint=Hints.RATELIMIT_STORE_PER_PROCESS, id=Codes.RATELIMIT_STORE_PER_PROCESS,
+        ))
+    return errors
+
+
+@_check()
+def check_ratelimit_values(config: dict[str, Any]) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    resolver = config["TIER_RESOLVER"]
+    if resolver is not None:
+        reason = ""
+        if not isinstance(resolver, str):
+            reason = f"it is a {_type(resolver)}"
+        else:
+            try:
+                if not callable(import_string(resolver)):
+                    reason = "it is not callable"
+            except ImportError as err:
+                reason = f"cannot import it: {err}"
+            except Exception as err:  # noqa: BLE001  (importing user code may raise anything)
+                reason = f"importing it raised {err!r}"
+        if reason:
+            errors.append(Error(Messages.TIER_RESOLVER_INVALID.format(
+                path=_path("TIER_RESOLVER"), value=resolver, reason=reason),
+                hint=Hints.TIER_RESOLVER_INVALID, id=Codes.TIER_RESOLVER_INVALID))
+
+    tiers = config["TIERS"] if isinstance(config["TIERS"], dict) else None
+    for key in ("SHADOW_TIERS", "SHADOW_ENDPOINTS"):
+        names = config[key]
+        if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+            errors.append(Error(Messages.SHADOW_INVALID.format(path=_path(key), value=names),
+                                hint=Hints.SHADOW_INVALID, id=Codes.SHADOW_INVALID))
+        elif key == "SHADOW_TIERS" and tiers is not None:
+            errors += [CheckWarning(
+                Messages.SHADOW_TIER_UNKNOWN.format(path=_path(key), value=name),
+                hint=Hints.SHADOW_TIER_UNKNOWN.format(valid=_names(tiers)),
+                id=Codes.SHADOW_TIER_UNKNOWN) for name in names if name not in tiers]
+
+    factor = config["ADAPTIVE_FACTOR"]
+    if not _is_number(factor) or not 0 < factor <= 1:
+        errors.append(Error(Messages.ADAPTIVE_FACTOR_INVALID.format(
+            path=_path("ADAPTIVE_FACTOR"), value=factor),
+            hint=Hints.ADAPTIVE_FACTOR_INVALID, id=Codes.ADAPTIVE_FACTOR_INVALID))
+
+    if not isinstance(config["EXEMPT_STAFF"], bool):
+        errors.append(Error(Messages.EXEMPTION_INVALID.format(
+            path=_path("EXEMPT_STAFF"), expected="True or False", value=config["EXEMPT_STAFF"]),
+            hint=Hints.EXEMPTION_INVALID, id=Codes.EXEMPTION_INVALID))
+    permission = config["EXEMPT_PERMISSION"]
+    if permission is not None and (not isinstance(permission, str)
+                                   or permission.count(".") != 1 or not all(
+                                       permission.split("."))):
+        errors.append(Error(Messages.EXEMPTION_INVALID.format(
+            path=_path("EXEMPT_PERMISSION"), expected='None or "app_label.codename"',
+            value=permission), hint=Hints.EXEMPTION_INVALID, id=Codes.EXEMPTION_INVALID))
+
+    processes = config["EXPECTED_PROCESSES"]
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        errors.append(Error(Messages.EXPECTED_PROCESSES_INVALID.format(
+            path=_path("EXPECTED_PROCESSES"), value=processes),
+            hint=Hints.EXPECTED_PROCESSES_INVALID, id=Codes.EXPECTED_PROCESSES_INVALID))
+
+    global_limits = {} if config["GLOBAL_LIMITS"] is None else config["GLOBAL_LIMITS"]
+    if not isinstance(global_limits, dict):
+        errors.append(Error(Messages.LIMITS_SHAPE.format(
+            path=_path("GLOBAL_LIMITS"), expected="a dict of {op_class: rate or [rates]}",
+            type=_type(global_limits)), hint=Hints.GLOBAL_LIMITS_SHAPE, id=Codes.LIMITS_SHAPE))
+    else:
+        errors += _limits_errors(("GLOBAL_LIMITS",), global_limits)
+    return errors

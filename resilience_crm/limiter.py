@@ -120,21 +120,21 @@ def limits_for(who: Principal, op_class: str, endpoint: str | None,
             limit = max(1, int(rate.limit * factor))
             window = int(rate.period) if rate.period.is_integer() else rate.period
             found.append(Limit(
-                key=store.key(principal_key, f"{scope}:{op_class}:{window}"),
+                key=store.key(principal_key, f"{scope}{op_class}:{window}"),
                 policy=f"{name}.{op_class}.{window}s", limit=limit, period=rate.period,
                 shadow=shadow,
             ))
 
     tier_rates = who.overrides.get(op_class) if op_class in who.overrides else (
         tiers.tier_limits(who.tier).get(op_class))
-    add("t", who.key, tier_rates, who.tier in settings.SHADOW_TIERS, who.tier)
+    add("", who.key, tier_rates, who.tier in settings.SHADOW_TIERS, who.tier)
     endpoints = settings.ENDPOINTS or {}
     if endpoint and endpoint in endpoints:
-        add(f"e:{endpoint}", who.key, endpoints[endpoint].get(op_class),
+        add(f"e:{endpoint}:", who.key, endpoints[endpoint].get(op_class),
             endpoint in settings.SHADOW_ENDPOINTS, endpoint)
     global_limits = settings.GLOBAL_LIMITS or {}
     if op_class in global_limits:
-        add("g", "global", global_limits[op_class], False, "global")
+        add("", "global", global_limits[op_class], False, "global")
     return found
 
 

@@ -17,7 +17,7 @@ class BaseLimiterStore(ABC):
     def key(self, principal: str, suffix: str) -> str:
         """The key of one limit of ``principal``: the principal is a hash tag, so every key
         one request touches lives in the same Redis Cluster slot."""
-        return f"resilience:rl:{{{principal}}}:{suffix}"
+        return f"rl:{{{principal}}}:{suffix}"
 
     @abstractmethod
     def evaluate(self, limits: Sequence[Limit], cost: int = 1,
