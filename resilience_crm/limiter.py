@@ -70,6 +70,16 @@ def get_store() -> BaseLimiterStore:
     return _store
 
 
+def set_store(store: BaseLimiterStore | None) -> None:
+    """Use ``store`` in this process from now on (``None``: the one settings select again).
+
+    For tests: e.g. a ``MemoryLimiterStore`` on a hand-moved clock.
+    """
+    global _store
+    with _lock:
+        _store = store
+
+
 def clear() -> None:
     """Forget the store, the fallback counts and the outage; the next use rebuilds them."""
     global _store, _fallback, _store_down_until

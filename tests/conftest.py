@@ -5,7 +5,7 @@ import os
 import pytest
 from django.conf import settings as django_settings
 
-from resilience_crm import metrics, registry
+from resilience_crm import limiter, metrics, registry, tiers
 from tests.services import require_service
 
 
@@ -16,6 +16,16 @@ def _fresh_breakers():
     metrics.reset()
     yield
     registry.clear()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_limits():
+    """Every test starts with no limiter store, fallback counts or cached tiers."""
+    limiter.clear()
+    tiers.clear()
+    yield
+    limiter.clear()
+    tiers.clear()
 
 
 @pytest.fixture

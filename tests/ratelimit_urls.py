@@ -35,6 +35,8 @@ class LoginView(ThingView):
 class ReportViewSet(viewsets.ViewSet):
     throttle_classes = [TierRateThrottle]
     permission_classes: list[type] = []
+    # Declared so @action(resilience_operation=...) may set it per action.
+    resilience_operation: str | None = None
 
     def list(self, request: Request) -> Response:
         return Response([])
@@ -55,3 +57,11 @@ urlpatterns = [
     path("unnamed/", ThingView.as_view()),
     path("", include(router.urls)),
 ]
+
+
+#: API keys and the tier each one buys, for the TIER_RESOLVER test.
+API_KEY_TIERS = {"key-enterprise": "enterprise"}
+
+
+def tier_from_api_key(request: Request) -> str | None:
+    return API_KEY_TIERS.get(request.META.get("HTTP_X_API_KEY", ""))
