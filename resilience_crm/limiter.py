@@ -29,7 +29,7 @@ from django.utils.module_loading import import_string
 
 from resilience_crm import core, gcra, metrics, registry, tiers
 from resilience_crm.clients import Principal, principal
-from resilience_crm.conf import cache_is_redis, settings
+from resilience_crm.conf import DEFAULTS, cache_is_redis, settings
 from resilience_crm.constants import OP_CIRCUITS, SETTING_NAME
 from resilience_crm.exceptions import StoreUnavailable
 from resilience_crm.gcra import Decision, Limit
@@ -177,9 +177,15 @@ def decide(who: Principal, op_class: str, endpoint: str | None = None,
     return _counted(_without_store(who, op_class, endpoint, cost))
 
 
+def fail_open(op_class: str) -> bool:
+    """``FAIL_OPEN`` for ``op_class``; op classes the setting leaves out keep their default."""
+    policy = {**DEFAULTS["FAIL_OPEN"], **(settings.FAIL_OPEN or {})}
+    return bool(policy.get(op_class, True))
+
+
 def _without_store(who: Principal, op_class: str, endpoint: str | None, cost: int) -> Decision:
     """The decision while the shared store is unreachable: ``FAIL_OPEN`` per op class."""
-    if not settings.FAIL_OPEN.get(op_class, True):
+    if not fail_open(op_class):
         return Decision(allowed=False, source="unavailable", op_class=op_class,
                         retry_after=float(settings.STORE_RETRY_INTERVAL))
     fallback = _fallback
