@@ -8,3 +8,4 @@ class ResilienceCrmConfig(AppConfig):
 
     def ready(self) -> None:
         from resilience_crm import checks, receivers  # noqa: F401  (registers checks and receivers)
+        from resilience_crm import tiers  # noqa: F401  (announces tier edits to every worker)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.core.cache import caches
 from django.test import AsyncClient, TestCase
 
 from resilience_crm import get_breaker, metrics, tiers
@@ -302,3 +303,29 @@ def test_metrics_count_decisions(client, limits) -> None:
     client.get("/things/"), client.get("/things/")
     assert metrics.value("ratelimit_decisions", op_class="read", decision="allowed") == 1
     assert metrics.value("ratelimit_decisions", op_class="read", decision="rejected") == 1
+
+
+@pytest.mark.redis
+def test_tier_edits_elsewhere_apply_within_the_ttl_and_cost_no_queries_meanwhile(
+        client, user, redis_limits, monkeypatch, django_assert_num_queries) -> None:
+    now = {"t": 0.0}
+    monkeypatch.setattr(tiers, "clock", lambda: now["t"])
+    set_tier("free", {"read": "5/min"})
+    client.force_login(user)
+    assert client.get("/things/")["X-RateLimit-Limit"] == "5"
+    now["t"] = 10.0  # long past TIER_CACHE_TTL: the stamp did not change, nothing is reread
+    with django_assert_num_queries(0):
+        assert tiers.assignment(user.pk) == (None, {})
+        assert tiers.tier_limits("free") == {"read": "5/min"}
+    # Another process saves a tier: the row changes and it announces a new stamp.
+    Tier.objects.filter(name="free").update(limits={"read": "8/min"})
+    caches["redis"].set(tiers.VERSION_KEY, "stamp-from-another-process")
+    assert client.get("/things/")["X-RateLimit-Limit"] == "5"  # stamp read at most every TTL
+    now["t"] = 10.5
+    assert client.get("/things/")["X-RateLimit-Limit"] == "8"
+    # An edit nobody announced (QuerySet.update) is picked up after MAX_AGE.
+    Tier.objects.filter(name="free").update(limits={"read": "9/min"})
+    now["t"] = 10.5 + tiers.MAX_AGE - 1
+    assert client.get("/things/")["X-RateLimit-Limit"] == "8"
+    now["t"] = 10.5 + tiers.MAX_AGE
+    assert client.get("/things/")["X-RateLimit-Limit"] == "9"

@@ -3,10 +3,12 @@
 -- KEYS[i]   the TAT key of limit i (one whole number of microseconds, or absent)
 -- ARGV[1]   now in microseconds, or "" for the Redis server's clock (TIME)
 -- ARGV[2]   cost (whole number of requests)
--- ARGV[2+3i-2 .. 2+3i]  limit i: emission interval (us), tolerance (us), shadow ("1"/"0")
+-- ARGV[3]   every limit, in KEYS order, as "interval tolerance shadow " (microseconds, and
+--           1 or 0), all in one string: fewer arguments to send and parse
 --
--- Returns {allowed, now, conform_1, remaining_1, reset_1, retry_1, ...}; a charged key is set
--- to its new TAT and expires when its bucket is full again, so an idle key costs nothing.
+-- Returns one string "allowed conform_1 remaining_1 reset_1 retry_1 ..." (one reply to parse,
+-- not an array). A charged key is set to its new TAT and expires when its bucket is full
+-- again, so an idle key costs nothing.
 
 local now
 if ARGV[1] == "" then
@@ -17,43 +19,40 @@ else
 end
 local cost = tonumber(ARGV[2])
 local n = #KEYS
-local staged = {}
-local allowed = true
+local specs = {}
+for number in string.gmatch(ARGV[3], "%d+") do specs[#specs + 1] = tonumber(number) end
 
+local tats, new_tats, conforms = {}, {}, {}
+local allowed = true
 for i = 1, n do
-  local base = 2 + (i - 1) * 3
-  local interval = tonumber(ARGV[base + 1])
-  local tolerance = tonumber(ARGV[base + 2])
-  local shadow = ARGV[base + 3] == "1"
-  local stored = redis.call("GET", KEYS[i])
-  local tat = now
-  if stored then
-    stored = tonumber(stored)
-    if stored > now then tat = stored end
-  end
+  local interval, tolerance = specs[i * 3 - 2], specs[i * 3 - 1]
+  local tat = tonumber(redis.call("GET", KEYS[i]) or now)
+  if tat < now then tat = now end
   local new_tat = tat + interval * cost
   local conform = new_tat - now <= tolerance
-  if not conform and not shadow then allowed = false end
-  staged[i] = {interval, tolerance, tat, new_tat, conform}
+  if not conform and specs[i * 3] == 0 then allowed = false end
+  tats[i], new_tats[i], conforms[i] = tat, new_tat, conform
 end
 
-local result = {allowed and 1 or 0, now}
+-- Durations below stay far under 1e14 us, so Lua's own number format writes them exactly.
+local reply = {allowed and 1 or 0}
 for i = 1, n do
-  local interval, tolerance, tat, new_tat, conform = unpack(staged[i])
-  if allowed and conform then
-    local ttl_ms = math.ceil((new_tat - now) / 1000)
-    redis.call("SET", KEYS[i], string.format("%d", new_tat), "PX", math.max(ttl_ms, 1))
-    result[#result + 1] = 1
-    result[#result + 1] = math.floor((tolerance - (new_tat - now)) / interval)
-    result[#result + 1] = new_tat - now
-    result[#result + 1] = 0
+  local interval, tolerance = specs[i * 3 - 2], specs[i * 3 - 1]
+  local tat, new_tat = tats[i], new_tats[i]
+  if allowed and conforms[i] then
+    redis.call("SET", KEYS[i], string.format("%d", new_tat), "PX",
+               math.max(math.ceil((new_tat - now) / 1000), 1))
+    reply[#reply + 1] = 1
+    reply[#reply + 1] = math.floor((tolerance - (new_tat - now)) / interval)
+    reply[#reply + 1] = new_tat - now
+    reply[#reply + 1] = 0
   else
     local retry = 0
-    if not conform then retry = new_tat - now - tolerance end
-    result[#result + 1] = conform and 1 or 0
-    result[#result + 1] = math.max(0, math.floor((tolerance - (tat - now)) / interval))
-    result[#result + 1] = tat - now
-    result[#result + 1] = retry
+    if not conforms[i] then retry = new_tat - now - tolerance end
+    reply[#reply + 1] = conforms[i] and 1 or 0
+    reply[#reply + 1] = math.max(0, math.floor((tolerance - (tat - now)) / interval))
+    reply[#reply + 1] = tat - now
+    reply[#reply + 1] = retry
   end
 end
-return result
+return table.concat(reply, " ")

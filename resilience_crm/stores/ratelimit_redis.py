@@ -36,14 +36,14 @@ class RedisLimiterStore(BaseLimiterStore):
 
     def evaluate(self, limits: Sequence[Limit], cost: int = 1,
                  now_us: int | None = None) -> tuple[bool, list[Outcome]]:
-        args: list[str | int] = ["" if now_us is None else str(int(now_us)), int(cost)]
-        for limit in limits:
-            args += [limit.interval_us, limit.tolerance_us, "1" if limit.shadow else "0"]
+        specs = " ".join(f"{limit.interval_us} {limit.tolerance_us} {int(limit.shadow)}"
+                         for limit in limits)
+        args = ["" if now_us is None else str(int(now_us)), str(int(cost)), specs]
         try:
             raw = self._script(keys=[limit.key for limit in limits], args=args)
         except UNAVAILABLE as err:
             raise StoreUnavailable("The rate-limit store is unreachable.") from err
-        values = [int(value) for value in raw]
-        outcomes = [Outcome(bool(values[i]), values[i + 1], values[i + 2], values[i + 3])
-                    for i in range(2, len(values), 4)]
+        values = [int(value) for value in raw.split()]
+        outcomes = [Outcome(values[i] == 1, values[i + 1], values[i + 2], values[i + 3])
+                    for i in range(1, len(values), 4)]
         return bool(values[0]), outcomes
