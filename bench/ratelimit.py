@@ -4,8 +4,9 @@
     REDIS_URL=redis://127.0.0.1:6379/1 .venv/bin/python bench/ratelimit.py [--decisions N]
 
 Each side decides the same stream: ``--users`` users taking turns, each at 1000/hour (every
-user is seen once before timing starts, as in a steady state), so every decision admits and every key stays small (DRF keeps a list of timestamps per key, which
-grows with the limit). Ours goes through ``TierRateThrottle.allow_request`` (principal, tier
+user is seen once before timing starts, as in a steady state), so every decision admits and
+every key stays small (DRF keeps a list of timestamps per key, which grows with the limit).
+Ours goes through ``TierRateThrottle.allow_request`` (principal, tier
 lookup, adaptive factor, one EVALSHA, the decision object); DRF's through its own
 ``allow_request`` on the django-redis cache; django-ratelimit through ``is_ratelimited``
 (fixed window, ``cache.add`` + ``incr``); ``limits`` through ``MovingWindowRateLimiter.hit``
@@ -46,7 +47,7 @@ def setup() -> None:
         REST_FRAMEWORK={"DEFAULT_THROTTLE_RATES": {"user": RATE}},
         RATELIMIT_USE_CACHE="default",
         USE_TZ=True,
-        SECRET_KEY="bench",
+        SECRET_KEY="bench-only",  # noqa: S106  (nothing is signed)
     )
     django.setup()
     from django.core.management import call_command
@@ -142,13 +143,12 @@ def main() -> None:
 
     memory = {}
     for name, pattern in [
-        ("resilience_crm TierRateThrottle (GCRA, Lua)", f"{PREFIX}:*rl:{{u:1}}*"),
+        ("resilience_crm TierRateThrottle (GCRA, Lua)", f"{PREFIX}:*rl:\\{{u:1\\}}:*"),
         ("DRF UserRateThrottle (django-redis)", f"{PREFIX}:*throttle_user_1"),
-        ("django-ratelimit is_ratelimited (fixed window)", f"{PREFIX}:*rl:*"),
-        ("limits MovingWindowRateLimiter (Redis)", f"{PREFIX}-limits*bench/1"),
+        ("django-ratelimit is_ratelimited (fixed window)", f"{PREFIX}:*:rl:[^{{]*"),
+        ("limits MovingWindowRateLimiter (Redis)", f"{PREFIX}-limits*bench/1/*"),
     ]:
-        keys = [key for key in redis.scan_iter(match=pattern) if b"{u:" in key
-                or "resilience" not in name]
+        keys = list(redis.scan_iter(match=pattern))
         memory[name] = redis.memory_usage(keys[0]) if keys else None
 
     drf = results["DRF UserRateThrottle (django-redis)"]["median_us"]

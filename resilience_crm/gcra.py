@@ -17,13 +17,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 #: Microseconds per second.
 US = 1_000_000
 
 
-@dataclass(frozen=True)
-class Limit:
+class Limit(NamedTuple):
     """One limit on one key: ``limit`` requests per ``period`` seconds."""
 
     key: str
@@ -43,8 +43,7 @@ class Limit:
         return self.interval_us * self.limit
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What one limit says about one request. Durations are microseconds."""
 
     conform: bool
@@ -88,8 +87,7 @@ def evaluate(limits: Sequence[Limit], tats: Sequence[int | None], now_us: int,
     return allowed, outcomes, new_tats
 
 
-@dataclass(frozen=True)
-class PolicyState:
+class PolicyState(NamedTuple):
     """One limit's part of a decision, in the units the HTTP headers use."""
 
     policy: str
@@ -102,7 +100,7 @@ class PolicyState:
     shadow: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Decision:
     """The answer for one request: allowed or not, and every policy's state.
 

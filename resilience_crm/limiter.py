@@ -50,6 +50,12 @@ _lock = threading.Lock()
 _store: BaseLimiterStore | None = None
 _fallback = MemoryLimiterStore()
 _store_down_until = 0.0
+#: Limits built per principal, op class, endpoint, factor and tier data.
+_plans: dict[tuple[Any, ...], tuple[Limit, ...]] = {}
+#: Past this many remembered plans, they are forgotten all at once.
+MAX_PLANS = 50_000
+#: Counter keys per (op class, decision), built once.
+_counters: dict[tuple[str, str], tuple[Any, ...]] = {}
 
 
 def store_path() -> str:
@@ -87,6 +93,7 @@ def clear() -> None:
         _store = None
         _fallback = MemoryLimiterStore()
         _store_down_until = 0.0
+        _plans.clear()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -119,10 +126,29 @@ def adaptive_factor(op_class: str) -> float:
 
 
 def limits_for(who: Principal, op_class: str, endpoint: str | None,
-               store: BaseLimiterStore, *, scale: float = 1.0) -> list[Limit]:
+               store: BaseLimiterStore, *, scale: float = 1.0) -> tuple[Limit, ...]:
     """Every limit that applies to one request of ``who``; ``scale`` multiplies each limit
-    (never below one request)."""
+    (never below one request). Remembered per principal until tiers or settings change."""
     factor = adaptive_factor(op_class) * scale
+    tier_rates = (who.overrides[op_class] if op_class in who.overrides
+                  else tiers.tier_limits(who.tier).get(op_class))
+    memo_key = (who.key, who.tier, op_class, endpoint, factor, _hashable(tier_rates),
+                tiers.generation(), store)
+    found = _plans.get(memo_key)
+    if found is None:
+        found = _build(who, op_class, endpoint, store, factor, tier_rates)
+        if len(_plans) >= MAX_PLANS:
+            _plans.clear()
+        _plans[memo_key] = found
+    return found
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _build(who: Principal, op_class: str, endpoint: str | None, store: BaseLimiterStore,
+           factor: float, tier_rates: Any) -> tuple[Limit, ...]:
     found: list[Limit] = []
 
     def add(scope: str, principal_key: str, value: Any, shadow: bool, name: str) -> None:
@@ -135,8 +161,6 @@ def limits_for(who: Principal, op_class: str, endpoint: str | None,
                 shadow=shadow,
             ))
 
-    tier_rates = who.overrides.get(op_class) if op_class in who.overrides else (
-        tiers.tier_limits(who.tier).get(op_class))
     add("", who.key, tier_rates, who.tier in settings.SHADOW_TIERS, who.tier)
     endpoints = settings.ENDPOINTS or {}
     if endpoint and endpoint in endpoints:
@@ -145,7 +169,7 @@ def limits_for(who: Principal, op_class: str, endpoint: str | None,
     global_limits = settings.GLOBAL_LIMITS or {}
     if op_class in global_limits:
         add("", "global", global_limits[op_class], False, "global")
-    return found
+    return tuple(found)
 
 
 def check(request: HttpRequest, op_class: str, endpoint: str | None = None,
@@ -204,7 +228,12 @@ def _counted(decision: Decision) -> Decision:
         outcome = "allowed" if decision.allowed else "rejected"
     if decision.source == "fallback":
         outcome = f"fallback_{outcome}"
-    metrics.inc("ratelimit_decisions", op_class=decision.op_class, decision=outcome)
+    counter = _counters.get((decision.op_class, outcome))
+    if counter is None:
+        counter = metrics.key("ratelimit_decisions", op_class=decision.op_class,
+                              decision=outcome)
+        _counters[(decision.op_class, outcome)] = counter
+    metrics.add(counter)
     return decision
 
 
