@@ -10,14 +10,17 @@ are limited per /64 network, the block one subscriber usually holds.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
+from django.core.signals import setting_changed
 from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
 from resilience_crm import tiers
 from resilience_crm.conf import settings
+from resilience_crm.constants import SETTING_NAME
 
 
 @dataclass(frozen=True)
@@ -50,15 +53,50 @@ def client_ip(request: HttpRequest, trusted_proxies: int | None = None) -> str:
     return str(address)
 
 
+class _Options(NamedTuple):
+    resolver: Callable[[HttpRequest], str | None] | None
+    exempt_staff: bool
+    exempt_permission: str | None
+    default_tier: str
+    anonymous_tier: str
+
+
+_options: _Options | None = None
+
+
+def _read_options() -> _Options:
+    """The settings :func:`principal` needs, read once (and again after a setting change)."""
+    global _options
+    if _options is None:
+        resolver = settings.TIER_RESOLVER
+        _options = _Options(
+            resolver=import_string(resolver) if resolver else None,
+            exempt_staff=bool(settings.EXEMPT_STAFF),
+            exempt_permission=settings.EXEMPT_PERMISSION or None,
+            default_tier=settings.DEFAULT_TIER,
+            anonymous_tier=settings.ANONYMOUS_TIER,
+        )
+    return _options
+
+
 def principal(request: HttpRequest) -> Principal:
     """The :class:`Principal` for ``request`` (after authentication)."""
-    resolver = settings.TIER_RESOLVER
-    chosen = import_string(resolver)(request) if resolver else None
+    options = _options or _read_options()
+    chosen = options.resolver(request) if options.resolver else None
     user = getattr(request, "user", None)
     if user is not None and user.is_authenticated:
-        exempt = bool(settings.EXEMPT_STAFF and user.is_staff) or bool(
-            settings.EXEMPT_PERMISSION and user.has_perm(settings.EXEMPT_PERMISSION))
+        exempt = (options.exempt_staff and user.is_staff) or bool(
+            options.exempt_permission and user.has_perm(options.exempt_permission))
         assigned, overrides = tiers.assignment(user.pk)
-        tier = chosen or assigned or settings.DEFAULT_TIER
+        tier = chosen or assigned or options.default_tier
         return Principal(key=f"u:{user.pk}", tier=tier, exempt=exempt, overrides=overrides)
-    return Principal(key=f"ip:{client_ip(request)}", tier=chosen or settings.ANONYMOUS_TIER)
+    return Principal(key=f"ip:{client_ip(request)}", tier=chosen or options.anonymous_tier)
+
+
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    global _options
+    if setting == SETTING_NAME:
+        _options = None
+
+
+setting_changed.connect(_on_setting_changed, dispatch_uid="resilience_crm.clients")
