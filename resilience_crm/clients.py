@@ -10,17 +10,21 @@ are limited per /64 network, the block one subscriber usually holds.
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from django.core.signals import setting_changed
+from django.db import DatabaseError
 from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
 from resilience_crm import tiers
 from resilience_crm.conf import settings
 from resilience_crm.constants import SETTING_NAME
+
+logger = logging.getLogger("resilience_crm.clients")
 
 
 @dataclass(frozen=True)
@@ -85,12 +89,23 @@ def principal(request: HttpRequest) -> Principal:
     chosen = options.resolver(request) if options.resolver else None
     user = getattr(request, "user", None)
     if user is not None and user.is_authenticated:
-        exempt = (options.exempt_staff and user.is_staff) or bool(
-            options.exempt_permission and user.has_perm(options.exempt_permission))
+        exempt = (options.exempt_staff and user.is_staff) or _has_permission(
+            user, options.exempt_permission)
         assigned, overrides = tiers.assignment(user.pk)
         tier = chosen or assigned or options.default_tier
         return Principal(key=f"u:{user.pk}", tier=tier, exempt=exempt, overrides=overrides)
     return Principal(key=f"ip:{client_ip(request)}", tier=chosen or options.anonymous_tier)
+
+
+def _has_permission(user: Any, permission: str | None) -> bool:
+    """Whether ``user`` holds ``permission``; not while the database cannot say."""
+    if not permission:
+        return False
+    try:
+        return bool(user.has_perm(permission))
+    except DatabaseError as err:
+        logger.warning("Could not check %s for rate-limit exemption (%s).", permission, err)
+        return False
 
 
 def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
