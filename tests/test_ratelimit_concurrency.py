@@ -57,8 +57,9 @@ def user_token(django_user_model: Any, name: str, **extra: Any) -> tuple[Any, st
 def test_exactly_the_limit_is_admitted_then_the_pro_limit_after_an_admin_change(
         server, django_user_model, client, settings) -> None:
     settings.RESILIENCE_CRM = {"CACHE_ALIAS": "redis"}  # as the workers: one shared cache
-    _, free_token = user_token(django_user_model, "free-user")
-    assert storm(server, free_token) == Counter({200: 100, 429: 540})
+    for trial in range(2):
+        _, free_token = user_token(django_user_model, f"free-user-{trial}")
+        assert storm(server, free_token) == Counter({200: 100, 429: 540}), f"trial {trial}"
 
     # A second user makes every worker cache them as "free" first.
     pro_user, pro_token = user_token(django_user_model, "soon-pro")
