@@ -144,7 +144,13 @@ def limits_for(who: Principal, op_class: str, endpoint: str | None,
 
 
 def _hashable(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
+    """``value`` as a dict key; a malformed one (reported by the checks) by its repr."""
+    value = tuple(value) if isinstance(value, list) else value
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return value
 
 
 def _build(who: Principal, op_class: str, endpoint: str | None, store: BaseLimiterStore,

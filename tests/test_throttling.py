@@ -329,3 +329,10 @@ def test_tier_edits_elsewhere_apply_within_the_ttl_and_cost_no_queries_meanwhile
     assert client.get("/things/")["X-RateLimit-Limit"] == "8"
     now["t"] = 10.5 + tiers.MAX_AGE
     assert client.get("/things/")["X-RateLimit-Limit"] == "9"
+
+
+@pytest.mark.parametrize("garbage", [{"x": 1}, ["10/s", {"x": 1}], 42, "lots"])
+def test_a_malformed_rate_limits_nothing_instead_of_failing(client, limits, garbage) -> None:
+    set_tier("anonymous", {"read": garbage})
+    response = client.get("/things/")
+    assert response.status_code == 200 and "RateLimit" not in response
