@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 #: Microseconds per second.
@@ -114,7 +114,7 @@ class Decision:
     source: str = "store"
     op_class: str = ""
     retry_after: float = 0.0
-    violated: tuple[str, ...] = field(default=())
+    violated: tuple[str, ...] = ()
 
     @property
     def shadowed(self) -> bool:

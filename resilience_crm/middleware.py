@@ -42,13 +42,12 @@ def _seconds(value: float) -> str:
 def rate_limit_headers(decision: Decision) -> dict[str, str]:
     """The rate-limit headers for ``decision``."""
     headers: dict[str, str] = {}
-    if decision.policies:
+    tightest = decision.tightest()
+    if tightest is not None:
         headers["RateLimit-Policy"] = ", ".join(
             f'"{p.policy}";q={p.limit};w={_seconds(p.window)}' for p in decision.policies)
         headers["RateLimit"] = ", ".join(
             f'"{p.policy}";r={p.remaining};t={math.ceil(p.reset)}' for p in decision.policies)
-        tightest = decision.tightest()
-        assert tightest is not None  # noqa: S101  (there are policies)
         headers["X-RateLimit-Limit"] = str(tightest.limit)
         headers["X-RateLimit-Remaining"] = str(tightest.remaining)
         headers["X-RateLimit-Reset"] = str(math.ceil(tightest.reset))
