@@ -29,6 +29,7 @@ lint: venv
 bench: venv
 	$(BIN)/python bench/closed_path.py
 	$(BIN)/python bench/propagation.py
+	$(BIN)/python bench/ratelimit.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache

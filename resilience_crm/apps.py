@@ -7,4 +7,8 @@ class ResilienceCrmConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from resilience_crm import checks, receivers  # noqa: F401  (registers checks and receivers)
+        from resilience_crm import (  # noqa: F401  (registers checks and receivers)
+            checks,
+            receivers,
+            tiers,  # noqa: F401  (announces tier edits to every worker)
+        )

@@ -23,7 +23,7 @@ from django.utils.module_loading import import_string
 
 from resilience_crm import conf, core
 from resilience_crm.breaker import exception_errors
-from resilience_crm.rates import parse_rates
+from resilience_crm.rates import UNKNOWN_OP_CLASS, limits_errors
 
 TAG = "resilience_crm"
 SETTING = conf.SETTING_NAME
@@ -33,7 +33,7 @@ BREAKER_KEYS = tuple(f.name for f in fields(core.Config))
 #: Settings that take a number of seconds (or days) and must not be negative.
 DURATION_KEYS = (
     "FALLBACK_TTL", "FALLBACK_STALE_TTL", "METRICS_RETENTION_DAYS", "SNAPSHOT_TTL",
-    "STORE_RETRY_INTERVAL",
+    "STORE_RETRY_INTERVAL", "TIER_CACHE_TTL",
 )
 #: Cache backends whose contents one process cannot share with another.
 PER_PROCESS_CACHES = {
@@ -45,6 +45,8 @@ POSTGRES_ENGINES = ("postgresql", "postgis")
 #: The longest ``SNAPSHOT_TTL`` that keeps the promise "an admin change reaches every worker
 #: within one second".
 MAX_SNAPSHOT_TTL = 1
+#: ``RATELIMIT_STORE`` names besides "auto".
+RATELIMIT_STORES = ("redis", "memory")
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,7 @@ CHECKS: dict[str, Check] = {
             "{path} is {value!r}: a forced state or reset made in the admin takes up to that many "
             "seconds to reach every worker, longer than the one second the app promises."
         ),
-        'Use a value of at most 1; 0.5 is the default.', warning=True,
+        "Use a value of at most 1; 0.5 is the default.", warning=True,
     ),
     "STORE_PER_PROCESS": Check(
         "resilience_crm.W002",
@@ -226,6 +228,79 @@ CHECKS: dict[str, Check] = {
             "DATABASE_ROUTERS, or use the Redis store."
         ), warning=True,
     ),
+    "RATELIMIT_STORE_INVALID": Check(
+        "resilience_crm.E030",
+        (
+            "{path} is {value!r}, which is neither a limiter store name nor a dotted path to a "
+            "limiter store class ({reason})."
+        ),
+        (
+            'Use "auto", "redis", "memory", or the dotted path of a subclass of '
+            "resilience_crm.stores.ratelimit_base.BaseLimiterStore."
+        ),
+    ),
+    "RATELIMIT_STORE_REDIS_WITHOUT_REDIS_CACHE": Check(
+        "resilience_crm.E031",
+        (
+            "{path} selects the Redis limiter store but the cache {alias!r} that "
+            'RESILIENCE_CRM["CACHE_ALIAS"] names uses {backend!r}, not django-redis.'
+        ),
+        'Point CACHE_ALIAS at a django-redis cache, or use RATELIMIT_STORE "auto".',
+    ),
+    "TIER_RESOLVER_INVALID": Check(
+        "resilience_crm.E032",
+        "{path} is {value!r}, which is not a callable's dotted path ({reason}).",
+        (
+            "Use None, or the dotted path of a function taking the request and returning a tier "
+            'name or None, e.g. "myproject.limits.tier_for".'
+        ),
+    ),
+    "SHADOW_INVALID": Check(
+        "resilience_crm.E033",
+        "{path} must be a list of names, not {value!r}.",
+        'Example: ["free"] for SHADOW_TIERS, ["contact-list"] for SHADOW_ENDPOINTS.',
+    ),
+    "ADAPTIVE_FACTOR_INVALID": Check(
+        "resilience_crm.E034",
+        "{path} must be a number above 0 and at most 1, not {value!r}.",
+        "0.5 halves an op class's limits while its circuit is open; 1 is off.",
+    ),
+    "EXEMPTION_INVALID": Check(
+        "resilience_crm.E035",
+        "{path} must be {expected}, not {value!r}.",
+        (
+            'EXEMPT_STAFF is True or False; EXEMPT_PERMISSION is None or "app_label.codename".'
+        ),
+    ),
+    "EXPECTED_PROCESSES_INVALID": Check(
+        "resilience_crm.E036",
+        "{path} must be a whole number of at least 1, not {value!r}.",
+        "Count the worker processes across every server; 1 if unsure.",
+    ),
+    "RATELIMIT_STORE_PER_PROCESS": Check(
+        "resilience_crm.W020",
+        (
+            "Rate limits are kept inside each process ({store!r}) while {path} says {processes} "
+            "processes serve the app: each one admits the full limit."
+        ),
+        (
+            "Point CACHE_ALIAS at a django-redis cache so every process shares the limits, or set "
+            "EXPECTED_PROCESSES to 1 if there is only one."
+        ), warning=True,
+    ),
+    "TIER_CACHE_TTL_SLOW": Check(
+        "resilience_crm.W021",
+        (
+            "{path} is {value!r}: a tier edited in the admin takes up to that many seconds to "
+            "reach every worker, longer than the one second the app promises."
+        ),
+        "Use a value of at most 1; 0.5 is the default.", warning=True,
+    ),
+    "SHADOW_TIER_UNKNOWN": Check(
+        "resilience_crm.W022",
+        "{path} names {value!r}, which is not one of the tiers in TIERS.",
+        "Tiers: {valid}.", warning=True,
+    ),
 }
 
 #: The ids by key, for ``SILENCED_SYSTEM_CHECKS`` lists and tests: ``Codes.UNKNOWN_KEY``.
@@ -235,6 +310,7 @@ Codes = SimpleNamespace(**{key: check.id for key, check in CHECKS.items()})
 HINT_UNKNOWN_KEY_CLOSE = "Did you mean {close!r}? Valid keys: {valid}."
 HINT_TIERS_SHAPE = 'Example: {"free": {"read": "120/min", "write": ["5/s", "30/min"]}}.'
 HINT_ENDPOINTS_SHAPE = 'Example: {"contact-list": {"read": "10/s"}}, keyed by URL name.'
+HINT_GLOBAL_LIMITS_SHAPE = 'Example: {"write": "1000/s"}: shared by every client.'
 HINT_OP_CLASS_UNKNOWN_CLOSE = "Did you mean {close!r}? Operation classes: {valid}."
 HINT_BREAKER_UNKNOWN = "Breaker settings: {valid}."
 HINT_BREAKER_UNKNOWN_CLOSE = "Did you mean {close!r}? Breaker settings: {valid}."
@@ -340,18 +416,15 @@ def check_unknown_keys(config: dict[str, Any]) -> list[CheckMessage]:
 def _limits_errors(path: tuple[Any, ...], limits: Mapping[Any, Any]) -> list[CheckMessage]:
     """Errors in one ``{op_class: rate or [rates]}`` mapping at ``path``."""
     errors: list[CheckMessage] = []
-    for op_class, rates in limits.items():
-        if op_class not in conf.OP_CLASSES:
+    for op_class, kind, message in limits_errors(limits, conf.OP_CLASSES):
+        if kind == UNKNOWN_OP_CLASS:
             hint = _choice_hint(op_class, conf.OP_CLASSES, CHECKS["OP_CLASS_UNKNOWN"].hint,
                                 HINT_OP_CLASS_UNKNOWN_CLOSE)
             errors.append(CHECKS["OP_CLASS_UNKNOWN"](
                 path=_path(*path), op_class=op_class, hint=hint,
             ))
-            continue
-        try:
-            parse_rates(rates)
-        except (TypeError, ValueError) as err:
-            errors.append(CHECKS["RATE_INVALID"](path=_path(*path, op_class), error=err))
+        else:
+            errors.append(CHECKS["RATE_INVALID"](path=_path(*path, op_class), error=message))
     return errors
 
 
@@ -543,6 +616,8 @@ def check_values(config: dict[str, Any]) -> list[CheckMessage]:
         value = config[key]
         if not _is_number(value) or value < 0:
             errors.append(CHECKS["DURATION_INVALID"](path=_path(key), value=value))
+        elif key == "TIER_CACHE_TTL" and value > MAX_SNAPSHOT_TTL:
+            errors.append(CHECKS["TIER_CACHE_TTL_SLOW"](path=_path(key), value=value))
         elif key == "SNAPSHOT_TTL" and value > MAX_SNAPSHOT_TTL:
             errors.append(CHECKS["SNAPSHOT_TTL_SLOW"](path=_path(key), value=value))
 
@@ -613,3 +688,123 @@ def check_database_pool(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
         return [CHECKS["POOL_WITHOUT_PSYCOPG_POOL"](alias=alias)
                 for alias in pooled]
     return []
+
+
+# Rate limiting ----------------------------------------------------------------------------
+
+
+def _limiter_store_class(store: str) -> tuple[type | None, str]:
+    """The class a ``RATELIMIT_STORE`` dotted path names, or ``None`` and why not."""
+    from resilience_crm.stores.ratelimit_base import BaseLimiterStore
+
+    try:
+        cls = import_string(store)
+    except ImportError as err:
+        return None, f"cannot import it: {err}"
+    except Exception as err:  # noqa: BLE001  (importing user code may raise anything)
+        return None, f"importing it raised {err!r}"
+    if not (isinstance(cls, type) and issubclass(cls, BaseLimiterStore)):
+        return None, ("it is not a subclass of"
+                      " resilience_crm.stores.ratelimit_base.BaseLimiterStore")
+    return cls, ""
+
+
+@_check(Tags.caches)
+def check_ratelimit_store(config: dict[str, Any]) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    store = config["RATELIMIT_STORE"]
+    cls: type | None = None
+    if not isinstance(store, str):
+        reason = f"it is a {_type(store)}"
+    elif store in ("auto", *RATELIMIT_STORES):
+        reason = ""
+    else:
+        cls, reason = _limiter_store_class(store)
+    if reason:
+        return [CHECKS["RATELIMIT_STORE_INVALID"](
+            path=_path("RATELIMIT_STORE"), value=store, reason=reason,
+        )]
+    alias = config["CACHE_ALIAS"]
+    if not isinstance(alias, str) or alias not in django_settings.CACHES:
+        return []  # E011
+    redis_cache = conf.cache_is_redis(alias)
+    if store == "redis" and not redis_cache:
+        errors.append(CHECKS["RATELIMIT_STORE_REDIS_WITHOUT_REDIS_CACHE"](
+            path=_path("RATELIMIT_STORE"), alias=alias, backend=conf.cache_backend(alias),
+        ))
+    per_process = (store == "memory" or (store == "auto" and not redis_cache)
+                   or (cls is not None and not getattr(cls, "shared", True)))
+    processes = config["EXPECTED_PROCESSES"]
+    if per_process and isinstance(processes, int) and processes > 1:
+        errors.append(CHECKS["RATELIMIT_STORE_PER_PROCESS"](
+            store=store, path=_path("EXPECTED_PROCESSES"), processes=processes,
+        ))
+    return errors
+
+
+@_check()
+def check_ratelimit_values(config: dict[str, Any]) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    resolver = config["TIER_RESOLVER"]
+    if resolver is not None:
+        reason = ""
+        if not isinstance(resolver, str):
+            reason = f"it is a {_type(resolver)}"
+        else:
+            try:
+                if not callable(import_string(resolver)):
+                    reason = "it is not callable"
+            except ImportError as err:
+                reason = f"cannot import it: {err}"
+            except Exception as err:  # noqa: BLE001  (importing user code may raise anything)
+                reason = f"importing it raised {err!r}"
+        if reason:
+            errors.append(CHECKS["TIER_RESOLVER_INVALID"](
+                path=_path("TIER_RESOLVER"), value=resolver, reason=reason,
+            ))
+
+    tiers = config["TIERS"] if isinstance(config["TIERS"], dict) else None
+    for key in ("SHADOW_TIERS", "SHADOW_ENDPOINTS"):
+        names = config[key]
+        if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+            errors.append(CHECKS["SHADOW_INVALID"](path=_path(key), value=names))
+        elif key == "SHADOW_TIERS" and tiers is not None:
+            errors += [CHECKS["SHADOW_TIER_UNKNOWN"](
+                path=_path(key), value=name,
+                hint=CHECKS["SHADOW_TIER_UNKNOWN"].hint_for(valid=_names(tiers)),
+            ) for name in names if name not in tiers]
+
+    factor = config["ADAPTIVE_FACTOR"]
+    if not _is_number(factor) or not 0 < factor <= 1:
+        errors.append(CHECKS["ADAPTIVE_FACTOR_INVALID"](
+            path=_path("ADAPTIVE_FACTOR"), value=factor,
+        ))
+
+    if not isinstance(config["EXEMPT_STAFF"], bool):
+        errors.append(CHECKS["EXEMPTION_INVALID"](
+            path=_path("EXEMPT_STAFF"), expected="True or False", value=config["EXEMPT_STAFF"],
+        ))
+    permission = config["EXEMPT_PERMISSION"]
+    if permission is not None and (not isinstance(permission, str)
+                                   or permission.count(".") != 1 or not all(
+                                       permission.split("."))):
+        errors.append(CHECKS["EXEMPTION_INVALID"](
+            path=_path("EXEMPT_PERMISSION"), expected='None or "app_label.codename"',
+            value=permission,
+        ))
+
+    processes = config["EXPECTED_PROCESSES"]
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        errors.append(CHECKS["EXPECTED_PROCESSES_INVALID"](
+            path=_path("EXPECTED_PROCESSES"), value=processes,
+        ))
+
+    global_limits = {} if config["GLOBAL_LIMITS"] is None else config["GLOBAL_LIMITS"]
+    if not isinstance(global_limits, dict):
+        errors.append(CHECKS["LIMITS_SHAPE"](
+            path=_path("GLOBAL_LIMITS"), expected="a dict of {op_class: rate or [rates]}",
+            type=_type(global_limits), hint=HINT_GLOBAL_LIMITS_SHAPE,
+        ))
+    else:
+        errors += _limits_errors(("GLOBAL_LIMITS",), global_limits)
+    return errors

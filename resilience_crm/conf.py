@@ -58,6 +58,27 @@ DEFAULTS: dict[str, Any] = {
     # A bearer token that lets monitoring see /ready's details (queue counts, errors,
     # latencies) without a staff session. None: staff only.
     "MONITORING_TOKEN": None,
+    # Rate limiting (docs/ratelimiting.md).
+    # Where limits live: "auto" (Redis when CACHE_ALIAS is django-redis, else memory),
+    # "redis", "memory" or a dotted path to a BaseLimiterStore subclass.
+    "RATELIMIT_STORE": "auto",
+    # Dotted path of a callable(request) -> tier name or None (None: the usual rules).
+    "TIER_RESOLVER": None,
+    # Seconds a worker trusts its cached tiers and tier assignments (admin edits apply
+    # everywhere within this).
+    "TIER_CACHE_TTL": 0.5,
+    # Extra limits shared by every client: {op_class: rate or [rates]}.
+    "GLOBAL_LIMITS": {},
+    # Tiers and endpoints (URL names) whose limits are decided and reported, never enforced.
+    "SHADOW_TIERS": [],
+    "SHADOW_ENDPOINTS": [],
+    # Limits of an op class whose circuit is open or half-open are multiplied by this (1: off).
+    "ADAPTIVE_FACTOR": 0.5,
+    # Staff users, and users with this permission ("app_label.codename"), are not limited.
+    "EXEMPT_STAFF": False,
+    "EXEMPT_PERMISSION": None,
+    # Worker processes sharing the limits; with Redis down each keeps limit / this many.
+    "EXPECTED_PROCESSES": 1,
 }
 
 STORE_ALIASES = {

@@ -14,6 +14,7 @@ from django.utils import timezone
 from resilience_crm import core
 from resilience_crm.breaker import exception_errors
 from resilience_crm.constants import OP_CLASSES
+from resilience_crm.rates import INVALID_RATE, limits_errors
 
 STATE_CHOICES = [(state, state.replace("_", " ")) for state in core.STATES]
 
@@ -173,19 +174,10 @@ class Tier(models.Model):
         return self.name
 
     def clean(self) -> None:
-        from resilience_crm.rates import parse_rates
-
         if not isinstance(self.limits, dict):
             raise ValidationError({"limits": "Must be a JSON object of op class -> rate."})
-        problems = []
-        for op_class, rates in self.limits.items():
-            if op_class not in OP_CLASSES:
-                problems.append(f"{op_class!r} is not an op class ({', '.join(OP_CLASSES)}).")
-                continue
-            try:
-                parse_rates(rates)
-            except (TypeError, ValueError) as err:
-                problems.append(f"{op_class}: {err}")
+        problems = [f"{op_class}: {message}" if kind == INVALID_RATE else f"{message}."
+                    for op_class, kind, message in limits_errors(self.limits, OP_CLASSES)]
         if problems:
             raise ValidationError({"limits": problems})
 
@@ -195,9 +187,21 @@ class TierAssignment(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="resilience_tier"
     )
     tier = models.ForeignKey(Tier, on_delete=models.PROTECT, related_name="assignments")
+    limits = models.JSONField(
+        default=dict, blank=True,
+        help_text="Rates for this user that replace the tier's, per op class.",
+    )
 
     def __str__(self) -> str:
         return f"{self.user} -> {self.tier}"
+
+    def clean(self) -> None:
+        if not isinstance(self.limits, dict):
+            raise ValidationError({"limits": "Must be a JSON object of op class -> rate."})
+        problems = [f"{op_class}: {message}" if kind == INVALID_RATE else f"{message}."
+                    for op_class, kind, message in limits_errors(self.limits, OP_CLASSES)]
+        if problems:
+            raise ValidationError({"limits": problems})
 
 
 class QueuedWrite(models.Model):

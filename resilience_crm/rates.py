@@ -10,8 +10,9 @@ then one request every T / N seconds.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 #: Seconds in each unit a rate may name.
 UNITS: dict[str, int] = {
@@ -101,3 +102,29 @@ def parse_rates(value: str | Rate | Iterable[str | Rate] | None) -> list[Rate]:
     if isinstance(value, list | tuple):
         return [parse_rate(item) for item in value]
     raise TypeError(f"rates must be a string like \"100/min\" or a list of them, not {value!r}")
+
+
+#: What :func:`limits_errors` found wrong with one entry.
+UNKNOWN_OP_CLASS = "op_class"
+INVALID_RATE = "rate"
+
+
+def limits_errors(limits: Mapping[Any, Any],
+                  op_classes: Iterable[str]) -> list[tuple[Any, str, str]]:
+    """Every problem in one ``{op_class: rate or [rates]}`` mapping, as
+    ``(op_class, kind, message)`` with kind :data:`UNKNOWN_OP_CLASS` or :data:`INVALID_RATE`.
+
+    The one validation behind the system checks and ``Tier.clean``.
+    """
+    known = tuple(op_classes)
+    problems: list[tuple[Any, str, str]] = []
+    for op_class, rates in limits.items():
+        if op_class not in known:
+            problems.append((op_class, UNKNOWN_OP_CLASS,
+                             f"{op_class!r} is not an operation class ({', '.join(known)})"))
+            continue
+        try:
+            parse_rates(rates)
+        except (TypeError, ValueError) as err:
+            problems.append((op_class, INVALID_RATE, str(err)))
+    return problems

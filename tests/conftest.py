@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from django.conf import settings as django_settings
 
-from resilience_crm import alerts, metrics, registry
+from resilience_crm import alerts, limiter, metrics, registry, tiers
 from tests.databases import extra_database
 from tests.services import header, require_service
 
@@ -24,6 +24,16 @@ def pytest_report_header(config):
 
 def _service(name: str):
     return next(s for s in django_settings.SERVICES if s.name == name)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_limits():
+    """Every test starts with no limiter store, fallback counts or cached tiers."""
+    limiter.clear()
+    tiers.clear()
+    yield
+    limiter.clear()
+    tiers.clear()
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from django.core.management.base import SystemCheckError
 
 from resilience_crm import checks, conf
 from resilience_crm.stores.memory import MemoryStore
+from resilience_crm.stores.ratelimit_memory import MemoryLimiterStore
 
 LOCMEM = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 DUMMY = {"default": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}}
@@ -492,13 +493,13 @@ def test_e017_postgis_counts(settings: Any, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_e099_a_failing_check_is_reported(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    def boom(value: Any) -> None:
+    def boom(*args: Any) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(checks, "parse_rates", boom)
-    error = only(run(settings), checks.Codes.CHECK_FAILED)
-    assert "check_rate_limits" in error.msg
-    assert "boom" in error.msg
+    monkeypatch.setattr(checks, "limits_errors", boom)
+    failed = [m for m in run(settings) if m.id == checks.Codes.CHECK_FAILED]
+    assert {m.msg.split()[0] for m in failed} == {"check_rate_limits", "check_ratelimit_values"}
+    assert all("boom" in m.msg for m in failed)
 
 
 GARBAGE = [None, True, -1, 1.5, math.nan, "x", b"x", ["x"], ("x",), {"x": "y"}, {1: None},
@@ -633,3 +634,132 @@ def test_e018_monitoring_token(settings: Any, token: Any) -> None:
     assert error.msg == (
         f'RESILIENCE_CRM["MONITORING_TOKEN"] must be None or a non-empty string, not {token!r}.')
     assert error_ids(run(settings, MONITORING_TOKEN="s3cret")) == set()
+# E030 - E036, W020 - W022: rate limiting ---------------------------------------------------
+
+
+class PerProcessLimiter(MemoryLimiterStore):
+    pass
+
+
+def not_callable_resolver() -> None:  # the module attribute below is what E032 sees
+    pass
+
+
+NOT_CALLABLE = 42
+
+
+@pytest.mark.parametrize(("store", "reason"), [
+    ("nowhere.Store", "cannot import"),
+    ("tests.test_checks.NotAStore", "not a subclass"),
+    (3, "it is a int"),
+])
+def test_e030_ratelimit_store_invalid(settings: Any, store: Any, reason: str) -> None:
+    error = only(run(settings, **{"RATELIMIT_STORE": store}), checks.Codes.RATELIMIT_STORE_INVALID)
+    assert reason in error.msg
+
+
+@pytest.mark.parametrize("store", ["auto", "memory", "tests.test_checks.PerProcessLimiter"])
+def test_e030_known_limiter_stores_pass(settings: Any, store: str) -> None:
+    assert checks.Codes.RATELIMIT_STORE_INVALID not in ids(run(settings,
+                                                                **{"RATELIMIT_STORE": store}))
+
+
+def test_e031_redis_limiter_store_without_redis_cache(settings: Any) -> None:
+    only(run(settings, **{"RATELIMIT_STORE": "redis"}),
+         checks.Codes.RATELIMIT_STORE_REDIS_WITHOUT_REDIS_CACHE)
+
+
+@pytest.mark.parametrize(("resolver", "reason"), [
+    ("nowhere.resolve", "cannot import"),
+    ("tests.test_checks.NOT_CALLABLE", "not callable"),
+    (42, "it is a int"),
+])
+def test_e032_tier_resolver_invalid(settings: Any, resolver: Any, reason: str) -> None:
+    error = only(run(settings, **{"TIER_RESOLVER": resolver}), checks.Codes.TIER_RESOLVER_INVALID)
+    assert reason in error.msg
+
+
+def test_e032_tier_resolver_valid(settings: Any) -> None:
+    config = {"TIER_RESOLVER": "tests.test_checks.not_callable_resolver"}
+    assert not error_ids(run(settings, **config))
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("SHADOW_TIERS", "free"), ("SHADOW_TIERS", [1]), ("SHADOW_ENDPOINTS", None),
+])
+def test_e033_shadow_invalid(settings: Any, key: str, value: Any) -> None:
+    only(run(settings, **{key: value}), checks.Codes.SHADOW_INVALID)
+
+
+@pytest.mark.parametrize("value", [0, -0.5, 1.5, "0.5", None, math.nan])
+def test_e034_adaptive_factor_invalid(settings: Any, value: Any) -> None:
+    only(run(settings, **{"ADAPTIVE_FACTOR": value}), checks.Codes.ADAPTIVE_FACTOR_INVALID)
+
+
+@pytest.mark.parametrize("value", [0.1, 0.5, 1])
+def test_e034_adaptive_factor_valid(settings: Any, value: float) -> None:
+    assert not error_ids(run(settings, **{"ADAPTIVE_FACTOR": value}))
+
+
+@pytest.mark.parametrize("config", [
+    {"EXEMPT_STAFF": "yes"}, {"EXEMPT_PERMISSION": "nodot"}, {"EXEMPT_PERMISSION": "a.b.c"},
+    {"EXEMPT_PERMISSION": ".x"}, {"EXEMPT_PERMISSION": 1},
+])
+def test_e035_exemption_invalid(settings: Any, config: dict[str, Any]) -> None:
+    only(run(settings, **config), checks.Codes.EXEMPTION_INVALID)
+
+
+def test_e035_exemption_valid(settings: Any) -> None:
+    config = {"EXEMPT_STAFF": True, "EXEMPT_PERMISSION": "crm.unlimited_api"}
+    assert not error_ids(run(settings, **config))
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "4"])
+def test_e036_expected_processes_invalid(settings: Any, value: Any) -> None:
+    only(run(settings, **{"EXPECTED_PROCESSES": value}), checks.Codes.EXPECTED_PROCESSES_INVALID)
+
+
+@pytest.mark.parametrize("config", [
+    {"EXPECTED_PROCESSES": 4},
+    {"EXPECTED_PROCESSES": 4, "RATELIMIT_STORE": "memory"},
+    {"EXPECTED_PROCESSES": 2, "RATELIMIT_STORE": "tests.test_checks.PerProcessLimiter"},
+])
+def test_w020_per_process_limiter_with_several_processes(settings: Any,
+                                                          config: dict[str, Any]) -> None:
+    only(run(settings, **config), checks.Codes.RATELIMIT_STORE_PER_PROCESS)
+
+
+def test_w020_not_with_one_process(settings: Any) -> None:
+    assert checks.Codes.RATELIMIT_STORE_PER_PROCESS not in ids(run(settings, **{}))
+
+
+def test_w020_not_with_redis(settings: Any) -> None:
+    settings.CACHES = {"default": {"BACKEND": "django_redis.cache.RedisCache",
+                                   "LOCATION": "redis://127.0.0.1:1/0"}}
+    assert checks.Codes.RATELIMIT_STORE_PER_PROCESS not in ids(
+        run(settings, **{"EXPECTED_PROCESSES": 8}))
+
+
+def test_w021_tier_cache_ttl_above_one_second(settings: Any) -> None:
+    only(run(settings, **{"TIER_CACHE_TTL": 5}), checks.Codes.TIER_CACHE_TTL_SLOW)
+
+
+def test_e015_tier_cache_ttl_negative(settings: Any) -> None:
+    error = only(run(settings, **{"TIER_CACHE_TTL": -1}), checks.Codes.DURATION_INVALID)
+    assert "TIER_CACHE_TTL" in error.msg
+
+
+def test_w022_shadow_tier_unknown(settings: Any) -> None:
+    warning = only(run(settings, **{"SHADOW_TIERS": ["free", "platinum"]}),
+                   checks.Codes.SHADOW_TIER_UNKNOWN)
+    assert "platinum" in warning.msg
+
+
+@pytest.mark.parametrize(("value", "code"), [
+    ("1000/s", checks.Codes.LIMITS_SHAPE),
+    ({"write": "lots"}, checks.Codes.RATE_INVALID),
+    ({"wirte": "10/s"}, checks.Codes.OP_CLASS_UNKNOWN),
+])
+def test_global_limits_are_validated_like_tiers(settings: Any, value: Any, code: str) -> None:
+    error = only(run(settings, **{"GLOBAL_LIMITS": value}), code)
+    assert "GLOBAL_LIMITS" in error.msg

@@ -6,8 +6,17 @@ import dataclasses
 import re
 
 import pytest
+from django.core.exceptions import ValidationError
 
-from resilience_crm.rates import Rate, parse_rate, parse_rates
+from resilience_crm.models import Tier, TierAssignment
+from resilience_crm.rates import (
+    INVALID_RATE,
+    UNKNOWN_OP_CLASS,
+    Rate,
+    limits_errors,
+    parse_rate,
+    parse_rates,
+)
 
 
 @pytest.mark.parametrize(
@@ -119,3 +128,25 @@ def test_parse_rates_rejects(value: object, error: type[Exception], message: str
     with pytest.raises(error) as info:
         parse_rates(value)  # type: ignore[arg-type]
     assert message in str(info.value)
+
+
+def test_limits_errors_names_each_problem_once() -> None:
+    problems = limits_errors({"read": "10/s", "wirte": "1/s", "write": ["5/s", "x"],
+                              "rpc": None}, ("read", "write", "rpc", "auth"))
+    assert [(op, kind) for op, kind, _ in problems] == [
+        ("wirte", UNKNOWN_OP_CLASS), ("write", INVALID_RATE)]
+    assert "'x' is not a rate" in problems[1][2]
+
+
+@pytest.mark.django_db
+def test_tier_and_assignment_clean_use_the_same_validation(django_user_model) -> None:
+    with pytest.raises(ValidationError) as tier_error:
+        Tier(name="x", limits={"read": "ten/min", "lookup": "1/s"}).clean()
+    assert tier_error.value.message_dict["limits"] == [
+        "read: " + limits_errors({"read": "ten/min"}, ("read",))[0][2],
+        "'lookup' is not an operation class (read, write, rpc, auth).",
+    ]
+    user = django_user_model.objects.create_user("x")
+    with pytest.raises(ValidationError):
+        TierAssignment(user=user, tier=Tier.objects.get(name="free"),
+                       limits={"write": "0/s"}).clean()

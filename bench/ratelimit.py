@@ -1,0 +1,169 @@
+"""Rate-limit decisions: resilience_crm beside DRF's UserRateThrottle, django-ratelimit and
+``limits``, all on one Redis, in one run.
+
+    REDIS_URL=redis://127.0.0.1:6379/1 .venv/bin/python bench/ratelimit.py [--decisions N]
+
+Each side decides the same stream: ``--users`` users taking turns, each at 1000/hour (every
+user is seen once before timing starts, as in a steady state), so every decision admits and
+every key stays small (DRF keeps a list of timestamps per key, which grows with the limit).
+Ours goes through ``TierRateThrottle.allow_request`` (principal, tier
+lookup, adaptive factor, one EVALSHA, the decision object); DRF's through its own
+``allow_request`` on the django-redis cache; django-ratelimit through ``is_ratelimited``
+(fixed window, ``cache.add`` + ``incr``); ``limits`` through ``MovingWindowRateLimiter.hit``
+on its own Redis storage. The sides take turns in ``--rounds`` batches, so a busy machine
+slows them alike. Printed: median and p99 latency per decision, decisions per second (one
+thread), and ``MEMORY USAGE`` of one key after the run. Keys are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import django  # noqa: E402
+from django.conf import settings  # noqa: E402
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/1")
+PREFIX = "rcrm-bench-rl"
+RATE = "1000/hour"
+
+
+def setup() -> None:
+    settings.configure(
+        INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "rest_framework",
+                        "resilience_crm"],
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+        CACHES={"default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL,
+                            "KEY_PREFIX": PREFIX}},
+        RESILIENCE_CRM={"TIERS": {"free": {"read": RATE}, "anonymous": {"read": RATE}}},
+        REST_FRAMEWORK={"DEFAULT_THROTTLE_RATES": {"user": RATE}},
+        RATELIMIT_USE_CACHE="default",
+        USE_TZ=True,
+        SECRET_KEY="bench-only",  # noqa: S106  (nothing is signed)
+    )
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def measure(sides: dict[str, Callable[[int], bool]], decisions: int, users: int,
+            rounds: int) -> dict[str, dict[str, float]]:
+    """Latency of each decision (ns), the sides taking turns in ``rounds`` batches so that a
+    noisy machine slows them alike; every decision must admit."""
+    timings: dict[str, list[int]] = {name: [] for name in sides}
+    elapsed = dict.fromkeys(sides, 0)
+    batch = decisions // rounds
+    for round_ in range(rounds):
+        for name, decide in sides.items():
+            admitted = 0
+            started = time.perf_counter_ns()
+            for i in range(round_ * batch, (round_ + 1) * batch):
+                t0 = time.perf_counter_ns()
+                admitted += decide(i % users)
+                timings[name].append(time.perf_counter_ns() - t0)
+            elapsed[name] += time.perf_counter_ns() - started
+            assert admitted == batch, f"{name}: only {admitted} of {batch} admitted"
+    results = {}
+    for name, values in timings.items():
+        values.sort()
+        results[name] = {"median_us": statistics.median(values) / 1000,
+                         "p99_us": values[int(len(values) * 0.99)] / 1000,
+                         "per_s": len(values) / (elapsed[name] / 1e9)}
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--decisions", type=int, default=10_000)
+    parser.add_argument("--users", type=int, default=1_000)
+    parser.add_argument("--rounds", type=int, default=20)
+    args = parser.parse_args()
+    setup()
+
+    from django.contrib.auth.models import User
+    from django.test import RequestFactory
+    from django_ratelimit.core import is_ratelimited
+    from django_redis import get_redis_connection
+    from limits import parse as parse_limit
+    from limits import storage as limits_storage
+    from limits import strategies
+    from rest_framework.request import Request
+    from rest_framework.throttling import UserRateThrottle
+
+    from resilience_crm.throttling import TierRateThrottle
+
+    redis = get_redis_connection("default")
+    leftovers = list(redis.scan_iter(match=f"{PREFIX}*"))  # from an interrupted run
+    if leftovers:
+        redis.delete(*leftovers)
+    factory = RequestFactory()
+
+    def request_of(user_id: int) -> Request:
+        django_request = factory.get("/bench/")
+        request = Request(django_request)
+        request.user = User(pk=user_id + 1, username=f"u{user_id}")
+        return request
+
+    requests = [request_of(i) for i in range(args.users)]
+    view: Any = object()
+
+    ours_throttle = TierRateThrottle()
+    drf_throttle = UserRateThrottle()
+    moving = strategies.MovingWindowRateLimiter(
+        limits_storage.storage_from_string(REDIS_URL, key_prefix=f"{PREFIX}-limits"))
+    item = parse_limit(RATE.replace("/", " per "))
+
+    sides: dict[str, Callable[[int], bool]] = {
+        "resilience_crm TierRateThrottle (GCRA, Lua)":
+            lambda u: ours_throttle.allow_request(requests[u], view),
+        "DRF UserRateThrottle (django-redis)":
+            lambda u: drf_throttle.allow_request(requests[u], view),
+        "django-ratelimit is_ratelimited (fixed window)":
+            lambda u: not is_ratelimited(requests[u]._request, group="bench", key="user",
+                                         rate=RATE, increment=True),
+        "limits MovingWindowRateLimiter (Redis)":
+            lambda u: moving.hit(item, "bench", str(u)),
+    }
+    for decide in sides.values():  # warm up: scripts loaded, connections open
+        decide(0)
+    keys_before = set(redis.scan_iter(match=f"{PREFIX}*"))
+    for user in range(args.users):  # every user seen once: tiers cached, as in steady state
+        for decide in sides.values():
+            decide(user)
+    results = measure(sides, args.decisions, args.users, args.rounds)
+
+    memory = {}
+    for name, pattern in [
+        ("resilience_crm TierRateThrottle (GCRA, Lua)", f"{PREFIX}:*rl:\\{{u:1\\}}:*"),
+        ("DRF UserRateThrottle (django-redis)", f"{PREFIX}:*throttle_user_1"),
+        ("django-ratelimit is_ratelimited (fixed window)", f"{PREFIX}:*:rl:[^{{]*"),
+        ("limits MovingWindowRateLimiter (Redis)", f"{PREFIX}-limits*bench/1/*"),
+    ]:
+        keys = list(redis.scan_iter(match=pattern))
+        memory[name] = redis.memory_usage(keys[0]) if keys else None
+
+    drf = results["DRF UserRateThrottle (django-redis)"]["median_us"]
+    print(f"rate-limit decisions: {args.decisions} over {args.users} users at {RATE}, one "
+          f"thread, one Redis ({REDIS_URL})")
+    print(f"  {'':48} {'median':>9} {'p99':>9} {'decisions/s':>12} {'bytes/key':>10}"
+          f" {'x DRF median':>13}")
+    for name, result in results.items():
+        print(f"  {name:48} {result['median_us']:7.1f}us {result['p99_us']:7.1f}us"
+              f" {result['per_s']:12.0f} {memory[name]!s:>10} {result['median_us'] / drf:12.2f}x")
+
+    stale = set(redis.scan_iter(match=f"{PREFIX}*")) | keys_before
+    if stale:
+        redis.delete(*stale)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Who a request comes from, for rate limiting: a user id, or the client's IP address.
+
+An anonymous client is its IP address. ``X-Forwarded-For`` counts only through
+``TRUSTED_PROXIES`` hops: each trusted proxy appends the address it saw, so the client is the
+entry that many places from the right (``REMOTE_ADDR`` being the last hop). Anything a client
+writes further left is ignored, so a forged header cannot buy a fresh bucket. IPv6 clients
+are limited per /64 network, the block one subscriber usually holds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from django.core.signals import setting_changed
+from django.db import DatabaseError
+from django.http import HttpRequest
+from django.utils.module_loading import import_string
+
+from resilience_crm import tiers
+from resilience_crm.conf import settings
+from resilience_crm.constants import SETTING_NAME
+
+logger = logging.getLogger("resilience_crm.clients")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Whose budget a request spends. ``key`` names the buckets (``u:42``, ``ip:192.0.2.1``)."""
+
+    key: str
+    tier: str
+    exempt: bool = False
+    #: Per-user rates that replace the tier's: ``{op_class: rate or [rates]}``.
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def client_ip(request: HttpRequest, trusted_proxies: int | None = None) -> str:
+    """The client's address as the ``TRUSTED_PROXIES`` proxies in front of us saw it."""
+    trusted = settings.TRUSTED_PROXIES if trusted_proxies is None else trusted_proxies
+    remote = str(request.META.get("REMOTE_ADDR", "") or "")
+    chosen = remote
+    if trusted > 0:
+        forwarded = [part.strip() for part in
+                     str(request.META.get("HTTP_X_FORWARDED_FOR", "")).split(",") if part.strip()]
+        chain = [*forwarded, remote]
+        chosen = chain[max(0, len(chain) - 1 - trusted)]
+    try:
+        address = ipaddress.ip_address(chosen)
+    except ValueError:
+        return remote or "unknown"
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+class _Options(NamedTuple):
+    resolver: Callable[[HttpRequest], str | None] | None
+    exempt_staff: bool
+    exempt_permission: str | None
+    default_tier: str
+    anonymous_tier: str
+
+
+_options: _Options | None = None
+
+
+def _read_options() -> _Options:
+    """The settings :func:`principal` needs, read once (and again after a setting change)."""
+    global _options
+    if _options is None:
+        resolver = settings.TIER_RESOLVER
+        _options = _Options(
+            resolver=import_string(resolver) if resolver else None,
+            exempt_staff=bool(settings.EXEMPT_STAFF),
+            exempt_permission=settings.EXEMPT_PERMISSION or None,
+            default_tier=settings.DEFAULT_TIER,
+            anonymous_tier=settings.ANONYMOUS_TIER,
+        )
+    return _options
+
+
+def principal(request: HttpRequest) -> Principal:
+    """The :class:`Principal` for ``request`` (after authentication)."""
+    options = _options or _read_options()
+    chosen = options.resolver(request) if options.resolver else None
+    user = getattr(request, "user", None)
+    if user is not None and user.is_authenticated:
+        exempt = (options.exempt_staff and user.is_staff) or _has_permission(
+            user, options.exempt_permission)
+        assigned, overrides = tiers.assignment(user.pk)
+        tier = chosen or assigned or options.default_tier
+        return Principal(key=f"u:{user.pk}", tier=tier, exempt=exempt, overrides=overrides)
+    return Principal(key=f"ip:{client_ip(request)}", tier=chosen or options.anonymous_tier)
+
+
+def _has_permission(user: Any, permission: str | None) -> bool:
+    """Whether ``user`` holds ``permission``; not while the database cannot say."""
+    if not permission:
+        return False
+    try:
+        return bool(user.has_perm(permission))
+    except DatabaseError as err:
+        logger.warning("Could not check %s for rate-limit exemption (%s).", permission, err)
+        return False
+
+
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    global _options
+    if setting == SETTING_NAME:
+        _options = None
+
+
+setting_changed.connect(_on_setting_changed, dispatch_uid="resilience_crm.clients")

@@ -1,0 +1,253 @@
+"""Rate-limit decisions: which limits apply to a request, and one store call to decide them.
+
+For a principal (a user or an IP, see :mod:`resilience_crm.clients`), an op class and an
+endpoint (the resolved URL name), the limits are: the tier's rates for the op class (or the
+user's own overrides), the endpoint's extra rates from ``ENDPOINTS``, and ``GLOBAL_LIMITS``.
+All of them go to the store in one atomic step: consumed from all or from none.
+
+When the circuit behind the op class is open or half-open, its limits shrink by
+``ADAPTIVE_FACTOR``. Tiers in ``SHADOW_TIERS`` and endpoints in ``SHADOW_ENDPOINTS`` are
+decided and reported but never reject. When the store is unreachable the decision falls back
+to ``FAIL_OPEN``: an op class that fails open is limited by this process alone at
+limit / ``EXPECTED_PROCESSES``; one that fails closed is refused. Either way the store is left
+alone for ``STORE_RETRY_INTERVAL`` seconds, so an outage costs at most one socket timeout.
+Every decision is counted as ``ratelimit_decisions{op_class, decision}``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from django.core.signals import setting_changed
+from django.http import HttpRequest
+from django.utils.module_loading import import_string
+
+from resilience_crm import core, gcra, metrics, registry, tiers
+from resilience_crm.clients import Principal, principal
+from resilience_crm.conf import DEFAULTS, cache_is_redis, settings
+from resilience_crm.constants import OP_CIRCUITS, SETTING_NAME
+from resilience_crm.exceptions import StoreUnavailable
+from resilience_crm.gcra import Decision, Limit
+from resilience_crm.rates import Rate, parse_rates
+from resilience_crm.stores.ratelimit_base import BaseLimiterStore
+from resilience_crm.stores.ratelimit_memory import MemoryLimiterStore
+
+logger = logging.getLogger("resilience_crm.limiter")
+
+STORE_ALIASES = {
+    "redis": "resilience_crm.stores.ratelimit_redis.RedisLimiterStore",
+    "memory": "resilience_crm.stores.ratelimit_memory.MemoryLimiterStore",
+}
+#: Circuit states in which an op class's limits shrink by ``ADAPTIVE_FACTOR``.
+STRUGGLING = (core.OPEN, core.HALF_OPEN, core.FORCED_OPEN)
+
+_lock = threading.Lock()
+_store: BaseLimiterStore | None = None
+_fallback = MemoryLimiterStore()
+_store_down_until = 0.0
+#: Limits built per principal, op class, endpoint, factor and tier data.
+_plans: dict[tuple[Any, ...], tuple[Limit, ...]] = {}
+#: Past this many remembered plans, they are forgotten all at once.
+MAX_PLANS = 50_000
+#: Counter keys per (op class, decision), built once.
+_counters: dict[tuple[str, str], tuple[Any, ...]] = {}
+
+
+def store_path() -> str:
+    """The dotted path of the limiter store ``RATELIMIT_STORE`` selects."""
+    store = settings.RATELIMIT_STORE
+    if store == "auto":
+        store = "redis" if cache_is_redis(settings.CACHE_ALIAS) else "memory"
+    return STORE_ALIASES.get(store, store)
+
+
+def get_store() -> BaseLimiterStore:
+    """The limiter store, built once per process."""
+    global _store
+    if _store is None:
+        with _lock:
+            if _store is None:
+                _store = import_string(store_path())()
+    return _store
+
+
+def set_store(store: BaseLimiterStore | None) -> None:
+    """Use ``store`` in this process from now on (``None``: the one settings select again).
+
+    For tests: e.g. a ``MemoryLimiterStore`` on a hand-moved clock.
+    """
+    global _store
+    with _lock:
+        _store = store
+
+
+def clear() -> None:
+    """Forget the store, the fallback counts and the outage; the next use rebuilds them."""
+    global _store, _fallback, _store_down_until
+    with _lock:
+        _store = None
+        _fallback = MemoryLimiterStore()
+        _store_down_until = 0.0
+        _plans.clear()
+
+
+@functools.lru_cache(maxsize=1024)
+def _rates(value: Any) -> tuple[Rate, ...]:
+    return tuple(parse_rates(list(value) if isinstance(value, tuple) else value))
+
+
+def rates(value: Any) -> tuple[Rate, ...]:
+    """Parsed rates of one setting value, cached; an invalid value (reported by the checks
+    and ``Tier.clean``) limits nothing rather than failing requests."""
+    try:
+        return _rates(tuple(value) if isinstance(value, list) else value)
+    except (TypeError, ValueError) as err:
+        logger.error("Ignoring invalid rate %r (%s).", value, err)
+        return ()
+
+
+def adaptive_factor(op_class: str) -> float:
+    """``ADAPTIVE_FACTOR`` while the op class's circuit is open or half-open, else 1."""
+    factor = settings.ADAPTIVE_FACTOR
+    circuit = OP_CIRCUITS.get(op_class)
+    if circuit is None or factor >= 1:
+        return 1.0
+    try:
+        state = registry.get_breaker(circuit).state
+    except Exception as err:  # noqa: BLE001  (the limiter must decide even so)
+        logger.warning("Could not read circuit %s for adaptive limits (%s).", circuit, err)
+        return 1.0
+    return float(factor) if state in STRUGGLING else 1.0
+
+
+def limits_for(who: Principal, op_class: str, endpoint: str | None,
+               store: BaseLimiterStore, *, scale: float = 1.0) -> tuple[Limit, ...]:
+    """Every limit that applies to one request of ``who``; ``scale`` multiplies each limit
+    (never below one request). Remembered per principal until tiers or settings change."""
+    factor = adaptive_factor(op_class) * scale
+    tier_rates = (who.overrides[op_class] if op_class in who.overrides
+                  else tiers.tier_limits(who.tier).get(op_class))
+    memo_key = (who.key, who.tier, op_class, endpoint, factor, _hashable(tier_rates),
+                tiers.generation(), store)
+    found = _plans.get(memo_key)
+    if found is None:
+        found = _build(who, op_class, endpoint, store, factor, tier_rates)
+        if len(_plans) >= MAX_PLANS:
+            _plans.clear()
+        _plans[memo_key] = found
+    return found
+
+
+def _hashable(value: Any) -> Any:
+    """``value`` as a dict key; a malformed one (reported by the checks) by its repr."""
+    value = tuple(value) if isinstance(value, list) else value
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return value
+
+
+def _build(who: Principal, op_class: str, endpoint: str | None, store: BaseLimiterStore,
+           factor: float, tier_rates: Any) -> tuple[Limit, ...]:
+    found: list[Limit] = []
+
+    def add(scope: str, principal_key: str, value: Any, shadow: bool, name: str) -> None:
+        for rate in rates(value):
+            limit = max(1, int(rate.limit * factor))
+            window = int(rate.period) if rate.period.is_integer() else rate.period
+            found.append(Limit(
+                key=store.key(principal_key, f"{scope}{op_class}:{window}"),
+                policy=f"{name}.{op_class}.{window}s", limit=limit, period=rate.period,
+                shadow=shadow,
+            ))
+
+    add("", who.key, tier_rates, who.tier in settings.SHADOW_TIERS, who.tier)
+    endpoints = settings.ENDPOINTS or {}
+    if endpoint and endpoint in endpoints:
+        add(f"e:{endpoint}:", who.key, endpoints[endpoint].get(op_class),
+            endpoint in settings.SHADOW_ENDPOINTS, endpoint)
+    global_limits = settings.GLOBAL_LIMITS or {}
+    if op_class in global_limits:
+        add("", "global", global_limits[op_class], False, "global")
+    return tuple(found)
+
+
+def check(request: HttpRequest, op_class: str, endpoint: str | None = None,
+          cost: int = 1) -> Decision:
+    """Decide one request (of weight ``cost``); never raises for an unreachable store."""
+    return decide(principal(request), op_class, endpoint, cost)
+
+
+def decide(who: Principal, op_class: str, endpoint: str | None = None,
+           cost: int = 1) -> Decision:
+    """Decide ``cost`` requests of ``who`` for ``op_class`` on ``endpoint``."""
+    global _store_down_until
+    if who.exempt:
+        return _counted(Decision(allowed=True, source="exempt", op_class=op_class))
+    store = get_store()
+    limits = limits_for(who, op_class, endpoint, store)
+    if not limits:
+        return _counted(Decision(allowed=True, source="unlimited", op_class=op_class))
+    if time.monotonic() >= _store_down_until:
+        try:
+            allowed, outcomes = store.evaluate(limits, cost)
+        except StoreUnavailable as err:
+            _store_down_until = time.monotonic() + settings.STORE_RETRY_INTERVAL
+            metrics.inc("ratelimit_store_errors")
+            logger.warning("Rate-limit store unreachable (%s); falling back for %ss.",
+                           err.__cause__ or err, settings.STORE_RETRY_INTERVAL)
+        else:
+            return _counted(gcra.decision(limits, allowed, outcomes, op_class=op_class))
+    return _counted(_without_store(who, op_class, endpoint, cost))
+
+
+def fail_open(op_class: str) -> bool:
+    """``FAIL_OPEN`` for ``op_class``; op classes the setting leaves out keep their default."""
+    policy = {**DEFAULTS["FAIL_OPEN"], **(settings.FAIL_OPEN or {})}
+    return bool(policy.get(op_class, True))
+
+
+def _without_store(who: Principal, op_class: str, endpoint: str | None, cost: int) -> Decision:
+    """The decision while the shared store is unreachable: ``FAIL_OPEN`` per op class."""
+    if not fail_open(op_class):
+        return Decision(allowed=False, source="unavailable", op_class=op_class,
+                        retry_after=float(settings.STORE_RETRY_INTERVAL))
+    fallback = _fallback
+    processes = max(1, int(settings.EXPECTED_PROCESSES))
+    limits = limits_for(who, op_class, endpoint, fallback, scale=1 / processes)
+    allowed, outcomes = fallback.evaluate(limits, cost)
+    return gcra.decision(limits, allowed, outcomes, source="fallback", op_class=op_class)
+
+
+def _counted(decision: Decision) -> Decision:
+    if decision.source in ("exempt", "unlimited", "unavailable"):
+        outcome = decision.source
+    elif decision.shadowed:
+        outcome = "shadow_rejected"
+    else:
+        outcome = "allowed" if decision.allowed else "rejected"
+    if decision.source == "fallback":
+        outcome = f"fallback_{outcome}"
+    counter = _counters.get((decision.op_class, outcome))
+    if counter is None:
+        counter = metrics.key("ratelimit_decisions", op_class=decision.op_class,
+                              decision=outcome)
+        _counters[(decision.op_class, outcome)] = counter
+    metrics.add(counter)
+    return decision
+
+
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting in (SETTING_NAME, "CACHES"):
+        clear()
+        tiers.clear()
+
+
+setting_changed.connect(_on_setting_changed, dispatch_uid="resilience_crm.limiter")
+os.register_at_fork(after_in_child=clear)

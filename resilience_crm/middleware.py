@@ -1,0 +1,106 @@
+"""``ResilienceMiddleware``: rate-limit headers on every response that was decided, and the
+problem body on a refusal.
+
+:class:`~resilience_crm.throttling.TierRateThrottle` decides inside the DRF view and leaves
+the :class:`~resilience_crm.gcra.Decision` on the request; this middleware turns it into
+``RateLimit-Policy`` and ``RateLimit`` (IETF httpapi ratelimit-headers draft),
+``X-RateLimit-Limit/Remaining/Reset`` (the tightest policy; reset in seconds from now) and,
+on a refusal, ``Retry-After`` and an ``application/problem+json`` body with
+``code: "RATE_LIMITED"`` and ``violated_policies``. Sync and async capable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.http import HttpRequest, HttpResponseBase
+
+from resilience_crm.exceptions import RateLimited, StoreUnavailable
+from resilience_crm.gcra import Decision, retry_after_header
+from resilience_crm.problems import problem_response
+
+#: The request attribute the throttle leaves its decision in.
+DECISION_ATTRIBUTE = "resilience_ratelimit"
+
+
+def remember(request: Any, decision: Decision) -> None:
+    """Leave ``decision`` on the Django request behind ``request`` (DRF's or Django's)."""
+    setattr(getattr(request, "_request", request), DECISION_ATTRIBUTE, decision)
+
+
+def decision_of(request: HttpRequest) -> Decision | None:
+    return getattr(request, DECISION_ATTRIBUTE, None)
+
+
+def _seconds(value: float) -> str:
+    return str(int(value) if float(value).is_integer() else value)
+
+
+def rate_limit_headers(decision: Decision) -> dict[str, str]:
+    """The rate-limit headers for ``decision``."""
+    headers: dict[str, str] = {}
+    tightest = decision.tightest()
+    if tightest is not None:
+        headers["RateLimit-Policy"] = ", ".join(
+            f'"{p.policy}";q={p.limit};w={_seconds(p.window)}' for p in decision.policies)
+        headers["RateLimit"] = ", ".join(
+            f'"{p.policy}";r={p.remaining};t={math.ceil(p.reset)}' for p in decision.policies)
+        headers["X-RateLimit-Limit"] = str(tightest.limit)
+        headers["X-RateLimit-Remaining"] = str(tightest.remaining)
+        headers["X-RateLimit-Reset"] = str(math.ceil(tightest.reset))
+    if not decision.allowed:
+        headers["Retry-After"] = str(retry_after_header(decision.retry_after))
+    return headers
+
+
+def refusal(decision: Decision) -> HttpResponseBase:
+    """The problem response for a refused request."""
+    wait = retry_after_header(decision.retry_after)
+    if decision.source == "unavailable":
+        response = problem_response(
+            503, StoreUnavailable.code, "Rate limiting is unavailable",
+            f"Requests of this kind are refused while the rate-limit store is unreachable."
+            f" Try again in {wait} s.", retry_after=wait)
+    else:
+        response = problem_response(
+            429, RateLimited.code, "Too many requests",
+            f"{RateLimited.default_message} Try again in {wait} s.",
+            violated_policies=[p.policy for p in decision.policies
+                               if not p.conform and not p.shadow],
+            retry_after=wait)
+    return response
+
+
+def apply(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+    """``response`` with the headers of the request's decision, or the problem response."""
+    decision = decision_of(request)
+    if decision is None:
+        return response
+    if not decision.allowed and response.status_code in (429, 503):
+        response = refusal(decision)
+    for name, value in rate_limit_headers(decision).items():
+        response[name] = value
+    return response
+
+
+class ResilienceMiddleware:
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.is_async:
+            return self.__acall__(request)
+        return apply(request, self.get_response(request))
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        response = await self.get_response(request)
+        return apply(request, response)

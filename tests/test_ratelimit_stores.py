@@ -1,0 +1,101 @@
+"""The limiter stores: ``gcra.lua`` in a real Redis decides exactly like ``gcra.evaluate``,
+the in-process store too, and Redis keys are small and expire once their bucket is full."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from resilience_crm import gcra
+from resilience_crm.exceptions import StoreUnavailable
+from resilience_crm.gcra import US, Limit
+from resilience_crm.stores.ratelimit_memory import MemoryLimiterStore
+from resilience_crm.stores.ratelimit_redis import RedisLimiterStore
+from tests.clock import Clock
+
+NOW = 1_700_000_000 * US
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def store(redis_cache: Any) -> RedisLimiterStore:
+    return RedisLimiterStore("redis")
+
+
+def limits_of(store: Any, specs: list[tuple[int, int, bool]], principal: str) -> list[Limit]:
+    return [Limit(store.key(principal, f"t:read:{i}"), f"p{i}", n, t, shadow=s)
+            for i, (n, t, s) in enumerate(specs)]
+
+
+@hypothesis_settings(max_examples=40, deadline=None,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    specs=st.lists(st.tuples(st.integers(1, 10), st.integers(1, 90), st.booleans()),
+                   min_size=1, max_size=3),
+    steps=st.lists(st.tuples(st.integers(0, 20 * US), st.integers(1, 3)), min_size=1,
+                   max_size=25),
+)
+def test_lua_decides_exactly_like_python(store, specs, steps) -> None:
+    principal = uuid.uuid4().hex
+    limits = limits_of(store, specs, principal)
+    tats: list[int | None] = [None] * len(limits)
+    now = NOW
+    for gap, cost in steps:
+        now += gap
+        expected_allowed, expected, new = gcra.evaluate(limits, tats, now, cost)
+        allowed, outcomes = store.evaluate(limits, cost, now_us=now)
+        assert (allowed, outcomes) == (expected_allowed, expected)
+        tats = [t if t is not None else old for t, old in zip(new, tats, strict=True)]
+        stored = [store.client.get(limit.key) for limit in limits]
+        assert [int(s) if s is not None else None for s in stored] == tats
+
+
+def test_memory_store_runs_the_same_arithmetic() -> None:
+    clock = Clock(NOW / US)
+    memory = MemoryLimiterStore(clock=clock)
+    limits = [Limit(memory.key("u:1", "t:read:60"), "p", 3, 60)]
+    results = [memory.evaluate(limits)[0] for _ in range(4)]
+    assert results == [True, True, True, False]
+    clock.now += 20
+    assert memory.evaluate(limits)[0]
+    assert not memory.evaluate(limits)[0]
+
+
+def test_redis_uses_its_own_clock_and_keys_expire_when_full(store) -> None:
+    limits = [Limit(store.key("u:7", "t:read:60"), "p", 6, 60)]
+    allowed, [outcome] = store.evaluate(limits)
+    assert allowed and outcome.remaining == 5 and outcome.reset_us == 10 * US
+    ttl_ms = store.client.pttl(limits[0].key)
+    assert 9_000 < ttl_ms <= 10_000
+    seconds, micros = store.client.time()
+    tat = int(store.client.get(limits[0].key))
+    assert abs(tat - (seconds * US + micros + 0)) <= 10 * US + US
+
+
+def test_keys_carry_the_principal_as_a_hash_tag(store) -> None:
+    key = store.key("u:42", "t:read:3600")
+    assert key.startswith("rcrm-test:")
+    assert "{u:42}" in key and key.count("{") == 1
+
+
+def test_memory_per_key_is_at_most_100_bytes(store) -> None:
+    limits = [Limit(store.key("u:1234567", "write:3600"), "p", 100, 3600)]
+    store.evaluate(limits)
+    assert store.client.memory_usage(limits[0].key) <= 100
+
+
+def test_unreachable_redis_raises_store_unavailable(settings) -> None:
+    settings.CACHES = {**settings.CACHES, "down": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": "redis://127.0.0.1:1/0",
+        "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
+    }}
+    down = RedisLimiterStore("down")
+    with pytest.raises(StoreUnavailable):
+        down.evaluate([Limit(down.key("u:1", "x"), "p", 1, 1)])
