@@ -28,10 +28,11 @@ from django.core.cache import caches
 from django.db import DatabaseError, connections, router, transaction
 from django.db.models import Count
 from django.http import HttpRequest, JsonResponse
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from resilience_crm import core, registry
+from resilience_crm import core, metrics, registry
 from resilience_crm.conf import settings
 from resilience_crm.models import Circuit, QueuedWrite
 
@@ -39,11 +40,25 @@ logger = logging.getLogger("resilience_crm.health")
 
 #: Seconds a readiness probe may take, all probes together.
 PROBE_DEADLINE = 0.7
-#: What each unhealthy part takes off the readiness score.
-PENALTIES = {"database": 50, "cache": 20, "open_circuit": 10, "local_store": 10}
+#: The most each unhealthy part takes off the readiness score. The first four are per
+#: occurrence; the rest grow with the measure up to the figure in :data:`FULL_PENALTY_AT`.
+PENALTIES = {
+    "database": 50, "cache": 20, "open_circuit": 10, "local_store": 10,
+    "failure_rate": 10,  # per circuit, by its failure rate since the last probe
+    "rate_limited": 10,  # by the share of rate-limit decisions rejected since the last probe
+    "queue_depth": 5,  # by the writes waiting to be replayed
+    "queue_age": 10,  # by how long the oldest of them has waited, in seconds
+    "dead_letters": 5,  # any dead letter
+}
+#: Where a graded penalty reaches its full size.
+FULL_PENALTY_AT = {"failure_rate": 0.5, "rate_limited": 0.5, "queue_depth": 100,
+                   "queue_age": 300}
+#: Calls a circuit must have made since the last probe for its failure rate to count.
+MIN_CALLS = 10
 
 _lock = threading.Lock()
 _running: dict[str, Future[Any]] = {}
+_seen: dict[tuple[Any, ...], int] = {}  # counters at the previous probe, for rates since then
 
 
 @never_cache
@@ -64,16 +79,26 @@ def ready(request: HttpRequest) -> JsonResponse:
     circuits = results["circuits"].get("circuits") or {
         name: {"state": "unknown"} for name in settings.circuit_names()}
 
-    score = 100
-    for circuit in circuits.values():
+    rates = _rates_since_last_probe()
+    checks["traffic"] = rates
+    score = 100.0
+    for name, circuit in circuits.items():
         if circuit.get("store") == "local":
             score -= PENALTIES["local_store"]
         if circuit["state"] in (core.OPEN, core.FORCED_OPEN, "unknown"):
             score -= PENALTIES["open_circuit"]
+        else:
+            score -= _graded("failure_rate", rates["failure_rate"].get(name, 0.0))
+    score -= _graded("rate_limited", rates["rate_limited"])
     for part in ("database", "cache"):
         if not checks[part]["ok"]:
             score -= PENALTIES[part]
-    score = max(0, score)
+    queue = checks["database"].get("queue") or {}
+    score -= _graded("queue_depth", queue.get("pending", 0))
+    score -= _graded("queue_age", queue.get("oldest_pending_s", 0))
+    if queue.get("dead"):
+        score -= PENALTIES["dead_letters"]
+    score = max(0, round(score))
     database_ok = checks["database"]["ok"]
     status = "ok" if score == 100 else ("degraded" if database_ok else "unavailable")
     body: dict[str, Any] = {"status": status, "score": score, "circuits": circuits}
@@ -81,6 +106,38 @@ def ready(request: HttpRequest) -> JsonResponse:
         body["queue"] = checks["database"].pop("queue", None)
         body["checks"] = checks
     return JsonResponse(body, status=503 if status == "unavailable" else 200)
+
+
+def _graded(part: str, measure: float) -> float:
+    """``part``'s penalty for ``measure``: none at 0, the whole of it at FULL_PENALTY_AT."""
+    return PENALTIES[part] * min(1.0, max(0.0, measure) / FULL_PENALTY_AT[part])
+
+
+def _rates_since_last_probe() -> dict[str, Any]:
+    """Each circuit's failure rate and the share of rejected rate-limit decisions in this
+    process since its previous readiness probe (or since it started)."""
+    calls: dict[str, int] = {}
+    failed: dict[str, int] = {}
+    decided = rejected = 0
+    with _lock:
+        for name, labels, value in metrics.collect():
+            key = (name, *sorted(labels.items()))
+            delta, _seen[key] = value - _seen.get(key, 0), value
+            if name == "calls" and labels.get("outcome") in core.OUTCOMES + ("timeout",):
+                circuit = labels["circuit"]
+                calls[circuit] = calls.get(circuit, 0) + delta
+                if labels["outcome"] in (core.FAILURE, "timeout"):
+                    failed[circuit] = failed.get(circuit, 0) + delta
+            elif name == "ratelimit_decisions":
+                decided += delta
+                if labels.get("decision", "").endswith("rejected") and not labels.get(
+                        "decision", "").startswith("shadow"):
+                    rejected += delta
+    return {
+        "failure_rate": {circuit: round(failed.get(circuit, 0) / n, 4)
+                         for circuit, n in calls.items() if n >= MIN_CALLS},
+        "rate_limited": round(rejected / decided, 4) if decided else 0.0,
+    }
 
 
 def _may_see_details(request: HttpRequest, database_ok: bool) -> bool:
@@ -109,15 +166,19 @@ def _probe_database() -> dict[str, Any]:
             if connection.vendor == "postgresql":
                 cursor.execute("SET LOCAL statement_timeout = %s", [int(PROBE_DEADLINE * 1000)])
             cursor.execute("SELECT 1")
-        counts = dict(QueuedWrite.objects.using(router.db_for_read(QueuedWrite))
-                      .values_list("state").annotate(n=Count("pk")))
+        writes = QueuedWrite.objects.using(router.db_for_read(QueuedWrite))
+        counts = dict(writes.values_list("state").annotate(n=Count("pk")))
+        oldest = (writes.filter(state=QueuedWrite.State.PENDING).order_by("created_at")
+                  .values_list("created_at", flat=True).first())
     except DatabaseError as err:
         logger.warning("Readiness: database %s failed: %s", alias, err)
         return {"ok": False, "error": err.__class__.__name__, "ms": _ms_since(started)}
     finally:
         connection.close()  # this thread's own connection: never left open, or broken
+    age = (timezone.now() - oldest).total_seconds() if oldest else 0
     return {"ok": True, "ms": _ms_since(started),
-            "queue": {"pending": counts.get("pending", 0), "dead": counts.get("dead", 0)}}
+            "queue": {"pending": counts.get("pending", 0), "dead": counts.get("dead", 0),
+                      "oldest_pending_s": round(age, 1)}}
 
 
 def _probe_cache() -> dict[str, Any]:

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import User
 from django.urls import reverse
+from django.utils import timezone
 
-from resilience_crm import core, registry
-from resilience_crm.models import Circuit
-from resilience_crm.views import PROBE_DEADLINE
+from resilience_crm import core, limiter, registry
+from resilience_crm.clients import Principal
+from resilience_crm.models import Circuit, QueuedWrite
+from resilience_crm.views import PENALTIES, PROBE_DEADLINE
 from tests.databases import default_database_through
 from tests.proxy import Proxy
 
@@ -69,7 +72,7 @@ def test_details_are_for_staff_and_the_monitoring_token_only(client, settings):
         assert set(body) == {"status", "score", "circuits"}
     for body in (with_token, staff):
         assert set(body) == {"status", "score", "circuits", "queue", "checks"}
-        assert body["queue"] == {"pending": 0, "dead": 0}
+        assert body["queue"] == {"pending": 0, "dead": 0, "oldest_pending_s": 0}
         assert body["checks"]["database"]["ok"] is True
 
 
@@ -98,3 +101,67 @@ def test_a_blackholed_database_gets_a_503_within_the_deadline(client, settings, 
         assert elapsed < PROBE_DEADLINE + SLACK
         assert client.get(LIVE).status_code == 200
         proxy.cut()
+
+
+# The score weighs what the traffic looks like, not only what is down -----------------------
+
+
+def _score(client) -> dict:
+    return client.get(READY, HTTP_AUTHORIZATION=f"Bearer {TOKEN}").json()
+
+
+def _failing():
+    raise ConnectionError("refused")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failing_circuit_that_has_not_tripped_yet_costs_points(client, settings):
+    settings.RESILIENCE_CRM = {"STORE": "memory", "MONITORING_TOKEN": TOKEN,
+                               "CIRCUITS": {"crm.rpc": {"failure_threshold": 0,
+                                                        "minimum_calls": 1000}}}
+    assert _score(client)["score"] == 100
+    breaker = registry.get_breaker("crm.rpc")
+    for _ in range(10):
+        breaker.call(lambda: "ok")
+        with pytest.raises(ConnectionError):
+            breaker.call(_failing)
+
+    body = _score(client)
+
+    assert body["checks"]["traffic"]["failure_rate"] == {"crm.rpc": 0.5}
+    assert body["score"] == 100 - PENALTIES["failure_rate"]
+    assert body["status"] == "degraded"
+    assert _score(client)["score"] == 100  # no calls since: the rate is of the last interval
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rate_limit_rejections_cost_points(client, settings):
+    settings.RESILIENCE_CRM = {"MONITORING_TOKEN": TOKEN, "RATELIMIT_STORE": "memory"}
+    who = Principal(key="u:1", tier="free", overrides={"read": "4/hour"})
+    decisions = [limiter.decide(who, "read").allowed for _ in range(8)]
+    assert decisions == [True] * 4 + [False] * 4
+
+    body = _score(client)
+
+    assert body["checks"]["traffic"]["rate_limited"] == 0.5
+    assert body["score"] == 100 - PENALTIES["rate_limited"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_writes_waiting_long_and_dead_letters_cost_points(client, settings):
+    settings.RESILIENCE_CRM = {"MONITORING_TOKEN": TOKEN}
+    writes = [QueuedWrite(name="contact.create", idempotency_key=f"k{i}", payload={},
+                          payload_hash="x") for i in range(50)]
+    QueuedWrite.objects.bulk_create(writes)
+    QueuedWrite.objects.filter(idempotency_key="k0").update(
+        created_at=timezone.now() - timedelta(minutes=10))
+    QueuedWrite.objects.create(name="contact.create", idempotency_key="dead", payload={},
+                               payload_hash="x", state=QueuedWrite.State.DEAD)
+
+    body = _score(client)
+
+    assert body["queue"]["pending"] == 50 and body["queue"]["dead"] == 1
+    assert body["queue"]["oldest_pending_s"] >= 600
+    expected = 100 - PENALTIES["queue_depth"] / 2 - PENALTIES["queue_age"] - PENALTIES[
+        "dead_letters"]
+    assert body["score"] == round(expected)
