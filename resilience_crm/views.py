@@ -122,7 +122,8 @@ def _rates_since_last_probe() -> dict[str, Any]:
     with _lock:
         for name, labels, value in metrics.collect():
             key = (name, *sorted(labels.items()))
-            delta, _seen[key] = value - _seen.get(key, 0), value
+            before = _seen.get(key, 0)
+            delta, _seen[key] = value - before if value >= before else value, value
             if name == "calls" and labels.get("outcome") in core.OUTCOMES + ("timeout",):
                 circuit = labels["circuit"]
                 calls[circuit] = calls.get(circuit, 0) + delta
@@ -249,11 +250,18 @@ def _ms_since(started: float) -> float:
     return round((time.monotonic() - started) * 1000, 2)
 
 
+def forget_rates() -> None:
+    """Start the rates the score weighs afresh (with :func:`metrics.reset`)."""
+    with _lock:
+        _seen.clear()
+
+
 def _forget_probes() -> None:
-    """A forked child has none of its parent's threads."""
+    """A forked child has none of its parent's threads, nor its counters."""
     global _lock
     _lock = threading.Lock()
     _running.clear()
+    _seen.clear()
 
 
 os.register_at_fork(after_in_child=_forget_probes)

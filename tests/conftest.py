@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from django.conf import settings as django_settings
 
-from resilience_crm import alerts, limiter, metrics, registry, tiers
+from resilience_crm import alerts, limiter, metrics, registry, tiers, views
 from tests.databases import extra_database
 from tests.services import header, require_service
 
@@ -13,6 +13,7 @@ def _fresh_breakers():
     """Every test starts with no breakers, store or counters left by another."""
     registry.clear()
     metrics.reset()
+    views.forget_rates()
     alerts.store_recovered()  # no store outage carries over from another test
     yield
     registry.clear()
