@@ -142,9 +142,12 @@ class FailoverStore(BaseStore):
             with self._lock:
                 seen = self._last.get(name, {}).get("gen", 0)
             seed["gen"] = max(seed.get("gen", 0), seen)
-            logger.warning("Circuit %s: the shared store had lost it; seeded from its durable "
-                           "record at generation %s (%s).", name, seed["gen"],
-                           seed.get("state", "closed"))
+            # A circuit that never moved is new to the store, not lost by it.
+            lost = seed["gen"] or seed.get("state", "closed") != "closed" or seed.get("cv")
+            logger.log(logging.WARNING if lost else logging.INFO,
+                       "Circuit %s: the shared store had no state for it; seeded from its "
+                       "durable record at generation %s (%s).", name, seed["gen"],
+                       seed.get("state", "closed"))
             return self.primary.step(name, config, seed=seed, **kwargs)
 
     def _failed(self, name: str, err: Exception) -> None:
