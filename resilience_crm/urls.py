@@ -7,4 +7,5 @@ app_name = "resilience"
 urlpatterns = [
     path("health/live", views.live, name="health-live"),
     path("health/ready", views.ready, name="health-ready"),
+    path("metrics", views.metrics_view, name="metrics"),
 ]

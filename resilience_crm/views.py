@@ -27,17 +27,18 @@ from typing import Any
 from django.core.cache import caches
 from django.db import DatabaseError, connections, router, transaction
 from django.db.models import Count
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from resilience_crm import core, metrics, registry
+from resilience_crm import core, exposition, metrics, registry
 from resilience_crm.conf import settings
 from resilience_crm.models import Circuit, QueuedWrite
 
 logger = logging.getLogger("resilience_crm.health")
 
+OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 #: Seconds a readiness probe may take, all probes together.
 PROBE_DEADLINE = 0.7
 #: The most each unhealthy part takes off the readiness score. The first four are per
@@ -106,6 +107,20 @@ def ready(request: HttpRequest) -> JsonResponse:
         body["queue"] = checks["database"].pop("queue", None)
         body["checks"] = checks
     return JsonResponse(body, status=503 if status == "unavailable" else 200)
+
+
+@never_cache
+@require_GET
+@transaction.non_atomic_requests
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """The cluster's counters and gauges in OpenMetrics text, for staff sessions or callers
+    with the ``MONITORING_TOKEN``."""
+    if not _may_see_details(request, database_ok=True):
+        response = HttpResponse("Staff session or bearer token required.\n", status=401,
+                                content_type="text/plain; charset=utf-8")
+        response["WWW-Authenticate"] = 'Bearer realm="resilience metrics"'
+        return response
+    return HttpResponse(exposition.render(), content_type=OPENMETRICS)
 
 
 def _graded(part: str, measure: float) -> float:
