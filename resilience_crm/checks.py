@@ -24,6 +24,7 @@ from django.utils.module_loading import import_string
 from resilience_crm import conf, core
 from resilience_crm.breaker import exception_errors
 from resilience_crm.rates import UNKNOWN_OP_CLASS, limits_errors
+from resilience_crm.rules import DEFAULT_RULES
 
 TAG = "resilience_crm"
 SETTING = conf.SETTING_NAME
@@ -159,6 +160,11 @@ CHECKS: dict[str, Check] = {
         "resilience_crm.E015",
         "{path} must be a number of at least 0, not {value!r}.",
         "Use 0 to turn it off, where that is meaningful.",
+    ),
+    "ALERT_RULES_INVALID": Check(
+        "resilience_crm.E019",
+        "{path} {error}.",
+        'Example: {{"failure_rate": {{"threshold": 0.2}}, "flapping": None}}. Rules: {valid}.',
     ),
     "SENTRY_ALERTS_INVALID": Check(
         "resilience_crm.E016",
@@ -631,6 +637,38 @@ def check_values(config: dict[str, Any]) -> list[CheckMessage]:
         errors.append(CHECKS["SENTRY_ALERTS_INVALID"](
             path=_path("SENTRY_ALERTS"), value=config["SENTRY_ALERTS"],
         ))
+    errors += _alert_rule_errors(config["ALERT_RULES"])
+    return errors
+
+
+def _alert_rule_errors(table: Any) -> list[CheckMessage]:
+    """``ALERT_RULES``: ``{rule: {setting: number above 0} or None}``."""
+    check = CHECKS["ALERT_RULES_INVALID"]
+    hint = check.hint_for(valid=_names(DEFAULT_RULES))
+    if not isinstance(table, dict):
+        return [check(path=_path("ALERT_RULES"), error=f"must be a dict, not {_type(table)}",
+                      hint=hint)]
+    errors: list[CheckMessage] = []
+    for rule, values in table.items():
+        if rule not in DEFAULT_RULES:
+            errors.append(check(path=_path("ALERT_RULES", rule), error="is not an alert rule",
+                                hint=hint))
+        elif values is not None and values is not False:
+            if not isinstance(values, dict):
+                errors.append(check(path=_path("ALERT_RULES", rule),
+                                    error=f"must be a dict or None, not {_type(values)}",
+                                    hint=hint))
+                continue
+            for key, value in values.items():
+                if key not in DEFAULT_RULES[rule]:
+                    error = (f"is not a setting of this rule (it has "
+                             f"{', '.join(DEFAULT_RULES[rule])})")
+                elif not _is_number(value) or value <= 0:
+                    error = f"must be a number above 0, not {value!r}"
+                else:
+                    continue
+                errors.append(check(path=_path("ALERT_RULES", rule, key), error=error,
+                                    hint=hint))
     return errors
 
 

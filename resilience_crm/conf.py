@@ -55,6 +55,8 @@ DEFAULTS: dict[str, Any] = {
     # After the shared store fails, a worker uses its own in-process breaker for this long
     # before it tries the store again.
     "STORE_RETRY_INTERVAL": 5.0,
+    # Alert rules besides open/recovery (resilience_crm/rules.py): {rule: {...} or None}.
+    "ALERT_RULES": {},
     # A bearer token that lets monitoring see /ready's details (queue counts, errors,
     # latencies) without a staff session. None: staff only.
     "MONITORING_TOKEN": None,

@@ -112,3 +112,15 @@ def unreachable_database(transactional_db):
         down = {**working, "HOST": "127.0.0.1", "PORT": 1}
     with extra_database("resilience_unreachable", down) as alias:
         yield alias
+
+
+@pytest.fixture
+def sentry():
+    """A local ingest endpoint, with sentry-sdk initialised to send to it."""
+    import sentry_sdk
+
+    from tests.sentry_server import SentryServer, sentry_sending_to
+
+    with SentryServer() as server, sentry_sending_to(server.dsn):
+        yield server
+    assert not sentry_sdk.is_initialized()

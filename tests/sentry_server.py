@@ -6,10 +6,12 @@ Point ``sentry_sdk.init(dsn=server.dsn)`` at it; it decodes each envelope the SD
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import threading
 import zlib
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -80,3 +82,26 @@ class SentryServer:
     def __exit__(self, *exc: Any) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+
+@contextlib.contextmanager
+def sentry_sending_to(dsn: str) -> Iterator[None]:
+    """sentry-sdk initialised as a project would (with its logging integration), sending to
+    ``dsn``; torn down after, leaving it uninitialised."""
+    import sentry_sdk
+    from sentry_sdk.integrations.logging import LoggingIntegration
+
+    sentry_sdk.init(dsn=dsn, default_integrations=False, integrations=[LoggingIntegration()])
+    try:
+        yield
+    finally:
+        sentry_sdk.get_client().close(timeout=5)
+        sentry_sdk.get_global_scope().set_client(None)  # back to "not initialised"
+
+
+def received(server: SentryServer) -> list[dict[str, Any]]:
+    """The events the server has, once sentry-sdk's background sender has flushed."""
+    import sentry_sdk
+
+    sentry_sdk.flush(timeout=5)
+    return server.events()

@@ -9,12 +9,10 @@ uninitialised for the tests that follow.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import pytest
 import sentry_sdk
-from sentry_sdk.integrations.logging import LoggingIntegration
 
 from resilience_crm import alerts, core, registry
 from resilience_crm.breaker import Breaker
@@ -26,7 +24,7 @@ from resilience_crm.stores.memory import MemoryStore
 from resilience_crm.stores.redis import RedisStore
 from tests.clock import Clock
 from tests.conditions import wait_for
-from tests.sentry_server import SentryServer
+from tests.sentry_server import SentryServer, received, sentry_sending_to
 
 pytestmark = pytest.mark.django_db  # every transition also writes its CircuitEvent
 
@@ -39,29 +37,6 @@ CONFIG = {
     "half_open_max_calls": 1,
     "success_threshold": 1,
 }
-
-
-@contextlib.contextmanager
-def sentry_sending_to(dsn: str):
-    sentry_sdk.init(dsn=dsn, default_integrations=False, integrations=[LoggingIntegration()])
-    try:
-        yield
-    finally:
-        sentry_sdk.get_client().close(timeout=5)
-        sentry_sdk.get_global_scope().set_client(None)  # back to "not initialised"
-
-
-@pytest.fixture
-def sentry():
-    """The ingest endpoint, with sentry-sdk initialised to send to it."""
-    with SentryServer() as server, sentry_sending_to(server.dsn):
-        yield server
-    assert not sentry_sdk.is_initialized()
-
-
-def received(server: SentryServer) -> list[dict]:
-    sentry_sdk.flush(timeout=5)  # the SDK sends from a background thread
-    return server.events()
 
 
 @pytest.fixture

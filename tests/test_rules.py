@@ -1,0 +1,133 @@
+"""Alert rules over the cluster's record: failure rate, slow calls, flapping, several
+circuits open; one Sentry event per incident across every worker."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.db import connections
+from django.utils import timezone
+
+from resilience_crm import checks, core, registry, rules
+from resilience_crm.models import Circuit, CircuitEvent, CircuitMetric
+from tests.processes import ctx, run_processes
+from tests.sentry_server import received
+
+pytestmark = pytest.mark.django_db
+
+
+def minute(ago: int):
+    return timezone.now().replace(second=0, microsecond=0) - timedelta(minutes=ago)
+
+
+def traffic(name: str, calls: int, failures: int = 0, latency_ms: float = 10.0, ago: int = 1):
+    circuit = Circuit.objects.get_or_create(name=name)[0]
+    return CircuitMetric.objects.create(circuit=circuit, bucket=minute(ago), calls=calls,
+                                        successes=calls - failures, failures=failures,
+                                        latency_sum_ms=calls * latency_ms)
+
+
+def test_a_failure_rate_over_the_threshold_alerts_once_per_incident(sentry):
+    row = traffic("crm.read", 100, failures=15)
+
+    assert [f.rule for f in rules.evaluate()] == ["failure_rate"]
+    assert rules.evaluate() == []  # the same incident
+    events = received(sentry)
+    assert len(events) == 1
+    assert events[0]["level"] == "warning"
+    assert events[0]["fingerprint"] == ["resilience-rule", "failure_rate", "crm.read"]
+    assert events[0]["message"] == ("Circuit crm.read: 15% of 100 calls failed in the last 5 "
+                                    "min (threshold 10%)")
+
+    CircuitMetric.objects.filter(pk=row.pk).update(failures=2)  # over: the incident ends
+    assert rules.evaluate() == []
+    CircuitMetric.objects.filter(pk=row.pk).update(failures=30)  # a new incident
+    assert [f.rule for f in rules.evaluate()] == ["failure_rate"]
+    assert len(received(sentry)) == 2
+
+
+def test_old_or_thin_traffic_does_not_alert(sentry):
+    traffic("crm.read", 100, failures=90, ago=10)  # outside the 5 minutes
+    traffic("crm.write", 10, failures=10)  # under min_calls
+    assert rules.evaluate() == []
+    assert received(sentry) == []
+
+
+def test_slow_calls_alert(sentry):
+    traffic("crm.rpc", 50, latency_ms=3500)
+    (finding,) = rules.evaluate()
+    assert (finding.rule, finding.subject) == ("slow", "crm.rpc")
+    assert "3,500 ms on average" in received(sentry)[0]["message"]
+
+
+def test_flapping_alerts_but_local_transitions_do_not_count(sentry):
+    circuit = Circuit.objects.get(name="crm.auth")
+    for generation in range(1, 8):
+        CircuitEvent.objects.create(circuit=circuit, generation=generation, from_state="closed",
+                                    to_state="open" if generation % 2 else "closed")
+    (finding,) = rules.evaluate()
+    assert (finding.rule, finding.subject, finding.details) == (
+        "flapping", "crm.auth", {"transitions": 7})
+
+
+def test_several_circuits_open_at_once_alert_for_the_cluster(sentry, settings):
+    settings.RESILIENCE_CRM = {"STORE": "memory"}
+    registry.get_breaker("crm.read").force(core.FORCED_OPEN, reason="drill")
+    assert rules.evaluate() == []
+    registry.get_breaker("crm.write").force(core.FORCED_OPEN, reason="drill")
+    (finding,) = rules.evaluate()
+    assert (finding.rule, finding.subject) == ("many_open", "cluster")
+    assert received(sentry)[0]["message"] == (
+        "2 circuits reject calls at once: crm.read, crm.write")
+
+
+def test_rules_are_configurable_and_can_be_turned_off(sentry, settings):
+    traffic("crm.read", 100, failures=15, latency_ms=3000)
+    settings.RESILIENCE_CRM = {"ALERT_RULES": {"failure_rate": {"threshold": 0.2},
+                                               "slow": None}}
+    assert rules.evaluate() == []
+    settings.RESILIENCE_CRM = {"ALERT_RULES": {"failure_rate": {"threshold": 0.15}}}
+    assert {f.rule for f in rules.evaluate()} == {"failure_rate", "slow"}
+
+
+@pytest.mark.parametrize(("value", "error"), [
+    ([], 'RESILIENCE_CRM["ALERT_RULES"] must be a dict, not list.'),
+    ({"latency": {}}, 'RESILIENCE_CRM["ALERT_RULES"]["latency"] is not an alert rule.'),
+    ({"slow": {"threshold_ms": -1}},
+     'RESILIENCE_CRM["ALERT_RULES"]["slow"]["threshold_ms"] must be a number above 0, not -1.'),
+    ({"flapping": {"transition": 3}},
+     'RESILIENCE_CRM["ALERT_RULES"]["flapping"]["transition"] is not a setting of this rule '
+     "(it has transitions, window)."),
+])
+def test_e019_alert_rules_are_checked(settings, value, error):
+    from django.core.checks import run_checks
+
+    settings.RESILIENCE_CRM = {"ALERT_RULES": value}
+    found = [m for m in run_checks(tags=[checks.TAG]) if m.id == checks.Codes.ALERT_RULES_INVALID]
+    assert [m.msg for m in found] == [error]
+    assert found[0].hint.startswith('Example: {"failure_rate"')
+
+
+def _evaluate_at_once(index, barrier, dsn):
+    import sentry_sdk
+
+    sentry_sdk.init(dsn=dsn, default_integrations=False)  # a worker's own client
+    barrier.wait(timeout=30)
+    rules.evaluate()
+    sentry_sdk.flush(timeout=5)
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_one_alert_per_incident_across_worker_processes(sentry, redis_settings):
+    redis_settings.RESILIENCE_CRM = {"CACHE_ALIAS": "redis", "STORE": "memory"}
+    traffic("crm.read", 100, failures=50)
+    connections.close_all()
+
+    run_processes(_evaluate_at_once, ctx.Barrier(6), sentry.dsn, count=6)
+
+    assert rules.evaluate() == []  # claimed by a worker already
+    events = received(sentry)
+    assert [e["fingerprint"] for e in events] == [["resilience-rule", "failure_rate",
+                                                   "crm.read"]]
