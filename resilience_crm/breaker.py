@@ -37,8 +37,6 @@ T = TypeVar("T")
 
 #: Successes counted locally before they are sent to the store even if the snapshot is fresh.
 SUCCESS_BATCH = 1000
-#: Seconds between attempts to write transition events buffered while the database was down.
-EVENT_FLUSH_INTERVAL = 5.0
 
 
 class Permit(NamedTuple):
@@ -84,7 +82,6 @@ class Breaker:
         self._pending_total = 0
         self._fallback: MemoryStore | None = None
         self._fallback_until = 0.0
-        self._last_event_flush = float("-inf")
         self._counters = {
             outcome: metrics.key("calls", circuit=name, outcome=outcome)
             for outcome in (*core.OUTCOMES, "rejected")
@@ -280,7 +277,6 @@ class Breaker:
         for i, change in enumerate(transitions):
             manual = op == "set" and i == len(transitions) - 1  # the set's own transition
             self._announce(change, actor if manual else None, local, source if manual else "")
-        self._flush_events()
         return result
 
     def _store_for_step(self) -> BaseStore:
@@ -328,18 +324,6 @@ class Breaker:
             if isinstance(response, Exception):
                 logger.error("circuit_transition receiver %r failed", receiver,
                              exc_info=(type(response), response, response.__traceback__))
-
-    def _flush_events(self) -> None:
-        now = self._monotonic()
-        if now - self._last_event_flush < EVENT_FLUSH_INTERVAL:
-            return
-        self._last_event_flush = now
-        try:
-            from resilience_crm import events
-
-            events.flush_pending()
-        except Exception:  # buffered events wait for the next attempt
-            logger.exception("Flushing buffered circuit events failed.")
 
 
 def _exception_classes(paths: Sequence[str]) -> tuple[type[BaseException], ...]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from django.db import DatabaseError
 
-from resilience_crm import core, registry
+from resilience_crm import core, events, registry
 from resilience_crm.conf import settings
 
 logger = logging.getLogger("resilience_crm.control")
@@ -40,6 +40,7 @@ def steer(name: str, state: str, *, actor: Any = None, reason: str = "",
         forced = {"forced_state": state, "forced_reason": reason[:500],
                   "forced_by": actor if getattr(actor, "pk", None) else None,
                   "forced_until": until}
+    events.flush()  # the operator expects the audit row once the action returns
     try:
         from resilience_crm.models import Circuit
 

@@ -7,6 +7,7 @@ import logging
 import time
 from typing import Any
 
+from django.conf import settings as django_settings
 from django.core.cache import caches
 from django.db import DatabaseError, connections, router, transaction
 from django.http import HttpRequest, JsonResponse
@@ -24,8 +25,18 @@ PROBE_DEADLINE = 1.0
 PENALTIES = {"database": 50, "cache": 20, "open_circuit": 10, "local_store": 10}
 
 
+def non_atomic_everywhere(view: Any) -> Any:
+    """Exempt ``view`` from ``ATOMIC_REQUESTS`` on every database in ``DATABASES``: opening a
+    request's transaction connects first, and a view that must not wait on a database must
+    not open one (Django's ``non_atomic_requests`` exempts one alias at a time)."""
+    for alias in django_settings.DATABASES:
+        view = transaction.non_atomic_requests(using=alias)(view)
+    return view
+
+
 @never_cache
 @require_GET
+@non_atomic_everywhere
 def live(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 

@@ -1,21 +1,55 @@
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
 from django.conf import settings as django_settings
+from django.db import connections
 
-from resilience_crm import metrics, registry
+from resilience_crm import events, flusher, metrics, registry
 from tests.services import require_service
+
+#: The second alias of the test database (tests/settings.py) that tests route the app's
+#: tables to, and take away from them.
+APP_ALIAS = "resilience"
+CLOSED_PORT = 1  # nothing listens there; a connection is refused at once
 
 
 @pytest.fixture(autouse=True)
 def _fresh_breakers():
-    """Every test starts with no breakers, store or counters left by another."""
+    """Every test starts with no breakers, store, counters or buffered events left by
+    another, and with no background flusher: a test's database changes live in its own
+    transaction, which the flusher's connection cannot see (``background_flusher`` turns it
+    on)."""
+    flusher.set_background(False)
     registry.clear()
     metrics.reset()
+    events.clear()
     yield
+    flusher.set_background(False)
     registry.clear()
+    events.clear()
+
+
+@pytest.fixture
+def background_flusher(request):
+    """The process's background flusher, running as in production (so the test is a
+    transactional one); stopped again before the test's tables are emptied."""
+    transactional(request)
+    flusher.set_background(True)
+    yield flusher
+    assert flusher.stop(timeout=30), "the flusher did not stop"
+    flusher.set_background(False)
+
+
+def transactional(request) -> None:
+    """Make the test a transactional one on both aliases of the test database: what other
+    threads write through their own connections is committed, and emptied afterwards."""
+    request.node.add_marker(
+        pytest.mark.django_db(transaction=True, databases=["default", APP_ALIAS]), append=False
+    )
+    request.getfixturevalue("transactional_db")
 
 
 @pytest.fixture
@@ -76,3 +110,82 @@ def redis_settings(settings, redis_cache):
     """Breakers on the real Redis store."""
     settings.RESILIENCE_CRM = {"STORE": "redis", "CACHE_ALIAS": "redis"}
     return settings
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup):
+    """The ``resilience`` alias (a mirror of ``default``) reaches the test database from
+    every thread: Django re-points only the mirror's connection in the main thread."""
+    default = connections.settings["default"]
+    connections.settings[APP_ALIAS].update({k: v for k, v in default.items() if k != "TEST"})
+    del connections[APP_ALIAS]
+
+
+class Outage:
+    """The database the app's tables live on (``DATABASE_ALIAS``), unreachable until
+    :meth:`end`; afterwards the test database again."""
+
+    def __init__(self, alias: str, settings_dict: dict, working: dict) -> None:
+        self.alias = alias
+        self.settings_dict = settings_dict
+        self.working = working
+
+    def end(self) -> None:
+        """The server answers again at the configured address: the next query reconnects,
+        in every thread (they share this settings dict)."""
+        connections[self.alias].close()
+        self.settings_dict.update(self.working)
+
+
+@contextlib.contextmanager
+def database_alias(request, settings, **changes):
+    """``APP_ALIAS`` as the test database with ``changes``, in every thread, and the app's
+    tables routed to it. The test becomes a transactional one on both aliases (what the
+    alias writes from other threads is committed). Yields the alias's settings dict."""
+    transactional(request)
+    original = connections.settings[APP_ALIAS]
+    connections.settings[APP_ALIAS] = settings_dict = {**original, **changes}
+    _forget_connection(APP_ALIAS)
+    settings.DATABASE_ROUTERS = ["resilience_crm.routers.ResilienceRouter"]
+    settings.RESILIENCE_CRM = {**settings.RESILIENCE_CRM, "DATABASE_ALIAS": APP_ALIAS}
+    try:
+        yield settings_dict
+    finally:
+        _forget_connection(APP_ALIAS)
+        connections.settings[APP_ALIAS] = original
+
+
+def _forget_connection(alias: str) -> None:
+    """Close this thread's connection to ``alias``; the next use builds one from settings."""
+    connections[alias].close()
+    del connections[alias]
+
+
+@pytest.fixture
+def database_down(request, settings, tmp_path):
+    """The app's tables on a database nobody answers at (a closed port; for SQLite a file
+    in a directory that does not exist), with the memory store so only events and metrics
+    need the database."""
+    transactional(request)  # first: it sets up the test database, and so its settings
+    working = dict(connections.settings["default"])
+    if working["ENGINE"] == "django.db.backends.sqlite3":
+        down = {"NAME": str(tmp_path / "no-such-directory" / "db.sqlite3")}
+    else:
+        down = {"HOST": "127.0.0.1", "PORT": CLOSED_PORT}
+    settings.RESILIENCE_CRM = {**settings.RESILIENCE_CRM, "STORE": "memory"}
+    with database_alias(request, settings, **down) as settings_dict:
+        yield Outage(APP_ALIAS, settings_dict, {k: working[k] for k in down})
+
+
+@pytest.fixture
+def postgres_proxy(request, postgres, settings):
+    """A TCP proxy in front of the real PostgreSQL, the test's to stall or cut, and the app's
+    tables routed through it on ``APP_ALIAS`` (with a short connect timeout)."""
+    from tests.proxy import Proxy
+
+    default = connections.settings["default"]
+    with Proxy(default["HOST"] or "127.0.0.1", int(default["PORT"] or 5432)) as proxy:
+        options = {**default.get("OPTIONS", {}), "connect_timeout": 2}
+        with database_alias(request, settings, HOST="127.0.0.1", PORT=proxy.port,
+                            OPTIONS=options):
+            yield proxy

@@ -13,6 +13,10 @@ DATABASES = {
     )
 }
 
+# A second alias of the test database, for the app's tables in the tests that route them
+# there (tests/conftest.py points it at the test database, or at a dead port or a proxy).
+DATABASES["resilience"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}
+
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:

@@ -16,7 +16,7 @@ import pytest
 import sentry_sdk
 from sentry_sdk.integrations.logging import LoggingIntegration
 
-from resilience_crm import alerts, core
+from resilience_crm import alerts, core, events
 from resilience_crm.breaker import Breaker
 from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.models import CircuitEvent
@@ -90,6 +90,7 @@ def recover(breaker, clock) -> None:
 
 
 def recorded() -> list[tuple[str, str]]:
+    events.flush()  # what the background flusher would have written by now
     return list(CircuitEvent.objects.filter(circuit__name=CIRCUIT).order_by("generation")
                 .values_list("from_state", "to_state"))
 

@@ -8,20 +8,19 @@ Sentry events received by a local ingest server, half-open permits granted.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 import signal
 import threading
 import time
-import traceback
 
 import pytest
 from django.db import connections
 
-from resilience_crm import core, get_breaker, registry
+from resilience_crm import core, events, get_breaker, registry
 from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.models import CircuitEvent
 from resilience_crm.signals import circuit_transition
+from tests.processes import ctx, run_processes
 from tests.sentry_server import SentryServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
@@ -30,8 +29,6 @@ CIRCUIT = "cluster.test"
 PROCESSES = 8
 THREADS = 4
 INCIDENTS = 5
-
-ctx = multiprocessing.get_context("fork")
 
 
 @pytest.fixture
@@ -56,35 +53,6 @@ def cluster(settings, redis_cache, postgres, transactional_db):
     registry.clear()
     connections.close_all()  # children open their own connections
     yield
-
-
-def run_processes(target, *args, count=PROCESSES, timeout=60):
-    """Run ``target(index, *args)`` in ``count`` forked processes; fail on any error."""
-    errors = ctx.Queue()
-
-    def main(index):
-        try:
-            target(index, *args)
-        except BaseException:
-            errors.put(traceback.format_exc())
-            os._exit(1)
-        os._exit(0)
-
-    processes = [ctx.Process(target=main, args=(i,)) for i in range(count)]
-    for process in processes:
-        process.start()
-    deadline = time.monotonic() + timeout
-    for process in processes:
-        process.join(max(0.1, deadline - time.monotonic()))
-    alive = [p for p in processes if p.is_alive()]
-    for process in alive:
-        process.kill()
-    problems = []
-    while not errors.empty():
-        problems.append(errors.get())
-    assert not alive, f"{len(alive)} processes did not finish in {timeout}s"
-    assert not problems, "\n".join(problems)
-    assert all(p.exitcode == 0 for p in processes)
 
 
 def count_transitions(counter):
@@ -133,6 +101,7 @@ def worker_incidents(index, barrier, announced, dsn):
         barrier.wait()
         run_threads(succeed_until_closed)
         barrier.wait()
+    events.flush()  # what the background flusher would write, before the process exits
     sentry_sdk.flush(timeout=10)
 
 
