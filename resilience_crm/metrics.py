@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -67,12 +68,12 @@ class Key:
 class _Shard:
     """One thread's counts. Only its thread adds to them; the flusher reads copies."""
 
-    __slots__ = ("minute", "counts", "minutes", "written", "thread")
+    __slots__ = ("start", "end", "counts", "minutes", "written", "thread")
 
     def __init__(self) -> None:
-        self.minute = -1.0
-        self.counts: dict[Key, Any] = {}
-        self.minutes: dict[float, dict[Key, Any]] = {}  # minute (epoch // 60) -> counts
+        self.start = self.end = 0.0  # the current minute, as clock() times
+        self.counts: defaultdict[Key, Any] = defaultdict(int)
+        self.minutes: dict[float, defaultdict[Key, Any]] = {}  # minute (epoch // 60) -> counts
         self.written: dict[float, dict[Key, Any]] = {}  # what flush_buckets wrote of each
         self.thread = threading.current_thread()
 
@@ -102,11 +103,10 @@ def add(counter: Key, amount: int = 1) -> None:
         shard = _local.shard
     except AttributeError:
         shard = _new_shard()
-    minute = clock() // 60
-    if minute != shard.minute:
-        _turn(shard, minute)
-    counts = shard.counts
-    counts[counter] = counts.get(counter, 0) + amount
+    now = clock()
+    if now >= shard.end or now < shard.start:
+        _turn(shard, now)
+    shard.counts[counter] += amount
 
 
 def inc(name: str, amount: int = 1, **labels: str) -> None:
@@ -119,13 +119,13 @@ def observe_latency(counter: Key, circuit: str, seconds: float) -> None:
         shard = _local.shard
     except AttributeError:
         shard = _new_shard()
-    minute = clock() // 60
-    if minute != shard.minute:
-        _turn(shard, minute)
+    now = clock()
+    if now >= shard.end or now < shard.start:
+        _turn(shard, now)
     counts = shard.counts
-    counts[counter] = counts.get(counter, 0) + int(seconds * 1_000_000)
+    counts[counter] += int(seconds * 1_000_000)
     peak = counter.peak
-    if seconds > counts.get(peak, 0.0):
+    if seconds > counts[peak]:
         counts[peak] = seconds
 
 
@@ -188,12 +188,14 @@ def _new_shard() -> _Shard:
     return shard
 
 
-def _turn(shard: _Shard, minute: float) -> None:
+def _turn(shard: _Shard, now: float) -> None:
+    minute = now // 60
     counts = shard.minutes.get(minute)
     if counts is None:
-        counts = shard.minutes[minute] = {}
+        counts = shard.minutes[minute] = defaultdict(int)
     shard.counts = counts
-    shard.minute = minute
+    shard.start = minute * 60
+    shard.end = shard.start + 60
 
 
 def _unwritten() -> tuple[dict[tuple[float, str], dict[str, Any]],
