@@ -30,6 +30,11 @@ class ResilienceRouter:
         return self._alias(model)
 
     def allow_relation(self, obj1: Any, obj2: Any, **hints: Any) -> bool | None:
+        """A user from the default alias may be the actor of a circuit or event on the
+        app's alias when both aliases name the same database; across databases, no."""
+        first, second = obj1._state.db, obj2._state.db
+        if first and second and first != second and same_database(first, second):
+            return True
         return None
 
     def allow_migrate(self, db: str, app_label: str, model_name: str | None = None,

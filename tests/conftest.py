@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import contextlib
 import os
 
 import pytest
@@ -8,11 +7,9 @@ from django.conf import settings as django_settings
 from django.db import connections
 
 from resilience_crm import events, flusher, metrics, registry
+from tests.databases import APP_ALIAS, Outage, database_alias, transactional
 from tests.services import require_service
 
-#: The second alias of the test database (tests/settings.py) that tests route the app's
-#: tables to, and take away from them.
-APP_ALIAS = "resilience"
 CLOSED_PORT = 1  # nothing listens there; a connection is refused at once
 
 
@@ -41,15 +38,6 @@ def background_flusher(request):
     yield flusher
     assert flusher.stop(timeout=30), "the flusher did not stop"
     flusher.set_background(False)
-
-
-def transactional(request) -> None:
-    """Make the test a transactional one on both aliases of the test database: what other
-    threads write through their own connections is committed, and emptied afterwards."""
-    request.node.add_marker(
-        pytest.mark.django_db(transaction=True, databases=["default", APP_ALIAS]), append=False
-    )
-    request.getfixturevalue("transactional_db")
 
 
 @pytest.fixture
@@ -119,46 +107,6 @@ def django_db_setup(django_db_setup):
     default = connections.settings["default"]
     connections.settings[APP_ALIAS].update({k: v for k, v in default.items() if k != "TEST"})
     del connections[APP_ALIAS]
-
-
-class Outage:
-    """The database the app's tables live on (``DATABASE_ALIAS``), unreachable until
-    :meth:`end`; afterwards the test database again."""
-
-    def __init__(self, alias: str, settings_dict: dict, working: dict) -> None:
-        self.alias = alias
-        self.settings_dict = settings_dict
-        self.working = working
-
-    def end(self) -> None:
-        """The server answers again at the configured address: the next query reconnects,
-        in every thread (they share this settings dict)."""
-        connections[self.alias].close()
-        self.settings_dict.update(self.working)
-
-
-@contextlib.contextmanager
-def database_alias(request, settings, **changes):
-    """``APP_ALIAS`` as the test database with ``changes``, in every thread, and the app's
-    tables routed to it. The test becomes a transactional one on both aliases (what the
-    alias writes from other threads is committed). Yields the alias's settings dict."""
-    transactional(request)
-    original = connections.settings[APP_ALIAS]
-    connections.settings[APP_ALIAS] = settings_dict = {**original, **changes}
-    _forget_connection(APP_ALIAS)
-    settings.DATABASE_ROUTERS = ["resilience_crm.routers.ResilienceRouter"]
-    settings.RESILIENCE_CRM = {**settings.RESILIENCE_CRM, "DATABASE_ALIAS": APP_ALIAS}
-    try:
-        yield settings_dict
-    finally:
-        _forget_connection(APP_ALIAS)
-        connections.settings[APP_ALIAS] = original
-
-
-def _forget_connection(alias: str) -> None:
-    """Close this thread's connection to ``alias``; the next use builds one from settings."""
-    connections[alias].close()
-    del connections[alias]
 
 
 @pytest.fixture

@@ -17,13 +17,13 @@ from django.db import connections
 from resilience_crm import events, flusher, get_breaker, metrics
 from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.models import CircuitEvent, CircuitMetric
+from tests.databases import APP_ALIAS
 from tests.processes import run_processes
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 CIRCUIT = "test.flusher"
-APP_ALIAS = "resilience"  # tests/settings.py
 REQUESTS = 200
 #: The test's bound on the 99th percentile; the 50 ms target is measured by
 #: bench/live_blackholed.py (docs/benchmarks.md), away from a test run's load.

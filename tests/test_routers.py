@@ -29,3 +29,14 @@ def test_another_alias_of_the_same_database_migrates_the_apps_tables(settings):
     assert router.allow_migrate("default", "resilience_crm") is True
     assert router.allow_migrate("resilience", "resilience_crm") is True
     assert router.allow_migrate("resilience", "auth") is None
+
+
+def test_relations_to_users_are_allowed_only_within_one_database(settings):
+    from django.contrib.auth.models import User
+
+    settings.RESILIENCE_CRM = {"DATABASE_ALIAS": "resilience"}
+    circuit, user = Circuit(), User()
+    circuit._state.db, user._state.db = "resilience", "default"
+    assert router.allow_relation(circuit, user) is True  # two aliases, one database
+    circuit._state.db = "elsewhere"
+    assert router.allow_relation(circuit, user) is None  # Django's rule: refused
