@@ -18,10 +18,12 @@ from typing import Any
 from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Error, Tags, register
 from django.core.checks import Warning as CheckWarning
+from django.db import DEFAULT_DB_ALIAS
 from django.utils.module_loading import import_string
 
 from resilience_crm import conf, core
 from resilience_crm.rates import parse_rates
+from resilience_crm.routers import ResilienceRouter, same_database
 
 TAG = "resilience_crm"
 SETTING = conf.SETTING_NAME
@@ -68,6 +70,8 @@ class Codes:
     STORE_PER_PROCESS = "resilience_crm.W002"
     CACHE_PER_PROCESS = "resilience_crm.W003"
     STORE_IN_REQUEST_TRANSACTION = "resilience_crm.W004"
+    DATABASE_ALIAS_OTHER_DATABASE = "resilience_crm.W030"
+    DATABASE_ALIAS_WITHOUT_ROUTER = "resilience_crm.W031"
 
 
 class Messages:
@@ -116,6 +120,14 @@ class Messages:
         "The database store keeps live circuit state on the database {alias!r}, which has"
         " ATOMIC_REQUESTS: a request that fails rolls back the state change its failure made."
     )
+    DATABASE_ALIAS_OTHER_DATABASE = (
+        "{path} is {alias!r}, which is not the default database: the app's foreign keys to the"
+        " user model (event actors, forced_by, tier assignments) cannot cross databases."
+    )
+    DATABASE_ALIAS_WITHOUT_ROUTER = (
+        "{path} is {alias!r} but resilience_crm.routers.ResilienceRouter is not in"
+        " DATABASE_ROUTERS: the app's tables stay on the default database."
+    )
 
 
 class Hints:
@@ -158,6 +170,13 @@ class Hints:
     CACHE_PER_PROCESS = (
         "Point RESILIENCE_CRM[\"CACHE_ALIAS\"] at a Redis cache (django-redis) when the app runs"
         " in more than one process. Silence this warning if it never does."
+    )
+    DATABASE_ALIAS_OTHER_DATABASE = (
+        "Make {alias!r} a second alias of the default database (the same ENGINE, NAME, HOST"
+        " and PORT), e.g. without ATOMIC_REQUESTS; see docs/settings.md."
+    )
+    DATABASE_ALIAS_WITHOUT_ROUTER = (
+        'Add "resilience_crm.routers.ResilienceRouter" to DATABASE_ROUTERS.'
     )
     STORE_IN_REQUEST_TRANSACTION = (
         "Add a second alias for the same database without ATOMIC_REQUESTS, name it in"
@@ -575,3 +594,37 @@ def check_database_pool(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
                       hint=Hints.POOL_WITHOUT_PSYCOPG_POOL, id=Codes.POOL_WITHOUT_PSYCOPG_POOL)
                 for alias in pooled]
     return []
+
+
+@_check(Tags.database)
+def check_database_alias(config: dict[str, Any]) -> list[CheckMessage]:
+    """``DATABASE_ALIAS`` works as a second alias of the default database, through the
+    router (docs/settings.md, "The app's database alias")."""
+    alias = config["DATABASE_ALIAS"]
+    if not isinstance(alias, str) or alias == DEFAULT_DB_ALIAS or (
+            alias not in django_settings.DATABASES):
+        return []  # None, the default itself, or reported by check_values
+    path = _path("DATABASE_ALIAS")
+    messages: list[CheckMessage] = []
+    if not any(_is_resilience_router(entry) for entry in django_settings.DATABASE_ROUTERS):
+        messages.append(CheckWarning(
+            Messages.DATABASE_ALIAS_WITHOUT_ROUTER.format(path=path, alias=alias),
+            hint=Hints.DATABASE_ALIAS_WITHOUT_ROUTER, id=Codes.DATABASE_ALIAS_WITHOUT_ROUTER,
+        ))
+    if not same_database(alias, DEFAULT_DB_ALIAS):
+        messages.append(CheckWarning(
+            Messages.DATABASE_ALIAS_OTHER_DATABASE.format(path=path, alias=alias),
+            hint=Hints.DATABASE_ALIAS_OTHER_DATABASE.format(alias=alias),
+            id=Codes.DATABASE_ALIAS_OTHER_DATABASE,
+        ))
+    return messages
+
+
+def _is_resilience_router(entry: Any) -> bool:
+    if isinstance(entry, str):
+        try:
+            entry = import_string(entry)
+        except ImportError:
+            return False
+    router_class = entry if isinstance(entry, type) else type(entry)
+    return issubclass(router_class, ResilienceRouter)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import connections
+from django.conf import settings as django_settings
 from django.db.models import Model
 
 from resilience_crm.conf import settings
@@ -55,7 +55,7 @@ class ResilienceRouter:
 def same_database(alias: str, other: str) -> bool:
     """Whether two aliases of ``DATABASES`` name the same database on the same server."""
     try:
-        first, second = connections.settings[alias], connections.settings[other]
+        first, second = django_settings.DATABASES[alias], django_settings.DATABASES[other]
     except KeyError:
         return False
     fields = ("ENGINE", "NAME", "HOST", "PORT")

@@ -609,3 +609,36 @@ def test_w004_not_when_the_app_has_its_own_alias(settings: Any) -> None:
         **settings.DATABASES["default"], "ATOMIC_REQUESTS": False}}
     messages = run(settings, STORE="database", DATABASE_ALIAS="resilience")
     assert checks.Codes.STORE_IN_REQUEST_TRANSACTION not in ids(messages)
+
+
+# The app's database alias (W030, W031) -----------------------------------------------------
+
+
+def with_app_alias(settings: Any, routers: tuple[str, ...] = ("resilience_crm.routers."
+                                                             "ResilienceRouter",),
+                   **changes: Any) -> list[CheckMessage]:
+    settings.DATABASES = {**settings.DATABASES,
+                          "app": {**settings.DATABASES["default"], **changes}}
+    settings.DATABASE_ROUTERS = list(routers)
+    return run(settings, DATABASE_ALIAS="app")
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")  # read by the check only
+def test_a_second_alias_of_the_same_database_with_the_router_is_fine(settings: Any) -> None:
+    messages = with_app_alias(settings, ATOMIC_REQUESTS=False)
+    assert not ids(messages) & {checks.Codes.DATABASE_ALIAS_OTHER_DATABASE,
+                                checks.Codes.DATABASE_ALIAS_WITHOUT_ROUTER}
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")  # read by the check only
+def test_w030_an_alias_of_another_database(settings: Any) -> None:
+    messages = with_app_alias(settings, NAME="another_database", HOST="db2.example")
+    message = only(messages, checks.Codes.DATABASE_ALIAS_OTHER_DATABASE)
+    assert "cannot cross databases" in message.msg
+    assert "'app'" in message.hint
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")  # read by the check only
+def test_w031_an_alias_without_the_router(settings: Any) -> None:
+    message = only(with_app_alias(settings, routers=()), checks.Codes.DATABASE_ALIAS_WITHOUT_ROUTER)
+    assert "DATABASE_ROUTERS" in message.hint
