@@ -75,8 +75,8 @@ def flush(timeout: float = 10.0) -> int:
     its connection: the flush runs when it commits, and the flusher writes the events anyway.
     Waits up to ``timeout`` seconds for a flush under way in another thread. When the
     database cannot be reached the events stay buffered and this returns what it wrote."""
-    if not _pending:
-        return 0
+    if not _pending and not _writing:
+        return 0  # (when the flusher is writing, wait for it: the caller expects the rows)
     db = _database()
     if _in_callers_transaction(db):
         transaction.on_commit(flush, using=db)
@@ -93,10 +93,10 @@ def write_pending(timeout: float = -1) -> int:
     """Write the buffered events in order; raises one of ``UNREACHABLE`` (the unwritten
     events go back to the front of the buffer) when the database cannot be reached. This is
     the flusher's task; :func:`flush` is the one to call."""
+    global _writing
     if not _write_lock.acquire(timeout=timeout):
         return 0
     try:
-        global _writing
         with _buffer_lock:
             batch = list(_pending)
             _pending.clear()

@@ -38,7 +38,7 @@ UNREACHABLE = (OperationalError, InterfaceError)
 #: A writer: writes what its module buffered, raises one of UNREACHABLE when it cannot.
 Task = Callable[[], object]
 
-_tasks: list[Task] = []
+_tasks: list[tuple[int, Task]] = []
 
 
 class _Worker:
@@ -58,10 +58,11 @@ _worker = _Worker()
 _background = True
 
 
-def register(task: Task) -> None:
-    """Run ``task`` in every round, in the order of registration."""
-    if task not in _tasks:
-        _tasks.append(task)
+def register(task: Task, order: int = 0) -> None:
+    """Run ``task`` in every round, lowest ``order`` first."""
+    if all(task is not registered for _, registered in _tasks):
+        _tasks.append((order, task))
+        _tasks.sort(key=lambda item: item[0])
 
 
 def set_background(enabled: bool) -> None:
@@ -126,7 +127,7 @@ def rounds() -> int:
 def run_tasks() -> None:
     """One round in the calling thread: every registered writer, in order. Raises one of
     :data:`UNREACHABLE` when the database cannot be reached."""
-    for task in _tasks:
+    for _, task in list(_tasks):
         task()
 
 

@@ -307,5 +307,5 @@ def _after_fork_in_child() -> None:
     _flush_lock = threading.Lock()
 
 
-flusher.register(write_buckets)
+flusher.register(write_buckets, order=10)  # after the events: the audit trail comes first
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import connections, transaction
 from model_bakery import baker
 
 from resilience_crm import core, events, flusher, get_breaker, metrics
@@ -24,6 +25,7 @@ from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.models import Circuit, CircuitEvent
 from resilience_crm.stores.memory import MemoryStore
 from tests.clock import Clock
+from tests.databases import APP_ALIAS
 from tests.waiting import wait_until
 
 CIRCUIT = "test.events"
@@ -439,3 +441,28 @@ def test_events_kept_back_by_a_rolled_back_request_are_written_after_it(backgrou
     client.get("/resilience/health/live")
 
     wait_until(lambda: transitions() == [(1, "closed", "open")], "the flusher wrote the event")
+
+
+@pytest.mark.postgres
+def test_a_flush_waits_for_the_events_the_flusher_is_writing(postgres_proxy,
+                                                              background_flusher):
+    """An admin action flushes while the flusher holds its event in a write that hangs: the
+    action returns only once its event is written (here by the retry after the hang)."""
+    connections.settings[APP_ALIAS]["OPTIONS"]["connect_timeout"] = 60
+    breaker = get_breaker(CIRCUIT)
+    postgres_proxy.stalled = True
+    before = postgres_proxy.connections
+    trip(breaker)
+    wait_until(lambda: postgres_proxy.connections > before, "the flusher is stuck writing")
+    assert events.pending_count() == 1
+
+    flushed = []
+    flushing = threading.Thread(target=lambda: flushed.append(events.flush(timeout=60)))
+    flushing.start()
+    postgres_proxy.stalled = False
+    postgres_proxy.cut()  # the flusher's hanging attempt fails; the event goes back
+    flushing.join(timeout=60)
+    connections[APP_ALIAS].close()  # this thread's was cut too
+
+    assert flushed == [1]
+    assert transitions() == [(1, "closed", "open")]

@@ -28,8 +28,8 @@ REQUESTS = 200
 #: The test's bound on the 99th percentile; the 50 ms target is measured by
 #: bench/live_blackholed.py (docs/benchmarks.md), away from a test run's load.
 P99_BOUND = 0.25
-#: No request may come near the alias's connect timeout (2 s).
-MAX_BOUND = 1.0
+#: No request may wait out the alias's connect timeout (2 s).
+MAX_BOUND = 1.5
 
 
 def boom():
@@ -108,6 +108,8 @@ def test_a_forked_child_starts_empty_and_never_waits_on_its_parents_locks(postgr
     assert events.pending_count() == 2
     assert metrics.value("calls", circuit=CIRCUIT, outcome="success") == 5
     connections.close_all()  # the child must not share this thread's connections
+    # Stuck for good (until the proxy cuts them), not for the fixture's 2 s connect timeout.
+    connections.settings[APP_ALIAS]["OPTIONS"]["connect_timeout"] = 60
     postgres_proxy.stalled = True
     before = postgres_proxy.connections
     stuck = [threading.Thread(target=events.flush, kwargs={"timeout": 60}),
