@@ -36,6 +36,7 @@ from django.utils import timezone
 
 from resilience_crm import flusher, metrics
 from resilience_crm.core import FORCEABLE
+from resilience_crm.models import Circuit, CircuitEvent
 
 logger = logging.getLogger("resilience_crm.events")
 
@@ -158,8 +159,6 @@ def _drop(event: dict[str, Any]) -> None:
 
 
 def _database() -> str:
-    from resilience_crm.models import CircuitEvent
-
     return router.db_for_write(CircuitEvent) or DEFAULT_DB_ALIAS
 
 
@@ -174,8 +173,6 @@ def _in_callers_transaction(db: str) -> bool:
 
 def _write(event: dict[str, Any]) -> int:
     """Write one event; 1 if a row was added, 0 if it was already there."""
-    from resilience_crm.models import Circuit, CircuitEvent
-
     db = _database()
     local = event["source"] == LOCAL
     with transaction.atomic(using=db):
@@ -203,8 +200,6 @@ def _write(event: dict[str, Any]) -> int:
 
 
 def _move_row(db: str, pk: int, event: dict[str, Any]) -> None:
-    from resilience_crm.models import Circuit
-
     rows = Circuit.objects.using(db).filter(pk=pk)
     rows.filter(generation__lt=event["generation"]).update(
         state=event["to_state"], generation=event["generation"]

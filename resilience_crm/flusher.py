@@ -75,10 +75,6 @@ def set_background(enabled: bool) -> None:
         stop()
 
 
-def background() -> bool:
-    return _background
-
-
 def start() -> None:
     """Start the thread if it is not running in this process. Cheap when it is."""
     thread = _worker.thread
