@@ -87,7 +87,9 @@ def flush(timeout: float = 10.0) -> int:
     except UNREACHABLE as err:
         logger.warning("Could not write %d buffered circuit events (%s); they wait.",
                        len(_pending), err)
-        return 0
+    except Exception:  # the caller's own action has happened; its bookkeeping must not fail it
+        logger.exception("Writing buffered circuit events failed; they wait.")
+    return 0
 
 
 def write_pending(timeout: float = -1) -> int:
@@ -111,6 +113,9 @@ def write_pending(timeout: float = -1) -> int:
                 raise
             except DatabaseError:  # refused for good: must not hold up the ones behind it
                 logger.exception("Dropping circuit event %s: the database refuses it.", event)
+            except BaseException:  # a bug, or the thread stopped: keep the events for later
+                _put_back(batch[index:])
+                raise
             with _buffer_lock:
                 _writing -= 1
     finally:
