@@ -173,9 +173,9 @@ def write_buckets(blocking: bool = True) -> int:
                 for shard, counts in seen[minute, circuit]:
                     shard.written.setdefault(minute, {}).update(counts)
             written += 1
-        _retire()
         return written
     finally:
+        _retire()  # also when the database failed: that is when MAX_MINUTES matters
         _flush_lock.release()
 
 
@@ -236,7 +236,8 @@ def _retire() -> None:
             for index, minute in enumerate(minutes):
                 if minute >= now - 1:
                     break  # its thread may still be counting into it
-                counts, done = shard.minutes[minute], shard.written.get(minute, {})
+                counts = dict(shard.minutes[minute])  # a copy: no thread should count into
+                done = shard.written.get(minute, {})  # it any more, but one may be late
                 overflow = len(minutes) - index > MAX_MINUTES
                 if not overflow and any(k.column and done.get(k, 0) != v
                                         for k, v in counts.items()):

@@ -201,3 +201,22 @@ def test_counts_wait_in_the_process_while_the_database_is_down(database_down, ca
 
     row = totals("crm.read")
     assert (row.calls, row.successes, row.failures) == (4, 3, 1)
+
+
+def test_minutes_kept_while_the_database_is_down_are_bounded(database_down, clock,
+                                                              monkeypatch, caplog):
+    monkeypatch.setattr(metrics, "MAX_MINUTES", 3)
+    breaker = get_breaker("crm.read")
+    for _ in range(6):  # six minutes with calls, none of them written
+        make_calls(breaker, successes=1)
+        clock.now += 60
+        assert metrics.flush_buckets() == 0
+
+    dropped = [r for r in caplog.records if r.getMessage().startswith("Dropped the unwritten")]
+    assert len(dropped) == 3  # the three oldest; the three newest wait
+    assert metrics.value("metric_minutes_dropped") == 3
+    assert metrics.value("calls", circuit="crm.read", outcome="success") == 6  # totals keep all
+
+    database_down.end()
+    assert metrics.flush_buckets() == 3
+    assert totals("crm.read").successes == 3
