@@ -146,3 +146,22 @@ def test_a_forked_child_starts_empty_and_never_waits_on_its_parents_locks(postgr
     for thread in stuck:
         thread.join(timeout=30)
         assert not thread.is_alive()
+
+
+def test_one_flusher_thread_per_process_however_many_threads_wake_it(background_flusher):
+    threads = 16
+    start = threading.Barrier(threads)
+
+    def wake():
+        start.wait(timeout=30)
+        for _ in range(100):
+            flusher.wake()
+
+    wakers = [threading.Thread(target=wake) for _ in range(threads)]
+    for waker in wakers:
+        waker.start()
+    for waker in wakers:
+        waker.join()
+
+    running = [t for t in threading.enumerate() if t.name == "resilience-flusher"]
+    assert len(running) == 1
