@@ -30,6 +30,7 @@ bench: venv
 	$(BIN)/python bench/closed_path.py
 	$(BIN)/python bench/propagation.py
 	$(BIN)/python bench/ratelimit.py
+	$(BIN)/python bench/live_blackholed.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache

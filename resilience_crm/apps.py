@@ -7,8 +7,10 @@ class ResilienceCrmConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from resilience_crm import (  # noqa: F401  (registers checks and receivers)
+        from resilience_crm import (  # noqa: F401  (registers checks, receivers, flusher tasks)
             checks,
+            exposition,  # pushes this worker's counts for /resilience/metrics
             receivers,
-            tiers,  # noqa: F401  (announces tier edits to every worker)
+            rules,  # evaluates the alert rules
+            tiers,  # announces tier edits to every worker
         )

@@ -19,11 +19,13 @@ from typing import Any
 from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Error, Tags, register
 from django.core.checks import Warning as CheckWarning
+from django.db import DEFAULT_DB_ALIAS
 from django.utils.module_loading import import_string
 
 from resilience_crm import conf, core
 from resilience_crm.breaker import exception_errors
 from resilience_crm.rates import UNKNOWN_OP_CLASS, limits_errors
+from resilience_crm.routers import ResilienceRouter, same_database
 from resilience_crm.rules import DEFAULT_RULES
 
 TAG = "resilience_crm"
@@ -306,6 +308,25 @@ CHECKS: dict[str, Check] = {
         "resilience_crm.W022",
         "{path} names {value!r}, which is not one of the tiers in TIERS.",
         "Tiers: {valid}.", warning=True,
+    ),
+    "DATABASE_ALIAS_OTHER_DATABASE": Check(
+        "resilience_crm.W030",
+        (
+            "{path} is {alias!r}, which is not the default database: the app's foreign keys to "
+            "the user model (event actors, forced_by, tier assignments) cannot cross databases."
+        ),
+        (
+            "Make {alias!r} a second alias of the default database (the same ENGINE, NAME, HOST "
+            "and PORT), e.g. without ATOMIC_REQUESTS; see docs/settings.md."
+        ), warning=True,
+    ),
+    "DATABASE_ALIAS_WITHOUT_ROUTER": Check(
+        "resilience_crm.W031",
+        (
+            "{path} is {alias!r} but resilience_crm.routers.ResilienceRouter is not in "
+            "DATABASE_ROUTERS: the app's tables stay on the default database."
+        ),
+        'Add "resilience_crm.routers.ResilienceRouter" to DATABASE_ROUTERS.', warning=True,
     ),
 }
 
@@ -846,3 +867,31 @@ def check_ratelimit_values(config: dict[str, Any]) -> list[CheckMessage]:
     else:
         errors += _limits_errors(("GLOBAL_LIMITS",), global_limits)
     return errors
+
+
+@_check(Tags.database)
+def check_database_alias(config: dict[str, Any]) -> list[CheckMessage]:
+    """``DATABASE_ALIAS`` works as a second alias of the default database, through the
+    router (docs/settings.md, "The app's database alias")."""
+    alias = config["DATABASE_ALIAS"]
+    if not isinstance(alias, str) or alias == DEFAULT_DB_ALIAS or (
+            alias not in django_settings.DATABASES):
+        return []  # None, the default itself, or reported by check_values
+    path = _path("DATABASE_ALIAS")
+    messages: list[CheckMessage] = []
+    if not any(_is_resilience_router(entry) for entry in django_settings.DATABASE_ROUTERS):
+        messages.append(CHECKS["DATABASE_ALIAS_WITHOUT_ROUTER"](path=path, alias=alias))
+    if not same_database(alias, DEFAULT_DB_ALIAS):
+        check = CHECKS["DATABASE_ALIAS_OTHER_DATABASE"]
+        messages.append(check(path=path, alias=alias, hint=check.hint_for(alias=alias)))
+    return messages
+
+
+def _is_resilience_router(entry: Any) -> bool:
+    if isinstance(entry, str):
+        try:
+            entry = import_string(entry)
+        except ImportError:
+            return False
+    router_class = entry if isinstance(entry, type) else type(entry)
+    return issubclass(router_class, ResilienceRouter)

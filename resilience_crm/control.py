@@ -21,7 +21,7 @@ from django.db import DatabaseError, router, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from resilience_crm import core, registry
+from resilience_crm import core, events, registry
 from resilience_crm.conf import settings
 from resilience_crm.exceptions import ManualChangeRefused, StoreUnavailable
 from resilience_crm.models import Circuit
@@ -80,6 +80,7 @@ def steer(name: str, state: str, *, actor: Any = None, reason: str = "",
         logger.warning("Circuit %s: the shared store is unreachable; %s is saved and will "
                        "reach every worker when it is back.", name, state)
         return Steered(name, state, applied=False, circuit=circuit)
+    events.flush()  # the operator expects the audit row once the action returns
     try:
         circuit = _save(name, forced, pending={"action": None})
     except DatabaseError as err:
@@ -137,6 +138,8 @@ def apply_pending() -> int:
         logger.info("Circuit %s: applied the change saved while the shared store was down.",
                     name)
         applied += 1
+    if applied:
+        events.flush()
     return applied
 
 

@@ -1,15 +1,24 @@
-"""The audit trail of transitions, kept even while the database is down.
+"""The audit trail of transitions, written off the request path and kept while the database
+is down.
 
-:func:`record_transition` writes a ``CircuitEvent`` and moves the circuit's durable state
-forward. When the database does not answer, the event waits in a bounded buffer in this
-process and :func:`flush_pending` writes it when the database is back; the breaker calls
-that every few seconds. Writing the same event twice is harmless: the unique constraint on
-(circuit, generation, to_state) keeps one.
+:func:`record_transition` only puts the event in this process's buffer and wakes the
+background flusher (:mod:`resilience_crm.flusher`), which writes a ``CircuitEvent`` and moves
+the circuit's durable row forward, on its own connection: so an event made inside a caller's
+transaction outlives that transaction rolling back. While the database cannot be reached the
+events wait, in order, in a buffer of :data:`BUFFER_SIZE`; past that the oldest is dropped
+with an error and counted (``metrics.value("events_dropped")``). :func:`flush` writes the
+buffer now, from the calling thread, for the admin, the management commands and tests.
+
+Writing the same event twice is harmless: (circuit, generation, from_state, to_state) is
+unique among the cluster's events. Events of a worker's local breaker (``source="local"``,
+made while the shared store was down) are kept apart: they never move the circuit's row and
+are not part of that uniqueness, so they cannot take a generation of the shared store's.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import deque
 from datetime import datetime
@@ -19,15 +28,15 @@ from django.db import (
     DEFAULT_DB_ALIAS,
     DatabaseError,
     IntegrityError,
-    InterfaceError,
-    OperationalError,
     connections,
     router,
     transaction,
 )
 from django.utils import timezone
 
+from resilience_crm import flusher, metrics
 from resilience_crm.core import FORCEABLE
+from resilience_crm.models import Circuit, CircuitEvent
 
 logger = logging.getLogger("resilience_crm.events")
 
@@ -35,82 +44,126 @@ logger = logging.getLogger("resilience_crm.events")
 BUFFER_SIZE = 10_000
 #: Errors that mean the database cannot be reached (the event waits); any other
 #: ``DatabaseError`` means it refuses this event, which is logged and dropped.
-UNREACHABLE = (OperationalError, InterfaceError)
+UNREACHABLE = flusher.UNREACHABLE
+#: ``CircuitEvent.source`` of a worker's own breaker while the shared store was down.
+LOCAL = "local"
 
-_pending: deque[dict[str, Any]] = deque(maxlen=BUFFER_SIZE)
-_lock = threading.Lock()
+_pending: deque[dict[str, Any]] = deque()
+_buffer_lock = threading.Lock()  # held for a buffer operation only, never across I/O
+_write_lock = threading.Lock()  # one writer at a time, so events are written in order
+_writing = 0  # events taken out of the buffer by the writer, not yet written
 
 
 def record_transition(
     name: str, from_state: str, to_state: str, generation: int, reason: str = "",
     actor: Any = None, at: datetime | None = None, source: str = "breaker",
 ) -> None:
+    """Buffer the event and wake the flusher; never touches the database."""
     event = {
         "name": name, "from_state": from_state, "to_state": to_state, "generation": generation,
         "reason": reason[:500], "actor_id": getattr(actor, "pk", None), "source": source,
         "at": at or timezone.now(),
     }
+    with _buffer_lock:
+        _append(event)
+    flusher.wake()
+
+
+def flush(timeout: float = 10.0) -> int:
+    """Write the buffered events now, from the calling thread; returns how many were written.
+
+    Inside a transaction the caller opened (which may yet roll back) nothing is written on
+    its connection: the flush runs when it commits, and the flusher writes the events anyway.
+    Waits up to ``timeout`` seconds for a flush under way in another thread. When the
+    database cannot be reached the events stay buffered and this returns what it wrote."""
+    if not _pending and not _writing:
+        return 0  # (when the flusher is writing, wait for it: the caller expects the rows)
     db = _database()
     if _in_callers_transaction(db):
-        # The call that made the transition may well roll this transaction back (it failed,
-        # after all): keep the event here, write it once the transaction commits or, if it
-        # does not, with the next flush outside it.
-        with _lock:
-            _pending.append(event)
-        transaction.on_commit(flush_pending, using=db)
-        return
-    flush_pending()
-    try:
-        _write(event)
-    except UNREACHABLE as err:
-        _buffer(event, err)
-    except DatabaseError:
-        logger.exception("Circuit %s: the database refused the %s -> %s event; dropped.",
-                         name, from_state, to_state)
-
-
-def flush_pending() -> int:
-    """Write buffered events; returns how many were written. Cheap when there are none.
-
-    Does nothing inside a transaction the caller opened, which may yet roll back."""
-    if not _pending or _in_callers_transaction(_database()):
+        transaction.on_commit(flush, using=db)
         return 0
-    written = 0
-    with _lock:
-        while _pending:
-            event = _pending[0]
+    try:
+        return write_pending(timeout)
+    except UNREACHABLE as err:
+        logger.warning("Could not write %d buffered circuit events (%s); they wait.",
+                       len(_pending), err)
+    except Exception:  # the caller's own action has happened; its bookkeeping must not fail it
+        logger.exception("Writing buffered circuit events failed; they wait.")
+    return 0
+
+
+def write_pending(timeout: float = -1) -> int:
+    """Write the buffered events in order; raises one of ``UNREACHABLE`` (the unwritten
+    events go back to the front of the buffer) when the database cannot be reached. This is
+    the flusher's task; :func:`flush` is the one to call."""
+    global _writing
+    if not _write_lock.acquire(timeout=timeout):
+        return 0
+    try:
+        with _buffer_lock:
+            batch = list(_pending)
+            _pending.clear()
+            _writing = len(batch)
+        written = 0
+        for index, event in enumerate(batch):
             try:
-                _write(event)
-                written += 1
+                written += _write(event)
             except UNREACHABLE:
-                break  # still down: keep it, and the rest, in order
+                _put_back(batch[index:])
+                raise
             except DatabaseError:  # refused for good: must not hold up the ones behind it
                 logger.exception("Dropping circuit event %s: the database refuses it.", event)
-            _pending.popleft()
+            except BaseException:  # a bug, or the thread stopped: keep the events for later
+                _put_back(batch[index:])
+                raise
+            with _buffer_lock:
+                _writing -= 1
+    finally:
+        _writing = 0
+        _write_lock.release()
     if written:
-        logger.info("Wrote %d circuit events buffered while the database was down.", written)
+        logger.info("Wrote %d buffered circuit events.", written)
     return written
 
 
 def pending_count() -> int:
-    return len(_pending)
+    """Events not yet written: buffered, or being written now."""
+    return len(_pending) + _writing
 
 
-def _buffer(event: dict[str, Any], err: Exception) -> None:
-    with _lock:
-        if len(_pending) == _pending.maxlen:
-            dropped = _pending.popleft()
-            logger.error("Event buffer full; dropped %s", dropped)
-        _pending.append(event)
-    logger.warning(
-        "Circuit %s: could not write the %s -> %s event (%s); buffered (%d waiting).",
-        event["name"], event["from_state"], event["to_state"], err, len(_pending),
-    )
+def clear() -> None:
+    """Forget the buffered events (tests)."""
+    with _buffer_lock:
+        _pending.clear()
+
+
+def _append(event: dict[str, Any]) -> None:
+    """Add ``event`` at the end, dropping the oldest when full. Under ``_buffer_lock``."""
+    while len(_pending) >= BUFFER_SIZE:
+        _drop(_pending.popleft())
+    _pending.append(event)
+
+
+def _put_back(events: list[dict[str, Any]]) -> None:
+    """Return unwritten events to the front, ahead of those made meanwhile, keeping the
+    newest ``BUFFER_SIZE`` of all."""
+    global _writing
+    with _buffer_lock:
+        _writing = 0
+        merged = [*events, *_pending]
+        _pending.clear()
+        for event in merged[:-BUFFER_SIZE] if len(merged) > BUFFER_SIZE else ():
+            _drop(event)
+        _pending.extend(merged[-BUFFER_SIZE:])
+
+
+def _drop(event: dict[str, Any]) -> None:
+    metrics.inc("events_dropped")
+    logger.error("Event buffer full (%d waiting for the database); dropped %s", BUFFER_SIZE,
+                 event)
 
 
 def _database() -> str:
-    from resilience_crm.models import CircuitEvent
-
     return router.db_for_write(CircuitEvent) or DEFAULT_DB_ALIAS
 
 
@@ -123,28 +176,55 @@ def _in_callers_transaction(db: str) -> bool:
     )
 
 
-def _write(event: dict[str, Any]) -> None:
-    from resilience_crm.models import Circuit, CircuitEvent
-
+def _write(event: dict[str, Any]) -> int:
+    """Write one event; 1 if a row was added, 0 if it was already there."""
     db = _database()
+    local = event["source"] == LOCAL
     with transaction.atomic(using=db):
         circuit, _ = Circuit.objects.using(db).get_or_create(name=event["name"])
-        rows = Circuit.objects.using(db).filter(pk=circuit.pk)
-        rows.filter(generation__lt=event["generation"]).update(
-            state=event["to_state"], generation=event["generation"]
-        )
-        if event["to_state"] not in FORCEABLE:  # a reset, or a forced state that lapsed
-            # (<=: the database store has already moved the row's generation itself)
-            rows.filter(generation__lte=event["generation"]).exclude(forced_state="").update(
-                forced_state="", forced_reason="", forced_by=None, forced_until=None
-            )
+        if not local:  # a local breaker's view never becomes the circuit's durable state
+            _move_row(db, circuit.pk, event)
+        identity = {"circuit": circuit, "generation": event["generation"],
+                    "from_state": event["from_state"], "to_state": event["to_state"]}
         try:
             with transaction.atomic(using=db):
                 CircuitEvent.objects.using(db).create(
-                    circuit=circuit, generation=event["generation"],
-                    from_state=event["from_state"], to_state=event["to_state"],
-                    reason=event["reason"], source=event["source"], actor_id=event["actor_id"],
-                    created_at=event["at"],
+                    **identity, reason=event["reason"], source=event["source"],
+                    actor_id=event["actor_id"], created_at=event["at"],
                 )
         except IntegrityError:
-            pass  # already written: by this buffer's earlier attempt, or the database store
+            if local or not CircuitEvent.objects.using(db).filter(**identity).exclude(
+                source=LOCAL
+            ).exists():
+                raise  # not a copy of an event already written: the database refuses it
+            logger.debug("Circuit %s: event %s -> %s (generation %s) already written.",
+                         event["name"], event["from_state"], event["to_state"],
+                         event["generation"])
+            return 0
+    return 1
+
+
+def _move_row(db: str, pk: int, event: dict[str, Any]) -> None:
+    rows = Circuit.objects.using(db).filter(pk=pk)
+    rows.filter(generation__lt=event["generation"]).update(
+        state=event["to_state"], generation=event["generation"]
+    )
+    if event["to_state"] not in FORCEABLE:  # a reset, or a forced state that lapsed
+        # (<=: the database store has already moved the row's generation itself)
+        rows.filter(generation__lte=event["generation"]).exclude(forced_state="").update(
+            forced_state="", forced_reason="", forced_by=None, forced_until=None
+        )
+
+
+def _after_fork_in_child() -> None:
+    """The parent writes its own events: the child starts with an empty buffer, and new
+    locks (the parent's may have been held by another thread at the fork)."""
+    global _pending, _buffer_lock, _write_lock, _writing
+    _pending = deque()
+    _writing = 0
+    _buffer_lock = threading.Lock()
+    _write_lock = threading.Lock()
+
+
+flusher.register(write_pending)
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -26,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.openmetrics.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from resilience_crm import conf, core, metrics, registry
+from resilience_crm import conf, core, flusher, metrics, registry
 from resilience_crm.conf import settings
 from resilience_crm.models import QueuedWrite
 
@@ -171,3 +171,4 @@ def _forget() -> None:
 
 
 os.register_at_fork(after_in_child=_forget)
+flusher.register(push, order=20)

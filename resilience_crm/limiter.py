@@ -55,7 +55,7 @@ _plans: dict[tuple[Any, ...], tuple[Limit, ...]] = {}
 #: Past this many remembered plans, they are forgotten all at once.
 MAX_PLANS = 50_000
 #: Counter keys per (op class, decision), built once.
-_counters: dict[tuple[str, str], tuple[Any, ...]] = {}
+_counters: dict[tuple[str, str], metrics.Key] = {}
 
 
 def store_path() -> str:

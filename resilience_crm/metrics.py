@@ -1,135 +1,278 @@
 """Counters kept by this worker process: calls by outcome, rejections, latency, transitions,
 store errors.
 
-They are cheap enough for the hot path (one dict update under the GIL) and are read by the
-status command, the readiness endpoint and the metrics exposition. :func:`flush_buckets`
-adds what was counted since its last run to the per-minute ``CircuitMetric`` rows; the app
-calls it after a response has been sent, at most every ``BUCKET_FLUSH_INTERVAL`` seconds.
+Exact and cheap enough for the hot path: each thread counts into its own dictionary (no
+lock, no lost increments between threads), under the minute of the call. The status
+command, the readiness endpoint and the metrics exposition read the totals with
+:func:`collect` / :func:`value`. :func:`flush_buckets` adds what was counted since its last
+run to the ``CircuitMetric`` row of the minute each call was made in; the background flusher
+(:mod:`resilience_crm.flusher`) calls it every ``flusher.INTERVAL`` seconds. A forked child
+starts with empty counters.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-from collections import Counter
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
+
+from django.db import DatabaseError, IntegrityError, router, transaction
+from django.db.models import F, Value
+from django.db.models.functions import Greatest
+
+from resilience_crm import flusher
 
 logger = logging.getLogger("resilience_crm.metrics")
 
-#: Seconds between writes of the per-minute buckets from one process.
-BUCKET_FLUSH_INTERVAL = 10.0
 #: ``CircuitMetric`` column for each outcome counted under ``calls``.
 COLUMNS = {"success": "successes", "slow": "slow", "failure": "failures",
            "timeout": "timeouts", "rejected": "rejected", "fallback": "fallbacks"}
 #: Outcomes of calls that ran (the rest never reached the dependency).
 RAN = ("successes", "slow", "failures", "timeouts")
+#: Minutes of counts one thread keeps while the database is down; older ones are dropped
+#: unwritten (with an error, counted as ``metric_minutes_dropped``).
+MAX_MINUTES = 24 * 60
+PEAK = "latency_max"
 
-_counters: Counter[tuple[Any, ...]] = Counter()
-_written: Counter[tuple[Any, ...]] = Counter()  # what flush_buckets has already written
-_latency_max: dict[str, float] = {}  # seconds, per circuit, since the last flush
-_flush_lock = threading.Lock()
-_last_flush = time.monotonic()
-
-
-def key(name: str, **labels: str) -> tuple[Any, ...]:
-    """The counter's key; hot paths build it once and pass it to :func:`add`."""
-    return (name, *sorted(labels.items()))
+#: The wall clock that decides a call's minute (tests put their own clock here).
+clock: Callable[[], float] = time.time
 
 
-def add(counter: tuple[Any, ...], amount: int = 1) -> None:
-    _counters[counter] += amount
+class Key:
+    """A counter: one object per name and labels (see :func:`key`), hashed by identity."""
+
+    __slots__ = ("name", "labels", "circuit", "column", "peak")
+
+    def __init__(self, name: str, labels: tuple[tuple[str, str], ...]) -> None:
+        self.name = name
+        self.labels = labels
+        found = dict(labels)
+        self.circuit: str | None = found.get("circuit")
+        self.column: str | None = None
+        if self.circuit is not None:
+            if name == "calls" and found.get("outcome") in COLUMNS:
+                self.column = COLUMNS[found["outcome"]]
+            elif name in ("latency_us", PEAK):
+                self.column = name
+        self.peak: Key | None = None
+
+    def __repr__(self) -> str:
+        return f"<metrics.Key {self.name} {dict(self.labels)}>"
+
+
+class _Shard:
+    """One thread's counts. Only its thread adds to them; the flusher reads copies."""
+
+    __slots__ = ("start", "end", "counts", "minutes", "written", "thread")
+
+    def __init__(self) -> None:
+        self.start = self.end = 0.0  # the current minute, as clock() times
+        self.counts: defaultdict[Key, Any] = defaultdict(int)
+        self.minutes: dict[float, defaultdict[Key, Any]] = {}  # minute (epoch // 60) -> counts
+        self.written: dict[float, dict[Key, Any]] = {}  # what flush_buckets wrote of each
+        self.thread = threading.current_thread()
+
+
+_keys: dict[tuple[Any, ...], Key] = {}
+_local = threading.local()
+_shards: list[_Shard] = []
+_retired: dict[Key, int] = {}  # totals of minutes written and forgotten
+_state_lock = threading.Lock()  # shards, written and retired; never held across I/O
+_flush_lock = threading.Lock()  # one flush at a time
+
+
+def key(name: str, **labels: str) -> Key:
+    """The counter for ``name`` and ``labels``; hot paths build it once and pass it to
+    :func:`add`."""
+    identity = (name, *sorted(labels.items()))
+    found = _keys.get(identity)
+    if found is None:
+        found = _keys.setdefault(identity, Key(name, tuple(sorted(labels.items()))))
+        if name == "latency_us" and found.peak is None:
+            found.peak = key(PEAK, **labels)
+    return found
+
+
+def add(counter: Key, amount: int = 1) -> None:
+    try:
+        shard = _local.shard
+    except AttributeError:
+        shard = _new_shard()
+    now = clock()
+    if now >= shard.end or now < shard.start:
+        _turn(shard, now)
+    shard.counts[counter] += amount
 
 
 def inc(name: str, amount: int = 1, **labels: str) -> None:
-    _counters[key(name, **labels)] += amount
+    add(key(name, **labels), amount)
 
 
-def observe_latency(counter: tuple[Any, ...], circuit: str, seconds: float) -> None:
+def observe_latency(counter: Key, circuit: str, seconds: float) -> None:
     """Add one call's duration; ``counter`` is ``key("latency_us", circuit=circuit)``."""
-    _counters[counter] += int(seconds * 1_000_000)
-    if seconds > _latency_max.get(circuit, 0.0):
-        _latency_max[circuit] = seconds
+    try:
+        shard = _local.shard
+    except AttributeError:
+        shard = _new_shard()
+    now = clock()
+    if now >= shard.end or now < shard.start:
+        _turn(shard, now)
+    counts = shard.counts
+    counts[counter] += int(seconds * 1_000_000)
+    peak = counter.peak
+    if seconds > counts[peak]:
+        counts[peak] = seconds
 
 
 def value(name: str, **labels: str) -> int:
-    return _counters[key(name, **labels)]
+    return _totals().get(key(name, **labels), 0)
 
 
 def collect() -> list[tuple[str, dict[str, str], int]]:
-    """Every counter as ``(name, labels, value)``."""
-    return [(key[0], dict(key[1:]), count) for key, count in sorted(_counters.items())]
+    """Every counter as ``(name, labels, value)``: totals since the process started."""
+    rows = [(k.name, dict(k.labels), count) for k, count in _totals().items()]
+    return sorted(rows, key=lambda row: (row[0], sorted(row[1].items())))
 
 
 def reset() -> None:
-    global _last_flush
-    _counters.clear()
-    _written.clear()
-    _latency_max.clear()
-    _last_flush = time.monotonic()
-
-
-def maybe_flush_buckets() -> None:
-    """:func:`flush_buckets` if ``BUCKET_FLUSH_INTERVAL`` has passed since the last one."""
-    global _last_flush
-    if time.monotonic() - _last_flush < BUCKET_FLUSH_INTERVAL:
-        return
-    _last_flush = time.monotonic()
-    flush_buckets()
+    """Forget every count (tests). Each thread counts into a new dictionary from now on."""
+    global _local
+    with _state_lock:
+        _local = threading.local()
+        _shards.clear()
+        _retired.clear()
 
 
 def flush_buckets() -> int:
-    """Add what this process counted since the last flush to the current minute's
-    ``CircuitMetric`` row of each circuit; returns how many rows it wrote. When the database
-    fails the counts stay here and go with the next flush."""
-    from django.db import DatabaseError
-    from django.utils import timezone
+    """Add what this process counted since the last flush to the ``CircuitMetric`` row of
+    each circuit and minute; returns how many rows it wrote. When the database fails the
+    counts stay here, under their minutes, and go with the next flush."""
+    try:
+        return write_buckets(blocking=False)
+    except DatabaseError as err:
+        logger.warning("Could not write call metrics (%s); they wait for the next flush.", err)
+        return 0
 
-    if not _flush_lock.acquire(blocking=False):
+
+def write_buckets(blocking: bool = True) -> int:
+    """:func:`flush_buckets`, raising the database's error; the flusher's task."""
+    if not _flush_lock.acquire(blocking=blocking):
         return 0  # another thread is flushing
     try:
-        pending: dict[str, tuple[dict[str, int], list[tuple[tuple[Any, ...], int]]]] = {}
-        for counter, count in list(_counters.items()):
-            delta = count - _written[counter]
-            labels = dict(counter[1:])
-            if not delta or "circuit" not in labels:
-                continue
-            if counter[0] == "calls" and labels.get("outcome") in COLUMNS:
-                column = COLUMNS[labels["outcome"]]
-            elif counter[0] == "latency_us":
-                column = "latency_us"
-            else:
-                continue
-            columns, seen = pending.setdefault(labels["circuit"], ({}, []))
-            columns[column] = delta
-            seen.append((counter, count))
-        bucket = timezone.now().replace(second=0, microsecond=0)
+        buckets, seen = _unwritten()
         written = 0
-        for circuit, (columns, seen) in pending.items():
-            slowest = _latency_max.pop(circuit, 0.0)
-            try:
-                _add_to_bucket(circuit, bucket, columns, slowest)
-            except DatabaseError as err:
-                if slowest > _latency_max.get(circuit, 0.0):
-                    _latency_max[circuit] = slowest
-                logger.warning("Could not write call metrics (%s); they wait for the next "
-                               "flush.", err)
-                break
-            for counter, count in seen:
-                _written[counter] = count
+        for minute, circuit in sorted(buckets):
+            columns = buckets[minute, circuit]
+            _add_to_bucket(circuit, datetime.fromtimestamp(minute * 60, tz=UTC), columns)
+            with _state_lock:
+                for shard, counts in seen[minute, circuit]:
+                    shard.written.setdefault(minute, {}).update(counts)
             written += 1
         return written
     finally:
+        _retire()  # also when the database failed: that is when MAX_MINUTES matters
         _flush_lock.release()
 
 
-def _add_to_bucket(name: str, bucket: Any, columns: dict[str, int], slowest: float) -> None:
-    from django.db import IntegrityError, router, transaction
-    from django.db.models import F, Value
-    from django.db.models.functions import Greatest
+def _new_shard() -> _Shard:
+    shard = _Shard()
+    with _state_lock:
+        _shards.append(shard)
+        _local.shard = shard
+    flusher.start()
+    return shard
 
+
+def _turn(shard: _Shard, now: float) -> None:
+    minute = now // 60
+    counts = shard.minutes.get(minute)
+    if counts is None:
+        counts = shard.minutes[minute] = defaultdict(int)
+    shard.counts = counts
+    shard.start = minute * 60
+    shard.end = shard.start + 60
+
+
+def _unwritten() -> tuple[dict[tuple[float, str], dict[str, Any]],
+                          dict[tuple[float, str], list[tuple[_Shard, dict[Key, Any]]]]]:
+    """Per (minute, circuit): the columns to add, and per shard the counts they came from."""
+    buckets: dict[tuple[float, str], dict[str, Any]] = {}
+    seen: dict[tuple[float, str], list[tuple[_Shard, dict[Key, Any]]]] = {}
+    with _state_lock:
+        shards = list(_shards)
+    for shard in shards:
+        for minute, counts in list(shard.minutes.items()):
+            snapshot = dict(counts)  # one C call: a consistent copy while its thread counts
+            done = shard.written.get(minute, {})
+            by_circuit: dict[str, dict[Key, Any]] = {}
+            for counter, count in snapshot.items():
+                column, circuit = counter.column, counter.circuit
+                if column is None or circuit is None or count == done.get(counter, 0):
+                    continue
+                columns = buckets.setdefault((minute, circuit), {})
+                if column == PEAK:
+                    if count <= done.get(counter, 0.0):
+                        continue
+                    columns[PEAK] = max(columns.get(PEAK, 0.0), count)
+                else:
+                    columns[column] = columns.get(column, 0) + count - done.get(counter, 0)
+                by_circuit.setdefault(circuit, {})[counter] = count
+            for circuit, counted in by_circuit.items():
+                seen.setdefault((minute, circuit), []).append((shard, counted))
+    return buckets, seen
+
+
+def _retire() -> None:
+    """Fold minutes that are over and written into the totals; forget finished threads."""
+    now = clock() // 60
+    with _state_lock:
+        for shard in list(_shards):
+            minutes = sorted(shard.minutes)
+            for index, minute in enumerate(minutes):
+                if minute >= now - 1:
+                    break  # its thread may still be counting into it
+                counts = dict(shard.minutes[minute])  # a copy: no thread should count into
+                done = shard.written.get(minute, {})  # it any more, but one may be late
+                overflow = len(minutes) - index > MAX_MINUTES
+                if not overflow and any(k.column and done.get(k, 0) != v
+                                        for k, v in counts.items()):
+                    continue  # not written yet
+                if overflow:
+                    logger.error("Dropped the unwritten call metrics of %s: more than %d "
+                                 "minutes wait for the database.",
+                                 datetime.fromtimestamp(minute * 60, tz=UTC), MAX_MINUTES)
+                    _retired[key("metric_minutes_dropped")] = (
+                        _retired.get(key("metric_minutes_dropped"), 0) + 1)
+                for counter, count in counts.items():
+                    if counter.column != PEAK:
+                        _retired[counter] = _retired.get(counter, 0) + count
+                del shard.minutes[minute]
+                shard.written.pop(minute, None)
+            if not shard.minutes and not shard.thread.is_alive():
+                _shards.remove(shard)
+
+
+def _totals() -> dict[Key, int]:
+    with _state_lock:
+        totals = dict(_retired)
+        shards = list(_shards)
+        for shard in shards:
+            for counts in list(shard.minutes.values()):
+                for counter, count in dict(counts).items():
+                    if counter.column != PEAK:
+                        totals[counter] = totals.get(counter, 0) + count
+    return totals
+
+
+def _add_to_bucket(name: str, bucket: datetime, columns: dict[str, Any]) -> None:
     from resilience_crm.models import Circuit, CircuitMetric
 
+    slowest = columns.pop(PEAK, 0.0)
     latency_sum_ms = columns.pop("latency_us", 0) / 1000
     calls = sum(columns.get(column, 0) for column in RAN)
     db = router.db_for_write(CircuitMetric)
@@ -152,3 +295,18 @@ def _add_to_bucket(name: str, bucket: Any, columns: dict[str, int], slowest: flo
                 )
         except IntegrityError:  # another process made the row first
             rows.update(**increments)
+
+
+def _after_fork_in_child() -> None:
+    """The parent writes its own counts: the child starts from zero, with new locks (the
+    parent's may have been held by another thread at the fork)."""
+    global _local, _shards, _retired, _state_lock, _flush_lock
+    _local = threading.local()
+    _shards = []
+    _retired = {}
+    _state_lock = threading.Lock()
+    _flush_lock = threading.Lock()
+
+
+flusher.register(write_buckets, order=10)  # after the events: the audit trail comes first
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -98,7 +98,10 @@ class Circuit(models.Model):
 
 
 class CircuitEvent(models.Model):
-    """One transition of one circuit: the audit trail, exactly one row per transition."""
+    """One transition of one circuit: the audit trail, exactly one row per transition.
+
+    ``source="local"`` marks a worker's own breaker while the shared store was down: its
+    ``generation`` is that breaker's, and the event never moved the circuit's row."""
 
     class Source(models.TextChoices):
         BREAKER = "breaker", "breaker"
@@ -122,8 +125,12 @@ class CircuitEvent(models.Model):
     class Meta:
         ordering = ["-created_at", "-generation"]
         constraints = [
+            # One row per transition of the cluster's breaker. A worker's local breaker
+            # (source "local") numbers its own generations, so its events stand apart.
             models.UniqueConstraint(
-                fields=["circuit", "generation", "to_state"], name="resilience_event_once"
+                fields=["circuit", "generation", "from_state", "to_state"],
+                condition=~models.Q(source="local"),
+                name="resilience_event_once",
             )
         ]
         indexes = [

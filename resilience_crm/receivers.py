@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from django.core.signals import request_finished
-from django.db import transaction
+from django.db import router, transaction
 from django.db.models.signals import post_migrate, post_save
 from django.dispatch import receiver
 
-from resilience_crm import alerts, control, events, metrics
+from resilience_crm import alerts, control, events, flusher
 from resilience_crm.conf import settings
 from resilience_crm.signals import circuit_transition, shared_store_recovered
 
@@ -18,7 +17,9 @@ from resilience_crm.signals import circuit_transition, shared_store_recovered
 @receiver(circuit_transition, dispatch_uid="resilience_crm.record_event")
 def record_event(sender: Any, name: str, from_state: str, to_state: str, generation: int,
                  reason: str = "", actor: Any = None, local: bool = False, **kwargs: Any) -> None:
-    source = kwargs.get("source") or ("local" if local else "admin" if actor else "breaker")
+    # A local breaker's transition is always recorded as local, manual or not: its
+    # generation is the worker's own, not the cluster's.
+    source = events.LOCAL if local else kwargs.get("source") or ("admin" if actor else "breaker")
     events.record_transition(name, from_state, to_state, generation, reason,
                              actor=actor if getattr(actor, "pk", None) else None,
                              at=kwargs.get("at"), source=source)
@@ -42,13 +43,17 @@ def store_recovered(sender: Any, **kwargs: Any) -> None:
 
 @receiver(post_migrate, dispatch_uid="resilience_crm.create_rows")
 def create_rows(sender: Any, using: str = "default", **kwargs: Any) -> None:
-    """A row for every configured circuit and tier; existing rows, and edits, are kept."""
+    """A row for every configured circuit and tier; existing rows, and edits, are kept. Only
+    on the database the app's tables live on (``DATABASE_ALIAS``, through the router)."""
     if sender.name != "resilience_crm":
         return
     from resilience_crm.models import Circuit, Tier
 
     if not isinstance(settings.TIERS, dict):
         return
+    for model in (Circuit, Tier):
+        if not router.allow_migrate_model(using, model):
+            return
     for name in settings.circuit_names():
         Circuit.objects.using(using).get_or_create(name=name)
     for name, limits in settings.TIERS.items():
@@ -71,10 +76,6 @@ def config_saved(sender: Any, instance: Any, created: bool = False, update_field
 
 @receiver(request_finished, dispatch_uid="resilience_crm.after_response")
 def after_response(sender: Any, **kwargs: Any) -> None:
-    """Once the response is out (and outside ``ATOMIC_REQUESTS``' transaction): write events
-    kept back, and every few seconds the per-minute call metrics."""
-    try:
-        events.flush_pending()
-        metrics.maybe_flush_buckets()
-    except Exception:  # bookkeeping must never break a request
-        logging.getLogger("resilience_crm").exception("Writing events or metrics failed.")
+    """Make sure this process's background flusher runs; it writes events and metrics on its
+    own connection, so the request never waits on the database for them."""
+    flusher.start()

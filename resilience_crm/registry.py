@@ -9,6 +9,7 @@ from typing import Any
 
 from django.core.signals import setting_changed
 
+from resilience_crm import flusher
 from resilience_crm.breaker import Breaker
 from resilience_crm.conf import settings
 from resilience_crm.constants import SETTING_NAME
@@ -48,22 +49,25 @@ def shared_store() -> BaseStore:
 
 def get_breaker(name: str) -> Breaker:
     breaker = _breakers.get(name)
-    if breaker is None:
-        with _lock:
-            breaker = _breakers.get(name)
-            if breaker is None:
-                base, overrides = settings.circuit_config(name), _overrides(name)
-                try:
-                    config = Config.from_mapping(base | overrides)
-                except ValueError as err:  # saved before validation, or settings changed since
-                    logger.error("Circuit %s: ignoring invalid overrides (%s).", name, err)
-                    config, overrides = Config.from_mapping(base), {}
-                breaker = Breaker(
-                    name, config, get_store(),
-                    snapshot_ttl=settings.SNAPSHOT_TTL,
-                    base_config=base, overrides=overrides,
-                )
-                _breakers[name] = breaker
+    if breaker is not None:
+        return breaker
+    # Read the saved overrides before taking the lock: a slow or dead database must hold up
+    # only the threads that need this circuit, not every thread that needs any breaker.
+    base, overrides = settings.circuit_config(name), _overrides(name)
+    try:
+        config = Config.from_mapping(base | overrides)
+    except ValueError as err:  # saved before validation, or settings changed since
+        logger.error("Circuit %s: ignoring invalid overrides (%s).", name, err)
+        config, overrides = Config.from_mapping(base), {}
+    store = get_store()
+    with _lock:
+        breaker = _breakers.get(name)
+        if breaker is None:  # another thread may have made it meanwhile: keep that one
+            breaker = _breakers[name] = Breaker(
+                name, config, store,
+                snapshot_ttl=settings.SNAPSHOT_TTL,
+                base_config=base, overrides=overrides,
+            )
     return breaker
 
 
@@ -92,7 +96,9 @@ def clear() -> None:
 
 def _overrides(name: str) -> dict[str, Any]:
     """Settings an operator saved on the circuit's row in the admin; none if the database
-    is down."""
+    is down (the shared store hands them out with the breaker's first step anyway)."""
+    if flusher.database_down():  # known to be down: do not wait for it
+        return {}
     try:
         config = Circuit.objects.filter(name=name).values_list("config", flat=True).first()
     except Exception as err:  # the database may be the thing that is down
@@ -108,5 +114,13 @@ def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
 
 setting_changed.connect(_on_setting_changed, dispatch_uid="resilience_crm.registry")
 
-# A forked worker must not share its parent's pending counts or snapshots.
-os.register_at_fork(after_in_child=clear)
+def _after_fork_in_child() -> None:
+    """A forked worker must not share its parent's pending counts or snapshots. The lock is
+    replaced, not taken: another thread of the parent may have held it at the fork."""
+    global _lock, _store
+    _lock = threading.RLock()
+    _breakers.clear()
+    _store = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -23,6 +23,7 @@ Rules, configured by ``RESILIENCE_CRM["ALERT_RULES"]`` (``None`` turns one off):
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -32,7 +33,7 @@ from django.core.cache import caches
 from django.db.models import Count, Sum
 from django.utils import timezone
 
-from resilience_crm import core, registry
+from resilience_crm import core, flusher, registry
 from resilience_crm.conf import settings
 from resilience_crm.models import CircuitEvent, CircuitMetric
 
@@ -46,6 +47,10 @@ DEFAULT_RULES: dict[str, dict[str, float]] = {
 }
 #: Seconds a claimed incident lives in the cache without being seen again.
 INCIDENT_TTL = 6 * 3600
+#: Seconds between two evaluations by one worker's flusher.
+EVALUATE_INTERVAL = 30.0
+
+_next_evaluation = 0.0
 REJECTING = (core.OPEN, core.FORCED_OPEN)
 
 
@@ -177,3 +182,16 @@ def _many_open(config: dict[str, float]) -> Iterator[Finding]:
         yield Finding("many_open", "cluster",
                       f"{len(rejecting)} circuits reject calls at once: {', '.join(rejecting)}",
                       {"circuits": rejecting})
+
+
+def evaluate_due() -> None:
+    """:func:`evaluate`, at most every ``EVALUATE_INTERVAL`` seconds (a flusher task)."""
+    global _next_evaluation
+    now = time.monotonic()
+    if now < _next_evaluation:
+        return
+    _next_evaluation = now + EVALUATE_INTERVAL
+    evaluate()
+
+
+flusher.register(evaluate_due, order=30)  # after the metrics it reads have been written

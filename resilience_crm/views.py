@@ -24,6 +24,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
+from django.conf import settings as django_settings
 from django.core.cache import caches
 from django.db import DatabaseError, connections, router, transaction
 from django.db.models import Count
@@ -62,16 +63,25 @@ _running: dict[str, Future[Any]] = {}
 _seen: dict[tuple[Any, ...], int] = {}  # counters at the previous probe, for rates since then
 
 
+def non_atomic_everywhere(view: Any) -> Any:
+    """Exempt ``view`` from ``ATOMIC_REQUESTS`` on every database in ``DATABASES``: opening a
+    request's transaction connects first, and a view that must not wait on a database must
+    not open one (Django's ``non_atomic_requests`` exempts one alias at a time)."""
+    for alias in django_settings.DATABASES:
+        view = transaction.non_atomic_requests(using=alias)(view)
+    return view
+
+
 @never_cache
 @require_GET
-@transaction.non_atomic_requests
+@non_atomic_everywhere
 def live(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
 @never_cache
 @require_GET
-@transaction.non_atomic_requests  # ATOMIC_REQUESTS would connect to the database first
+@non_atomic_everywhere  # ATOMIC_REQUESTS would connect to the database first
 def ready(request: HttpRequest) -> JsonResponse:
     deadline = time.monotonic() + PROBE_DEADLINE
     probes = {kind: _probe(kind, probe) for kind, probe in PROBES.items()}
@@ -111,7 +121,7 @@ def ready(request: HttpRequest) -> JsonResponse:
 
 @never_cache
 @require_GET
-@transaction.non_atomic_requests
+@non_atomic_everywhere
 def metrics_view(request: HttpRequest) -> HttpResponse:
     """The cluster's counters and gauges in OpenMetrics text, for staff sessions or callers
     with the ``MONITORING_TOKEN``."""

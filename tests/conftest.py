@@ -2,21 +2,42 @@ from __future__ import annotations
 
 import pytest
 from django.conf import settings as django_settings
+from django.db import connections
 
-from resilience_crm import alerts, limiter, metrics, registry, tiers, views
-from tests.databases import extra_database
+from resilience_crm import alerts, events, flusher, limiter, metrics, registry, tiers, views
+from tests.databases import APP_ALIAS, Outage, database_alias, extra_database, transactional
 from tests.services import header, require_service
+
+CLOSED_PORT = 1  # nothing listens there; a connection is refused at once
 
 
 @pytest.fixture(autouse=True)
 def _fresh_breakers():
-    """Every test starts with no breakers, store or counters left by another."""
+    """Every test starts with no breakers, store, counters or buffered events left by
+    another, and with no background flusher: a test's database changes live in its own
+    transaction, which the flusher's connection cannot see (``background_flusher`` turns it
+    on)."""
+    flusher.set_background(False)
     registry.clear()
     metrics.reset()
     views.forget_rates()
     alerts.store_recovered()  # no store outage carries over from another test
+    events.clear()
     yield
+    flusher.set_background(False)
     registry.clear()
+    events.clear()
+
+
+@pytest.fixture
+def background_flusher(request):
+    """The process's background flusher, running as in production (so the test is a
+    transactional one); stopped again before the test's tables are emptied."""
+    transactional(request)
+    flusher.set_background(True)
+    yield flusher
+    assert flusher.stop(timeout=30), "the flusher did not stop"
+    flusher.set_background(False)
 
 
 def pytest_report_header(config):
@@ -124,3 +145,42 @@ def sentry():
     with SentryServer() as server, sentry_sending_to(server.dsn):
         yield server
     assert not sentry_sdk.is_initialized()
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup):
+    """The ``resilience`` alias (a mirror of ``default``) reaches the test database from
+    every thread: Django re-points only the mirror's connection in the main thread."""
+    default = connections.settings["default"]
+    connections.settings[APP_ALIAS].update({k: v for k, v in default.items() if k != "TEST"})
+    del connections[APP_ALIAS]
+
+
+@pytest.fixture
+def database_down(request, settings, tmp_path):
+    """The app's tables on a database nobody answers at (a closed port; for SQLite a file
+    in a directory that does not exist), with the memory store so only events and metrics
+    need the database."""
+    transactional(request)  # first: it sets up the test database, and so its settings
+    working = dict(connections.settings["default"])
+    if working["ENGINE"] == "django.db.backends.sqlite3":
+        down = {"NAME": str(tmp_path / "no-such-directory" / "db.sqlite3")}
+    else:
+        down = {"HOST": "127.0.0.1", "PORT": CLOSED_PORT}
+    settings.RESILIENCE_CRM = {**settings.RESILIENCE_CRM, "STORE": "memory"}
+    with database_alias(request, settings, **down) as settings_dict:
+        yield Outage(APP_ALIAS, settings_dict, {k: working[k] for k in down})
+
+
+@pytest.fixture
+def postgres_proxy(request, postgres, settings):
+    """A TCP proxy in front of the real PostgreSQL, the test's to stall or cut, and the app's
+    tables routed through it on ``APP_ALIAS`` (with a short connect timeout)."""
+    from tests.proxy import Proxy
+
+    default = connections.settings["default"]
+    with Proxy(default["HOST"] or "127.0.0.1", int(default["PORT"] or 5432)) as proxy:
+        options = {**default.get("OPTIONS", {}), "connect_timeout": 2}
+        with database_alias(request, settings, HOST="127.0.0.1", PORT=proxy.port,
+                            OPTIONS=options):
+            yield proxy

@@ -15,6 +15,10 @@ DATABASES = {
     "default": dj_database_url.parse(DATABASE_URL or "sqlite:///:memory:", conn_max_age=0)
 }
 
+# A second alias of the test database, for the app's tables in the tests that route them
+# there (tests/conftest.py points it at the test database, or at a dead port or a proxy).
+DATABASES["resilience"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}
+
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 if REDIS_URL:
     CACHES["redis"] = {

@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.utils import timezone
 from model_bakery import baker
 
-from resilience_crm import core, registry
+from resilience_crm import core, events, registry
 from resilience_crm.breaker import Breaker
 from resilience_crm.conf import settings as conf
 from resilience_crm.core import Config
@@ -134,6 +134,7 @@ def test_lapsed_forced_state_is_cleared_from_the_record(circuit):
     deadline = timezone.now() + timedelta(seconds=5)
     while breaker.snapshot()["state"] != core.CLOSED and timezone.now() < deadline:
         pass
+    events.flush()  # what the background flusher writes
 
     circuit.refresh_from_db()
     assert (circuit.state, circuit.forced_state) == (core.CLOSED, "")
@@ -217,6 +218,7 @@ def test_action_reaches_another_worker_through_redis(client, redis_settings, cir
 @pytest.mark.parametrize("model", ["circuitevent", "circuitmetric"])
 def test_events_and_metrics_are_read_only(admin_client, circuit, model):
     registry.get_breaker("crm.read").reset()
+    events.flush()
     baker.make(CircuitMetric, circuit=circuit, bucket=timezone.now(), calls=4,
                latency_sum_ms=10)
     changelist = reverse(f"admin:resilience_crm_{model}_changelist")
@@ -237,6 +239,7 @@ def test_events_and_metrics_are_read_only(admin_client, circuit, model):
 def test_event_filters_narrow_by_source(admin_client):
     registry.get_breaker("crm.read").reset(source="command")
     registry.get_breaker("crm.write").force(core.DISABLED)
+    events.flush()
     url = reverse("admin:resilience_crm_circuitevent_changelist")
 
     response = admin_client.get(url, {"source__exact": "command"})

@@ -14,7 +14,7 @@ import logging
 import pytest
 import sentry_sdk
 
-from resilience_crm import alerts, core, registry
+from resilience_crm import alerts, core, events, registry
 from resilience_crm.breaker import Breaker
 from resilience_crm.control import steer
 from resilience_crm.exceptions import CircuitOpenError
@@ -68,6 +68,7 @@ def recover(breaker, clock) -> None:
 
 
 def recorded() -> list[tuple[str, str]]:
+    events.flush()  # what the background flusher would have written by now
     return list(CircuitEvent.objects.filter(circuit__name=CIRCUIT).order_by("generation")
                 .values_list("from_state", "to_state"))
 

@@ -763,3 +763,34 @@ def test_w022_shadow_tier_unknown(settings: Any) -> None:
 def test_global_limits_are_validated_like_tiers(settings: Any, value: Any, code: str) -> None:
     error = only(run(settings, **{"GLOBAL_LIMITS": value}), code)
     assert "GLOBAL_LIMITS" in error.msg
+# The app's database alias (W030, W031) -----------------------------------------------------
+
+
+def with_app_alias(settings: Any, routers: tuple[str, ...] = ("resilience_crm.routers."
+                                                             "ResilienceRouter",),
+                   **changes: Any) -> list[CheckMessage]:
+    settings.DATABASES = {**settings.DATABASES,
+                          "app": {**settings.DATABASES["default"], **changes}}
+    settings.DATABASE_ROUTERS = list(routers)
+    return run(settings, DATABASE_ALIAS="app")
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")  # read by the check only
+def test_a_second_alias_of_the_same_database_with_the_router_is_fine(settings: Any) -> None:
+    messages = with_app_alias(settings, ATOMIC_REQUESTS=False)
+    assert not ids(messages) & {checks.Codes.DATABASE_ALIAS_OTHER_DATABASE,
+                                checks.Codes.DATABASE_ALIAS_WITHOUT_ROUTER}
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")  # read by the check only
+def test_w030_an_alias_of_another_database(settings: Any) -> None:
+    messages = with_app_alias(settings, NAME="another_database", HOST="db2.example")
+    message = only(messages, checks.Codes.DATABASE_ALIAS_OTHER_DATABASE)
+    assert "cannot cross databases" in message.msg
+    assert "'app'" in message.hint
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")  # read by the check only
+def test_w031_an_alias_without_the_router(settings: Any) -> None:
+    message = only(with_app_alias(settings, routers=()), checks.Codes.DATABASE_ALIAS_WITHOUT_ROUTER)
+    assert "DATABASE_ROUTERS" in message.hint

@@ -16,7 +16,7 @@ import time
 import pytest
 from django.db import connections
 
-from resilience_crm import core, get_breaker, registry
+from resilience_crm import core, events, get_breaker, registry
 from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.models import CircuitEvent
 from resilience_crm.signals import circuit_transition
@@ -105,6 +105,7 @@ def worker_incidents(index, barrier, announced, dsn):
         barrier.wait()
         run_threads(succeed_until_closed)
         barrier.wait()
+    events.flush()  # what the background flusher would write, before the process exits
     sentry_sdk.flush(timeout=10)
 
 

@@ -14,7 +14,7 @@ import pytest
 from django.utils import timezone
 from django_redis import get_redis_connection
 
-from resilience_crm import core, metrics, registry
+from resilience_crm import core, events, metrics, registry
 from resilience_crm.breaker import Breaker
 from resilience_crm.control import steer
 from resilience_crm.exceptions import CircuitOpenError
@@ -45,6 +45,7 @@ def trip(breaker) -> None:
 
 
 def transitions() -> list[tuple[int, str, str]]:
+    events.flush()
     return list(CircuitEvent.objects.filter(circuit__name=CIRCUIT).order_by("generation")
                 .values_list("generation", "from_state", "to_state"))
 
@@ -73,6 +74,7 @@ def test_generations_go_on_above_the_durable_row_when_redis_loses_a_circuit(on_r
     breaker = registry.get_breaker(CIRCUIT)
     trip(breaker)
     breaker.reset(reason="fixed")
+    events.flush()  # as the background flusher would have by now
     assert Circuit.objects.get(name=CIRCUIT).generation == 2
 
     lose(on_redis, how)

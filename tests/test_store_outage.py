@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from resilience_crm import core, metrics, registry
+from resilience_crm import core, events, metrics, registry
 from resilience_crm.breaker import Breaker
 from resilience_crm.conf import settings as conf
 from resilience_crm.core import Config
@@ -152,6 +152,7 @@ def test_failures_still_trip_the_local_breaker(redis_down):
     assert rejected.value.circuit == "crm.read"
     assert breaker.state == core.OPEN
     assert breaker.using_fallback
+    events.flush()
     opened = CircuitEvent.objects.get(circuit__name="crm.read", to_state=core.OPEN)
     assert opened.source == CircuitEvent.Source.LOCAL
 

@@ -1,0 +1,200 @@
+"""One background thread per process that writes what the request path only buffers.
+
+Transition events (:mod:`resilience_crm.events`) and per-minute call metrics
+(:mod:`resilience_crm.metrics`) are kept in memory by the thread that makes them and written
+to the database here, so no request waits on the database for its bookkeeping, least of all
+on a database that is down. The modules register their writers with :func:`register`.
+
+The thread starts on first need (:func:`start`, :func:`wake`), runs a round of writes when
+woken and every :data:`INTERVAL` seconds, and backs off (:data:`BACKOFF_START` doubling up to
+:data:`BACKOFF_MAX`) while the database cannot be reached, ignoring wakes meanwhile. A forked
+child starts its own thread on first need; nothing it inherits from its parent's thread
+(lock, wake-up event, backoff) is used in the child.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+
+from django.db import InterfaceError, OperationalError, close_old_connections, connections
+
+logger = logging.getLogger("resilience_crm.flusher")
+
+#: Seconds between rounds when nothing wakes the thread (how often metrics are written).
+INTERVAL = 10.0
+#: Seconds to wait after the first failed round; doubled per failure, up to BACKOFF_MAX.
+BACKOFF_START = 1.0
+BACKOFF_MAX = 30.0
+#: Errors that mean the database cannot be reached: the round stops and backs off.
+UNREACHABLE = (OperationalError, InterfaceError)
+
+#: A writer: writes what its module buffered, raises one of UNREACHABLE when it cannot.
+Task = Callable[[], object]
+
+_tasks: list[tuple[int, Task]] = []
+
+
+class _Worker:
+    """The thread and what it shares with the rest of the process; rebuilt in a forked child."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # held only to start or stop the thread, never across I/O
+        self.wakeup = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.stopping = False
+        self.failures = 0
+        self.retry_at = 0.0  # time.monotonic() before which no round is tried
+        self.rounds = 0
+
+
+_worker = _Worker()
+_background = True
+
+
+def register(task: Task, order: int = 0) -> None:
+    """Run ``task`` in every round, lowest ``order`` first."""
+    if all(task is not registered for _, registered in _tasks):
+        _tasks.append((order, task))
+        _tasks.sort(key=lambda item: item[0])
+
+
+def set_background(enabled: bool) -> None:
+    """Whether the thread runs (the default). When off, buffered events and metrics stay in
+    this process until ``events.flush()`` / ``metrics.flush_buckets()`` are called: for test
+    suites whose database changes live in the test's own transaction."""
+    global _background
+    _background = enabled
+    if not enabled:
+        stop()
+
+
+def start() -> None:
+    """Start the thread if it is not running in this process. Cheap when it is."""
+    thread = _worker.thread
+    if thread is not None and thread.is_alive() or not _background:
+        return
+    worker = _worker
+    with worker.lock:
+        if worker.thread is not None and worker.thread.is_alive():
+            return
+        worker.stopping = False
+        worker.thread = threading.Thread(target=_run, args=(worker,), daemon=True,
+                                         name="resilience-flusher")
+        worker.thread.start()
+
+
+def wake() -> None:
+    """Ask for a round now (unless the database is known to be down: then at the retry)."""
+    start()
+    _worker.wakeup.set()
+
+
+def stop(timeout: float = 10.0) -> bool:
+    """Stop the thread after its current round; whether it stopped within ``timeout``."""
+    worker = _worker
+    with worker.lock:
+        thread, worker.stopping = worker.thread, True
+    worker.wakeup.set()
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(timeout)
+        if thread.is_alive():
+            return False
+    worker.failures, worker.retry_at = 0, 0.0  # a new thread finds out for itself
+    return True
+
+
+def database_down() -> bool:
+    """Whether the last round found the database unreachable and the thread is backing off."""
+    return _worker.failures > 0
+
+
+def rounds() -> int:
+    """Rounds the thread has finished (written or not) since this process started it."""
+    return _worker.rounds
+
+
+def run_tasks() -> None:
+    """One round in the calling thread: every registered writer, in order. Raises one of
+    :data:`UNREACHABLE` when the database cannot be reached."""
+    for _, task in list(_tasks):
+        task()
+
+
+def _run(worker: _Worker) -> None:
+    while True:
+        delay = INTERVAL if worker.failures == 0 else worker.retry_at - time.monotonic()
+        worker.wakeup.wait(max(0.0, delay))
+        worker.wakeup.clear()
+        if worker.stopping:
+            _close_connections()
+            return
+        if worker.failures and time.monotonic() < worker.retry_at:
+            continue  # woken while backing off: the database is known to be down
+        _round(worker)
+        worker.rounds += 1
+
+
+def _round(worker: _Worker) -> None:
+    close_old_connections()  # the thread's own, past CONN_MAX_AGE or broken
+    try:
+        run_tasks()
+    except UNREACHABLE as err:
+        _close_connections()
+        _back_off(worker, err)
+        return
+    except Exception as err:  # a bug must not kill the thread, nor make it spin
+        logger.exception("Writing buffered events or metrics failed.")
+        _close_connections()
+        _back_off(worker, err)
+        return
+    if worker.failures:
+        logger.info("The database answers again; buffered events and metrics are written.")
+    worker.failures = 0
+    close_old_connections()
+
+
+def _back_off(worker: _Worker, err: BaseException) -> None:
+    worker.failures += 1
+    delay = min(BACKOFF_MAX, BACKOFF_START * 2 ** (worker.failures - 1))
+    delay *= 0.5 + random.random() / 2  # workers that lost it together do not retry together
+    worker.retry_at = time.monotonic() + delay
+    if worker.failures == 1:
+        logger.warning("The database cannot be reached (%s); events and metrics wait in this "
+                       "process, next try in %.1fs.", err, delay)
+
+
+def _close_connections() -> None:
+    for connection in connections.all(initialized_only=True):
+        with contextlib.suppress(Exception):  # closing a broken connection may fail; it is gone
+            connection.close()
+
+
+def _after_fork_in_child() -> None:
+    """The parent's thread does not exist here, and its lock or event may have been held
+    mid-use at the fork: start over with new ones, without touching the old."""
+    global _worker
+    _worker = _Worker()
+
+
+def _at_exit() -> None:
+    """Write what is left when the process ends normally, unless the database is down (or
+    the thread was stopped on purpose, as by tests)."""
+    thread = _worker.thread
+    if thread is None or not thread.is_alive() or database_down():
+        return
+    stop(timeout=5.0)
+    try:
+        run_tasks()
+    except Exception as err:
+        logger.warning("Could not write buffered events or metrics at exit (%s).", err)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_at_exit)

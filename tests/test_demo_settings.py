@@ -1,0 +1,41 @@
+"""The demo's PostgreSQL gives up on a dead or blackholed server in seconds."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import psycopg
+
+import crm_demo.settings
+
+LIBPQ_OPTIONS = {"connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval",
+                 "keepalives_count", "tcp_user_timeout"}
+
+
+def demo_databases(monkeypatch, url: str) -> dict:
+    monkeypatch.setenv("DATABASE_URL", url)
+    try:
+        return importlib.reload(crm_demo.settings).DATABASES
+    finally:
+        monkeypatch.undo()
+        importlib.reload(crm_demo.settings)
+
+
+def test_postgresql_gets_a_connect_timeout_and_keepalives(monkeypatch):
+    databases = demo_databases(monkeypatch, "postgres://demo@db.example:5432/crm")
+    assert set(databases["default"]["OPTIONS"]) == LIBPQ_OPTIONS
+    assert databases["default"]["OPTIONS"]["connect_timeout"] <= 5
+
+
+def test_sqlite_gets_no_libpq_options(monkeypatch):
+    databases = demo_databases(monkeypatch, "sqlite:///demo.sqlite3")
+    assert "OPTIONS" not in databases["default"] or not databases["default"]["OPTIONS"]
+
+
+def test_libpq_takes_every_option(monkeypatch, postgres):
+    """The real server accepts the connection and reports the options back."""
+    options = demo_databases(monkeypatch, os.environ["DATABASE_URL"])["default"]["OPTIONS"]
+    with psycopg.connect(os.environ["DATABASE_URL"], **options) as connection:
+        parameters = connection.info.get_parameters()
+    assert {k: parameters[k] for k in LIBPQ_OPTIONS} == {k: str(v) for k, v in options.items()}
