@@ -7,4 +7,5 @@ class ResilienceCrmConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from resilience_crm import checks, receivers  # noqa: F401  (registers checks and receivers)
+        # Imported for what they register: checks, signal receivers (queue: replay on close).
+        from resilience_crm import checks, queue, receivers  # noqa: F401
