@@ -20,7 +20,7 @@ from django.core.checks import CheckMessage, Error, Tags, register
 from django.core.checks import Warning as CheckWarning
 from django.utils.module_loading import import_string
 
-from resilience_crm import conf, core
+from resilience_crm import conf, core, queue
 from resilience_crm.rates import parse_rates
 
 TAG = "resilience_crm"
@@ -68,6 +68,8 @@ class Codes:
     STORE_PER_PROCESS = "resilience_crm.W002"
     CACHE_PER_PROCESS = "resilience_crm.W003"
     STORE_IN_REQUEST_TRANSACTION = "resilience_crm.W004"
+    QUEUE_WITHOUT_REDIS = "resilience_crm.W010"
+    QUEUE_NOT_PERSISTENT = "resilience_crm.W011"
 
 
 class Messages:
@@ -116,6 +118,15 @@ class Messages:
         "The database store keeps live circuit state on the database {alias!r}, which has"
         " ATOMIC_REQUESTS: a request that fails rolls back the state change its failure made."
     )
+    QUEUE_WITHOUT_REDIS = (
+        "The cache {alias!r} that RESILIENCE_CRM[\"CACHE_ALIAS\"] names is not Redis, so the"
+        " write queue has nowhere outside the database to keep writes: while the database is"
+        " down, protected.submit() refuses them with 503 QUEUE_UNAVAILABLE."
+    )
+    QUEUE_NOT_PERSISTENT = (
+        "{problem}: writes queued during a database outage are lost if Redis restarts before"
+        " they are replayed."
+    )
 
 
 class Hints:
@@ -158,6 +169,13 @@ class Hints:
     CACHE_PER_PROCESS = (
         "Point RESILIENCE_CRM[\"CACHE_ALIAS\"] at a Redis cache (django-redis) when the app runs"
         " in more than one process. Silence this warning if it never does."
+    )
+    QUEUE_WITHOUT_REDIS = (
+        "Point RESILIENCE_CRM[\"CACHE_ALIAS\"] at a django-redis cache to queue writes during"
+        " outages, or silence this warning if refusing them is what you want."
+    )
+    QUEUE_NOT_PERSISTENT = (
+        "Turn on appendonly (appendfsync everysec) or RDB snapshots in redis.conf."
     )
     STORE_IN_REQUEST_TRANSACTION = (
         "Add a second alias for the same database without ATOMIC_REQUESTS, name it in"
@@ -575,3 +593,22 @@ def check_database_pool(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
                       hint=Hints.POOL_WITHOUT_PSYCOPG_POOL, id=Codes.POOL_WITHOUT_PSYCOPG_POOL)
                 for alias in pooled]
     return []
+
+
+@register(TAG, Tags.caches, deploy=True)
+def check_write_queue(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Deployment check: where writes go while the database is down."""
+    config = _config()
+    if config is None or not isinstance(config["CACHE_ALIAS"], str):
+        return []
+    alias = config["CACHE_ALIAS"]
+    if alias not in django_settings.CACHES:
+        return []  # reported by check_values
+    if not conf.cache_is_redis(alias):
+        return [CheckWarning(Messages.QUEUE_WITHOUT_REDIS.format(alias=alias),
+                             hint=Hints.QUEUE_WITHOUT_REDIS, id=Codes.QUEUE_WITHOUT_REDIS)]
+    problem = queue.persistence_problem()
+    if problem is None:
+        return []
+    return [CheckWarning(Messages.QUEUE_NOT_PERSISTENT.format(problem=problem),
+                         hint=Hints.QUEUE_NOT_PERSISTENT, id=Codes.QUEUE_NOT_PERSISTENT)]

@@ -411,3 +411,20 @@ def stream_length() -> int:
         return int(client.xlen(cache.make_key(STREAM_KEY)))
     except Exception:  # noqa: BLE001
         return -1
+
+
+def persistence_problem() -> str | None:
+    """Why queued writes would not survive a Redis restart, or ``None`` when they would (or
+    it cannot be told: no Redis, ``CONFIG`` disabled, Redis unreachable). Read-only."""
+    if not redis_available():
+        return None
+    try:
+        client, _ = _redis()
+        config = client.config_get("appendonly")
+        config.update(client.config_get("save"))
+    except Exception:  # noqa: BLE001  (managed Redis often disables CONFIG)
+        return None
+    appendonly, save = _text(config.get("appendonly", "")), _text(config.get("save", ""))
+    if appendonly == "no" and not save.strip():
+        return "Redis persistence is off (appendonly no, save \"\")"
+    return None

@@ -14,6 +14,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from resilience_crm import core, registry
+from resilience_crm import queue as write_queue
 from resilience_crm.conf import settings
 
 logger = logging.getLogger("resilience_crm.health")
@@ -52,6 +53,9 @@ def ready(request: HttpRequest) -> JsonResponse:
     status = "ok" if score == 100 else ("degraded" if checks["database"]["ok"] else "unavailable")
     body = {"status": status, "score": score, "circuits": circuits, "queue": queue,
             "checks": checks}
+    persistence = write_queue.persistence_problem()
+    if persistence:
+        body["warnings"] = [f"{persistence}: queued writes would not survive a Redis restart."]
     return JsonResponse(body, status=503 if status == "unavailable" else 200)
 
 
