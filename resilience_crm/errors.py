@@ -29,6 +29,8 @@ RETRYABLE_SQLSTATES = ("40001", "40P01")
 QUERY_CANCELED = "57014"
 #: SQLSTATE classes of a connection that broke or a server that is going away.
 CONNECTION_SQLSTATE_PREFIXES = ("08", "57P")
+#: Driver errors that mean a wait for a connection already used up its time.
+TIMEOUT_CLASS_NAMES = frozenset({"PoolTimeout", "ConnectionTimeout"})
 #: Upstream HTTP statuses worth another attempt.
 RETRYABLE_STATUSES = (429, 502, 503, 504)
 
@@ -53,7 +55,7 @@ def classify(exc: BaseException) -> Classification:
     status = _http_status(exc)
     if status is not None:
         return _classify_status(exc, status)
-    if isinstance(exc, DatabaseError):
+    if isinstance(exc, DatabaseError) or "DatabaseError" in _class_names(exc):
         return _classify_database(exc)
     if isinstance(exc, TimeoutError):
         return Classification(False, True, OperationTimeout)
@@ -68,14 +70,18 @@ def is_conflict(exc: BaseException) -> bool:
     return _sqlstate(exc) in RETRYABLE_SQLSTATES
 
 
-def _classify_database(exc: DatabaseError) -> Classification:
+def _classify_database(exc: BaseException) -> Classification:
+    """Django's wrapped errors and the DB-API driver's own (psycopg's), by SQLSTATE and by
+    the DB-API class names, so no driver needs importing."""
     sqlstate = _sqlstate(exc)
     if sqlstate in RETRYABLE_SQLSTATES:
         return Classification(True, True, DependencyUnavailable)
     if sqlstate == QUERY_CANCELED:
         return Classification(False, True, OperationTimeout)
-    if isinstance(exc, OperationalError | InterfaceError):
-        if type(exc.__cause__).__name__ == "PoolTimeout":  # waited the pool's timeout already
+    names = _class_names(exc) | (_class_names(exc.__cause__) if exc.__cause__ else set())
+    if isinstance(exc, OperationalError | InterfaceError) or names & {"OperationalError",
+                                                                       "InterfaceError"}:
+        if names & TIMEOUT_CLASS_NAMES:  # the pool's or libpq's connect wait ran out
             return Classification(False, True, OperationTimeout)
         if sqlstate is None or sqlstate.startswith(CONNECTION_SQLSTATE_PREFIXES):
             return Classification(True, True, DependencyUnavailable)
@@ -121,8 +127,12 @@ def _headers(exc: BaseException) -> Any:
     return {}
 
 
+def _class_names(exc: BaseException) -> set[str]:
+    return {cls.__name__ for cls in type(exc).__mro__}
+
+
 def _is_redis_connection_error(exc: BaseException) -> bool:
-    names = {cls.__name__ for cls in type(exc).__mro__}
+    names = _class_names(exc)
     module = type(exc).__module__
     return module.startswith(("redis", "django_redis")) and bool(
         names & {"ConnectionError", "TimeoutError", "ConnectionInterrupted"})

@@ -51,7 +51,7 @@ class RetryBudget:
     def withdraw(self) -> bool:
         with self._lock:
             self._refill()
-            if self.tokens < 1:
+            if self.tokens < 1 - 1e-9:  # ten deposits of 0.1 make one token
                 return False
             self.tokens -= 1
             return True

@@ -4,8 +4,10 @@ import os
 
 import pytest
 from django.conf import settings as django_settings
+from django.core.cache import caches
 
-from resilience_crm import metrics, registry
+from resilience_crm import metrics, registry, retries
+from resilience_crm.provider import protected
 from tests.services import require_service
 
 
@@ -16,6 +18,16 @@ def _fresh_breakers():
     metrics.reset()
     yield
     registry.clear()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_reads():
+    """Nor with reads cached by another (the local-memory cache lives as long as the run)."""
+    caches["default"].clear()
+    protected.cache.forget_local()
+    retries.clear_budgets()
+    yield
+    protected.cache.forget_local()
 
 
 @pytest.fixture
