@@ -93,6 +93,10 @@ class Receipt:
         return self.status == QUEUED
 
 
+class StillQueued(Exception):  # noqa: N818  (a signal, not an error)
+    """The write with this key waits in the queue; submitting it again is the same write."""
+
+
 _handlers: dict[str, Handler] = {}
 
 
@@ -130,11 +134,13 @@ def submit(provider: Provider, name: str, payload: Any, *, idempotency_key: str,
     if queued_hash is not None:
         if queued_hash != digest:
             raise IdempotencyConflict()
-        raise IdempotencyInFlight()
+        return Receipt(QUEUED, idempotency_key)  # the same write, still waiting in Redis
     try:
         result = provider.write(
             found.key, lambda: _apply_now(found, payload, digest, idempotency_key, entity),
             circuit=found.circuit, using=found.using)
+    except StillQueued:
+        return Receipt(QUEUED, idempotency_key)
     except QUEUE_ON as err:
         if not redis_available():
             raise QueueUnavailable(retry_after=err.retry_after, circuit=found.circuit) from err
@@ -155,7 +161,9 @@ def _apply_now(found: Handler, payload: Any, digest: str, key: str, entity: str)
             raise IdempotencyConflict() from None
         if existing.state == QueuedWrite.State.APPLIED:
             return existing.result
-        raise IdempotencyInFlight() from None
+        if existing.state == QueuedWrite.State.PENDING:
+            raise StillQueued() from None
+        raise IdempotencyInFlight() from None  # being applied, or failed: see the admin
     result = found.fn(payload)
     row.state, row.result, row.applied_at = QueuedWrite.State.APPLIED, result, timezone.now()
     row.save(update_fields=["state", "result", "applied_at", "updated_at"])
