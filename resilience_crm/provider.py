@@ -54,6 +54,7 @@ class _Flight:
         self.done = threading.Event()
         self.result: Served | None = None
         self.error: BaseException | None = None
+        self.waiters = 0
 
 
 class Provider:
@@ -184,6 +185,12 @@ class Provider:
     async def asubmit(self, *args: Any, **kwargs: Any) -> queue.Receipt:
         return await sync_to_async(self.submit)(*args, **kwargs)
 
+    def waiting(self, key: str) -> int:
+        """How many threads of this process wait for another's read of ``key`` right now."""
+        with self._flights_lock:
+            flight = self._flights.get(key)
+            return 0 if flight is None else flight.waiters
+
     # One call under a breaker and a deadline --------------------------------------------
 
     def call(self, circuit: str, fn: Callable[[], T], using: str | None = DEFAULT_DB_ALIAS,
@@ -282,11 +289,11 @@ class Provider:
             return self._stale(entry, circuit)
         try:
             value = self._call(circuit, fn, using)
+            self.cache.set(key, value, ttl, stale_ttl, lookup.space_version)
         except ResilienceError as err:
             return self._fallback_or_raise(err, entry, circuit, ttl, stale_ttl, fallback_fn)
-        finally:
+        finally:  # after the result is stored, so nobody sees neither lease nor result
             self.cache.release_lease(key, token)
-        self.cache.set(key, value, ttl, stale_ttl, lookup.space_version)
         return Served(value)
 
     def _fetch(self, key: str, fn: Callable[[], Any], circuit: str, ttl: float,
@@ -305,15 +312,20 @@ class Provider:
                 return waited
             leader = self.cache.take_lease(key, token, self._budget(circuit))
         try:
+            if leader:  # the previous leader may have stored its result just before
+                done = self.cache.get_shared(key)
+                if done.entry is not None and self._fresh(done.entry, done.space_version, ttl,
+                                                          self._clock()):
+                    return Served(done.entry.value)
             value = self._call(circuit, fn, using)
+            self.cache.set(key, value, ttl, stale_ttl, space_version)
         except ResilienceError as err:
             if leader:
                 self.cache.publish_error(key, err.code, err.message, err.retry_after)
             return self._fallback_or_raise(err, None, circuit, ttl, stale_ttl, fallback_fn)
-        finally:
+        finally:  # after the result is stored, so nobody sees neither lease nor result
             if leader:
                 self.cache.release_lease(key, token)
-        self.cache.set(key, value, ttl, stale_ttl, space_version)
         return Served(value)
 
     def _await_leader(self, key: str, circuit: str, ttl: float) -> Served | None:
@@ -341,6 +353,8 @@ class Provider:
             leader = flight is None
             if flight is None:
                 flight = self._flights[key] = _Flight()
+            else:
+                flight.waiters += 1
         if leader:
             try:
                 flight.result = run()

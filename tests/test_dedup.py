@@ -1,0 +1,125 @@
+"""Identical concurrent reads share one query: within a process (single-flight) and across
+processes (a Redis lease), with real forked processes, threads and PostgreSQL."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+import traceback
+
+import pytest
+from django.db import connection, connections
+
+from resilience_crm.exceptions import RetriesExhausted
+from resilience_crm.provider import protected
+
+pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
+
+ctx = multiprocessing.get_context("fork")
+PROCESSES, THREADS = 4, 50
+KEY = "contacts:dedup"
+
+
+def slow_query(counter):
+    """One real query, slow enough that the others arrive while it runs."""
+    with counter.get_lock():
+        counter.value += 1
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_sleep(0.3), 42")
+        return cursor.fetchone()[1]
+
+
+def reader(index, barrier, counter, results):
+    """``THREADS`` threads in this process read the same key at the same moment."""
+    start = threading.Barrier(THREADS)
+    answers = []
+
+    def read():
+        start.wait()
+        try:
+            answers.append(protected.read(KEY, lambda: slow_query(counter)))
+        finally:
+            connections.close_all()
+
+    barrier.wait()
+    threads = [threading.Thread(target=read) for _ in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with results.get_lock():
+        results.value += answers.count(42)
+
+
+def run_readers():
+    counter, results = ctx.Value("i", 0), ctx.Value("i", 0)
+    barrier, errors = ctx.Barrier(PROCESSES), ctx.Queue()
+    connections.close_all()
+
+    def main(index):
+        try:
+            reader(index, barrier, counter, results)
+        except BaseException:
+            errors.put(traceback.format_exc())
+            os._exit(1)
+        os._exit(0)
+
+    processes = [ctx.Process(target=main, args=(i,)) for i in range(PROCESSES)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+    assert all(p.exitcode == 0 for p in processes), errors.get(timeout=1)
+    assert results.value == PROCESSES * THREADS  # every read got the real value
+    return counter.value
+
+
+def test_200_identical_reads_in_4_processes_make_one_query_with_the_redis_lease(
+        settings, redis_cache, transactional_db):
+    settings.RESILIENCE_CRM = {"STORE": "redis", "CACHE_ALIAS": "redis"}
+    assert run_readers() == 1
+
+
+def test_without_a_shared_cache_each_process_makes_at_most_one_query(settings,
+                                                                      transactional_db):
+    settings.RESILIENCE_CRM = {"STORE": "memory", "CACHE_ALIAS": "default"}
+    assert 1 <= run_readers() <= PROCESSES
+
+
+def test_waiting_threads_get_the_leaders_error(settings, redis_cache, transactional_db):
+    settings.RESILIENCE_CRM = {"STORE": "redis", "CACHE_ALIAS": "redis"}
+    calls, errors = [], []
+    inside = threading.Event()
+    release = threading.Event()
+
+    def failing():
+        calls.append(1)
+        inside.set()
+        release.wait(10)
+        raise ConnectionResetError("the database went away")
+
+    def read():
+        try:
+            protected.read("contacts:failing", failing, using=None)
+        except RetriesExhausted as err:
+            errors.append(err)
+        finally:
+            connections.close_all()  # the breaker read its overrides in this thread
+
+    leader = threading.Thread(target=read)
+    leader.start()
+    assert inside.wait(10)
+    waiters = [threading.Thread(target=read) for _ in range(5)]
+    for waiter in waiters:
+        waiter.start()
+    deadline = time.monotonic() + 20
+    while protected.waiting("contacts:failing") < len(waiters):
+        assert time.monotonic() < deadline, "the waiters never joined the leader's read"
+        time.sleep(0.01)
+    release.set()
+    for thread in [leader, *waiters]:
+        thread.join(20)
+    assert len(errors) == 6
+    assert len(calls) == 3  # the leader and its two retries; no waiter ran its own
