@@ -28,6 +28,7 @@ lint: venv
 
 bench: venv
 	$(BIN)/python bench/closed_path.py
+	$(BIN)/python bench/provider.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -284,6 +284,8 @@ class Provider:
         serve it (stale-while-revalidate); nobody refreshes while the circuit is open."""
         entry = lookup.entry
         assert entry is not None  # noqa: S101  (the caller checked)
+        if _is_open(circuit):  # no refresh while open, and no lease to take for it
+            return self._stale(entry, circuit)
         token = uuid.uuid4().hex
         if not self.cache.take_lease(key, token, self._budget(circuit)):
             return self._stale(entry, circuit)
@@ -301,6 +303,13 @@ class Provider:
                space_version: int) -> Served:
         """Nothing servable is cached: the one process holding the lease queries, the others
         wait for its result or its error."""
+        if _is_open(circuit):  # fail fast: the breaker answers, no lease needed
+            try:
+                value = self._call(circuit, fn, using)
+            except ResilienceError as err:
+                return self._fallback_or_raise(err, None, circuit, ttl, stale_ttl, fallback_fn)
+            self.cache.set(key, value, ttl, stale_ttl, space_version)
+            return Served(value)
         token = uuid.uuid4().hex
         leader = self.cache.take_lease(key, token, self._budget(circuit))
         if not leader:
@@ -402,6 +411,11 @@ class Provider:
     @staticmethod
     def _budget(circuit: str) -> float:
         return float(get_breaker(circuit).config.call_timeout)
+
+
+def _is_open(circuit: str) -> bool:
+    """This worker's view (no I/O while it is fresh) says the circuit rejects calls."""
+    return get_breaker(circuit).state in (core.OPEN, core.FORCED_OPEN)
 
 
 def _mark(served: Served) -> None:
