@@ -91,19 +91,20 @@ class Provider:
         """``fn()`` in a transaction under the write circuit; then ``key``'s space is no
         longer fresh anywhere. Only serialization failures and deadlocks are retried: after
         a lost connection nobody knows whether the write was applied."""
-        value = self._call(circuit, fn, using, retry_if=errors.is_conflict)
+        value = self._call(circuit, fn, using, retry_if=errors.is_conflict,
+                           operation=fallback.space_of(key))
         self.invalidate(key, using=using)
         return value
 
     def rpc(self, name: str, fn: Callable[[], T], *, circuit: str = OP_CIRCUITS["rpc"],
             retry: bool = True) -> T:
         """``fn()`` (an upstream call, no database transaction) under the rpc circuit."""
-        return self._call(circuit, fn, None, retry_if=None if retry else _never)
+        return self._call(circuit, fn, None, retry_if=None if retry else _never, operation=name)
 
     def auth(self, name: str, fn: Callable[[], T], *, circuit: str = OP_CIRCUITS["auth"],
              using: str | None = DEFAULT_DB_ALIAS) -> T:
         """``fn()`` (a credential check) under the auth circuit, with no cached fallback."""
-        return self._call(circuit, fn, using)
+        return self._call(circuit, fn, using, operation=name)
 
     def load_many(self, key: str, ids: Iterable[Hashable],
                   fetch_many: Callable[[list[Any]], Mapping[Any, Any]], *,
@@ -129,7 +130,8 @@ class Provider:
         for start in range(0, len(missing), batch_size):
             batch = missing[start:start + batch_size]
             try:
-                found = dict(self._call(circuit, partial(fetch_many, batch), using))
+                found = dict(self._call(circuit, partial(fetch_many, batch), using,
+                                        operation=fallback.space_of(key)))
             except ResilienceError as err:
                 for item in batch:
                     entry = entries.get(keys[item])
@@ -199,7 +201,9 @@ class Provider:
         return self._call(circuit, fn, using, retry_if=retry_if)
 
     def _call(self, circuit: str, fn: Callable[[], T], using: str | None,
-              *, retry_if: Callable[[BaseException], bool] | None = None) -> T:
+              *, retry_if: Callable[[BaseException], bool] | None = None,
+              operation: str = "") -> T:
+        metrics.inc("operations", circuit=circuit, operation=operation)
         breaker = get_breaker(circuit)
         permit = breaker.allow()  # CircuitOpenError: never run, never retried
         deadline = deadlines.Deadline(breaker.config.call_timeout, self._monotonic)
@@ -222,7 +226,9 @@ class Provider:
                         and attempt < retries.MAX_ATTEMPTS
                         and deadline.remaining() > pause + took
                         and _may_retry(using) and budget.withdraw()):
-                    metrics.inc("retries", circuit=circuit)
+                    metrics.inc("retries", circuit=circuit, operation=operation)
+                    logger.info("%s %s: retrying after %r (attempt %s)", circuit, operation,
+                                exc, attempt + 1)
                     _drop_broken_connection(using)
                     self._sleep(pause)
                     continue
@@ -290,7 +296,7 @@ class Provider:
         if not self.cache.take_lease(key, token, self._budget(circuit)):
             return self._stale(entry, circuit)
         try:
-            value = self._call(circuit, fn, using)
+            value = self._call(circuit, fn, using, operation=fallback.space_of(key))
             self.cache.set(key, value, ttl, stale_ttl, lookup.space_version)
         except ResilienceError as err:
             return self._fallback_or_raise(err, entry, circuit, ttl, stale_ttl, fallback_fn)
@@ -305,7 +311,7 @@ class Provider:
         wait for its result or its error."""
         if _is_open(circuit):  # fail fast: the breaker answers, no lease needed
             try:
-                value = self._call(circuit, fn, using)
+                value = self._call(circuit, fn, using, operation=fallback.space_of(key))
             except ResilienceError as err:
                 return self._fallback_or_raise(err, None, circuit, ttl, stale_ttl, fallback_fn)
             self.cache.set(key, value, ttl, stale_ttl, space_version)
@@ -326,7 +332,7 @@ class Provider:
                 if done.entry is not None and self._fresh(done.entry, done.space_version, ttl,
                                                           self._clock()):
                     return Served(done.entry.value)
-            value = self._call(circuit, fn, using)
+            value = self._call(circuit, fn, using, operation=fallback.space_of(key))
             self.cache.set(key, value, ttl, stale_ttl, space_version)
         except ResilienceError as err:
             if leader:

@@ -179,6 +179,8 @@ def test_transient_errors_are_retried_with_full_jitter_backoff(provider):
     assert provider.pauses == [retries.backoff(1, rand=lambda: 1.0),
                                retries.backoff(2, rand=lambda: 1.0)]
     assert provider.pauses == [retries.BASE_DELAY, retries.BASE_DELAY * 2]
+    assert metrics.value("operations", circuit="crm.rpc", operation="crm.vendor") == 1
+    assert metrics.value("retries", circuit="crm.rpc", operation="crm.vendor") == 2
 
 
 def test_backoff_is_uniform_below_the_exponential_cap():
