@@ -292,12 +292,13 @@ def _store_row(data: dict[str, str]) -> None:
 
 def claim(owner: str, lease: float = LEASE_SECONDS,
           skip: set[int] | None = None) -> QueuedWrite | None:
-    """Lease the oldest row that may be applied now to ``owner``: pending, or applying under
-    a lease that ran out, with no earlier unfinished write of the same entity."""
+    """Lease the oldest row that may be applied now to ``owner``: pending, failed before (one
+    more attempt per replay), or applying under a lease that ran out; and with no earlier
+    unfinished write of the same entity."""
     db = router.db_for_write(QueuedWrite)
     now = timezone.now()
-    ready = Q(state=QueuedWrite.State.PENDING) | Q(state=QueuedWrite.State.APPLYING,
-                                                   lease_until__lt=now)
+    ready = (Q(state__in=[QueuedWrite.State.PENDING, QueuedWrite.State.FAILED])
+             | Q(state=QueuedWrite.State.APPLYING, lease_until__lt=now))
     with transaction.atomic(using=db):
         candidates = (QueuedWrite.objects.using(db).select_for_update(skip_locked=True)
                       .filter(ready).exclude(pk__in=skip or ()).order_by("id")[:50])
@@ -352,12 +353,6 @@ def _record_failure(row: QueuedWrite, exc: Exception) -> str:
         state=state, last_error=f"{exc.__class__.__name__}: {exc}"[:2000], lease_owner="",
         lease_until=None, updated_at=timezone.now())
     return "dead" if dead else "failed"
-
-
-def retry_failed() -> int:
-    """Put failed (not dead) writes back to pending; returns how many."""
-    return QueuedWrite.objects.using(router.db_for_write(QueuedWrite)).filter(
-        state=QueuedWrite.State.FAILED).update(state=QueuedWrite.State.PENDING)
 
 
 def _invalidate(key: str) -> None:

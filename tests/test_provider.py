@@ -362,3 +362,18 @@ def test_a_stalled_server_is_bounded_by_the_connect_timeout(provider, postgres):
             provider.rpc("crm.db", connect)
         assert time.monotonic() - started < 2.0 + 1.5  # connect_timeout is at least 2 s
         assert proxy.connections == 1  # a timeout is not retried
+
+
+def test_reads_work_without_the_cache_when_redis_is_down(settings, redis_proxy):
+    settings.RESILIENCE_CRM = {"STORE": "memory", "CACHE_ALIAS": "proxied"}
+    redis_proxy.stalled = True
+    redis_proxy.cut()
+    provider = Provider()
+    source = Source("live")
+    started = time.monotonic()
+    assert provider.read("contacts:list", source, using=None) == "live"
+    assert provider.read("contacts:list", source, using=None) == "live"  # this process's layer
+    provider.cache.forget_local()
+    assert provider.read("contacts:list", source, using=None) == "live"
+    assert source.calls == 2  # nothing reached Redis
+    assert time.monotonic() - started < 10  # each cache call bounded by its socket timeout

@@ -9,19 +9,16 @@ from resilience_crm import queue
 
 class Command(BaseCommand):
     help = ("Apply queued writes: move them from Redis into QueuedWrite rows, then apply the "
-            "pending ones (and those whose replayer's lease ran out) exactly once.")
+            "pending and failed ones (and those whose replayer's lease ran out) exactly once; "
+            "a write that has failed 5 times becomes a dead letter.")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--limit", type=int, default=None,
                             help="apply at most this many writes")
         parser.add_argument("--lease", type=float, default=queue.LEASE_SECONDS,
                             help="seconds a row stays leased to this run (default %(default)s)")
-        parser.add_argument("--retry-failed", action="store_true",
-                            help="first put failed (not dead) writes back to pending")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if options["retry_failed"]:
-            self.stdout.write(f"Requeued {queue.retry_failed()} failed write(s).")
         report = queue.replay(lease=options["lease"], limit=options["limit"])
         self.stdout.write(
             f"Moved {report.moved} from Redis, applied {report.applied}, failed "
