@@ -12,6 +12,7 @@ from rest_framework.test import APIClient
 
 from crm_demo.crm.models import Agent, Contact, Conversation, Message
 from resilience_crm import get_breaker, queue
+from resilience_crm.models import QueuedWrite
 from resilience_crm.provider import protected
 from tests.clock import Clock
 
@@ -102,6 +103,16 @@ def test_a_create_with_an_idempotency_key_applies_once(api):
                      HTTP_IDEMPOTENCY_KEY="abc")
     problem(other, 422, "IDEMPOTENCY_CONFLICT")
     assert api.post("/api/contacts/", {"name": "No email"}, format="json").status_code == 400
+
+
+def test_a_create_whose_key_is_being_applied_is_a_409(api):
+    payload = {"name": "Ada", "email": "ada@example.com"}
+    QueuedWrite.objects.create(
+        name="contacts.create", idempotency_key=f"{api.user.pk}:contacts.create:abc",
+        payload=payload, payload_hash=queue.payload_hash(payload), state="applying")
+    response = api.post("/api/contacts/", payload, format="json", HTTP_IDEMPOTENCY_KEY="abc")
+    problem(response, 409, "IDEMPOTENCY_IN_FLIGHT")
+    assert not Contact.objects.exists()
 
 
 def test_conversations_and_their_messages(api):
