@@ -234,20 +234,33 @@ def replay(*, lease: float = LEASE_SECONDS, limit: int | None = None,
         report.moved = drain()
     except QueueUnavailable as err:
         logger.warning("Write queue: Redis unavailable, replaying rows only (%s)", err.__cause__)
-    tried: set[int] = set()
-    while limit is None or report.applied + report.failed < limit:
-        row = claim(owner, lease, skip=tried)
-        if row is None:
-            break
-        tried.add(row.pk)
-        outcome = apply(row, owner)
-        if outcome == "stop":
-            report.stopped = "the database failed; the rest waits for the next replay"
-            break
-        setattr(report, outcome, getattr(report, outcome) + 1)
-        if outcome == "dead":
-            report.failed += 1
+    for db in databases():
+        tried: set[int] = set()
+        while limit is None or report.applied + report.failed < limit:
+            row = claim(owner, lease, skip=tried, using=db)
+            if row is None:
+                break
+            tried.add(row.pk)
+            outcome = apply(row, owner)
+            if outcome == "stop":
+                report.stopped = "the database failed; the rest waits for the next replay"
+                return report
+            setattr(report, outcome, getattr(report, outcome) + 1)
+            if outcome == "dead":
+                report.failed += 1
     return report
+
+
+def databases() -> list[str]:
+    """The aliases queued writes live on: each handler's own (its effect and its
+    ``QueuedWrite`` row commit in one transaction), and where the router puts the model."""
+    return sorted({handler.using for handler in _handlers.values()}
+                  | {router.db_for_write(QueuedWrite) or "default"})
+
+
+def _database_of(name: str) -> str:
+    found = _handlers.get(name)
+    return found.using if found else (router.db_for_write(QueuedWrite) or "default")
 
 
 def drain() -> int:
@@ -278,7 +291,7 @@ def drain() -> int:
 
 
 def _store_row(data: dict[str, str]) -> None:
-    db = router.db_for_write(QueuedWrite)
+    db = _database_of(data["name"])
     with transaction.atomic(using=db):
         row, created = QueuedWrite.objects.using(db).get_or_create(
             idempotency_key=data["key"],
@@ -290,12 +303,12 @@ def _store_row(data: dict[str, str]) -> None:
                      "under the same key; the queued one is dropped.", data["key"])
 
 
-def claim(owner: str, lease: float = LEASE_SECONDS,
-          skip: set[int] | None = None) -> QueuedWrite | None:
+def claim(owner: str, lease: float = LEASE_SECONDS, skip: set[int] | None = None,
+          using: str = "default") -> QueuedWrite | None:
     """Lease the oldest row that may be applied now to ``owner``: pending, failed before (one
     more attempt per replay), or applying under a lease that ran out; and with no earlier
-    unfinished write of the same entity."""
-    db = router.db_for_write(QueuedWrite)
+    unfinished write of the same entity, on the database ``using``."""
+    db = using
     now = timezone.now()
     ready = (Q(state__in=[QueuedWrite.State.PENDING, QueuedWrite.State.FAILED])
              | Q(state=QueuedWrite.State.APPLYING, lease_until__lt=now))
@@ -322,7 +335,7 @@ UNFINISHED = (QueuedWrite.State.PENDING, QueuedWrite.State.APPLYING, QueuedWrite
 def apply(row: QueuedWrite, owner: str) -> str:
     """Apply one leased row; ``"applied"``, ``"failed"``, ``"dead"``, or ``"stop"`` when the
     database itself failed (the row keeps its lease and is taken over later)."""
-    db = router.db_for_write(QueuedWrite)
+    db = row._state.db or "default"
     try:
         found = handler(row.name)
         with transaction.atomic(using=db):
@@ -349,7 +362,7 @@ def _record_failure(row: QueuedWrite, exc: Exception) -> str:
     state = QueuedWrite.State.DEAD if dead else QueuedWrite.State.FAILED
     logger.warning("Write queue: %s %s failed (attempt %s): %r", row.name,
                    row.idempotency_key, row.attempts, exc)
-    QueuedWrite.objects.using(router.db_for_write(QueuedWrite)).filter(pk=row.pk).update(
+    QueuedWrite.objects.using(row._state.db or "default").filter(pk=row.pk).update(
         state=state, last_error=f"{exc.__class__.__name__}: {exc}"[:2000], lease_owner="",
         lease_until=None, updated_at=timezone.now())
     return "dead" if dead else "failed"

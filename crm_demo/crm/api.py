@@ -5,7 +5,7 @@ database is down); creates go through ``protected.submit`` with the client's
 protected writes."""
 
 import uuid
-from collections.abc import Callable
+from functools import partial
 from typing import Any
 from urllib.parse import urlencode
 
@@ -165,8 +165,8 @@ class ConversationViewSet(ProtectedViewSet):
             payload = {**serializer.validated_data, "conversation_id": int(pk)}
             return self._submit(request, "messages.create", payload,
                                 entity=f"conversation:{pk}")
-        read: Callable[[], list[dict[str, Any]]] = lambda: self._messages(pk)  # noqa: E731
-        return Response(protected.read(f"conversations:messages:{pk}", read))
+        return Response(protected.read(f"conversations:messages:{pk}",
+                                       partial(self._messages, pk)))
 
     def _messages(self, pk: str) -> list[dict[str, Any]]:
         get_object_or_404(Conversation, pk=pk)
