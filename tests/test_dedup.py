@@ -77,18 +77,19 @@ def run_readers():
 
 
 def test_200_identical_reads_in_4_processes_make_one_query_with_the_redis_lease(
-        settings, redis_cache, transactional_db):
+        settings, redis_cache, postgres, transactional_db):
     settings.RESILIENCE_CRM = {"STORE": "redis", "CACHE_ALIAS": "redis"}
     assert run_readers() == 1
 
 
-def test_without_a_shared_cache_each_process_makes_at_most_one_query(settings,
+def test_without_a_shared_cache_each_process_makes_at_most_one_query(settings, postgres,
                                                                       transactional_db):
     settings.RESILIENCE_CRM = {"STORE": "memory", "CACHE_ALIAS": "default"}
     assert 1 <= run_readers() <= PROCESSES
 
 
-def test_waiting_threads_get_the_leaders_error(settings, redis_cache, transactional_db):
+def test_waiting_threads_get_the_leaders_error(settings, redis_cache, postgres,
+                                               transactional_db):
     settings.RESILIENCE_CRM = {"STORE": "redis", "CACHE_ALIAS": "redis"}
     calls, errors = [], []
     inside = threading.Event()

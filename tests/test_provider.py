@@ -281,7 +281,7 @@ def test_the_classifier(error, retryable, dependency, cls):
 
 
 @pytest.mark.postgres
-def test_the_classifier_on_real_database_errors(db):
+def test_the_classifier_on_real_database_errors(postgres, db):
     with pytest.raises(psycopg.OperationalError) as refused:
         psycopg.connect("postgresql://postgres@127.0.0.1:1/x", connect_timeout=2)
     assert classify(refused.value)[:3] == (True, True, DependencyUnavailable)
@@ -298,7 +298,7 @@ def test_the_classifier_on_real_database_errors(db):
 # Deadlines -------------------------------------------------------------------------------------
 
 @pytest.mark.postgres
-def test_a_slow_query_is_stopped_by_the_remaining_budget(settings, redis_cache, db):
+def test_a_slow_query_is_stopped_by_the_remaining_budget(settings, redis_cache, postgres, db):
     settings.RESILIENCE_CRM = {"STORE": "redis", "CACHE_ALIAS": "redis",
                                "CIRCUITS": {"crm.read": {"call_timeout": 0.5}}}
     provider = Provider()
@@ -317,7 +317,8 @@ def test_a_slow_query_is_stopped_by_the_remaining_budget(settings, redis_cache, 
 
 
 @pytest.mark.postgres
-def test_the_statement_timeout_ends_with_the_call_inside_the_callers_transaction(provider, db):
+def test_the_statement_timeout_ends_with_the_call_in_the_callers_transaction(
+        provider, postgres, db):
     def show():
         with connection.cursor() as cursor:
             cursor.execute("SHOW statement_timeout")
