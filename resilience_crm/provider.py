@@ -90,9 +90,10 @@ class Provider:
               using: str | None = DEFAULT_DB_ALIAS) -> T:
         """``fn()`` in a transaction under the write circuit; then ``key``'s space is no
         longer fresh anywhere. Only serialization failures and deadlocks are retried: after
-        a lost connection nobody knows whether the write was applied."""
+        a lost connection nobody knows whether the write was applied. A write that committed
+        past its budget counts as a timeout but is returned, not turned into an error."""
         value = self._call(circuit, fn, using, retry_if=errors.is_conflict,
-                           operation=fallback.space_of(key))
+                           operation=fallback.space_of(key), committed_is_done=True)
         self.invalidate(key, using=using)
         return value
 
@@ -202,7 +203,7 @@ class Provider:
 
     def _call(self, circuit: str, fn: Callable[[], T], using: str | None,
               *, retry_if: Callable[[BaseException], bool] | None = None,
-              operation: str = "") -> T:
+              operation: str = "", committed_is_done: bool = False) -> T:
         metrics.inc("operations", circuit=circuit, operation=operation)
         breaker = get_breaker(circuit)
         permit = breaker.allow()  # CircuitOpenError: never run, never retried
@@ -241,6 +242,8 @@ class Provider:
                 raise kind.error(retry_after=kind.retry_after, circuit=circuit) from exc
             if deadline.expired:
                 self._finish(breaker, permit, core.FAILURE, deadline, timeout=True)
+                if committed_is_done:  # a write that committed happened: no error for it
+                    return value
                 raise _timeout(circuit)
             slow = deadline.elapsed() >= breaker.config.slow_call_duration
             self._finish(breaker, permit, core.SLOW if slow else core.SUCCESS, deadline)

@@ -345,6 +345,10 @@ def test_a_call_that_returns_after_its_budget_counts_as_a_timeout(settings, redi
     with pytest.raises(OperationTimeout):
         provider.rpc("crm.vendor", takes_two_seconds)
     assert metrics.value("calls", circuit="crm.rpc", outcome="timeout") == 1
+    settings.RESILIENCE_CRM = {"STORE": "redis", "CACHE_ALIAS": "redis",
+                               "CIRCUITS": {"crm.write": {"call_timeout": 1.0}}}
+    assert provider.write("contacts:1", takes_two_seconds, using=None) == "late"
+    assert metrics.value("calls", circuit="crm.write", outcome="timeout") == 1
 
 
 @pytest.mark.postgres
