@@ -46,7 +46,7 @@ def retry_after_header(seconds: float) -> int:
 
 
 def problem_response(exc: ResilienceError) -> Response:
-    headers = fallback.headers()
+    headers = {}
     if exc.retry_after is not None:
         headers["Retry-After"] = str(retry_after_header(exc.retry_after))
     elif exc.status in (429, 503):
