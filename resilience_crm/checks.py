@@ -70,6 +70,7 @@ class Codes:
     STORE_IN_REQUEST_TRANSACTION = "resilience_crm.W004"
     QUEUE_WITHOUT_REDIS = "resilience_crm.W010"
     QUEUE_NOT_PERSISTENT = "resilience_crm.W011"
+    POOL_WAIT_OVER_BUDGET = "resilience_crm.W012"
 
 
 class Messages:
@@ -127,6 +128,11 @@ class Messages:
         "{problem}: writes queued during a database outage are lost if Redis restarts before"
         " they are replayed."
     )
+    POOL_WAIT_OVER_BUDGET = (
+        "settings.DATABASES[\"{alias}\"][\"OPTIONS\"][\"pool\"] waits up to {timeout}s for a"
+        " connection, not less than the {budget}s call_timeout of circuit {circuit!r}: on a"
+        " stalled database a request waits past its deadline."
+    )
 
 
 class Hints:
@@ -176,6 +182,10 @@ class Hints:
     )
     QUEUE_NOT_PERSISTENT = (
         "Turn on appendonly (appendfsync everysec) or RDB snapshots in redis.conf."
+    )
+    POOL_WAIT_OVER_BUDGET = (
+        'Set "timeout" in the pool options below the shortest call_timeout, e.g.'
+        ' {"pool": {"timeout": 1.0}}; psycopg_pool waits 30 s by default.'
     )
     STORE_IN_REQUEST_TRANSACTION = (
         "Add a second alias for the same database without ATOMIC_REQUESTS, name it in"
@@ -612,3 +622,39 @@ def check_write_queue(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
         return []
     return [CheckWarning(Messages.QUEUE_NOT_PERSISTENT.format(problem=problem),
                          hint=Hints.QUEUE_NOT_PERSISTENT, id=Codes.QUEUE_NOT_PERSISTENT)]
+
+
+#: psycopg_pool's wait for a connection when the pool options name no ``timeout``.
+PSYCOPG_POOL_DEFAULT_TIMEOUT = 30.0
+
+
+@_check(Tags.database)
+def check_pool_timeout(config: dict[str, Any]) -> list[CheckMessage]:
+    """A request must not wait longer for a pooled connection than its call's budget."""
+    budgets = {}
+    circuits = config["CIRCUITS"] if isinstance(config["CIRCUITS"], dict) else {}
+    for name in (*conf.DEFAULT_CIRCUITS, *circuits):
+        merged = conf.BREAKER_DEFAULTS.copy()
+        for layer in (config["CIRCUIT_DEFAULTS"], circuits.get(name)):
+            if isinstance(layer, dict):
+                merged.update(layer)
+        if _is_number(merged["call_timeout"]):
+            budgets[name] = merged["call_timeout"]
+    if not budgets:
+        return []  # reported by check_circuits
+    circuit = min(budgets, key=budgets.__getitem__)
+    warnings: list[CheckMessage] = []
+    for alias, database in django_settings.DATABASES.items():
+        options = database.get("OPTIONS") if isinstance(database, dict) else None
+        engine = str(database.get("ENGINE", "")) if isinstance(database, dict) else ""
+        pool = options.get("pool") if isinstance(options, dict) else None
+        if not pool or not any(name in engine for name in POSTGRES_ENGINES):
+            continue
+        timeout = pool.get("timeout", PSYCOPG_POOL_DEFAULT_TIMEOUT) if isinstance(
+            pool, dict) else PSYCOPG_POOL_DEFAULT_TIMEOUT
+        if _is_number(timeout) and timeout >= budgets[circuit]:
+            warnings.append(CheckWarning(
+                Messages.POOL_WAIT_OVER_BUDGET.format(alias=alias, timeout=timeout,
+                                                      budget=budgets[circuit], circuit=circuit),
+                hint=Hints.POOL_WAIT_OVER_BUDGET, id=Codes.POOL_WAIT_OVER_BUDGET))
+    return warnings

@@ -4,6 +4,11 @@ and the public entry points of the provider."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
+import warnings
 from typing import Any
 
 import pytest
@@ -108,3 +113,38 @@ def test_the_async_variants(settings, redis_cache):
     assert asyncio.run(main()) == (1, 0, (fallback.DEGRADED, 0.0))
 
 
+
+
+def pooled(settings: Any, pool: Any) -> None:
+    database = {"ENGINE": "django.db.backends.postgresql", "NAME": "crm",
+                "OPTIONS": {"pool": pool}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Overriding setting DATABASES can lead to ..."
+        settings.DATABASES = settings.DATABASES | {"pooled": database}
+
+
+@pytest.mark.parametrize(("pool", "config", "warned"), [
+    (True, {}, True),  # psycopg_pool's 30 s default against call_timeout 10
+    ({"timeout": 1.0}, {}, False),
+    ({"timeout": 2.0}, {"CIRCUITS": {"crm.rpc": {"call_timeout": 2}}}, True),
+    ({"timeout": 2.0}, {"CIRCUIT_DEFAULTS": {"call_timeout": 3}}, False),
+])
+def test_w012_a_pool_wait_must_fit_in_the_call_budget(settings, pool, config, warned):
+    pooled(settings, pool)
+    settings.RESILIENCE_CRM = config
+    found = [m for m in checks.check_pool_timeout() if m.id == checks.Codes.POOL_WAIT_OVER_BUDGET]
+    assert bool(found) is warned
+    if found:
+        assert 'DATABASES["pooled"]' in found[0].msg
+
+
+def test_the_demo_bounds_every_wait_on_postgresql():
+    """crm_demo's settings, as a process with a PostgreSQL DATABASE_URL loads them."""
+    code = ("import json, crm_demo.settings as s; "
+            "print(json.dumps(s.DATABASES['default']['OPTIONS']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "DATABASE_URL": "postgres://u@h/db"})
+    options = json.loads(out.stdout)
+    assert options["pool"]["timeout"] == 1.0
+    assert options["connect_timeout"] == 2 and options["keepalives"] == 1
+    assert options["tcp_user_timeout"] > 0
