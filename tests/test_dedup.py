@@ -3,6 +3,7 @@ processes (a Redis lease), with real forked processes, threads and PostgreSQL.""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import threading
@@ -13,7 +14,7 @@ import pytest
 from django.db import connection, connections
 
 from resilience_crm.exceptions import RetriesExhausted
-from resilience_crm.provider import protected
+from resilience_crm.provider import Provider, protected
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 
@@ -124,3 +125,53 @@ def test_waiting_threads_get_the_leaders_error(settings, redis_cache, postgres,
         thread.join(20)
     assert len(errors) == 6
     assert len(calls) == 3  # the leader and its two retries; no waiter ran its own
+
+
+def lead_and_fail(inside, release):
+    """In another process: hold the read's lease, then fail."""
+
+    def failing():
+        inside.set()
+        release.wait(20)
+        raise ConnectionResetError("the database went away")
+
+    with contextlib.suppress(RetriesExhausted):
+        protected.read("contacts:shared-error", failing, using=None)
+
+
+def test_a_waiter_in_another_process_gets_the_leaders_error(settings, redis_cache, postgres,
+                                                            transactional_db):
+    settings.RESILIENCE_CRM = {"STORE": "redis", "CACHE_ALIAS": "redis"}
+    inside, release = ctx.Event(), ctx.Event()
+    connections.close_all()
+    leader = ctx.Process(target=lead_and_fail, args=(inside, release))
+    leader.start()
+    try:
+        assert inside.wait(20), "the leader never started its query"
+        waiting = threading.Event()
+
+        def sleep(seconds):  # the waiter polls the shared cache: it is waiting now
+            waiting.set()
+            time.sleep(seconds)
+
+        calls, raised = [], []
+
+        def wait_for_the_leader():
+            try:
+                Provider(sleep=sleep).read("contacts:shared-error", lambda: calls.append(1),
+                                           using=None)
+            except RetriesExhausted as err:
+                raised.append(err)
+            finally:
+                connections.close_all()
+
+        waiter = threading.Thread(target=wait_for_the_leader)
+        waiter.start()
+        assert waiting.wait(20), "the waiter never waited"
+        release.set()
+        waiter.join(30)
+    finally:
+        release.set()
+        leader.join(30)
+    assert len(raised) == 1 and raised[0].code == "RETRIES_EXHAUSTED"
+    assert calls == []  # the waiter never queried itself
