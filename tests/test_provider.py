@@ -9,8 +9,9 @@ import psycopg
 import pytest
 from django.db import OperationalError, connection, transaction
 
+from crm_demo.crm.models import Contact
 from resilience_crm import fallback, get_breaker, metrics, retries
-from resilience_crm.errors import classify
+from resilience_crm.errors import classify, is_conflict
 from resilience_crm.exceptions import (
     CircuitOpenError,
     DependencyUnavailable,
@@ -382,3 +383,26 @@ def test_reads_work_without_the_cache_when_redis_is_down(settings, redis_proxy):
     assert provider.read("contacts:list", source, using=None) == "live"
     assert source.calls == 2  # nothing reached Redis
     assert time.monotonic() - started < 10  # each cache call bounded by its socket timeout
+
+
+@pytest.mark.postgres
+def test_a_real_serialization_failure_is_retryable(postgres, transactional_db):
+    pk = Contact.objects.create(name="Ada", email="ada@example.com").pk
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    first, second = psycopg.connect(**params), psycopg.connect(**params)
+    try:
+        for conn in (first, second):
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        second.execute("SELECT name FROM crm_contact WHERE id = %s", [pk])  # its snapshot
+        first.execute("UPDATE crm_contact SET name = 'Grace' WHERE id = %s", [pk])
+        first.commit()
+        with pytest.raises(psycopg.errors.SerializationFailure) as raised:
+            second.execute("UPDATE crm_contact SET name = 'Alan' WHERE id = %s", [pk])
+    finally:
+        first.close()
+        second.close()
+    kind = classify(raised.value)
+    assert (kind.retryable, kind.dependency, kind.error) == (True, True, DependencyUnavailable)
+    assert is_conflict(raised.value)  # so protected.write retries it
