@@ -31,6 +31,7 @@ bench: venv
 	$(BIN)/python bench/propagation.py
 	$(BIN)/python bench/ratelimit.py
 	$(BIN)/python bench/live_blackholed.py
+	$(BIN)/python bench/provider.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -63,17 +63,23 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # A dead or blackholed server must cost seconds, not the minutes of the OS's defaults:
-    # give up connecting after 3 s, probe an idle connection after 10 s (every 5 s, 3 times)
-    # and drop one whose sent data is unacknowledged for 10 s (libpq's options).
+    # Bound every wait on the database (docs/provider.md, "Deadlines"): a dead or blackholed
+    # server costs seconds, not the OS's minutes. libpq gives up connecting after 2 s, probes
+    # an idle connection after 5 s (every 2 s, twice) and drops one whose sent data goes
+    # unacknowledged for 5 s; Django's psycopg pool hands out a connection or fails within a
+    # second.
     DATABASES["default"]["OPTIONS"] = {
-        "connect_timeout": 3,
+        "connect_timeout": int(os.environ.get("DATABASE_CONNECT_TIMEOUT", "2")),
         "keepalives": 1,
-        "keepalives_idle": 10,
-        "keepalives_interval": 5,
-        "keepalives_count": 3,
-        "tcp_user_timeout": 10_000,  # milliseconds
-        **DATABASES["default"].get("OPTIONS", {}),
+        "keepalives_idle": 5,
+        "keepalives_interval": 2,
+        "keepalives_count": 2,
+        "tcp_user_timeout": 5000,
+        "pool": {
+            "min_size": 1,
+            "max_size": int(os.environ.get("DATABASE_POOL_SIZE", "4")),
+            "timeout": float(os.environ.get("DATABASE_POOL_TIMEOUT", "1.0")),
+        },
     }
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
@@ -93,12 +99,13 @@ RESILIENCE_CRM: dict = {}
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "crm_demo.crm.authentication.ProtectedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_THROTTLE_CLASSES": ["resilience_crm.throttling.TierRateThrottle"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 25,
+    "EXCEPTION_HANDLER": "resilience_crm.drf.exception_handler",
 }
 
 LANGUAGE_CODE = "en-us"

@@ -4,4 +4,5 @@ from django.urls import include, path
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("resilience/", include("resilience_crm.urls")),
+    path("api/", include("crm_demo.crm.urls")),
 ]

@@ -6,8 +6,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from resilience_crm.breaker import Breaker
+    from resilience_crm.provider import Provider
 
-__all__ = ["get_breaker"]
+__all__ = ["get_breaker", "protected"]
 
 
 def get_breaker(name: str) -> Breaker:
@@ -16,3 +17,12 @@ def get_breaker(name: str) -> Breaker:
 
     return _get(name)
 
+
+
+def __getattr__(name: str) -> Provider:
+    """``protected``, imported on first use (it needs the app registry to be ready)."""
+    if name == "protected":
+        from resilience_crm.provider import protected
+
+        return protected
+    raise AttributeError(f"module 'resilience_crm' has no attribute {name!r}")

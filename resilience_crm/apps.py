@@ -10,6 +10,7 @@ class ResilienceCrmConfig(AppConfig):
         from resilience_crm import (  # noqa: F401  (registers checks, receivers, flusher tasks)
             checks,
             exposition,  # pushes this worker's counts for /resilience/metrics
+            queue,  # replays queued writes when the write circuit closes
             receivers,
             rules,  # evaluates the alert rules
             tiers,  # announces tier edits to every worker

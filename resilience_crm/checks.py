@@ -22,7 +22,7 @@ from django.core.checks import Warning as CheckWarning
 from django.db import DEFAULT_DB_ALIAS
 from django.utils.module_loading import import_string
 
-from resilience_crm import conf, core
+from resilience_crm import conf, core, queue
 from resilience_crm.breaker import exception_errors
 from resilience_crm.rates import UNKNOWN_OP_CLASS, limits_errors
 from resilience_crm.routers import ResilienceRouter, same_database
@@ -327,6 +327,39 @@ CHECKS: dict[str, Check] = {
             "DATABASE_ROUTERS: the app's tables stay on the default database."
         ),
         'Add "resilience_crm.routers.ResilienceRouter" to DATABASE_ROUTERS.', warning=True,
+    ),
+    "QUEUE_WITHOUT_REDIS": Check(
+        "resilience_crm.W010",
+        (
+            'The cache {alias!r} that RESILIENCE_CRM["CACHE_ALIAS"] names is not Redis, so the '
+            "write queue has nowhere outside the database to keep writes: while the database is "
+            "down, protected.submit() refuses them with 503 QUEUE_UNAVAILABLE."
+        ),
+        (
+            'Point RESILIENCE_CRM["CACHE_ALIAS"] at a django-redis cache to queue writes during '
+            "outages, or silence this warning if refusing them is what you want."
+        ), warning=True,
+    ),
+    "QUEUE_NOT_PERSISTENT": Check(
+        "resilience_crm.W011",
+        (
+            "{problem}: writes queued during a database outage are lost if Redis restarts "
+            "before they are replayed."
+        ),
+        "Turn on appendonly (appendfsync everysec) or RDB snapshots in redis.conf.",
+        warning=True,
+    ),
+    "POOL_WAIT_OVER_BUDGET": Check(
+        "resilience_crm.W012",
+        (
+            'settings.DATABASES["{alias}"]["OPTIONS"]["pool"] waits up to {timeout}s for a '
+            "connection, not less than the {budget}s call_timeout of circuit {circuit!r}: on a "
+            "stalled database a request waits past its deadline."
+        ),
+        (
+            'Set "timeout" in the pool options below the shortest call_timeout, e.g. '
+            '{"pool": {"timeout": 1.0}}; psycopg_pool waits 30 s by default.'
+        ), warning=True,
     ),
 }
 
@@ -895,3 +928,54 @@ def _is_resilience_router(entry: Any) -> bool:
             return False
     router_class = entry if isinstance(entry, type) else type(entry)
     return issubclass(router_class, ResilienceRouter)
+
+
+@register(TAG, Tags.caches, deploy=True)
+def check_write_queue(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Deployment check: where writes go while the database is down."""
+    config = _config()
+    if config is None or not isinstance(config["CACHE_ALIAS"], str):
+        return []
+    alias = config["CACHE_ALIAS"]
+    if alias not in django_settings.CACHES:
+        return []  # reported by check_values
+    if not conf.cache_is_redis(alias):
+        return [CHECKS["QUEUE_WITHOUT_REDIS"](alias=alias)]
+    problem = queue.persistence_problem()
+    if problem is None:
+        return []
+    return [CHECKS["QUEUE_NOT_PERSISTENT"](problem=problem)]
+
+
+#: psycopg_pool's wait for a connection when the pool options name no ``timeout``.
+PSYCOPG_POOL_DEFAULT_TIMEOUT = 30.0
+
+
+@_check(Tags.database)
+def check_pool_timeout(config: dict[str, Any]) -> list[CheckMessage]:
+    """A request must not wait longer for a pooled connection than its call's budget."""
+    budgets = {}
+    circuits = config["CIRCUITS"] if isinstance(config["CIRCUITS"], dict) else {}
+    for name in (*conf.DEFAULT_CIRCUITS, *circuits):
+        merged = conf.BREAKER_DEFAULTS.copy()
+        for layer in (config["CIRCUIT_DEFAULTS"], circuits.get(name)):
+            if isinstance(layer, dict):
+                merged.update(layer)
+        if _is_number(merged["call_timeout"]):
+            budgets[name] = merged["call_timeout"]
+    if not budgets:
+        return []  # reported by check_circuits
+    circuit = min(budgets, key=budgets.__getitem__)
+    warnings: list[CheckMessage] = []
+    for alias, database in django_settings.DATABASES.items():
+        options = database.get("OPTIONS") if isinstance(database, dict) else None
+        engine = str(database.get("ENGINE", "")) if isinstance(database, dict) else ""
+        pool = options.get("pool") if isinstance(options, dict) else None
+        if not pool or not any(name in engine for name in POSTGRES_ENGINES):
+            continue
+        timeout = pool.get("timeout", PSYCOPG_POOL_DEFAULT_TIMEOUT) if isinstance(
+            pool, dict) else PSYCOPG_POOL_DEFAULT_TIMEOUT
+        if _is_number(timeout) and timeout >= budgets[circuit]:
+            warnings.append(CHECKS["POOL_WAIT_OVER_BUDGET"](
+                alias=alias, timeout=timeout, budget=budgets[circuit], circuit=circuit))
+    return warnings

@@ -62,3 +62,33 @@ class ManualChangeRefused(ResilienceError):
 
     code = "MANUAL_CHANGE_REFUSED"
     default_message = "The change could not be made: the shared store and the database are down."
+
+
+class DependencyUnavailable(ResilienceError):
+    """The database or upstream failed in a way that is not the caller's fault."""
+
+    code = "UNAVAILABLE"
+    default_message = "A backing service is failing. Please try again shortly."
+
+
+class QueueUnavailable(ResilienceError):
+    """A write could neither be applied nor queued (no durable queue outside the database)."""
+
+    code = "QUEUE_UNAVAILABLE"
+    default_message = "The write could not be saved or queued. Please try again shortly."
+
+
+class IdempotencyConflict(ResilienceError):
+    """The idempotency key was used before with another payload."""
+
+    code = "IDEMPOTENCY_CONFLICT"
+    default_message = "This Idempotency-Key was already used with a different request."
+    status = 422
+
+
+class IdempotencyInFlight(ResilienceError):
+    """A write with this idempotency key is queued or being applied right now."""
+
+    code = "IDEMPOTENCY_IN_FLIGHT"
+    default_message = "A request with this Idempotency-Key is still being processed."
+    status = 409

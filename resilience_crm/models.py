@@ -231,10 +231,21 @@ class QueuedWrite(models.Model):
     created_at = models.DateTimeField(db_default=Now())
     updated_at = models.DateTimeField(auto_now=True)
     applied_at = models.DateTimeField(null=True, blank=True)
+    entity = models.CharField(
+        max_length=200, blank=True,
+        help_text="Writes of one entity are replayed in the order they were submitted.",
+    )
+    result = models.JSONField(null=True, blank=True, help_text="What the handler returned.")
+    lease_owner = models.CharField(max_length=64, blank=True, editable=False)
+    lease_until = models.DateTimeField(
+        null=True, blank=True, editable=False,
+        help_text="A replayer holds the row until then; after it, another may take it over.",
+    )
 
     class Meta:
         ordering = ["created_at"]
-        indexes = [models.Index(fields=["state", "created_at"])]
+        indexes = [models.Index(fields=["state", "created_at"]),
+                   models.Index(fields=["entity", "id"], name="resilience_qw_entity")]
 
     def __str__(self) -> str:
         return f"{self.name} [{self.idempotency_key}] {self.state}"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from django.core.signals import setting_changed
+from django.db import connections
 
 from resilience_crm import flusher
 from resilience_crm.breaker import Breaker
@@ -23,6 +26,7 @@ logger = logging.getLogger("resilience_crm.registry")
 _breakers: dict[str, Breaker] = {}
 _store: BaseStore | None = None
 _lock = threading.RLock()
+_making: dict[str, threading.Lock] = {}  # one lock per circuit being made
 
 
 def get_store() -> BaseStore:
@@ -36,9 +40,28 @@ def get_store() -> BaseStore:
                 store = settings.store_class()()
                 if store.shared:
                     store = FailoverStore(store, retry_interval=settings.STORE_RETRY_INTERVAL,
-                                          seed=Circuit.objects.live_seed)
+                                          seed=durable_seed)
                 _store = store
     return _store
+
+
+def durable_seed(name: str) -> dict[str, Any]:
+    """The live state a circuit the shared store has lost starts from: its durable row
+    (:meth:`Circuit.live_seed`). Read on a thread of its own when an event loop runs in this
+    one (the ORM refuses to run there); it happens once per circuit the store has lost."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return Circuit.objects.live_seed(name)
+
+    def read() -> dict[str, Any]:
+        try:
+            return Circuit.objects.live_seed(name)
+        finally:
+            connections.close_all()  # this short-lived thread's own connection
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="resilience-seed") as pool:
+        return pool.submit(read).result()
 
 
 def shared_store() -> BaseStore:
@@ -51,23 +74,25 @@ def get_breaker(name: str) -> Breaker:
     breaker = _breakers.get(name)
     if breaker is not None:
         return breaker
-    # Read the saved overrides before taking the lock: a slow or dead database must hold up
-    # only the threads that need this circuit, not every thread that needs any breaker.
-    base, overrides = settings.circuit_config(name), _overrides(name)
-    try:
-        config = Config.from_mapping(base | overrides)
-    except ValueError as err:  # saved before validation, or settings changed since
-        logger.error("Circuit %s: ignoring invalid overrides (%s).", name, err)
-        config, overrides = Config.from_mapping(base), {}
-    store = get_store()
+    # The saved overrides are read under this circuit's own lock, not the global one: a slow
+    # or dead database holds up only the threads that need this circuit, and of a crowd of
+    # them only one queries it (the rest find the breaker made).
     with _lock:
+        making = _making.setdefault(name, threading.Lock())
+    with making:
         breaker = _breakers.get(name)
-        if breaker is None:  # another thread may have made it meanwhile: keep that one
-            breaker = _breakers[name] = Breaker(
-                name, config, store,
-                snapshot_ttl=settings.SNAPSHOT_TTL,
-                base_config=base, overrides=overrides,
-            )
+        if breaker is not None:
+            return breaker
+        base, overrides = settings.circuit_config(name), _overrides(name)
+        try:
+            config = Config.from_mapping(base | overrides)
+        except ValueError as err:  # saved before validation, or settings changed since
+            logger.error("Circuit %s: ignoring invalid overrides (%s).", name, err)
+            config, overrides = Config.from_mapping(base), {}
+        breaker = Breaker(name, config, get_store(), snapshot_ttl=settings.SNAPSHOT_TTL,
+                          base_config=base, overrides=overrides)
+        with _lock:
+            _breakers[name] = breaker
     return breaker
 
 
@@ -120,6 +145,7 @@ def _after_fork_in_child() -> None:
     global _lock, _store
     _lock = threading.RLock()
     _breakers.clear()
+    _making.clear()
     _store = None
 
 

@@ -34,6 +34,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from resilience_crm import core, exposition, metrics, registry
+from resilience_crm import queue as write_queue
 from resilience_crm.conf import settings
 from resilience_crm.models import Circuit, QueuedWrite
 
@@ -113,6 +114,8 @@ def ready(request: HttpRequest) -> JsonResponse:
     database_ok = checks["database"]["ok"]
     status = "ok" if score == 100 else ("degraded" if database_ok else "unavailable")
     body: dict[str, Any] = {"status": status, "score": score, "circuits": circuits}
+    if checks["cache"].get("warning"):  # an operator must see it, staff or not
+        body["warnings"] = [checks["cache"]["warning"]]
     if _may_see_details(request, database_ok):
         body["queue"] = checks["database"].pop("queue", None)
         body["checks"] = checks
@@ -215,7 +218,11 @@ def _probe_cache() -> dict[str, Any]:
     except Exception as err:  # every cache backend raises its own errors
         logger.warning("Readiness: cache %s failed: %s", settings.CACHE_ALIAS, err)
         return {"ok": False, "error": err.__class__.__name__, "ms": _ms_since(started)}
-    return {"ok": True, "ms": _ms_since(started)}
+    result: dict[str, Any] = {"ok": True, "ms": _ms_since(started)}
+    persistence = write_queue.persistence_problem()
+    if persistence:
+        result["warning"] = f"{persistence}: queued writes would not survive a Redis restart."
+    return result
 
 
 def _read_circuits() -> dict[str, Any]:

@@ -2,9 +2,21 @@ from __future__ import annotations
 
 import pytest
 from django.conf import settings as django_settings
+from django.core.cache import caches
 from django.db import connections
 
-from resilience_crm import alerts, events, flusher, limiter, metrics, registry, tiers, views
+from resilience_crm import (
+    alerts,
+    events,
+    flusher,
+    limiter,
+    metrics,
+    registry,
+    retries,
+    tiers,
+    views,
+)
+from resilience_crm.provider import protected
 from tests.databases import APP_ALIAS, Outage, database_alias, extra_database, transactional
 from tests.services import header, require_service
 
@@ -56,6 +68,16 @@ def _fresh_limits():
     yield
     limiter.clear()
     tiers.clear()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_reads():
+    """Nor with reads cached by another (the local-memory cache lives as long as the run)."""
+    caches["default"].clear()
+    protected.cache.forget_local()
+    retries.clear_budgets()
+    yield
+    protected.cache.forget_local()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import contextlib
 import gzip
 import json
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -99,9 +100,15 @@ def sentry_sending_to(dsn: str) -> Iterator[None]:
         sentry_sdk.get_global_scope().set_client(None)  # back to "not initialised"
 
 
-def received(server: SentryServer) -> list[dict[str, Any]]:
-    """The events the server has, once sentry-sdk's background sender has flushed."""
+def received(server: SentryServer, at_least: int = 0,
+             patience: float = 10.0) -> list[dict[str, Any]]:
+    """The events the server has, once sentry-sdk's background sender has flushed; with
+    ``at_least``, once that many have arrived (or ``patience`` seconds have passed)."""
     import sentry_sdk
 
+    deadline = time.monotonic() + patience
     sentry_sdk.flush(timeout=5)
+    while len(server.events()) < at_least and time.monotonic() < deadline:
+        sentry_sdk.flush(timeout=1)
+        time.sleep(0.05)
     return server.events()

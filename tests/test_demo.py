@@ -6,6 +6,7 @@ import io
 
 import pytest
 from django.core.management import call_command
+from rest_framework.authtoken.models import Token
 
 from crm_demo.crm.models import Agent, Contact, Conversation
 
@@ -29,6 +30,7 @@ def test_seed_demo_admin_can_log_in(client):
     out = io.StringIO()
     call_command("seed_demo", "--admin", stdout=out)
     assert "Demo admin: admin / admin" in out.getvalue()
+    assert f"API token: {Token.objects.get(user__username='admin').key}" in out.getvalue()
     assert client.login(username="admin", password="admin")
     assert client.get("/admin/").status_code == 200
     for page in ("circuit", "circuitevent", "circuitmetric", "tier", "tierassignment",

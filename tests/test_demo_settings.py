@@ -24,8 +24,10 @@ def demo_databases(monkeypatch, url: str) -> dict:
 
 def test_postgresql_gets_a_connect_timeout_and_keepalives(monkeypatch):
     databases = demo_databases(monkeypatch, "postgres://demo@db.example:5432/crm")
-    assert set(databases["default"]["OPTIONS"]) == LIBPQ_OPTIONS
-    assert databases["default"]["OPTIONS"]["connect_timeout"] <= 5
+    options = databases["default"]["OPTIONS"]
+    assert set(options) == LIBPQ_OPTIONS | {"pool"}
+    assert options["connect_timeout"] <= 5
+    assert options["pool"]["timeout"] <= 2  # a connection from the pool, or a failure, fast
 
 
 def test_sqlite_gets_no_libpq_options(monkeypatch):
@@ -36,6 +38,7 @@ def test_sqlite_gets_no_libpq_options(monkeypatch):
 def test_libpq_takes_every_option(monkeypatch, postgres):
     """The real server accepts the connection and reports the options back."""
     options = demo_databases(monkeypatch, os.environ["DATABASE_URL"])["default"]["OPTIONS"]
+    options = {k: v for k, v in options.items() if k in LIBPQ_OPTIONS}  # "pool" is Django's
     with psycopg.connect(os.environ["DATABASE_URL"], **options) as connection:
         parameters = connection.info.get_parameters()
     assert {k: parameters[k] for k in LIBPQ_OPTIONS} == {k: str(v) for k, v in options.items()}

@@ -6,3 +6,8 @@ class CrmConfig(AppConfig):
     label = "crm"
     verbose_name = "CRM"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Write handlers must exist in every process that may replay queued writes, and the
+        # token cache must hear of revoked tokens.
+        from crm_demo.crm import authentication, writes  # noqa: F401

@@ -52,3 +52,25 @@ class Conversation(models.Model):
 
     def __str__(self) -> str:
         return self.subject
+
+
+class Message(models.Model):
+    class Sender(models.TextChoices):
+        CONTACT = "contact", "Contact"
+        AGENT = "agent", "Agent"
+
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    sender = models.CharField(max_length=10, choices=Sender.choices)
+    agent = models.ForeignKey(
+        Agent, on_delete=models.SET_NULL, null=True, blank=True, related_name="messages"
+    )
+    body = models.TextField()
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.get_sender_display()}: {self.body[:40]}"

@@ -1,6 +1,7 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
+from rest_framework.authtoken.models import Token
 
 from crm_demo.crm.models import Agent, Contact, Conversation
 
@@ -52,4 +53,6 @@ class Command(BaseCommand):
             user.is_staff = user.is_superuser = True
             user.set_password(password)
             user.save()
+            token, _ = Token.objects.get_or_create(user=user)
             self.stdout.write(self.style.SUCCESS(f"Demo admin: {username} / {password}"))
+            self.stdout.write(f"API token: {token.key}")

@@ -1,0 +1,191 @@
+"""The demo API: contacts, agents, conversations and their messages, every data access
+through ``protected``. Lists and details are cached reads (served stale, labelled, while the
+database is down); creates go through ``protected.submit`` with the client's
+``Idempotency-Key`` (202 and queued while the database is down); updates and deletes are
+protected writes."""
+
+import uuid
+from functools import partial
+from typing import Any
+from urllib.parse import urlencode
+
+from django.db.models import Q, QuerySet
+from django.shortcuts import get_object_or_404
+from rest_framework import serializers, status, viewsets
+from rest_framework.authtoken.models import Token
+from rest_framework.authtoken.serializers import AuthTokenSerializer
+from rest_framework.decorators import action
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from crm_demo.crm.models import Agent, Contact, Conversation, Message
+from crm_demo.crm.serializers import (
+    AgentSerializer,
+    ContactSerializer,
+    ConversationSerializer,
+    MessageSerializer,
+)
+from resilience_crm.drf import FallbackHeadersMixin
+from resilience_crm.provider import protected
+
+
+class ProtectedViewSet(FallbackHeadersMixin, viewsets.GenericViewSet):
+    """List, create, retrieve, update and destroy through ``protected``."""
+
+    permission_classes = [IsAuthenticated]
+    lookup_value_regex = r"\d+"
+    #: Key space of this resource's cached reads; writes invalidate it.
+    space = ""
+    #: The write handler that creates one.
+    create_handler = ""
+    #: Query parameter -> model field for exact-match filters.
+    filter_fields: dict[str, str] = {}
+    #: Fields ``?search=`` looks in.
+    search_fields: tuple[str, ...] = ()
+
+    def filter_queryset(self, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        params = self.request.query_params
+        for param, field in self.filter_fields.items():
+            if params.get(param):
+                queryset = queryset.filter(**{field: params[param]})
+        term = params.get("search", "").strip()
+        if term and self.search_fields:
+            match = Q()
+            for field in self.search_fields:
+                match |= Q(**{f"{field}__icontains": term})
+            queryset = queryset.filter(match)
+        return queryset
+
+    def _validate_filters(self, request: Request) -> None:
+        for param, field in self.filter_fields.items():
+            value = request.query_params.get(param)
+            if value and field.endswith("_id") and not value.isdigit():
+                raise serializers.ValidationError({param: ["Must be a whole number."]})
+
+    def list(self, request: Request) -> Response:
+        self._validate_filters(request)
+        query = urlencode(sorted(request.query_params.items()))
+        return Response(protected.read(f"{self.space}:list:{query}", self._page))
+
+    def _page(self) -> dict[str, Any]:
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        data = self.get_serializer(page, many=True).data
+        return dict(self.get_paginated_response(data).data)
+
+    def retrieve(self, request: Request, pk: str) -> Response:
+        return Response(protected.read(f"{self.space}:detail:{pk}", lambda: self._detail(pk)))
+
+    def _detail(self, pk: str) -> dict[str, Any]:
+        return dict(self.get_serializer(get_object_or_404(self.get_queryset(), pk=pk)).data)
+
+    def create(self, request: Request) -> Response:
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        return self._submit(request, self.create_handler, dict(serializer.validated_data))
+
+    def _submit(self, request: Request, handler: str, payload: dict[str, Any],
+                entity: str = "") -> Response:
+        key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
+        receipt = protected.submit(handler, payload, entity=entity,
+                                   idempotency_key=f"{request.user.pk}:{handler}:{key}")
+        if receipt.queued:
+            return Response({"status": "queued", "idempotency_key": key},
+                            status=status.HTTP_202_ACCEPTED)
+        return Response(receipt.result, status=status.HTTP_201_CREATED,
+                        headers={"Idempotency-Key": key})
+
+    def update(self, request: Request, pk: str, partial: bool = False) -> Response:
+        serializer = self.get_serializer(data=request.data, partial=partial)
+        serializer.is_valid(raise_exception=True)
+        changes = serializer.validated_data
+
+        def apply() -> dict[str, Any]:
+            instance = get_object_or_404(self.get_queryset().select_for_update(), pk=pk)
+            self._check_related(changes)
+            for field, value in changes.items():
+                setattr(instance, field, value)
+            instance.save()
+            return dict(self.get_serializer(instance).data)
+
+        return Response(protected.write(f"{self.space}:detail:{pk}", apply))
+
+    def partial_update(self, request: Request, pk: str) -> Response:
+        return self.update(request, pk, partial=True)
+
+    def destroy(self, request: Request, pk: str) -> Response:
+        def apply() -> None:
+            get_object_or_404(self.get_queryset(), pk=pk).delete()
+
+        protected.write(f"{self.space}:detail:{pk}", apply)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    def _check_related(self, changes: dict[str, Any]) -> None:
+        """Foreign keys are plain ids: make sure they exist before saving them."""
+
+
+class ContactViewSet(ProtectedViewSet):
+    queryset = Contact.objects.all()
+    serializer_class = ContactSerializer
+    space = "contacts"
+    create_handler = "contacts.create"
+    filter_fields = {"company": "company", "email": "email"}
+    search_fields = ("name", "email", "company")
+
+
+class AgentViewSet(ProtectedViewSet):
+    queryset = Agent.objects.all()
+    serializer_class = AgentSerializer
+    space = "agents"
+    create_handler = "agents.create"
+    filter_fields = {"kind": "kind"}
+    search_fields = ("name", "email")
+
+
+class ConversationViewSet(ProtectedViewSet):
+    queryset = Conversation.objects.all()
+    serializer_class = ConversationSerializer
+    space = "conversations"
+    create_handler = "conversations.create"
+    filter_fields = {"status": "status", "contact": "contact_id", "agent": "agent_id"}
+    search_fields = ("subject",)
+
+    def _check_related(self, changes: dict[str, Any]) -> None:
+        for field, model in (("contact_id", Contact), ("agent_id", Agent)):
+            pk = changes.get(field)
+            if pk is not None and not model.objects.filter(pk=pk).exists():
+                raise serializers.ValidationError({field[:-3]: [f"No such id {pk}."]})
+
+    @action(detail=True, methods=["get", "post"], serializer_class=MessageSerializer)
+    def messages(self, request: Request, pk: str) -> Response:
+        if request.method == "POST":
+            serializer = MessageSerializer(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            payload = {**serializer.validated_data, "conversation_id": int(pk)}
+            return self._submit(request, "messages.create", payload,
+                                entity=f"conversation:{pk}")
+        return Response(protected.read(f"conversations:messages:{pk}",
+                                       partial(self._messages, pk)))
+
+    def _messages(self, pk: str) -> list[dict[str, Any]]:
+        get_object_or_404(Conversation, pk=pk)
+        messages = Message.objects.filter(conversation_id=pk)
+        return [dict(item) for item in MessageSerializer(messages, many=True).data]
+
+
+class ObtainToken(FallbackHeadersMixin, APIView):
+    """``POST {"username", "password"}`` -> ``{"token": ...}``."""
+
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+
+    def post(self, request: Request) -> Response:
+        serializer = AuthTokenSerializer(data=request.data, context={"request": request})
+
+        def obtain() -> str:
+            serializer.is_valid(raise_exception=True)
+            token, _ = Token.objects.get_or_create(user=serializer.validated_data["user"])
+            return str(token.key)
+
+        return Response({"token": protected.auth("token", obtain)})

@@ -1,0 +1,14 @@
+from django.urls import include, path
+from rest_framework.routers import DefaultRouter
+
+from crm_demo.crm import api
+
+router = DefaultRouter()
+router.register("contacts", api.ContactViewSet, basename="contact")
+router.register("agents", api.AgentViewSet, basename="agent")
+router.register("conversations", api.ConversationViewSet, basename="conversation")
+
+urlpatterns = [
+    path("auth/token/", api.ObtainToken.as_view(), name="api-token"),
+    path("", include(router.urls)),
+]

@@ -1,0 +1,47 @@
+"""The demo's write handlers: what ``protected.submit`` applies now or replays later.
+
+Each takes the validated payload (JSON) and returns the created object as the API shows it;
+that result is kept with the idempotency key, so a client repeating a create gets it back.
+"""
+
+from typing import Any
+
+from rest_framework.exceptions import ValidationError
+
+from crm_demo.crm.models import Agent, Contact, Conversation, Message
+from crm_demo.crm.serializers import (
+    AgentSerializer,
+    ContactSerializer,
+    ConversationSerializer,
+    MessageSerializer,
+)
+from resilience_crm.provider import protected
+
+
+def _require(model: Any, field: str, pk: Any) -> None:
+    if pk is not None and not model.objects.filter(pk=pk).exists():
+        raise ValidationError({field: [f"No {model._meta.verbose_name} with id {pk}."]})
+
+
+@protected.write_handler("contacts.create", key="contacts")
+def create_contact(payload: dict[str, Any]) -> dict[str, Any]:
+    return dict(ContactSerializer(Contact.objects.create(**payload)).data)
+
+
+@protected.write_handler("agents.create", key="agents")
+def create_agent(payload: dict[str, Any]) -> dict[str, Any]:
+    return dict(AgentSerializer(Agent.objects.create(**payload)).data)
+
+
+@protected.write_handler("conversations.create", key="conversations")
+def create_conversation(payload: dict[str, Any]) -> dict[str, Any]:
+    _require(Contact, "contact", payload.get("contact_id"))
+    _require(Agent, "agent", payload.get("agent_id"))
+    return dict(ConversationSerializer(Conversation.objects.create(**payload)).data)
+
+
+@protected.write_handler("messages.create", key="conversations")
+def create_message(payload: dict[str, Any]) -> dict[str, Any]:
+    _require(Conversation, "conversation", payload.get("conversation_id"))
+    _require(Agent, "agent", payload.get("agent_id"))
+    return dict(MessageSerializer(Message.objects.create(**payload)).data)

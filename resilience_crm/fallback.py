@@ -1,0 +1,241 @@
+"""Cached read results: a small per-process layer in front of the shared cache, and the label
+a response carries when it was served from them.
+
+An entry is ``{"v": value, "t": stored_at, "s": space_version}`` under the key the caller
+gave. A read is fresh while it is younger than its ``ttl`` and no write touched its key
+space since (the space's version, one more cache key, is read in the same round trip);
+after that it may still be served when the dependency fails, up to ``stale_ttl`` past its
+freshness, and never later: the shared cache drops it then, and so does the check here.
+
+The per-process layer keeps an entry for ``LOCAL_TTL`` seconds at most, so a write made in
+another process is seen everywhere within that time.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+from django.core.cache import caches
+
+from resilience_crm.conf import settings
+
+logger = logging.getLogger("resilience_crm.fallback")
+
+#: Seconds an entry is kept in the per-process layer.
+LOCAL_TTL = 1.0
+#: Entries the per-process layer holds at most (least recently used go first).
+LOCAL_MAX_ENTRIES = 1024
+#: Prefix of every key this module writes to the shared cache.
+PREFIX = "resilience:read:"
+#: Prefix of the leases that let one process refresh a key for the whole cluster.
+LEASE_PREFIX = "resilience:lease:"
+#: Prefix of the errors a refreshing process leaves for the processes waiting on it.
+ERROR_PREFIX = "resilience:error:"
+#: Seconds such an error is kept.
+ERROR_TTL = 5
+#: Header names of the label.
+FALLBACK_HEADER = "X-Resilience-Fallback"
+STALE, DEGRADED = "stale", "degraded"
+
+
+class Entry(NamedTuple):
+    value: Any
+    stored_at: float  # wall-clock seconds
+    space_version: int
+
+    def age(self, now: float) -> float:
+        return max(0.0, now - self.stored_at)
+
+
+class Lookup(NamedTuple):
+    entry: Entry | None
+    space_version: int
+
+
+def space_of(key: str) -> str:
+    """The key space a key belongs to: the part before the first ``:``."""
+    return key.split(":", 1)[0]
+
+
+class ReadCache:
+    def __init__(self, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._monotonic = monotonic
+        self._local: OrderedDict[str, tuple[float, Lookup]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def shared(self) -> Any:
+        return caches[settings.CACHE_ALIAS]
+
+    def get(self, key: str) -> Lookup:
+        with self._lock:
+            held = self._local.get(key)
+            if held is not None and self._monotonic() - held[0] < LOCAL_TTL:
+                self._local.move_to_end(key)
+                return held[1]
+        lookup = self.get_shared(key)
+        if lookup.entry is not None:
+            self._remember(key, lookup)
+        return lookup
+
+    def get_many(self, keys: Iterable[str], space: str) -> tuple[dict[str, Entry], int]:
+        """Entries for ``keys`` from the shared cache, whatever their age, and the version of
+        their key ``space`` (for batches; one round trip)."""
+        keys = list(keys)
+        version_key = self._version_key(space)
+        try:
+            found = self.shared.get_many([PREFIX + key for key in keys] + [version_key])
+        except Exception as err:  # noqa: BLE001  (an unreachable cache is a miss)
+            logger.warning("Read cache unavailable: %s", err)
+            return {}, -1
+        entries = {}
+        for key in keys:
+            raw = found.get(PREFIX + key)
+            if isinstance(raw, dict):
+                entries[key] = Entry(raw["v"], raw["t"], raw.get("s", 0))
+        return entries, int(found.get(version_key) or 0)
+
+    def set(self, key: str, value: Any, ttl: float, stale_ttl: float,
+            space_version: int) -> Entry:
+        entry = Entry(value, self.clock(), space_version)
+        self.set_many({key: value}, ttl, stale_ttl, space_version)
+        self._remember(key, Lookup(entry, space_version))
+        return entry
+
+    def set_many(self, values: dict[str, Any], ttl: float, stale_ttl: float,
+                 space_version: int) -> None:
+        now = self.clock()
+        data = {PREFIX + key: {"v": value, "t": now, "s": space_version}
+                for key, value in values.items()}
+        try:
+            self.shared.set_many(data, timeout=max(1, int(ttl + stale_ttl + 1)))
+        except Exception as err:  # noqa: BLE001
+            logger.warning("Read cache unavailable, result not stored: %s", err)
+
+    def invalidate(self, space: str) -> None:
+        """Mark every entry of ``space`` as no longer fresh (they stay as stale fallbacks)."""
+        with self._lock:
+            for key in [k for k in self._local if space_of(k) == space]:
+                del self._local[key]
+        version_key = self._version_key(space)
+        try:
+            if not self.shared.add(version_key, 1, timeout=None):
+                self.shared.incr(version_key)
+        except ValueError:  # evicted between add and incr
+            self.shared.set(version_key, 1, timeout=None)
+        except Exception as err:  # noqa: BLE001
+            logger.warning("Read cache unavailable, %s not invalidated: %s", space, err)
+
+    def forget_local(self) -> None:
+        with self._lock:
+            self._local.clear()
+
+    def take_lease(self, key: str, token: str, timeout: float) -> bool:
+        """Claim the one refresh of ``key`` across the cluster (``SET NX`` on Redis); ``True``
+        also when the cache is unreachable, as then every process is on its own."""
+        try:
+            seconds = max(1, math.ceil(timeout))
+            return bool(self.shared.add(LEASE_PREFIX + key, token, timeout=seconds))
+        except Exception as err:  # noqa: BLE001
+            logger.warning("Read cache unavailable, refreshing %s without a lease: %s", key, err)
+            return True
+
+    def lease_held(self, key: str) -> bool:
+        try:
+            return self.shared.get(LEASE_PREFIX + key) is not None
+        except Exception:  # noqa: BLE001
+            return False
+
+    def release_lease(self, key: str, token: str) -> None:
+        try:
+            if self.shared.get(LEASE_PREFIX + key) == token:
+                self.shared.delete(LEASE_PREFIX + key)
+        except Exception as err:  # noqa: BLE001  (the lease expires on its own)
+            logger.warning("Read cache unavailable, lease on %s left to expire: %s", key, err)
+
+    def publish_error(self, key: str, code: str, message: str,
+                      retry_after: float | None) -> None:
+        """Tell processes waiting for the leader's result that it failed, and how."""
+        error = {"code": code, "message": message, "retry_after": retry_after,
+                 "at": self.clock()}
+        try:
+            self.shared.set(ERROR_PREFIX + key, error, timeout=ERROR_TTL)
+        except Exception:  # noqa: BLE001  (waiters then give up at their deadline)
+            logger.warning("Read cache unavailable, error on %s not shared.", key)
+
+    def get_error(self, key: str, since: float) -> dict[str, Any] | None:
+        try:
+            error = self.shared.get(ERROR_PREFIX + key)
+        except Exception:  # noqa: BLE001
+            return None
+        return error if isinstance(error, dict) and error.get("at", 0) >= since else None
+
+    def get_shared(self, key: str) -> Lookup:
+        version_key = self._version_key(space_of(key))
+        try:
+            found = self.shared.get_many([PREFIX + key, version_key])
+        except Exception as err:  # noqa: BLE001  (an unreachable cache is a miss)
+            logger.warning("Read cache unavailable: %s", err)
+            return Lookup(None, -1)
+        raw = found.get(PREFIX + key)
+        version = int(found.get(version_key) or 0)
+        entry = Entry(raw["v"], raw["t"], raw.get("s", 0)) if isinstance(raw, dict) else None
+        return Lookup(entry, version)
+
+    def _remember(self, key: str, lookup: Lookup) -> None:
+        with self._lock:
+            self._local[key] = (self._monotonic(), lookup)
+            self._local.move_to_end(key)
+            while len(self._local) > LOCAL_MAX_ENTRIES:
+                self._local.popitem(last=False)
+
+    @staticmethod
+    def _version_key(space: str) -> str:
+        return f"resilience:space:{space}"
+
+
+# What the current request was served from ------------------------------------------------
+
+_served: contextvars.ContextVar[tuple[str, float] | None] = contextvars.ContextVar(
+    "resilience_crm_served", default=None)
+
+
+def begin() -> None:
+    """Forget earlier labels; call at the start of each request."""
+    _served.set(None)
+
+
+def mark(kind: str, age: float = 0.0) -> None:
+    """Record that part of the current answer came from a fallback: ``degraded`` (no real
+    data) outranks ``stale``; of stale parts the oldest age is kept."""
+    current = _served.get()
+    if current is None or (kind == DEGRADED and current[0] != DEGRADED):
+        _served.set((kind, age))
+    elif kind == current[0]:
+        _served.set((kind, max(age, current[1])))
+
+
+def served() -> tuple[str, float] | None:
+    """``(kind, age)`` when the current request used a fallback: ``kind`` is ``stale`` or
+    ``degraded``; ``age`` is the oldest stale entry's age in seconds."""
+    return _served.get()
+
+
+def headers() -> dict[str, str]:
+    """The response headers that label the current request's fallback, if any."""
+    current = _served.get()
+    if current is None:
+        return {}
+    kind, age = current
+    if kind == STALE:
+        return {FALLBACK_HEADER: kind, "Age": str(int(age))}
+    return {FALLBACK_HEADER: kind}

@@ -1,0 +1,446 @@
+"""Writes that outlive a database outage: applied now, or queued outside the database and
+replayed exactly once when it is back.
+
+``submit`` applies a registered handler in one transaction with a ``QueuedWrite`` row that
+holds the idempotency key (unique), its payload hash and the handler's result. While the
+write circuit is open or the database cannot be reached, the write goes to a Redis stream
+instead (with its key, atomically, by ``enqueue.lua``). ``replay`` moves the stream into
+``QueuedWrite`` rows, then applies pending rows one by one: a row is leased to one replayer
+(``lease_owner``, ``lease_until``) and applied in a transaction that also marks it applied,
+so a replayer killed midway leaves the row to be taken over when its lease ends and its
+effect rolled back. A write whose handler keeps failing becomes a dead letter after
+``MAX_ATTEMPTS``, listed in the admin, where ``requeue`` puts it back.
+
+Without Redis (the embedded default) there is nowhere outside the database to put a write:
+``submit`` then raises :class:`~resilience_crm.exceptions.QueueUnavailable` (HTTP 503) while
+the database is unreachable, and check ``resilience_crm.W010`` says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from django.core.cache import caches
+from django.db import DatabaseError, IntegrityError, connections, router, transaction
+from django.db.models import Count, Q
+from django.dispatch import receiver
+from django.utils import timezone
+from django_redis import get_redis_connection
+
+from resilience_crm import core, errors, fallback
+from resilience_crm.conf import cache_is_redis, settings
+from resilience_crm.constants import OP_CIRCUITS
+from resilience_crm.exceptions import (
+    CircuitOpenError,
+    DependencyUnavailable,
+    IdempotencyConflict,
+    IdempotencyInFlight,
+    OperationTimeout,
+    QueueUnavailable,
+    RetriesExhausted,
+)
+from resilience_crm.models import QueuedWrite
+from resilience_crm.signals import circuit_transition
+
+if TYPE_CHECKING:
+    from resilience_crm.provider import Provider
+
+logger = logging.getLogger("resilience_crm.queue")
+
+SCRIPT = Path(__file__).with_name("enqueue.lua").read_text(encoding="utf-8")
+#: Failed attempts after which a queued write becomes a dead letter.
+MAX_ATTEMPTS = 5
+#: Seconds a replayer holds a row it is applying.
+LEASE_SECONDS = 30.0
+#: Stream entries moved into the database per round trip.
+DRAIN_BATCH = 100
+#: Errors meaning "the write was not applied and could not be": queue it.
+QUEUE_ON = (CircuitOpenError, DependencyUnavailable, OperationTimeout, RetriesExhausted)
+STREAM_KEY = "resilience:queue:stream"
+MARKER_PREFIX = "resilience:queue:key:"
+APPLIED, QUEUED = "applied", "queued"
+
+
+@dataclass(frozen=True)
+class Handler:
+    name: str
+    fn: Callable[[Any], Any]
+    key: str
+    circuit: str
+    using: str
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What ``submit`` did: ``status`` is ``"applied"`` (``result`` holds the handler's
+    return value) or ``"queued"``."""
+
+    status: str
+    idempotency_key: str
+    result: Any = None
+
+    @property
+    def queued(self) -> bool:
+        return self.status == QUEUED
+
+
+class StillQueued(Exception):  # noqa: N818  (a signal, not an error)
+    """The write with this key waits in the queue; submitting it again is the same write."""
+
+
+_handlers: dict[str, Handler] = {}
+
+
+def register(name: str, *, key: str = "", circuit: str = OP_CIRCUITS["write"],
+             using: str = "default") -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
+    def decorate(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        _handlers[name] = Handler(name, fn, key or name, circuit, using)
+        return fn
+
+    return decorate
+
+
+def handler(name: str) -> Handler:
+    try:
+        return _handlers[name]
+    except KeyError:
+        raise LookupError(f"No write handler is registered as {name!r}; decorate one with "
+                          f"@protected.write_handler({name!r}).") from None
+
+
+def payload_hash(payload: Any) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# Submitting --------------------------------------------------------------------------------
+
+def submit(provider: Provider, name: str, payload: Any, *, idempotency_key: str,
+           entity: str = "") -> Receipt:
+    if not idempotency_key:
+        raise ValueError("submit needs an idempotency_key")
+    found = handler(name)
+    digest = payload_hash(payload)
+    queued_hash = _queued_hash(idempotency_key)
+    if queued_hash is not None:
+        if queued_hash != digest:
+            raise IdempotencyConflict()
+        return Receipt(QUEUED, idempotency_key)  # the same write, still waiting in Redis
+    try:
+        result = provider.write(
+            found.key, lambda: _apply_now(found, payload, digest, idempotency_key, entity),
+            circuit=found.circuit, using=found.using)
+    except StillQueued:
+        return Receipt(QUEUED, idempotency_key)
+    except QUEUE_ON as err:
+        if not redis_available():
+            raise QueueUnavailable(retry_after=err.retry_after, circuit=found.circuit) from err
+        return enqueue(name, payload, idempotency_key=idempotency_key, entity=entity,
+                       digest=digest)
+    return Receipt(APPLIED, idempotency_key, result)
+
+
+def _apply_now(found: Handler, payload: Any, digest: str, key: str, entity: str) -> Any:
+    try:
+        with transaction.atomic(using=found.using):
+            row = QueuedWrite.objects.using(found.using).create(
+                name=found.name, idempotency_key=key, payload=payload, payload_hash=digest,
+                entity=entity, state=QueuedWrite.State.APPLYING, attempts=1)
+    except IntegrityError:
+        existing = QueuedWrite.objects.using(found.using).get(idempotency_key=key)
+        if existing.payload_hash != digest:
+            raise IdempotencyConflict() from None
+        if existing.state == QueuedWrite.State.APPLIED:
+            return existing.result
+        if existing.state == QueuedWrite.State.PENDING:
+            raise StillQueued() from None
+        raise IdempotencyInFlight() from None  # being applied, or failed: see the admin
+    result = found.fn(payload)
+    row.state, row.result, row.applied_at = QueuedWrite.State.APPLIED, result, timezone.now()
+    row.save(update_fields=["state", "result", "applied_at", "updated_at"])
+    return result
+
+
+def enqueue(name: str, payload: Any, *, idempotency_key: str, entity: str = "",
+            digest: str | None = None) -> Receipt:
+    """Append the write to the Redis stream (raises :class:`QueueUnavailable` when Redis
+    cannot take it). The same key again with the same payload is the same queued write."""
+    digest = digest or payload_hash(payload)
+    try:
+        client, cache = _redis()
+        script = client.register_script(SCRIPT)
+        previous = script(
+            keys=[cache.make_key(MARKER_PREFIX + idempotency_key), cache.make_key(STREAM_KEY)],
+            args=[digest, name, idempotency_key, json.dumps(payload), entity],
+        )
+    except Exception as err:  # noqa: BLE001  (every redis-py failure means "not queued")
+        raise QueueUnavailable() from err
+    if previous is not None and _text(previous) != digest:
+        raise IdempotencyConflict()
+    return Receipt(QUEUED, idempotency_key)
+
+
+def redis_available() -> bool:
+    return cache_is_redis(settings.CACHE_ALIAS)
+
+
+def _redis() -> tuple[Any, Any]:
+    return get_redis_connection(settings.CACHE_ALIAS), caches[settings.CACHE_ALIAS]
+
+
+def _queued_hash(key: str) -> str | None:
+    """The payload hash of a write with ``key`` still waiting in the stream, if any."""
+    if not redis_available():
+        return None
+    try:
+        client, cache = _redis()
+        value = client.get(cache.make_key(MARKER_PREFIX + key))
+    except Exception:  # noqa: BLE001  (Redis down: the database decides)
+        return None
+    return None if value is None else _text(value)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# Replaying --------------------------------------------------------------------------------
+
+@dataclass
+class ReplayReport:
+    moved: int = 0
+    applied: int = 0
+    failed: int = 0
+    dead: int = 0
+    stopped: str = ""
+
+
+def replay(*, lease: float = LEASE_SECONDS, limit: int | None = None,
+           owner: str | None = None) -> ReplayReport:
+    """Move queued writes from Redis into ``QueuedWrite`` rows, then apply pending rows
+    (those whose replayer's lease ran out included), oldest first, each entity in order."""
+    report = ReplayReport()
+    owner = owner or uuid.uuid4().hex
+    try:
+        report.moved = drain()
+    except QueueUnavailable as err:
+        logger.warning("Write queue: Redis unavailable, replaying rows only (%s)", err.__cause__)
+    for db in databases():
+        tried: set[int] = set()
+        while limit is None or report.applied + report.failed < limit:
+            row = claim(owner, lease, skip=tried, using=db)
+            if row is None:
+                break
+            tried.add(row.pk)
+            outcome = apply(row, owner)
+            if outcome == "stop":
+                report.stopped = "the database failed; the rest waits for the next replay"
+                return report
+            setattr(report, outcome, getattr(report, outcome) + 1)
+            if outcome == "dead":
+                report.failed += 1
+    return report
+
+
+def databases() -> list[str]:
+    """The aliases queued writes live on: each handler's own (its effect and its
+    ``QueuedWrite`` row commit in one transaction), and where the router puts the model."""
+    return sorted({handler.using for handler in _handlers.values()}
+                  | {router.db_for_write(QueuedWrite) or "default"})
+
+
+def _database_of(name: str) -> str:
+    found = _handlers.get(name)
+    return found.using if found else (router.db_for_write(QueuedWrite) or "default")
+
+
+def drain() -> int:
+    """Move every write in the Redis stream into a ``QueuedWrite`` row (idempotent: a key
+    already in the table is not added twice); returns how many were moved."""
+    if not redis_available():
+        return 0
+    moved = 0
+    try:
+        client, cache = _redis()
+        stream = cache.make_key(STREAM_KEY)
+        while True:
+            entries = client.xrange(stream, count=DRAIN_BATCH)
+            if not entries:
+                return moved
+            for entry_id, fields in entries:
+                data = {_text(k): _text(v) for k, v in fields.items()}
+                _store_row(data)
+                client.xdel(stream, entry_id)
+                client.delete(cache.make_key(MARKER_PREFIX + data["key"]))
+                moved += 1
+    except QueueUnavailable:
+        raise
+    except Exception as err:
+        if errors.classify(err).dependency and not _is_database_error(err):
+            raise QueueUnavailable() from err
+        raise
+
+
+def _store_row(data: dict[str, str]) -> None:
+    db = _database_of(data["name"])
+    with transaction.atomic(using=db):
+        row, created = QueuedWrite.objects.using(db).get_or_create(
+            idempotency_key=data["key"],
+            defaults={"name": data["name"], "payload": json.loads(data["payload"]),
+                      "payload_hash": data["hash"], "entity": data.get("entity", "")},
+        )
+    if not created and row.payload_hash != data["hash"]:
+        logger.error("Write queue: %s was queued with a payload other than the one applied "
+                     "under the same key; the queued one is dropped.", data["key"])
+
+
+def claim(owner: str, lease: float = LEASE_SECONDS, skip: set[int] | None = None,
+          using: str = "default") -> QueuedWrite | None:
+    """Lease the oldest row that may be applied now to ``owner``: pending, failed before (one
+    more attempt per replay), or applying under a lease that ran out; and with no earlier
+    unfinished write of the same entity, on the database ``using``."""
+    db = using
+    now = timezone.now()
+    ready = (Q(state__in=[QueuedWrite.State.PENDING, QueuedWrite.State.FAILED])
+             | Q(state=QueuedWrite.State.APPLYING, lease_until__lt=now))
+    with transaction.atomic(using=db):
+        candidates = (QueuedWrite.objects.using(db).select_for_update(skip_locked=True)
+                      .filter(ready).exclude(pk__in=skip or ()).order_by("id")[:50])
+        for row in candidates:
+            if row.entity and QueuedWrite.objects.using(db).filter(
+                    entity=row.entity, id__lt=row.pk,
+                    state__in=UNFINISHED).exists():
+                continue
+            row.state = QueuedWrite.State.APPLYING
+            row.lease_owner, row.lease_until = owner, now + timedelta(seconds=lease)
+            row.attempts += 1
+            row.save(update_fields=["state", "lease_owner", "lease_until", "attempts",
+                                    "updated_at"])
+            return row
+    return None
+
+
+UNFINISHED = (QueuedWrite.State.PENDING, QueuedWrite.State.APPLYING, QueuedWrite.State.FAILED)
+
+
+def apply(row: QueuedWrite, owner: str) -> str:
+    """Apply one leased row; ``"applied"``, ``"failed"``, ``"dead"``, or ``"stop"`` when the
+    database itself failed (the row keeps its lease and is taken over later)."""
+    db = row._state.db or "default"
+    try:
+        found = handler(row.name)
+        with transaction.atomic(using=db):
+            locked = QueuedWrite.objects.using(db).select_for_update().get(pk=row.pk)
+            if locked.lease_owner != owner or locked.state != QueuedWrite.State.APPLYING:
+                return "failed"  # another replayer took it over
+            locked.result = found.fn(locked.payload)
+            locked.state, locked.applied_at = QueuedWrite.State.APPLIED, timezone.now()
+            locked.lease_owner, locked.lease_until = "", None
+            locked.save(update_fields=["result", "state", "applied_at", "lease_owner",
+                                       "lease_until", "updated_at"])
+        _invalidate(found.key)
+        return "applied"
+    except Exception as exc:
+        if _is_database_error(exc) and errors.classify(exc).dependency:
+            logger.warning("Write queue: database failed while replaying %s: %s",
+                           row.idempotency_key, exc)
+            return "stop"
+        return _record_failure(row, exc)
+
+
+def _record_failure(row: QueuedWrite, exc: Exception) -> str:
+    dead = row.attempts >= MAX_ATTEMPTS
+    state = QueuedWrite.State.DEAD if dead else QueuedWrite.State.FAILED
+    logger.warning("Write queue: %s %s failed (attempt %s): %r", row.name,
+                   row.idempotency_key, row.attempts, exc)
+    QueuedWrite.objects.using(row._state.db or "default").filter(pk=row.pk).update(
+        state=state, last_error=f"{exc.__class__.__name__}: {exc}"[:2000], lease_owner="",
+        lease_until=None, updated_at=timezone.now())
+    return "dead" if dead else "failed"
+
+
+def _invalidate(key: str) -> None:
+    """Make reads in ``key``'s space stale everywhere (other processes' own layers within
+    ``fallback.LOCAL_TTL``)."""
+    fallback.ReadCache().invalidate(fallback.space_of(key))
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    return isinstance(exc, DatabaseError)
+
+
+# Automatic replay when the write circuit closes ------------------------------------------
+
+_replaying = threading.Lock()
+
+
+def replay_in_background() -> bool:
+    """Start :func:`replay` in a thread unless one runs in this process already."""
+    if not _replaying.acquire(blocking=False):
+        return False
+
+    def run() -> None:
+        try:
+            report = replay()
+            if report.moved or report.applied or report.failed:
+                logger.info("Write queue replayed: %s", report)
+        except Exception:
+            logger.exception("Write queue: replay failed")
+        finally:
+            connections.close_all()
+            _replaying.release()
+
+    threading.Thread(target=run, name="resilience-replay", daemon=True).start()
+    return True
+
+
+@receiver(circuit_transition, dispatch_uid="resilience_crm.queue.replay_on_close")
+def replay_on_close(sender: Any, name: str, to_state: str, local: bool = False,
+                    **kwargs: Any) -> None:
+    """A write circuit that closes again means the database is back: replay the queue."""
+    if to_state == core.CLOSED and any(h.circuit == name for h in _handlers.values()):
+        replay_in_background()
+
+
+def counts() -> dict[str, int]:
+    """Rows by state, and the writes still in the Redis stream (``-1`` if unknown)."""
+    rows = dict(QueuedWrite.objects.values_list("state").annotate(n=Count("pk")))
+    result = {state: rows.get(state, 0) for state in QueuedWrite.State.values}
+    result["in_redis"] = stream_length()
+    return result
+
+
+def stream_length() -> int:
+    if not redis_available():
+        return 0
+    try:
+        client, cache = _redis()
+        return int(client.xlen(cache.make_key(STREAM_KEY)))
+    except Exception:  # noqa: BLE001
+        return -1
+
+
+def persistence_problem() -> str | None:
+    """Why queued writes would not survive a Redis restart, or ``None`` when they would (or
+    it cannot be told: no Redis, ``CONFIG`` disabled, Redis unreachable). Read-only."""
+    if not redis_available():
+        return None
+    try:
+        client, _ = _redis()
+        config = client.config_get("appendonly")
+        config.update(client.config_get("save"))
+    except Exception:  # noqa: BLE001  (managed Redis often disables CONFIG)
+        return None
+    appendonly, save = _text(config.get("appendonly", "")), _text(config.get("save", ""))
+    if appendonly == "no" and not save.strip():
+        return "Redis persistence is off (appendonly no, save \"\")"
+    return None

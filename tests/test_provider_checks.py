@@ -1,0 +1,151 @@
+"""The write queue's deployment checks, /ready's persistence warning, the problem responses
+and the public entry points of the provider."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import warnings
+from typing import Any
+
+import pytest
+from django.core.checks import run_checks
+from django_redis import get_redis_connection
+from rest_framework.exceptions import NotFound
+
+from resilience_crm import checks, fallback, get_breaker, protected, queue
+from resilience_crm.drf import exception_handler
+from resilience_crm.exceptions import (
+    CircuitOpenError,
+    IdempotencyConflict,
+    OperationTimeout,
+    RateLimited,
+)
+from resilience_crm.provider import Provider
+
+LOCMEM = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+
+def deploy_ids(settings: Any, **config: Any) -> set[str]:
+    settings.RESILIENCE_CRM = config
+    return {m.id for m in run_checks(tags=[checks.TAG], include_deployment_checks=True)
+            if m.id}
+
+
+def redis_persistent() -> bool:
+    client = get_redis_connection("redis")
+    config = {**client.config_get("appendonly"), **client.config_get("save")}
+    return config.get("appendonly") == "yes" or bool(str(config.get("save", "")).strip())
+
+
+def test_w010_without_redis_writes_are_refused_during_an_outage(settings):
+    settings.CACHES = LOCMEM
+    assert checks.Codes.QUEUE_WITHOUT_REDIS in deploy_ids(settings)
+    message = next(m for m in run_checks(tags=[checks.TAG], include_deployment_checks=True)
+                   if m.id == checks.Codes.QUEUE_WITHOUT_REDIS)
+    assert "503 QUEUE_UNAVAILABLE" in message.msg
+
+
+def test_w010_is_a_deployment_check(settings):
+    settings.CACHES = LOCMEM
+    settings.RESILIENCE_CRM = {}
+    assert checks.Codes.QUEUE_WITHOUT_REDIS not in {m.id for m in run_checks(
+        tags=[checks.TAG])}
+
+
+@pytest.mark.redis
+def test_w011_follows_the_persistence_of_the_real_redis(settings, redis_cache):
+    found = deploy_ids(settings, STORE="redis", CACHE_ALIAS="redis")
+    assert checks.Codes.QUEUE_WITHOUT_REDIS not in found
+    assert (checks.Codes.QUEUE_NOT_PERSISTENT in found) is not redis_persistent()
+
+
+@pytest.mark.redis
+def test_ready_warns_when_redis_would_lose_queued_writes(settings, redis_cache, client, db):
+    settings.RESILIENCE_CRM = {"STORE": "redis", "CACHE_ALIAS": "redis"}
+    body = client.get("/resilience/health/ready").json()
+    assert ("warnings" in body) is not redis_persistent()
+    assert (queue.persistence_problem() is None) is redis_persistent()
+
+
+@pytest.mark.parametrize(("error", "status", "code"), [
+    (CircuitOpenError(retry_after=12.2, circuit="crm.read"), 503, "CIRCUIT_OPEN"),
+    (RateLimited(retry_after=3), 429, "RATE_LIMITED"),
+    (OperationTimeout(circuit="crm.read"), 504, "TIMEOUT"),
+    (IdempotencyConflict(), 422, "IDEMPOTENCY_CONFLICT"),
+])
+def test_every_resilience_error_is_a_problem_response(error, status, code):
+    fallback.begin()
+    response = exception_handler(error, {})
+    assert response.status_code == status
+    assert response.content_type == "application/problem+json"
+    assert response.data["code"] == code and response.data["status"] == status
+    assert response.data["detail"] == error.message
+    if status in (503, 429):
+        assert int(response["Retry-After"]) >= 1
+    if error.retry_after == 12.2:
+        assert response["Retry-After"] == "13"
+
+
+def test_other_errors_are_left_to_drf():
+    assert exception_handler(NotFound(), {}).status_code == 404
+    assert exception_handler(ValueError(), {}) is None
+
+
+def test_protected_is_importable_from_the_package():
+    assert isinstance(protected, Provider)
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)  # the circuits are seeded from their rows
+def test_the_async_variants(settings, redis_cache):
+    settings.RESILIENCE_CRM = {"STORE": "redis", "CACHE_ALIAS": "redis"}
+
+    async def main():
+        value = await protected.aread("numbers:one", lambda: 1, using=None)
+        fallback.begin()
+        get_breaker("crm.read").force("forced_open")
+        return value, await protected.aread("numbers:two", lambda: 2, fallback=lambda: 0,
+                                            using=None), fallback.served()
+
+    assert asyncio.run(main()) == (1, 0, (fallback.DEGRADED, 0.0))
+
+
+
+
+def pooled(settings: Any, pool: Any) -> None:
+    database = {"ENGINE": "django.db.backends.postgresql", "NAME": "crm",
+                "OPTIONS": {"pool": pool}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Overriding setting DATABASES can lead to ..."
+        settings.DATABASES = settings.DATABASES | {"pooled": database}
+
+
+@pytest.mark.parametrize(("pool", "config", "warned"), [
+    (True, {}, True),  # psycopg_pool's 30 s default against call_timeout 10
+    ({"timeout": 1.0}, {}, False),
+    ({"timeout": 2.0}, {"CIRCUITS": {"crm.rpc": {"call_timeout": 2}}}, True),
+    ({"timeout": 2.0}, {"CIRCUIT_DEFAULTS": {"call_timeout": 3}}, False),
+])
+def test_w012_a_pool_wait_must_fit_in_the_call_budget(settings, pool, config, warned):
+    pooled(settings, pool)
+    settings.RESILIENCE_CRM = config
+    found = [m for m in checks.check_pool_timeout() if m.id == checks.Codes.POOL_WAIT_OVER_BUDGET]
+    assert bool(found) is warned
+    if found:
+        assert 'DATABASES["pooled"]' in found[0].msg
+
+
+def test_the_demo_bounds_every_wait_on_postgresql():
+    """crm_demo's settings, as a process with a PostgreSQL DATABASE_URL loads them."""
+    code = ("import json, crm_demo.settings as s; "
+            "print(json.dumps(s.DATABASES['default']['OPTIONS']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "DATABASE_URL": "postgres://u@h/db"})
+    options = json.loads(out.stdout)
+    assert options["pool"]["timeout"] == 1.0
+    assert options["connect_timeout"] == 2 and options["keepalives"] == 1
+    assert options["tcp_user_timeout"] > 0

@@ -1,0 +1,232 @@
+"""The write queue: applied now or queued in Redis, replayed exactly once into PostgreSQL,
+also when the replaying process is killed midway; dead letters and the admin's requeue."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+
+import pytest
+from django.db import connections
+
+from crm_demo.crm.models import Contact
+from resilience_crm import get_breaker, queue
+from resilience_crm.exceptions import (
+    IdempotencyConflict,
+    IdempotencyInFlight,
+    QueueUnavailable,
+)
+from resilience_crm.models import QueuedWrite
+from resilience_crm.provider import protected
+
+pytestmark = [pytest.mark.redis, pytest.mark.postgres]
+
+ctx = multiprocessing.get_context("fork")
+attempts: list[str] = []
+
+
+@protected.write_handler("test.contact", key="contacts")
+def create_contact(payload):
+    attempts.append(payload["email"])
+    return {"id": Contact.objects.create(**payload).pk}
+
+
+@protected.write_handler("test.broken")
+def broken(payload):
+    raise ValueError("this handler always fails")
+
+
+@pytest.fixture
+def queued(settings, redis_cache, postgres, transactional_db):
+    settings.RESILIENCE_CRM = {"STORE": "redis", "CACHE_ALIAS": "redis"}
+    attempts.clear()
+    yield
+
+
+def contact(n, **extra):
+    return {"name": f"Contact {n}", "email": f"c{n}@example.com", **extra}
+
+
+def outage():
+    get_breaker("crm.write").force("forced_open", reason="database outage")
+
+
+def recovery():
+    get_breaker("crm.write").force("forced_closed", reason="database back")
+
+
+def wait_until(condition, limit=20.0, what="the condition"):
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {limit}s"
+        time.sleep(0.02)
+
+
+def test_a_write_applies_now_with_its_key_in_the_same_transaction(queued):
+    receipt = protected.submit("test.contact", contact(1), idempotency_key="k1")
+    assert receipt.status == "applied" and not receipt.queued
+    row = QueuedWrite.objects.get(idempotency_key="k1")
+    assert row.state == "applied" and row.result == receipt.result
+    assert Contact.objects.get(pk=receipt.result["id"]).email == "c1@example.com"
+
+
+def test_the_same_key_again_returns_the_first_result_and_applies_nothing(queued):
+    first = protected.submit("test.contact", contact(1), idempotency_key="k1")
+    again = protected.submit("test.contact", contact(1), idempotency_key="k1")
+    assert again.result == first.result
+    assert Contact.objects.count() == 1 and attempts == ["c1@example.com"]
+
+
+def test_the_same_key_with_another_payload_is_a_conflict(queued):
+    protected.submit("test.contact", contact(1), idempotency_key="k1")
+    with pytest.raises(IdempotencyConflict) as raised:
+        protected.submit("test.contact", contact(2), idempotency_key="k1")
+    assert raised.value.status == 422
+    assert Contact.objects.count() == 1
+
+
+def test_a_key_still_in_flight_is_refused(queued):
+    QueuedWrite.objects.create(name="test.contact", idempotency_key="k1", state="applying",
+                               payload=contact(1), payload_hash=queue.payload_hash(contact(1)))
+    with pytest.raises(IdempotencyInFlight) as raised:
+        protected.submit("test.contact", contact(1), idempotency_key="k1")
+    assert raised.value.status == 409
+
+
+def test_a_key_waiting_in_the_queue_gets_the_same_receipt(queued):
+    QueuedWrite.objects.create(name="test.contact", idempotency_key="k1",
+                               payload=contact(1), payload_hash=queue.payload_hash(contact(1)))
+    assert protected.submit("test.contact", contact(1), idempotency_key="k1").queued
+    assert not Contact.objects.exists()
+
+
+def test_a_failed_effect_leaves_no_key_behind(queued):
+    with pytest.raises(TypeError):
+        protected.submit("test.contact", contact(1, no_such_field=1), idempotency_key="k1")
+    assert not QueuedWrite.objects.exists()
+
+
+def test_writes_during_an_outage_are_queued_then_applied_exactly_once(queued):
+    outage()
+    receipts = []
+    for n in range(20):
+        receipts.append(protected.submit("test.contact", contact(n), idempotency_key=f"k{n}"))
+        if n % 4 == 0:  # a client that did not hear back sends it again
+            receipts.append(protected.submit("test.contact", contact(n),
+                                             idempotency_key=f"k{n}"))
+    assert all(receipt.queued for receipt in receipts)
+    with pytest.raises(IdempotencyConflict):
+        protected.submit("test.contact", contact(99), idempotency_key="k3")
+    assert queue.stream_length() == 20 and not Contact.objects.exists()
+    recovery()
+    assert protected.submit("test.contact", contact(3), idempotency_key="k3").queued
+    report = queue.replay()
+    assert (report.moved, report.applied, report.failed) == (20, 20, 0)
+    assert queue.stream_length() == 0
+    assert sorted(Contact.objects.values_list("email", flat=True)) == sorted(
+        f"c{n}@example.com" for n in range(20))
+    assert queue.replay().applied == 0
+    again = protected.submit("test.contact", contact(3), idempotency_key="k3")
+    assert again.status == "applied" and Contact.objects.count() == 20
+
+
+def test_writes_of_one_entity_replay_in_the_order_submitted(queued):
+    outage()
+    for n in range(5):
+        protected.submit("test.contact", contact(n), idempotency_key=f"k{n}", entity="acme")
+    recovery()
+    queue.drain()
+    # A replayer elsewhere holds the first one: the others of the entity must wait for it.
+    first = queue.claim("elsewhere", lease=60)
+    assert first.idempotency_key == "k0"
+    assert queue.claim("here") is None
+    assert queue.apply(first, "elsewhere") == "applied"
+    queue.replay()
+    assert attempts == [f"c{n}@example.com" for n in range(5)]
+
+
+def replay_and_hang(started):
+    """A replayer whose handler does its work and then hangs until it is killed."""
+
+    def hang(payload):
+        Contact.objects.create(**payload)
+        started.set()
+        time.sleep(60)  # killed long before
+
+    queue.register("test.contact", key="contacts")(hang)
+    queue.replay(lease=1.0)
+
+
+def test_a_replayer_killed_midway_loses_nothing_and_applies_nothing_twice(queued):
+    outage()
+    for n in range(20):
+        protected.submit("test.contact", contact(n), idempotency_key=f"k{n}")
+    recovery()
+    queue.replay(limit=5)  # some applied before the crash
+    connections.close_all()
+    started = ctx.Event()
+    replayer = ctx.Process(target=replay_and_hang, args=(started,))
+    replayer.start()
+    try:
+        assert started.wait(20), "the replayer never reached the handler"
+        os.kill(replayer.pid, signal.SIGKILL)
+    finally:
+        replayer.join(20)
+    stuck = QueuedWrite.objects.get(state="applying")
+    assert stuck.lease_owner
+
+    def taken_over():
+        queue.replay()
+        return QueuedWrite.objects.get(pk=stuck.pk).state == "applied"
+
+    wait_until(taken_over, what="taking over the dead replayer's row")  # after its 1 s lease
+    assert QueuedWrite.objects.filter(state="applied").count() == 20
+    emails = list(Contact.objects.values_list("email", flat=True))
+    assert sorted(emails) == sorted(f"c{n}@example.com" for n in range(20))
+
+
+def test_writes_that_keep_failing_become_dead_letters_the_admin_can_requeue(queued,
+                                                                            admin_client):
+    outage()
+    protected.submit("test.broken", {"n": 1}, idempotency_key="doomed")
+    recovery()
+    queue.drain()
+    for attempt in range(1, queue.MAX_ATTEMPTS + 1):  # one attempt per replay
+        queue.replay()
+        row = QueuedWrite.objects.get(idempotency_key="doomed")
+        assert row.attempts == attempt
+    assert row.state == "dead" and "always fails" in row.last_error
+    assert queue.replay().failed == 0  # dead letters wait for a person
+    response = admin_client.post("/admin/resilience_crm/queuedwrite/", {
+        "action": "requeue", "_selected_action": [row.pk]})
+    assert response.status_code == 302
+    assert QueuedWrite.objects.get(pk=row.pk).state == "pending"
+
+
+def test_the_queue_replays_by_itself_when_the_write_circuit_closes(queued):
+    outage()
+    protected.submit("test.contact", contact(1), idempotency_key="k1")
+    get_breaker("crm.write").reset(reason="database back")
+    wait_until(lambda: QueuedWrite.objects.filter(state="applied").exists(),
+               what="the automatic replay")
+    assert Contact.objects.count() == 1
+
+
+def test_without_redis_a_write_during_an_outage_is_refused_plainly(settings, postgres, db):
+    settings.RESILIENCE_CRM = {}  # the embedded default: local-memory cache
+    outage()
+    with pytest.raises(QueueUnavailable) as raised:
+        protected.submit("test.contact", contact(1), idempotency_key="k1")
+    assert raised.value.status == 503 and raised.value.code == "QUEUE_UNAVAILABLE"
+
+
+def test_with_redis_down_a_write_during_an_outage_is_refused(settings, redis_proxy,
+                                                            postgres, db):
+    settings.RESILIENCE_CRM = {"STORE": "database", "CACHE_ALIAS": "proxied"}
+    redis_proxy.stalled = True
+    redis_proxy.cut()
+    outage()
+    with pytest.raises(QueueUnavailable):
+        protected.submit("test.contact", contact(1), idempotency_key="k1")
