@@ -13,7 +13,7 @@ from django.db.models import Count
 from django.utils import timezone
 from django.utils.safestring import SafeString
 
-from resilience_crm import charts, registry
+from resilience_crm import charts, exposition, registry
 from resilience_crm.control import known_circuits
 from resilience_crm.models import CircuitEvent, CircuitMetric, QueuedWrite
 
@@ -58,7 +58,33 @@ def context(now: datetime | None = None) -> dict[str, Any]:
     events = (CircuitEvent.objects.select_related("circuit", "actor")
               .order_by("-created_at", "-pk")[:RECENT_EVENTS])
     queue = dict(QueuedWrite.objects.values_list("state").annotate(n=Count("pk")))
-    return {"panels": panels, "events": list(events), "queue": queue, "now": now}
+    return {"panels": panels, "events": list(events), "queue": queue, "now": now,
+            "tiers": tier_decisions()}
+
+
+def tier_decisions() -> list[dict[str, Any]]:
+    """The cluster's rate-limit decisions by tier since the counters began: admitted,
+    rejected, decided in shadow mode, and the share rejected."""
+    try:
+        found = exposition.totals("ratelimit_tier_decisions")
+    except Exception:  # Redis down: the page renders without the table
+        return []
+    rows: dict[str, dict[str, Any]] = {}
+    for (tier, decision), count in found.items():
+        row = rows.setdefault(tier, {"tier": tier, "allowed": 0, "rejected": 0, "shadow": 0,
+                                     "other": 0})
+        if decision.startswith("shadow"):
+            row["shadow"] += count
+        elif decision.endswith("rejected"):
+            row["rejected"] += count
+        elif decision.endswith("allowed"):
+            row["allowed"] += count
+        else:  # exempt, unlimited, unavailable
+            row["other"] += count
+    for row in rows.values():
+        decided = row["allowed"] + row["rejected"]
+        row["rejected_share"] = row["rejected"] / decided if decided else 0.0
+    return sorted(rows.values(), key=lambda row: row["tier"])
 
 
 def _snapshot(name: str) -> dict[str, Any]:

@@ -39,6 +39,8 @@ COUNTERS = {
               "fallback."),
     "ratelimit_decisions": ("resilience_ratelimit_decisions", ("op_class", "decision"),
                             "Rate-limit decisions by op class and outcome."),
+    "ratelimit_tier_decisions": ("resilience_ratelimit_tier_decisions", ("tier", "decision"),
+                                 "Rate-limit decisions by the client's tier and outcome."),
     "transitions": ("resilience_transitions", ("circuit", "to_state"),
                     "Circuit transitions announced by this cluster's workers."),
     "store_errors": ("resilience_store_errors", ("circuit",),
@@ -97,6 +99,23 @@ def push() -> int:
         for ident, _, _, value, _ in moved:
             _pushed[ident] = value
     return len(moved)
+
+
+def totals(name: str) -> dict[tuple[str, ...], int]:
+    """The cluster's totals of one counter family (this process's own without Redis), by
+    its label values in ``COUNTERS`` order."""
+    labels = COUNTERS[name][1]
+    if shared():
+        push()
+        raw = _client().hgetall(_hash(name))
+        return {tuple((k.decode() if isinstance(k, bytes) else k).split("\x1f")): int(v)
+                for k, v in raw.items()}
+    found: dict[tuple[str, ...], int] = {}
+    for counter, values, count in metrics.collect():
+        if counter == name:
+            key = tuple(values.get(label, "") for label in labels)
+            found[key] = found.get(key, 0) + count
+    return found
 
 
 class ClusterCollector(Collector):

@@ -56,6 +56,7 @@ _plans: dict[tuple[Any, ...], tuple[Limit, ...]] = {}
 MAX_PLANS = 50_000
 #: Counter keys per (op class, decision), built once.
 _counters: dict[tuple[str, str], metrics.Key] = {}
+_tier_counters: dict[tuple[str, str], metrics.Key] = {}  # the same decisions, by tier
 
 
 def store_path() -> str:
@@ -189,11 +190,12 @@ def decide(who: Principal, op_class: str, endpoint: str | None = None,
     """Decide ``cost`` requests of ``who`` for ``op_class`` on ``endpoint``."""
     global _store_down_until
     if who.exempt:
-        return _counted(Decision(allowed=True, source="exempt", op_class=op_class))
+        return _counted(Decision(allowed=True, source="exempt", op_class=op_class), who.tier)
     store = get_store()
     limits = limits_for(who, op_class, endpoint, store)
     if not limits:
-        return _counted(Decision(allowed=True, source="unlimited", op_class=op_class))
+        return _counted(Decision(allowed=True, source="unlimited", op_class=op_class),
+                        who.tier)
     if time.monotonic() >= _store_down_until:
         try:
             allowed, outcomes = store.evaluate(limits, cost)
@@ -203,8 +205,9 @@ def decide(who: Principal, op_class: str, endpoint: str | None = None,
             logger.warning("Rate-limit store unreachable (%s); falling back for %ss.",
                            err.__cause__ or err, settings.STORE_RETRY_INTERVAL)
         else:
-            return _counted(gcra.decision(limits, allowed, outcomes, op_class=op_class))
-    return _counted(_without_store(who, op_class, endpoint, cost))
+            return _counted(gcra.decision(limits, allowed, outcomes, op_class=op_class),
+                            who.tier)
+    return _counted(_without_store(who, op_class, endpoint, cost), who.tier)
 
 
 def fail_open(op_class: str) -> bool:
@@ -225,7 +228,7 @@ def _without_store(who: Principal, op_class: str, endpoint: str | None, cost: in
     return gcra.decision(limits, allowed, outcomes, source="fallback", op_class=op_class)
 
 
-def _counted(decision: Decision) -> Decision:
+def _counted(decision: Decision, tier: str) -> Decision:
     if decision.source in ("exempt", "unlimited", "unavailable"):
         outcome = decision.source
     elif decision.shadowed:
@@ -240,6 +243,11 @@ def _counted(decision: Decision) -> Decision:
                               decision=outcome)
         _counters[(decision.op_class, outcome)] = counter
     metrics.add(counter)
+    by_tier = _tier_counters.get((tier, outcome))
+    if by_tier is None:
+        by_tier = _tier_counters[(tier, outcome)] = metrics.key(
+            "ratelimit_tier_decisions", tier=tier, decision=outcome)
+    metrics.add(by_tier)
     return decision
 
 

@@ -11,7 +11,8 @@ from django.contrib.auth.models import Permission, User
 from django.urls import reverse
 from django.utils import timezone
 
-from resilience_crm import charts, core, registry
+from resilience_crm import charts, core, limiter, registry
+from resilience_crm.clients import Principal
 from resilience_crm.control import steer
 from resilience_crm.models import Circuit, CircuitEvent, CircuitMetric, QueuedWrite
 
@@ -82,3 +83,21 @@ def test_the_reset_button_runs_the_audited_action(client):
     assert registry.get_breaker("crm.rpc").state == core.CLOSED
     event = CircuitEvent.objects.filter(circuit=circuit).latest("generation")
     assert (event.to_state, event.actor, event.source) == (core.CLOSED, user, "admin")
+
+
+def test_the_dashboard_shows_rate_limit_decisions_by_tier(client, settings):
+    settings.RESILIENCE_CRM = {"RATELIMIT_STORE": "memory"}
+    staff(client, "view_circuit")
+    pro = Principal(key="u:7", tier="pro", overrides={"read": "3/hour"})
+    free = Principal(key="u:8", tier="free", overrides={"read": "1/hour"})
+    for _ in range(4):
+        limiter.decide(pro, "read")
+    for _ in range(2):
+        limiter.decide(free, "read")
+
+    html = client.get(DASHBOARD).content.decode()
+
+    assert ('<tr data-tier="pro"><td>pro</td><td>3</td><td>1</td>\n        <td>25%</td>'
+            in html)
+    assert ('<tr data-tier="free"><td>free</td><td>1</td><td>1</td>\n        <td>50%</td>'
+            in html)
