@@ -106,7 +106,9 @@ def ready(request: HttpRequest) -> JsonResponse:
         if not checks[part]["ok"]:
             score -= PENALTIES[part]
     queue = checks["database"].get("queue") or {}
-    score -= _graded("queue_depth", queue.get("pending", 0))
+    if queue:  # writes still waiting in Redis for the database to come back (-1: unknown)
+        queue["in_redis"] = checks["cache"].pop("in_redis", 0)
+    score -= _graded("queue_depth", queue.get("pending", 0) + max(0, queue.get("in_redis", 0)))
     score -= _graded("queue_age", queue.get("oldest_pending_s", 0))
     if queue.get("dead"):
         score -= PENALTIES["dead_letters"]
@@ -218,7 +220,8 @@ def _probe_cache() -> dict[str, Any]:
     except Exception as err:  # every cache backend raises its own errors
         logger.warning("Readiness: cache %s failed: %s", settings.CACHE_ALIAS, err)
         return {"ok": False, "error": err.__class__.__name__, "ms": _ms_since(started)}
-    result: dict[str, Any] = {"ok": True, "ms": _ms_since(started)}
+    result: dict[str, Any] = {"ok": True, "ms": _ms_since(started),
+                              "in_redis": write_queue.stream_length()}
     persistence = write_queue.persistence_problem()
     if persistence:
         result["warning"] = f"{persistence}: queued writes would not survive a Redis restart."

@@ -62,7 +62,7 @@ def test_ready_on_a_healthy_setup(admin_client):
     assert body["status"] == "ok"
     assert body["score"] == 100
     assert body["circuits"] == {name: {"state": core.CLOSED} for name in CIRCUITS}
-    assert body["queue"] == {"pending": 0, "dead": 0, "oldest_pending_s": 0}
+    assert body["queue"] == {"pending": 0, "dead": 0, "oldest_pending_s": 0, "in_redis": 0}
     assert body["checks"]["database"]["ok"] is True
     assert body["checks"]["cache"]["ok"] is True
 

@@ -72,7 +72,7 @@ def test_details_are_for_staff_and_the_monitoring_token_only(client, settings):
         assert set(body) == {"status", "score", "circuits"}
     for body in (with_token, staff):
         assert set(body) == {"status", "score", "circuits", "queue", "checks"}
-        assert body["queue"] == {"pending": 0, "dead": 0, "oldest_pending_s": 0}
+        assert body["queue"] == {"pending": 0, "dead": 0, "oldest_pending_s": 0, "in_redis": 0}
         assert body["checks"]["database"]["ok"] is True
 
 
