@@ -27,6 +27,8 @@ from resilience_crm.breaker import exception_errors
 from resilience_crm.rates import UNKNOWN_OP_CLASS, limits_errors
 from resilience_crm.routers import ResilienceRouter, same_database
 from resilience_crm.rules import DEFAULT_RULES
+from resilience_crm.stores.base import BaseStore
+from resilience_crm.stores.ratelimit_base import BaseLimiterStore
 
 TAG = "resilience_crm"
 SETTING = conf.SETTING_NAME
@@ -596,16 +598,19 @@ def check_circuits(config: dict[str, Any]) -> list[CheckMessage]:
 
 def _store_class(store: str) -> tuple[type | None, str]:
     """The class a ``STORE`` dotted path names, or ``None`` and why not."""
-    from resilience_crm.stores.base import BaseStore
+    return _subclass_at(store, BaseStore)
 
+
+def _subclass_at(path: str, base: type) -> tuple[type | None, str]:
+    """The subclass of ``base`` that the dotted ``path`` names, or ``None`` and why not."""
     try:
-        cls = import_string(store)
+        cls = import_string(path)
     except ImportError as err:
         return None, f"cannot import it: {err}"
     except Exception as err:  # noqa: BLE001  (importing user code may raise anything)
         return None, f"importing it raised {err!r}"
-    if not (isinstance(cls, type) and issubclass(cls, BaseStore)):
-        return None, "it is not a subclass of resilience_crm.stores.base.BaseStore"
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        return None, f"it is not a subclass of {base.__module__}.{base.__qualname__}"
     return cls, ""
 
 
@@ -787,18 +792,7 @@ def check_database_pool(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
 
 def _limiter_store_class(store: str) -> tuple[type | None, str]:
     """The class a ``RATELIMIT_STORE`` dotted path names, or ``None`` and why not."""
-    from resilience_crm.stores.ratelimit_base import BaseLimiterStore
-
-    try:
-        cls = import_string(store)
-    except ImportError as err:
-        return None, f"cannot import it: {err}"
-    except Exception as err:  # noqa: BLE001  (importing user code may raise anything)
-        return None, f"importing it raised {err!r}"
-    if not (isinstance(cls, type) and issubclass(cls, BaseLimiterStore)):
-        return None, ("it is not a subclass of"
-                      " resilience_crm.stores.ratelimit_base.BaseLimiterStore")
-    return cls, ""
+    return _subclass_at(store, BaseLimiterStore)
 
 
 @_check(Tags.caches)

@@ -23,8 +23,8 @@ from resilience_crm.stores.failover import FailoverStore
 from resilience_crm.stores.memory import MemoryStore
 from resilience_crm.stores.redis import RedisStore
 from tests.clock import Clock
-from tests.conditions import wait_for
 from tests.sentry_server import SentryServer, received, sentry_sending_to
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db  # every transition also writes its CircuitEvent
 
@@ -262,7 +262,7 @@ def test_local_breakers_send_one_alert_per_process_per_store_outage(sentry, sett
     assert events[0]["fingerprint"] == alerts.LOCAL_FINGERPRINT
 
     proxy.stalled = False
-    wait_for(lambda: registry.get_breaker("crm.rpc").snapshot()["store"] == "shared",
+    wait_until(lambda: registry.get_breaker("crm.rpc").snapshot()["store"] == "shared",
              "the worker to find Redis again")
     proxy.stalled = True
     proxy.cut()

@@ -20,9 +20,9 @@ from resilience_crm import core, events, get_breaker, registry
 from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.models import CircuitEvent
 from resilience_crm.signals import circuit_transition
-from tests.conditions import wait_for as wait_for_condition
 from tests.processes import ctx, run_processes
 from tests.sentry_server import SentryServer
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 
@@ -193,7 +193,7 @@ def open_and_wait_for_half_open():
             breaker.call(boom)
     assert breaker.snapshot()["state"] == core.OPEN
     # Past reset_timeout a store step moves it to half_open, with no permit taken yet.
-    wait_for_condition(lambda: breaker.snapshot()["state"] == core.HALF_OPEN, "half-open")
+    wait_until(lambda: breaker.snapshot()["state"] == core.HALF_OPEN, "half-open")
 
 
 def test_half_open_admits_exactly_max_calls_across_processes(cluster):

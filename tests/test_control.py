@@ -21,8 +21,8 @@ from resilience_crm.exceptions import ManualChangeRefused
 from resilience_crm.models import Circuit, CircuitEvent
 from resilience_crm.signals import circuit_transition
 from resilience_crm.stores.redis import RedisStore
-from tests.conditions import wait_for
 from tests.processes import ctx, run_processes
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
 
@@ -50,7 +50,7 @@ def stalled(settings, redis_proxy):
 def back(proxy) -> None:
     """Redis answers again, and this worker finds out on its next step."""
     proxy.stalled = False
-    wait_for(lambda: registry.get_breaker(CIRCUIT).snapshot()["store"] == "shared",
+    wait_until(lambda: registry.get_breaker(CIRCUIT).snapshot()["store"] == "shared",
              "the worker to find Redis again")
 
 
