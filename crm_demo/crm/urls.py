@@ -7,8 +7,11 @@ router = DefaultRouter()
 router.register("contacts", api.ContactViewSet, basename="contact")
 router.register("agents", api.AgentViewSet, basename="agent")
 router.register("conversations", api.ConversationViewSet, basename="conversation")
+router.register("platforms", api.PlatformViewSet, basename="platform")
 
 urlpatterns = [
     path("auth/token/", api.ObtainToken.as_view(), name="api-token"),
+    path("analytics/summary/", api.AnalyticsSummary.as_view(), name="analytics-summary"),
+    path("contacts/import/", api.ContactImport.as_view(), name="contact-import"),
     path("", include(router.urls)),
 ]
