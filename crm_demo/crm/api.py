@@ -318,10 +318,11 @@ class ContactImport(APIView):
         return Response({"idempotency_key": key, "totals": totals, "rows": results})
 
     def _rows(self, request: Request) -> list[dict[str, Any]]:
+        data = request.data if isinstance(request.data, dict) else {}
         if "file" in request.FILES:
             text = decode_csv(request.FILES["file"].read())
-        elif isinstance(request.data.get("csv"), str):
-            text = request.data["csv"]
+        elif isinstance(data.get("csv"), str):
+            text = data["csv"]
         else:
             raise serializers.ValidationError(
                 {"file": ["Send a CSV: a text/csv body or a multipart file named 'file'."]})
