@@ -8,7 +8,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from crm_demo.crm.api import ContactImport
+from crm_demo.crm.imports import ContactImport
 from crm_demo.crm.models import Contact
 from resilience_crm import tiers
 from resilience_crm.models import TierAssignment

@@ -1,7 +1,7 @@
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
-from crm_demo.crm import api
+from crm_demo.crm import analytics, api, imports
 
 router = DefaultRouter()
 router.register("contacts", api.ContactViewSet, basename="contact")
@@ -11,7 +11,7 @@ router.register("platforms", api.PlatformViewSet, basename="platform")
 
 urlpatterns = [
     path("auth/token/", api.ObtainToken.as_view(), name="api-token"),
-    path("analytics/summary/", api.AnalyticsSummary.as_view(), name="analytics-summary"),
-    path("contacts/import/", api.ContactImport.as_view(), name="contact-import"),
+    path("analytics/summary/", analytics.AnalyticsSummary.as_view(), name="analytics-summary"),
+    path("contacts/import/", imports.ContactImport.as_view(), name="contact-import"),
     path("", include(router.urls)),
 ]
