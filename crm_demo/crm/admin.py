@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from crm_demo.crm.models import Agent, Contact, Conversation
+from crm_demo.crm.models import Agent, Contact, Conversation, Platform
 
 
 @admin.register(Contact)
@@ -22,3 +22,10 @@ class ConversationAdmin(admin.ModelAdmin):
     list_filter = ("status", "agent__kind")
     search_fields = ("subject", "contact__name")
     autocomplete_fields = ("contact", "agent")
+
+
+@admin.register(Platform)
+class PlatformAdmin(admin.ModelAdmin):
+    list_display = ("name", "kind", "status", "connected_at")
+    list_filter = ("kind", "status")
+    search_fields = ("name",)

@@ -2,7 +2,8 @@
 through ``protected``. Lists and details are cached reads (served stale, labelled, while the
 database is down); creates go through ``protected.submit`` with the client's
 ``Idempotency-Key`` (202 and queued while the database is down); updates and deletes are
-protected writes."""
+protected writes. The analytics summary is in ``analytics.py``, the CSV import in
+``imports.py``."""
 
 import uuid
 from functools import partial
@@ -20,12 +21,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from crm_demo.crm.models import Agent, Contact, Conversation, Message
+from crm_demo.crm.models import Agent, Contact, Conversation, Message, Platform
 from crm_demo.crm.serializers import (
     AgentSerializer,
     ContactSerializer,
     ConversationSerializer,
     MessageSerializer,
+    PlatformSerializer,
 )
 from resilience_crm.drf import FallbackHeadersMixin
 from resilience_crm.provider import protected
@@ -174,10 +176,25 @@ class ConversationViewSet(ProtectedViewSet):
         return [dict(item) for item in MessageSerializer(messages, many=True).data]
 
 
+class PlatformViewSet(ProtectedViewSet):
+    queryset = Platform.objects.all()
+    serializer_class = PlatformSerializer
+    space = "platforms"
+    create_handler = "platforms.create"
+    filter_fields = {"kind": "kind", "status": "status"}
+    search_fields = ("name",)
+
+    def _check_related(self, changes: dict[str, Any]) -> None:
+        name = changes.get("name")
+        if name and Platform.objects.filter(name=name).exclude(pk=self.kwargs["pk"]).exists():
+            raise serializers.ValidationError({"name": [f"A platform named {name!r} exists."]})
+
+
 class ObtainToken(FallbackHeadersMixin, APIView):
     """``POST {"username", "password"}`` -> ``{"token": ...}``."""
 
     authentication_classes: list[Any] = []
+    resilience_operation = "auth"
     permission_classes = [AllowAny]
 
     def post(self, request: Request) -> Response:

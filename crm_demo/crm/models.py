@@ -74,3 +74,29 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_sender_display()}: {self.body[:40]}"
+
+
+class Platform(models.Model):
+    """A channel the team talks to contacts on: an inbox, a WhatsApp number, a webhook."""
+
+    class Kind(models.TextChoices):
+        EMAIL = "email", "Email"
+        WHATSAPP = "whatsapp", "WhatsApp"
+        SLACK = "slack", "Slack"
+        WEBHOOK = "webhook", "Webhook"
+
+    class Status(models.TextChoices):
+        CONNECTED = "connected", "Connected"
+        PAUSED = "paused", "Paused"
+        ERROR = "error", "Error"
+
+    name = models.CharField(max_length=200, unique=True)
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.CONNECTED)
+    connected_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.get_kind_display()})"

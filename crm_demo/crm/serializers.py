@@ -3,7 +3,7 @@ handlers, so that validating a request never touches the database outside ``prot
 
 from rest_framework import serializers
 
-from crm_demo.crm.models import Agent, Contact, Conversation, Message
+from crm_demo.crm.models import Agent, Contact, Conversation, Message, Platform
 
 
 class ContactSerializer(serializers.ModelSerializer):
@@ -40,3 +40,12 @@ class MessageSerializer(serializers.ModelSerializer):
         model = Message
         fields = ["id", "conversation", "sender", "agent", "body", "created_at"]
         read_only_fields = ["id", "conversation", "created_at"]
+
+
+class PlatformSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Platform
+        fields = ["id", "name", "kind", "status", "connected_at"]
+        read_only_fields = ["id", "connected_at"]
+        # Uniqueness is the write handlers' to check: validation never touches the database.
+        extra_kwargs: dict[str, dict[str, list[object]]] = {"name": {"validators": []}}

@@ -8,12 +8,13 @@ from typing import Any
 
 from rest_framework.exceptions import ValidationError
 
-from crm_demo.crm.models import Agent, Contact, Conversation, Message
+from crm_demo.crm.models import Agent, Contact, Conversation, Message, Platform
 from crm_demo.crm.serializers import (
     AgentSerializer,
     ContactSerializer,
     ConversationSerializer,
     MessageSerializer,
+    PlatformSerializer,
 )
 from resilience_crm.provider import protected
 
@@ -45,3 +46,10 @@ def create_message(payload: dict[str, Any]) -> dict[str, Any]:
     _require(Conversation, "conversation", payload.get("conversation_id"))
     _require(Agent, "agent", payload.get("agent_id"))
     return dict(MessageSerializer(Message.objects.create(**payload)).data)
+
+
+@protected.write_handler("platforms.create", key="platforms")
+def create_platform(payload: dict[str, Any]) -> dict[str, Any]:
+    if Platform.objects.filter(name=payload["name"]).exists():
+        raise ValidationError({"name": [f"A platform named {payload['name']!r} exists."]})
+    return dict(PlatformSerializer(Platform.objects.create(**payload)).data)

@@ -1,0 +1,122 @@
+"""The CSV contact import: every row spends the caller's rpc budget (on the real Redis
+limiter), short waits are waited out, and each row gets its own result; one bad row or an
+exhausted budget never fails the import."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from crm_demo.crm.imports import ContactImport
+from crm_demo.crm.models import Contact
+from resilience_crm import tiers
+from resilience_crm.models import TierAssignment
+from tests.demo_api import api_client, force_open
+from tests.ratelimit_helpers import on_clock, set_tier
+
+pytestmark = [pytest.mark.redis, pytest.mark.postgres]
+
+URL = "/api/contacts/import/"
+HEADER = "name,email,phone,company\n"
+
+
+@pytest.fixture
+def api(settings, redis_cache, postgres, transactional_db, monkeypatch):
+    return api_client(settings, monkeypatch, User.objects.create_user("ada", password="pw"))
+
+
+def give_tier(user, limits):
+    TierAssignment.objects.update_or_create(user=user,
+                                            defaults={"tier": set_tier("importer", limits)})
+    tiers.clear()
+
+
+def lines(start, stop):
+    return "".join(f"P{i},p{i}@example.com,,Acme\n" for i in range(start, stop))
+
+
+def csv_of(count):
+    return HEADER + lines(0, count)
+
+
+def post_csv(api, text, **headers):
+    return api.generic("POST", URL, text.encode(), content_type="text/csv", **headers)
+
+
+def test_rows_past_the_budget_are_rate_limited_and_a_bad_row_is_invalid(api):
+    give_tier(api.user, {"rpc": "4/hour"})  # the request takes one, three rows the rest
+    text = HEADER + "Ada,ada@example.com,,\nBad,not-an-email,,\n" + lines(2, 6)
+    response = post_csv(api, text)
+    assert response.status_code == 200, response.content
+    body = response.json()
+    rows = body["rows"]
+    assert [(row["row"], row["status"]) for row in rows] == [
+        (1, "created"), (2, "invalid"), (3, "created"),
+        (4, "rate_limited"), (5, "rate_limited"), (6, "rate_limited")]
+    assert "email" in rows[1]["errors"]
+    assert all(800 < row["retry_after"] <= 900 for row in rows[3:])  # 4/hour: one per 900 s
+    assert body["totals"] == {"created": 2, "queued": 0, "invalid": 1, "rate_limited": 3,
+                              "failed": 0}
+    assert sorted(Contact.objects.values_list("email", flat=True)) == [
+        "ada@example.com", "p2@example.com"]
+    assert Contact.objects.get(pk=rows[0]["id"]).name == "Ada"
+    again = post_csv(api, text)  # the import itself is an rpc request: none left
+    assert again.status_code == 429
+    assert again["Content-Type"] == "application/problem+json"
+
+
+def test_a_multipart_file_imports_once_per_idempotency_key(api):
+    give_tier(api.user, {"rpc": "100/hour"})
+    upload = SimpleUploadedFile("contacts.csv", ("\ufeff" + csv_of(5)).encode(),
+                                content_type="text/csv")
+    first = api.post(URL, {"file": upload}, format="multipart", HTTP_IDEMPOTENCY_KEY="imp-1")
+    assert first.status_code == 200, first.content
+    assert first.json()["totals"]["created"] == 5
+    upload.seek(0)
+    again = api.post(URL, {"file": upload}, format="multipart", HTTP_IDEMPOTENCY_KEY="imp-1")
+    assert [row["id"] for row in again.json()["rows"]] == [
+        row["id"] for row in first.json()["rows"]]
+    assert Contact.objects.count() == 5
+
+
+def test_short_retry_afters_are_waited_out(api, monkeypatch):
+    clock = on_clock()  # the limiter in memory, on a clock the sleeps move
+    give_tier(api.user, {"rpc": "2/s"})
+    slept = []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        clock.now += seconds
+
+    monkeypatch.setattr(ContactImport, "sleep", staticmethod(sleep))
+    body = post_csv(api, csv_of(4)).json()
+    assert [row["status"] for row in body["rows"]] == ["created"] * 4
+    assert slept == pytest.approx([0.5, 0.5, 0.5])  # a burst of 2, then one per 0.5 s
+
+
+def test_rows_are_queued_while_the_database_is_down(api):
+    give_tier(api.user, {"rpc": "100/hour"})
+    force_open("crm.write")
+    body = post_csv(api, csv_of(3)).json()
+    assert body["totals"]["queued"] == 3
+    assert not Contact.objects.exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name,phone\nAda,1\n", "email"),
+    ("", "Send a CSV"),
+])
+def test_a_csv_it_cannot_read_is_a_400(api, text, message):
+    response = post_csv(api, text)
+    assert response.status_code == 400, response.content
+    assert message in str(response.json())
+    assert not Contact.objects.exists()
+
+
+def test_too_many_rows_or_bytes_that_are_not_utf8_are_a_400(api, monkeypatch):
+    monkeypatch.setattr(ContactImport, "max_rows", 2)
+    assert "At most 2" in str(post_csv(api, csv_of(3)).json())
+    response = api.generic("POST", URL, b"name,email\n\xff\xfe,x\n", content_type="text/csv")
+    assert response.status_code == 400 and "UTF-8" in str(response.json())
+    assert not Contact.objects.exists()
