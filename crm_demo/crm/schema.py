@@ -207,7 +207,7 @@ def document_resilience(result: dict[str, Any], generator: Any, request: Any, pu
                 if "$ref" in response:
                     continue  # a component response, whose headers are its own
                 headers = response.setdefault("headers", {})
-                names = RATE_LIMIT_HEADERS
+                names: tuple[str, ...] = RATE_LIMIT_HEADERS
                 if method == "get" and code == "200":
                     names += FALLBACK_HEADERS
                 if _is_create(operation) and code == "201":
