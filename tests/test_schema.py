@@ -236,3 +236,42 @@ def test_rate_limited_answers_match_the_schema(fuzz, settings):
     assert report.failures == []
     assert report.saw("GET /api/contacts/", 429), report.statuses
     assert report.saw("POST /api/auth/token/", 429), report.statuses
+
+
+# What fuzzing turned up, pinned ------------------------------------------------------------
+
+
+@pytest.fixture
+def api(settings, redis_cache, postgres, transactional_db):
+    settings.RESILIENCE_CRM = {"STORE": "redis", "CACHE_ALIAS": "redis"}
+    client = APIClient()
+    user = User.objects.create_user("ada", password="secret")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    return client
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+@pytest.mark.parametrize("query, param", [
+    ("search=%00", "search"), ("company=a%00b", "company"), ("search=" + "x" * 201, "search"),
+    ("contact=99999999999999999999", "contact"), ("agent=%C2%B2", "agent"),
+])
+def test_query_values_the_database_cannot_take_are_a_400_not_a_failure(api, query, param):
+    url = "/api/conversations/" if param in ("contact", "agent") else "/api/contacts/"
+    response = api.get(f"{url}?{query}")
+    assert response.status_code == 400, response.content
+    assert param in response.json()
+    assert get_breaker("crm.read").snapshot()["failures"] == 0
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_an_idempotency_key_longer_than_documented_is_a_400(api):
+    payload = {"name": "Ada", "email": "ada@example.com"}
+    for length in (201, 300):  # past 255 with its scope, the database refused it: a 500
+        response = api.post("/api/contacts/", payload, format="json",
+                            HTTP_IDEMPOTENCY_KEY="k" * length)
+        assert response.status_code == 400 and "Idempotency-Key" in response.json()
+    assert not Contact.objects.exists()
+    assert api.post("/api/contacts/", payload, format="json",
+                    HTTP_IDEMPOTENCY_KEY="k" * 200).status_code == 201
