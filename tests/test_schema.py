@@ -16,6 +16,7 @@ import pytest
 import schemathesis
 from django.contrib.auth.models import User
 from django.contrib.staticfiles import finders
+from django.core.management import call_command
 from django.core.wsgi import get_wsgi_application
 from drf_spectacular.validation import validate_schema
 from hypothesis import HealthCheck, given
@@ -67,10 +68,17 @@ def document(db) -> dict[str, Any]:
 def test_the_schema_is_valid_openapi_3(document):
     assert document["openapi"].startswith("3.")
     validate_schema(document)
-    paths = set(document["paths"])
     assert {"/api/auth/token/", "/api/contacts/", "/api/contacts/{id}/", "/api/agents/",
             "/api/agents/{id}/", "/api/conversations/", "/api/conversations/{id}/",
-            "/api/conversations/{id}/messages/"} == paths
+            "/api/conversations/{id}/messages/"} <= set(document["paths"])
+
+
+def test_every_view_is_described_without_a_guess(tmp_path):
+    """drf-spectacular warns where it has to guess (a view without a serializer, a field it
+    cannot type); a guess is a schema that may not match the answers."""
+    call_command("spectacular", "--validate", "--fail-on-warn",
+                 "--file", str(tmp_path / "schema.yaml"))
+    assert (tmp_path / "schema.yaml").read_text().startswith("openapi: 3.")
 
 
 def test_every_operation_documents_429_and_503_problems_with_retry_after(document):

@@ -114,6 +114,8 @@ class ProtectedViewSet(FallbackHeadersMixin, viewsets.GenericViewSet):
 
 
 class ContactViewSet(ProtectedViewSet):
+    """People the CRM talks to."""
+
     queryset = Contact.objects.all()
     serializer_class = ContactSerializer
     space = "contacts"
@@ -123,6 +125,8 @@ class ContactViewSet(ProtectedViewSet):
 
 
 class AgentViewSet(ProtectedViewSet):
+    """Who answers: AI or human agents."""
+
     queryset = Agent.objects.all()
     serializer_class = AgentSerializer
     space = "agents"
@@ -132,6 +136,8 @@ class AgentViewSet(ProtectedViewSet):
 
 
 class ConversationViewSet(ProtectedViewSet):
+    """Conversations between a contact and an agent, and their messages."""
+
     queryset = Conversation.objects.all()
     serializer_class = ConversationSerializer
     space = "conversations"

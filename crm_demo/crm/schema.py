@@ -179,11 +179,13 @@ def _answers(method: str, operation: dict[str, Any]) -> dict[str, str]:
     return answers
 
 
-def _bound_path_ids(operation: dict[str, Any]) -> None:
-    """Ids in paths match ``\\d+`` and name a bigint: say so, or a client sends -1."""
+def _integer_path_ids(operation: dict[str, Any]) -> None:
+    """Ids in paths match ``\\d+`` and name a bigint: document them as the integers they
+    are (as the bodies show them), within range."""
     for parameter in operation.get("parameters", []):
-        if parameter.get("in") == "path" and parameter.get("schema", {}).get("type") == "integer":
-            parameter["schema"].update({"minimum": 0, "maximum": MAX_ID})
+        schema = parameter.get("schema", {})
+        if parameter.get("in") == "path" and schema.get("pattern") == r"^\d+$":
+            parameter["schema"] = {"type": "integer", "minimum": 0, "maximum": MAX_ID}
 
 
 def document_resilience(result: dict[str, Any], generator: Any, request: Any, public: bool,
@@ -199,7 +201,7 @@ def document_resilience(result: dict[str, Any], generator: Any, request: Any, pu
             operation = path_item.get(method)
             if operation is None:
                 continue
-            _bound_path_ids(operation)
+            _integer_path_ids(operation)
             responses = operation.setdefault("responses", {})
             for code, name in _answers(method, operation).items():
                 responses.setdefault(code, _ref("responses", name))
