@@ -126,6 +126,23 @@ def test_the_browsable_docs_are_served_without_a_cdn(db):
     assert "/api/schema/" in page
 
 
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_swagger_ui_renders_the_operations_in_a_browser(live_server, page):
+    outside: list[str] = []
+    page.on("request", lambda request: None if request.url.startswith(live_server.url)
+            else outside.append(request.url))
+    page.goto(f"{live_server.url}/api/docs/")
+    operation = page.locator("#operations-contacts-contacts_create")
+    operation.wait_for()
+    operation.locator(".opblock-summary").click()
+    responses = operation.locator(".responses-table .response-col_status")
+    responses.first.wait_for()
+    assert {"201", "202", "409", "422", "429", "503"} <= {
+        code.strip() for code in responses.all_inner_texts()}
+    assert outside == [], "the page fetched something from outside"
+
+
 # Fuzzing, on the real services -------------------------------------------------------------
 
 
