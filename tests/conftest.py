@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 from django.conf import settings as django_settings
 from django.core.cache import caches
@@ -206,3 +209,26 @@ def postgres_proxy(request, postgres, settings):
         with database_alias(request, settings, HOST="127.0.0.1", PORT=proxy.port,
                             OPTIONS=options):
             yield proxy
+
+
+@pytest.fixture
+def page(monkeypatch):
+    """A headless page of Debian's chromium, driven by Playwright (skip or fail without)."""
+    executable = os.environ.get("CHROMIUM") or shutil.which("chromium") or ""
+    require_service("Chromium", bool(executable),
+                    "no chromium on PATH (apt-get install chromium, or set CHROMIUM)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        require_service("Chromium", False, "playwright is not installed")
+    # Playwright runs an event loop in this thread; the ORM calls around it are still sync.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True)
+        page = browser.new_page()
+        page.set_default_timeout(10_000)
+        yield page
+        browser.close()
+        # The test's ORM calls ran beside Playwright's loop, so asgiref gave them their own
+        # connections; close them here or they outlive the test database.
+        connections.close_all()

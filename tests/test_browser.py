@@ -2,44 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
-from django.db import connections
 from django.utils import timezone
 
 from resilience_crm import core, registry
 from resilience_crm.control import steer
 from resilience_crm.models import Circuit, CircuitEvent, CircuitMetric
-from tests.services import require_service
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def page(monkeypatch):
-    executable = os.environ.get("CHROMIUM") or shutil.which("chromium") or ""
-    require_service("Chromium", bool(executable),
-                    "no chromium on PATH (apt-get install chromium, or set CHROMIUM)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        require_service("Chromium", False, "playwright is not installed")
-    # Playwright runs an event loop in this thread; the ORM calls around it are still sync.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, headless=True)
-        page = browser.new_page()
-        page.set_default_timeout(10_000)
-        yield page
-        browser.close()
-        # The test's ORM calls ran beside Playwright's loop, so asgiref gave them their own
-        # connections; close them here or they outlive the test database.
-        connections.close_all()
 
 
 def test_operator_forces_a_circuit_open_from_the_admin(live_server, page):

@@ -7,6 +7,8 @@ from typing import Any
 from django.db.models import Count
 from django.db.models.functions import TruncDate
 from django.utils import timezone
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -54,5 +56,14 @@ class AnalyticsSummary(FallbackHeadersMixin, APIView):
 
     permission_classes = [IsAuthenticated]
 
+    @extend_schema(responses=inline_serializer("AnalyticsSummary", {
+        "contacts": serializers.IntegerField(),
+        "conversations_by_status": serializers.DictField(child=serializers.IntegerField()),
+        "agents_by_kind": serializers.DictField(child=serializers.IntegerField()),
+        "messages_per_day": inline_serializer("MessagesOnDay", {
+            "date": serializers.DateField(), "messages": serializers.IntegerField(),
+        }, many=True),
+        "generated_at": serializers.DateTimeField(),
+    }))
     def get(self, request: Request) -> Response:
         return Response(protected.read("analytics:summary", summarize))

@@ -10,8 +10,8 @@ from functools import partial
 from typing import Any
 from urllib.parse import urlencode
 
-from django.db.models import Q, QuerySet
 from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status, viewsets
 from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.serializers import AuthTokenSerializer
@@ -21,7 +21,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from crm_demo.crm import filters
 from crm_demo.crm.models import Agent, Contact, Conversation, Message, Platform
+from crm_demo.crm.schema import IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_MAX_LENGTH
 from crm_demo.crm.serializers import (
     AgentSerializer,
     ContactSerializer,
@@ -37,6 +39,7 @@ class ProtectedViewSet(FallbackHeadersMixin, viewsets.GenericViewSet):
     """List, create, retrieve, update and destroy through ``protected``."""
 
     permission_classes = [IsAuthenticated]
+    filter_backends = [filters.FieldFilter]
     lookup_value_regex = r"\d+"
     #: Key space of this resource's cached reads; writes invalidate it.
     space = ""
@@ -47,27 +50,8 @@ class ProtectedViewSet(FallbackHeadersMixin, viewsets.GenericViewSet):
     #: Fields ``?search=`` looks in.
     search_fields: tuple[str, ...] = ()
 
-    def filter_queryset(self, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        params = self.request.query_params
-        for param, field in self.filter_fields.items():
-            if params.get(param):
-                queryset = queryset.filter(**{field: params[param]})
-        term = params.get("search", "").strip()
-        if term and self.search_fields:
-            match = Q()
-            for field in self.search_fields:
-                match |= Q(**{f"{field}__icontains": term})
-            queryset = queryset.filter(match)
-        return queryset
-
-    def _validate_filters(self, request: Request) -> None:
-        for param, field in self.filter_fields.items():
-            value = request.query_params.get(param)
-            if value and field.endswith("_id") and not value.isdigit():
-                raise serializers.ValidationError({param: ["Must be a whole number."]})
-
     def list(self, request: Request) -> Response:
-        self._validate_filters(request)
+        filters.validate(request, self)
         query = urlencode(sorted(request.query_params.items()))
         return Response(protected.read(f"{self.space}:list:{query}", self._page))
 
@@ -82,6 +66,7 @@ class ProtectedViewSet(FallbackHeadersMixin, viewsets.GenericViewSet):
     def _detail(self, pk: str) -> dict[str, Any]:
         return dict(self.get_serializer(get_object_or_404(self.get_queryset(), pk=pk)).data)
 
+    @extend_schema(parameters=[IDEMPOTENCY_KEY])
     def create(self, request: Request) -> Response:
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -90,6 +75,9 @@ class ProtectedViewSet(FallbackHeadersMixin, viewsets.GenericViewSet):
     def _submit(self, request: Request, handler: str, payload: dict[str, Any],
                 entity: str = "") -> Response:
         key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
+        if len(key) > IDEMPOTENCY_KEY_MAX_LENGTH:
+            raise serializers.ValidationError({"Idempotency-Key": [
+                f"Must be at most {IDEMPOTENCY_KEY_MAX_LENGTH} characters."]})
         receipt = protected.submit(handler, payload, entity=entity,
                                    idempotency_key=f"{request.user.pk}:{handler}:{key}")
         if receipt.queued:
@@ -128,6 +116,8 @@ class ProtectedViewSet(FallbackHeadersMixin, viewsets.GenericViewSet):
 
 
 class ContactViewSet(ProtectedViewSet):
+    """People the CRM talks to."""
+
     queryset = Contact.objects.all()
     serializer_class = ContactSerializer
     space = "contacts"
@@ -137,6 +127,8 @@ class ContactViewSet(ProtectedViewSet):
 
 
 class AgentViewSet(ProtectedViewSet):
+    """Who answers: AI or human agents."""
+
     queryset = Agent.objects.all()
     serializer_class = AgentSerializer
     space = "agents"
@@ -146,6 +138,8 @@ class AgentViewSet(ProtectedViewSet):
 
 
 class ConversationViewSet(ProtectedViewSet):
+    """Conversations between a contact and an agent, and their messages."""
+
     queryset = Conversation.objects.all()
     serializer_class = ConversationSerializer
     space = "conversations"
@@ -159,7 +153,12 @@ class ConversationViewSet(ProtectedViewSet):
             if pk is not None and not model.objects.filter(pk=pk).exists():
                 raise serializers.ValidationError({field[:-3]: [f"No such id {pk}."]})
 
-    @action(detail=True, methods=["get", "post"], serializer_class=MessageSerializer)
+    @extend_schema(methods=["GET"], responses=MessageSerializer(many=True),
+                   summary="The conversation's messages, oldest first (not paginated).")
+    @extend_schema(methods=["POST"], parameters=[IDEMPOTENCY_KEY],
+                   responses={201: MessageSerializer}, summary="Add a message.")
+    @action(detail=True, methods=["get", "post"], serializer_class=MessageSerializer,
+            pagination_class=None, filter_backends=[])
     def messages(self, request: Request, pk: str) -> Response:
         if request.method == "POST":
             serializer = MessageSerializer(data=request.data)
@@ -197,6 +196,8 @@ class ObtainToken(FallbackHeadersMixin, APIView):
     resilience_operation = "auth"
     permission_classes = [AllowAny]
 
+    @extend_schema(request=AuthTokenSerializer,
+                   responses=inline_serializer("Token", {"token": serializers.CharField()}))
     def post(self, request: Request) -> Response:
         serializer = AuthTokenSerializer(data=request.data, context={"request": request})
 

@@ -9,6 +9,8 @@ import uuid
 from itertools import islice
 from typing import Any
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import BaseParser, MultiPartParser
@@ -17,6 +19,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from crm_demo.crm.schema import IDEMPOTENCY_KEY
 from crm_demo.crm.serializers import ContactSerializer
 from resilience_crm.provider import protected
 from resilience_crm.throttling import bulk, endpoint
@@ -62,6 +65,27 @@ class ContactImport(APIView):
     max_rows = 5000
     sleep = staticmethod(time.sleep)
 
+    @extend_schema(
+        request={"text/csv": OpenApiTypes.STR,
+                 "multipart/form-data": inline_serializer("ContactImportUpload", {
+                     "file": serializers.FileField()})},
+        parameters=[IDEMPOTENCY_KEY],
+        responses=inline_serializer("ContactImportResult", {
+            "idempotency_key": serializers.CharField(),
+            "totals": serializers.DictField(child=serializers.IntegerField()),
+            "rows": inline_serializer("ContactImportRow", {
+                "row": serializers.IntegerField(),
+                "status": serializers.ChoiceField(
+                    choices=["created", "queued", "invalid", "rate_limited", "failed"]),
+                "id": serializers.IntegerField(required=False),
+                "errors": serializers.DictField(
+                    child=serializers.ListField(child=serializers.CharField()),
+                    required=False),
+                "retry_after": serializers.IntegerField(required=False),
+                "error": serializers.CharField(required=False),
+            }, many=True),
+        }),
+    )
     def post(self, request: Request) -> Response:
         rows = self._rows(request)
         key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
