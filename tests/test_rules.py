@@ -21,6 +21,16 @@ def minute(ago: int):
     return timezone.now().replace(second=0, microsecond=0) - timedelta(minutes=ago)
 
 
+def alerted(sentry, caplog) -> list[dict]:
+    """The events the ingest server received; if none came, why (for a failure message)."""
+    import sentry_sdk
+
+    events = received(sentry, at_least=1)
+    assert events, (sentry_sdk.is_initialized(), sentry_sdk.get_client().dsn,
+                    sentry.dsn, caplog.text[-2000:])
+    return events
+
+
 def traffic(name: str, calls: int, failures: int = 0, latency_ms: float = 10.0, ago: int = 1):
     circuit = Circuit.objects.get_or_create(name=name)[0]
     return CircuitMetric.objects.create(circuit=circuit, bucket=minute(ago), calls=calls,
@@ -58,9 +68,7 @@ def test_slow_calls_alert(sentry, caplog):
     traffic("crm.rpc", 50, latency_ms=3500)
     (finding,) = rules.evaluate()
     assert (finding.rule, finding.subject) == ("slow", "crm.rpc")
-    import sentry_sdk
-    events = received(sentry, at_least=1)
-    assert events, (sentry_sdk.is_initialized(), sentry_sdk.get_client(), caplog.text[-3000:])
+    events = alerted(sentry, caplog)
     assert "3,500 ms on average" in events[0]["message"]
 
 
@@ -74,14 +82,14 @@ def test_flapping_alerts_but_local_transitions_do_not_count(sentry):
         "flapping", "crm.auth", {"transitions": 7})
 
 
-def test_several_circuits_open_at_once_alert_for_the_cluster(sentry, settings):
+def test_several_circuits_open_at_once_alert_for_the_cluster(sentry, settings, caplog):
     settings.RESILIENCE_CRM = {"STORE": "memory"}
     registry.get_breaker("crm.read").force(core.FORCED_OPEN, reason="drill")
     assert rules.evaluate() == []
     registry.get_breaker("crm.write").force(core.FORCED_OPEN, reason="drill")
     (finding,) = rules.evaluate()
     assert (finding.rule, finding.subject) == ("many_open", "cluster")
-    assert received(sentry, at_least=1)[0]["message"] == (
+    assert alerted(sentry, caplog)[0]["message"] == (
         "2 circuits reject calls at once: crm.read, crm.write")
 
 
