@@ -8,8 +8,8 @@ circuits to close and the queued write to be replayed, exactly once. Breaker sta
 the shared Redis store, so a running demo server's dashboard shows the same circuits red.
 
 Only this process uses the drill's short breaker settings (:data:`DRILL_BREAKER`). At the
-end the drill removes what it created (its user, token and contacts) and resets the circuits
-it left open.
+end the drill removes what it created (its user, token and contacts; ``keep`` leaves the
+contacts and user) and resets the circuits it left open.
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ PAUSE = 0.5
 RECOVERY_DEADLINE = 60.0
 DASHBOARD = "/admin/resilience_crm/circuit/dashboard/"
 USERNAME = "resilience-drill"
+#: Loggers whose expected outage noise would bury the narration: {name: level}. The
+#: transitions they report are narrated.
+QUIETER = {"psycopg.pool": logging.CRITICAL, "resilience_crm": logging.WARNING}
 
 
 class DrillUnavailable(Exception):
@@ -122,13 +125,14 @@ class Outcome:
 class Drill:
     """Run with :meth:`run`; ``say`` gets each line of narration."""
 
-    def __init__(self, seconds: float, say: Callable[[str], None]) -> None:
+    def __init__(self, seconds: float, say: Callable[[str], None], *,
+                 keep: bool = False) -> None:
         self.seconds = seconds
+        self.keep = keep
         self._say = say
         self.run_id = uuid.uuid4().hex[:12]
         self.started = time.monotonic()
         self.transitions: list[Transition] = []
-        self._told = 0
         self._lock = threading.Lock()
         self.port = 0
         self.token = ""
@@ -148,21 +152,16 @@ class Drill:
 
     def _on_transition(self, sender: Any, name: str, from_state: str, to_state: str,
                        reason: str = "", local: bool = False, **kwargs: Any) -> None:
+        """Told at once, from whichever thread made the transition."""
+        item = Transition(time.monotonic(), name, from_state, to_state, reason, local)
         with self._lock:
-            self.transitions.append(Transition(time.monotonic(), name, from_state, to_state,
-                                               reason, local))
-
-    def _tell_transitions(self) -> None:
-        with self._lock:
-            new, self._told = self.transitions[self._told:], len(self.transitions)
-        for item in new:
+            self.transitions.append(item)
             where = " (this worker's own breaker)" if item.local else ""
             self.say(f"circuit {item.name}: {item.from_state} -> {item.to_state}{where} "
                      f"({item.reason})")
             if item.name == "crm.read" and item.to_state == core.OPEN:
                 self._pass("opened", f"{item.from_state} -> open ({item.reason})")
-            kind = alerts.alert_for(item.from_state, item.to_state)
-            if kind == "open":
+            if alerts.alert_for(item.from_state, item.to_state) == "open":
                 self._alert(item)
 
     def _alert(self, item: Transition) -> None:
@@ -171,9 +170,8 @@ class Drill:
         if sentry:
             self.say(f"alert sent to Sentry: error {message!r}")
         else:
-            logger.warning("ALERT %s (SENTRY_DSN is not set, so the alert is this log line)",
+            logger.warning("ALERT %s (SENTRY_DSN is not set: this log line is the alert)",
                            message)
-            self.say(f"alert (no SENTRY_DSN, logged by crm_demo.drill): {message}")
         self._pass("alert", ("Sentry: " if sentry else "log: ") + message)
 
     def _pass(self, step: str, detail: str) -> None:
@@ -190,7 +188,7 @@ class Drill:
         target = (db["HOST"] or "127.0.0.1", int(db["PORT"] or 5432))
         circuit_transition.connect(self._on_transition, dispatch_uid=self.run_id, weak=False)
         try:
-            with (FaultProxy(*target) as proxy, _database_through(proxy),
+            with (_quieter(QUIETER), FaultProxy(*target) as proxy, _database_through(proxy),
                   override_settings(RESILIENCE_CRM=drill_settings()), self._server()):
                 self.say(f"the database {target[0]}:{target[1]} is now behind a proxy on "
                          f"127.0.0.1:{proxy.port}; the drill's API server is "
@@ -216,6 +214,8 @@ class Drill:
         self.say(f"created the user {USERNAME!r} and an API token (removed at the end)")
 
     def _warm(self) -> None:
+        for name in CIRCUITS:  # in the shared store (seeded from the durable row if need be)
+            self.say(f"circuit {name} is {get_breaker(name).state}")
         for path in ("/api/contacts/", "/api/agents/"):
             reply = self.request("GET", path)
             if reply.status != 200:
@@ -237,7 +237,6 @@ class Drill:
                      f"in {reply.seconds:.2f}s")
             if reply.status == 200 and reply.headers.get(FALLBACK_HEADER.lower()) == STALE:
                 self._pass("stale", f"200 with {FALLBACK_HEADER}: stale")
-            self._tell_transitions()
             if not wrote and self.outcome.steps["stale"].ok:
                 wrote = True
                 self._write_during_outage()
@@ -264,7 +263,6 @@ class Drill:
         deadline = restored + RECOVERY_DEADLINE
         while time.monotonic() < deadline:
             reply = self.request("GET", "/api/contacts/")
-            self._tell_transitions()
             if reply.status == 200 and FALLBACK_HEADER.lower() not in reply.headers \
                     and get_breaker("crm.read").state == core.CLOSED:
                 self.say(f"GET /api/contacts/ -> {reply.status} fresh, "
@@ -279,7 +277,6 @@ class Drill:
         self.say(f"POST /api/contacts/ -> {reply.status} in {reply.seconds:.2f}s (a write "
                  "after the outage: the write circuit closes, which replays the queue)")
         self._await_replay(deadline)
-        self._tell_transitions()
         closed = {name: get_breaker(name).state for name in ("crm.read", "crm.write")}
         if all(state == core.CLOSED for state in closed.values()):
             self._pass("closed", ", ".join(f"{n} {s}" for n, s in closed.items()))
@@ -291,7 +288,6 @@ class Drill:
             row = QueuedWrite.objects.filter(idempotency_key=key).first()
             if row is not None and row.state == QueuedWrite.State.APPLIED:
                 break
-            self._tell_transitions()
             time.sleep(PAUSE / 2)
         else:
             self.say("the automatic replay did not apply the write in time; replaying now, "
@@ -309,11 +305,16 @@ class Drill:
         connections[DEFAULT_DB_ALIAS].close()
         with contextlib.suppress(Exception):
             events.flush()
-        removed = Contact.objects.filter(email__endswith=f"@{self.run_id}.drill.invalid")
-        count = removed.count()
-        removed.delete()
-        get_user_model().objects.filter(username=USERNAME).delete()
-        self.say(f"removed the drill's {count} contacts, its user and token")
+        made = Contact.objects.filter(email__endswith=f"@{self.run_id}.drill.invalid")
+        if self.keep:
+            self.say(f"kept the drill's {made.count()} contacts (emails @{self.run_id}"
+                     ".drill.invalid); removed its token")
+            Token.objects.filter(key=self.token).delete()
+        else:
+            count = made.count()
+            made.delete()
+            get_user_model().objects.filter(username=USERNAME).delete()
+            self.say(f"removed the drill's {count} contacts, its user and token")
         for name in CIRCUITS:
             breaker = get_breaker(name)
             if breaker.state != core.CLOSED:
@@ -406,6 +407,18 @@ def _close(wrapper: Any) -> None:
     if close_pool is not None:
         with contextlib.suppress(Exception):
             close_pool()
+
+
+@contextlib.contextmanager
+def _quieter(levels: dict[str, int]) -> Iterator[None]:
+    saved = {name: logging.getLogger(name).level for name in levels}
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def _sentry_initialized() -> bool:

@@ -14,6 +14,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--seconds", type=float, default=8.0,
                             help="how long the outage lasts (default %(default)s)")
+        parser.add_argument("--keep", action="store_true",
+                            help="keep the contacts the drill wrote (its token is removed)")
         parser.add_argument("--quiet", action="store_true",
                             help="print only the summary, not each step")
 
@@ -23,7 +25,7 @@ class Command(BaseCommand):
                                "open and show stale reads.")
         say = (lambda line: None) if options["quiet"] else self.stdout.write
         try:
-            outcome = Drill(options["seconds"], say).run()
+            outcome = Drill(options["seconds"], say, keep=options["keep"]).run()
         except DrillUnavailable as err:
             raise CommandError(str(err)) from err
         self.stdout.write("")
