@@ -8,6 +8,7 @@ import logging
 
 import pytest
 from django.core.management import CommandError, call_command
+from rest_framework.authtoken.models import Token
 
 from crm_demo.crm.drill import CIRCUITS, USERNAME
 from crm_demo.crm.models import Contact
@@ -43,8 +44,6 @@ def test_the_drill_rides_out_a_real_outage(postgres, redis_settings, sentry):
                 for event in received(sentry, at_least=1)]
     assert any(message.startswith("Circuit crm.read opened") for message in messages), messages
     # The drill's API token does not outlive it.
-    from rest_framework.authtoken.models import Token
-
     assert not Token.objects.filter(user__username=USERNAME).exists()
 
 
@@ -57,6 +56,7 @@ def test_without_sentry_the_alert_is_a_log_line(postgres, redis_settings, caplog
     assert not Contact.objects.filter(email__endswith=".drill.invalid").exists()
 
 
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
 def test_the_drill_refuses_sqlite_and_says_why(settings):
     settings.DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": "x"}}
     with pytest.raises(CommandError, match="SQLite file has no network to cut"):
