@@ -10,6 +10,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from rest_framework.authtoken.models import Token
 
+from crm_demo.crm import drill
 from crm_demo.crm.drill import CIRCUITS, USERNAME
 from crm_demo.crm.models import Contact
 from resilience_crm import core, get_breaker
@@ -72,3 +73,20 @@ def test_the_drill_needs_redis(postgres, settings):
 def test_seconds_must_leave_time_for_the_outage():
     with pytest.raises(CommandError, match="at least 3"):
         call_command("resilience_drill", "--seconds", "1", stdout=io.StringIO())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_promised_step_that_does_not_happen_fails_the_drill(postgres, redis_settings,
+                                                              monkeypatch):
+    # Nothing cached may be served once it is no longer fresh: the outage's reads fail.
+    redis_settings.RESILIENCE_CRM = {**redis_settings.RESILIENCE_CRM, "FALLBACK_STALE_TTL": 0}
+    monkeypatch.setattr(drill, "OUTAGE_GRACE", 0)  # no waiting for what cannot come
+    out = io.StringIO()
+    with pytest.raises(CommandError, match="did not see every promised step: stale"):
+        call_command("resilience_drill", "--seconds", "3", stdout=out)
+
+    assert "FAIL reads are served from the cache, labelled stale" in out.getvalue()
+    # It still cleaned up after itself.
+    for name in CIRCUITS:
+        assert get_breaker(name).state == core.CLOSED
+    assert not Token.objects.filter(user__username=USERNAME).exists()
