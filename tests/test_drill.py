@@ -90,3 +90,12 @@ def test_a_promised_step_that_does_not_happen_fails_the_drill(postgres, redis_se
     for name in CIRCUITS:
         assert get_breaker(name).state == core.CLOSED
     assert not Token.objects.filter(user__username=USERNAME).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_circuit_an_operator_holds_is_left_alone(postgres, redis_settings):
+    get_breaker("crm.write").force(core.FORCED_OPEN, reason="maintenance")
+
+    with pytest.raises(CommandError, match="crm.write is forced_open"):
+        call_command("resilience_drill", stdout=io.StringIO())
+    assert get_breaker("crm.write").state == core.FORCED_OPEN

@@ -39,6 +39,7 @@ from crm_demo.crm.models import Contact
 from resilience_crm import alerts, core, events, queue
 from resilience_crm.conf import cache_is_redis
 from resilience_crm.conf import settings as resilience_settings
+from resilience_crm.exceptions import ResilienceError
 from resilience_crm.fallback import FALLBACK_HEADER, STALE
 from resilience_crm.models import QueuedWrite
 from resilience_crm.registry import get_breaker
@@ -188,6 +189,13 @@ class Drill:
         problem = requirements_problem()
         if problem:
             raise DrillUnavailable(problem)
+        busy = {name: get_breaker(name).state for name in CIRCUITS}
+        busy = {name: state for name, state in busy.items() if state != core.CLOSED}
+        if busy:
+            raise DrillUnavailable(
+                "The drill needs its circuits closed, and leaves alone the ones an incident or "
+                "an operator holds: " + ", ".join(f"{n} is {s}" for n, s in busy.items())
+                + " (see manage.py resilience_status; resilience_reset closes them).")
         db = connections[DEFAULT_DB_ALIAS].settings_dict
         target = (db["HOST"] or "127.0.0.1", int(db["PORT"] or 5432))
         circuit_transition.connect(self._on_transition, dispatch_uid=self.run_id, weak=False)
@@ -327,11 +335,15 @@ class Drill:
             made.delete()
             get_user_model().objects.filter(username=USERNAME).delete()
             self.say(f"removed the drill's {count} contacts, its user and token")
-        for name in CIRCUITS:
+        for name in CIRCUITS:  # closed when the drill began (run() made sure)
             breaker = get_breaker(name)
-            if breaker.state != core.CLOSED:
-                breaker.reset(reason="resilience_drill finished", source="command")
-                self.say(f"reset circuit {name}")
+            if breaker.state in (core.OPEN, core.HALF_OPEN):
+                try:
+                    breaker.reset(reason="resilience_drill finished", source="command")
+                except ResilienceError as err:
+                    self.say(f"could not reset circuit {name}: {err}")
+                else:
+                    self.say(f"reset circuit {name}")
 
     # Plumbing ---------------------------------------------------------------------------
 
