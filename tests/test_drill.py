@@ -1,0 +1,101 @@
+"""``manage.py resilience_drill`` against the real PostgreSQL and Redis: it cuts a real proxy
+in front of the test database, and what it reports is checked against what happened."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pytest
+from django.core.management import CommandError, call_command
+from rest_framework.authtoken.models import Token
+
+from crm_demo.crm import drill
+from crm_demo.crm.drill import CIRCUITS, USERNAME
+from crm_demo.crm.models import Contact
+from resilience_crm import core, get_breaker
+from resilience_crm.models import CircuitEvent, QueuedWrite
+from tests.sentry_server import received
+
+pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_drill_rides_out_a_real_outage(postgres, redis_settings, sentry):
+    out = io.StringIO()
+    call_command("resilience_drill", "--seconds", "4", "--keep", stdout=out)
+    text = out.getvalue()
+
+    assert "CUT: the proxy closed every database connection" in text
+    assert "GET /api/contacts/ -> 200 stale" in text
+    assert "-> 202" in text
+    assert "FAIL" not in text
+    assert "The drill passed" in text
+
+    # The write queued during the outage was applied once, and its contact is there once.
+    write = QueuedWrite.objects.get(idempotency_key__endswith="-queued")
+    assert write.state == QueuedWrite.State.APPLIED
+    assert Contact.objects.filter(email=write.payload["email"]).count() == 1
+    # The circuits went open for real (audited) and are closed again.
+    assert CircuitEvent.objects.filter(circuit__name="crm.read", to_state=core.OPEN).exists()
+    for name in CIRCUITS:
+        assert get_breaker(name).state == core.CLOSED
+    # The open alert reached Sentry.
+    messages = [event.get("message") or event.get("logentry", {}).get("message", "")
+                for event in received(sentry, at_least=1)]
+    assert any(message.startswith("Circuit crm.read opened") for message in messages), messages
+    # The drill's API token does not outlive it.
+    assert not Token.objects.filter(user__username=USERNAME).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_without_sentry_the_alert_is_a_log_line(postgres, redis_settings, caplog):
+    caplog.set_level(logging.WARNING, logger="crm_demo.drill")
+    call_command("resilience_drill", "--seconds", "4", "--quiet", stdout=io.StringIO())
+
+    assert any(r.getMessage().startswith("ALERT Circuit") for r in caplog.records)
+    assert not Contact.objects.filter(email__endswith=".drill.invalid").exists()
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+def test_the_drill_refuses_sqlite_and_says_why(settings):
+    settings.DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": "x"}}
+    with pytest.raises(CommandError, match="SQLite file has no network to cut"):
+        call_command("resilience_drill", stdout=io.StringIO())
+
+
+def test_the_drill_needs_redis(postgres, settings):
+    settings.RESILIENCE_CRM = {"CACHE_ALIAS": "default"}  # the local-memory cache
+    with pytest.raises(CommandError, match="needs Redis"):
+        call_command("resilience_drill", stdout=io.StringIO())
+
+
+def test_seconds_must_leave_time_for_the_outage():
+    with pytest.raises(CommandError, match="at least 3"):
+        call_command("resilience_drill", "--seconds", "1", stdout=io.StringIO())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_promised_step_that_does_not_happen_fails_the_drill(postgres, redis_settings,
+                                                              monkeypatch):
+    # Nothing cached may be served once it is no longer fresh: the outage's reads fail.
+    redis_settings.RESILIENCE_CRM = {**redis_settings.RESILIENCE_CRM, "FALLBACK_STALE_TTL": 0}
+    monkeypatch.setattr(drill, "OUTAGE_GRACE", 0)  # no waiting for what cannot come
+    out = io.StringIO()
+    with pytest.raises(CommandError, match="did not see every promised step: stale"):
+        call_command("resilience_drill", "--seconds", "3", stdout=out)
+
+    assert "FAIL reads are served from the cache, labelled stale" in out.getvalue()
+    # It still cleaned up after itself.
+    for name in CIRCUITS:
+        assert get_breaker(name).state == core.CLOSED
+    assert not Token.objects.filter(user__username=USERNAME).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_circuit_an_operator_holds_is_left_alone(postgres, redis_settings):
+    get_breaker("crm.write").force(core.FORCED_OPEN, reason="maintenance")
+
+    with pytest.raises(CommandError, match="crm.write is forced_open"):
+        call_command("resilience_drill", stdout=io.StringIO())
+    assert get_breaker("crm.write").state == core.FORCED_OPEN
