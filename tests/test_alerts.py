@@ -23,6 +23,7 @@ from resilience_crm.stores.failover import FailoverStore
 from resilience_crm.stores.memory import MemoryStore
 from resilience_crm.stores.redis import RedisStore
 from tests.clock import Clock
+from tests.failing import boom
 from tests.sentry_server import SentryServer, received, sentry_sending_to
 from tests.waiting import wait_until
 
@@ -48,10 +49,6 @@ def clock():
 def breaker(clock):
     return Breaker(CIRCUIT, core.Config.from_mapping(CONFIG), MemoryStore(clock), clock=clock,
                    monotonic=clock, rand=lambda: 0.5)
-
-
-def boom():
-    raise ConnectionError("the backend is down")
 
 
 def trip(breaker) -> None:

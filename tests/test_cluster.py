@@ -20,6 +20,7 @@ from resilience_crm import core, events, get_breaker, registry
 from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.models import CircuitEvent
 from resilience_crm.signals import circuit_transition
+from tests.failing import boom
 from tests.processes import ctx, run_processes
 from tests.sentry_server import SentryServer
 from tests.waiting import wait_until
@@ -65,10 +66,6 @@ def count_transitions(counter):
             counter.value += 1
 
     circuit_transition.connect(receiver, weak=False)
-
-
-def boom():
-    raise ConnectionError("the backend is down")
 
 
 def worker_incidents(index, barrier, announced, dsn):

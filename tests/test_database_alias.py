@@ -19,6 +19,7 @@ from resilience_crm.control import steer
 from resilience_crm.models import Circuit, CircuitEvent, Tier
 from resilience_crm.receivers import create_rows
 from tests.databases import APP_ALIAS, database_alias
+from tests.failing import boom
 
 pytestmark = pytest.mark.postgres
 CIRCUIT = "test.alias"
@@ -38,10 +39,6 @@ def second_alias(request, postgres, settings):
             yield
         finally:
             connections.settings["default"]["ATOMIC_REQUESTS"] = False
-
-
-def boom():
-    raise ConnectionError("the backend is down")
 
 
 def test_the_audit_trail_and_live_state_outlive_the_requests_rollback(second_alias):

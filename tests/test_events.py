@@ -21,11 +21,11 @@ from model_bakery import baker
 from resilience_crm import core, events, flusher, get_breaker, metrics
 from resilience_crm.breaker import Breaker
 from resilience_crm.control import steer
-from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.models import Circuit, CircuitEvent
 from resilience_crm.stores.memory import MemoryStore
 from tests.clock import Clock
 from tests.databases import APP_ALIAS
+from tests.failing import boom, trip
 from tests.waiting import wait_until
 
 CIRCUIT = "test.events"
@@ -41,19 +41,6 @@ TRIPS_AFTER_TWO = {
 @pytest.fixture(autouse=True)
 def _trips_after_two(settings):
     settings.RESILIENCE_CRM = {"STORE": "memory", "CIRCUITS": {CIRCUIT: TRIPS_AFTER_TWO}}
-
-
-def boom():
-    raise ConnectionError("the backend is down")
-
-
-def trip(breaker) -> None:
-    """Fail calls until the circuit opens; the caller sees only the backend's own errors."""
-    for _ in range(breaker.config.failure_threshold):
-        with pytest.raises(ConnectionError):
-            breaker.call(boom)
-    with pytest.raises(CircuitOpenError):
-        breaker.call(boom)
 
 
 def transitions(name: str = CIRCUIT) -> list[tuple[int, str, str]]:

@@ -23,6 +23,7 @@ from resilience_crm.stores.failover import FailoverStore
 from resilience_crm.stores.memory import MemoryStore
 from resilience_crm.stores.redis import RedisStore
 from tests.clock import Clock
+from tests.failing import boom, trip
 from tests.resp_server import ErrorRedis
 
 pytestmark = pytest.mark.django_db
@@ -30,18 +31,6 @@ pytestmark = pytest.mark.django_db
 CIRCUIT = "test.failover"
 TRIPS = {"failure_threshold": 2, "failure_rate_threshold": 0, "reset_timeout": 60,
          "max_reset_timeout": 60}
-
-
-def boom():
-    raise ConnectionError("the backend is down")
-
-
-def trip(breaker) -> None:
-    for _ in range(breaker.config.failure_threshold):
-        with pytest.raises(ConnectionError):
-            breaker.call(boom)
-    with pytest.raises(CircuitOpenError):
-        breaker.call(boom)
 
 
 def transitions() -> list[tuple[int, str, str]]:

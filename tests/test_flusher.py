@@ -18,6 +18,7 @@ from resilience_crm import events, flusher, get_breaker, metrics
 from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.models import CircuitEvent, CircuitMetric
 from tests.databases import APP_ALIAS
+from tests.failing import boom
 from tests.processes import run_processes
 from tests.waiting import wait_until
 
@@ -30,10 +31,6 @@ REQUESTS = 200
 P99_BOUND = 0.25
 #: No request may wait out the alias's connect timeout (2 s).
 MAX_BOUND = 1.5
-
-
-def boom():
-    raise ConnectionError("the backend is down")
 
 
 @pytest.fixture(autouse=True)
