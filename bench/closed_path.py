@@ -11,33 +11,10 @@ it on every call; resilience_crm asks Redis only when its local snapshot goes st
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import django  # noqa: E402
-from django.conf import settings  # noqa: E402
-
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/1")
-
-
-def setup() -> None:
-    settings.configure(
-        INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "resilience_crm"],
-        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
-        CACHES={"default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL,
-                            "KEY_PREFIX": "rcrm-bench"}},
-        RESILIENCE_CRM={"STORE": "redis"},
-        USE_TZ=True,
-    )
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+from redis_django import setup  # noqa: E402  (bench/ is on sys.path)
 
 
 def work() -> int:

@@ -12,35 +12,13 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from redis_django import setup  # noqa: E402  (bench/ is on sys.path)
 
-import django  # noqa: E402
-from django.conf import settings  # noqa: E402
-
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/1")
 CIRCUIT = "bench.propagation"
 TTL = 0.5
-
-
-def setup() -> None:
-    settings.configure(
-        INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "resilience_crm"],
-        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
-        CACHES={"default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL,
-                            "KEY_PREFIX": "rcrm-bench"}},
-        RESILIENCE_CRM={"STORE": "redis", "SNAPSHOT_TTL": TTL},
-        USE_TZ=True,
-    )
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
 
 
 def watch(index, workers, barrier, forced_at, seen) -> None:
@@ -61,7 +39,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    setup()
+    setup(SNAPSHOT_TTL=TTL)
     from resilience_crm import registry
 
     ctx = multiprocessing.get_context("fork")

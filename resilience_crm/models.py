@@ -167,6 +167,17 @@ class CircuitMetric(models.Model):
         return f"{self.circuit} @ {self.bucket:%Y-%m-%d %H:%M}"
 
 
+def clean_limits(limits: Any) -> None:
+    """``ValidationError`` on ``limits`` for each op class or rate that is wrong (the one
+    validation, ``rates.limits_errors``, the checks use too)."""
+    if not isinstance(limits, dict):
+        raise ValidationError({"limits": "Must be a JSON object of op class -> rate."})
+    problems = [f"{op_class}: {message}" if kind == INVALID_RATE else f"{message}."
+                for op_class, kind, message in limits_errors(limits, OP_CLASSES)]
+    if problems:
+        raise ValidationError({"limits": problems})
+
+
 class Tier(models.Model):
     """A rate-limit tier: ``limits`` maps op class to a rate or a list of rates."""
 
@@ -181,12 +192,7 @@ class Tier(models.Model):
         return self.name
 
     def clean(self) -> None:
-        if not isinstance(self.limits, dict):
-            raise ValidationError({"limits": "Must be a JSON object of op class -> rate."})
-        problems = [f"{op_class}: {message}" if kind == INVALID_RATE else f"{message}."
-                    for op_class, kind, message in limits_errors(self.limits, OP_CLASSES)]
-        if problems:
-            raise ValidationError({"limits": problems})
+        clean_limits(self.limits)
 
 
 class TierAssignment(models.Model):
@@ -203,12 +209,7 @@ class TierAssignment(models.Model):
         return f"{self.user} -> {self.tier}"
 
     def clean(self) -> None:
-        if not isinstance(self.limits, dict):
-            raise ValidationError({"limits": "Must be a JSON object of op class -> rate."})
-        problems = [f"{op_class}: {message}" if kind == INVALID_RATE else f"{message}."
-                    for op_class, kind, message in limits_errors(self.limits, OP_CLASSES)]
-        if problems:
-            raise ValidationError({"limits": problems})
+        clean_limits(self.limits)
 
 
 class QueuedWrite(models.Model):

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -429,18 +430,32 @@ def stream_length() -> int:
         return -1
 
 
+#: Seconds a process trusts what it last read of Redis's persistence settings: readiness
+#: probes ask on every probe, and the answer changes only when an operator reconfigures.
+PERSISTENCE_TTL = 60.0
+
+_persistence: dict[str, tuple[float, str | None]] = {}  # cache alias -> (read at, answer)
+
+
 def persistence_problem() -> str | None:
     """Why queued writes would not survive a Redis restart, or ``None`` when they would (or
-    it cannot be told: no Redis, ``CONFIG`` disabled, Redis unreachable). Read-only."""
+    it cannot be told: no Redis, ``CONFIG`` disabled, Redis unreachable). Read-only; an
+    answer read from Redis is kept for ``PERSISTENCE_TTL`` seconds."""
     if not redis_available():
         return None
+    alias = settings.CACHE_ALIAS
+    known = _persistence.get(alias)
+    if known is not None and time.monotonic() - known[0] < PERSISTENCE_TTL:
+        return known[1]
     try:
         client, _ = _redis()
         config = client.config_get("appendonly")
         config.update(client.config_get("save"))
     except Exception:  # noqa: BLE001  (managed Redis often disables CONFIG)
-        return None
+        return None  # not kept: the next probe asks again
     appendonly, save = _text(config.get("appendonly", "")), _text(config.get("save", ""))
+    problem = None
     if appendonly == "no" and not save.strip():
-        return "Redis persistence is off (appendonly no, save \"\")"
-    return None
+        problem = "Redis persistence is off (appendonly no, save \"\")"
+    _persistence[alias] = (time.monotonic(), problem)
+    return problem

@@ -4,21 +4,18 @@ processes (a Redis lease), with real forked processes, threads and PostgreSQL.""
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
-import os
 import threading
 import time
-import traceback
 
 import pytest
 from django.db import connection, connections
 
 from resilience_crm.exceptions import RetriesExhausted
 from resilience_crm.provider import Provider, protected
+from tests.processes import ctx, run_processes
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 
-ctx = multiprocessing.get_context("fork")
 PROCESSES, THREADS = 4, 50
 KEY = "contacts:dedup"
 
@@ -64,24 +61,9 @@ def run_readers():
     """The queries all the processes made (each process counts its own and reports it
     through a queue, which nothing shared can lose)."""
     results = ctx.Queue()
-    barrier, errors = ctx.Barrier(PROCESSES), ctx.Queue()
     connections.close_all()
-
-    def main(index):
-        try:
-            reader(index, barrier, results)
-        except BaseException:
-            errors.put(traceback.format_exc())
-            os._exit(1)
-        os._exit(0)
-
-    processes = [ctx.Process(target=main, args=(i,)) for i in range(PROCESSES)]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(60)
-    assert all(p.exitcode == 0 for p in processes), errors.get(timeout=1)
-    reports = [results.get(timeout=10) for _ in processes]
+    run_processes(reader, ctx.Barrier(PROCESSES), results, count=PROCESSES)
+    reports = [results.get(timeout=10) for _ in range(PROCESSES)]
     assert sum(report[1] for report in reports) == PROCESSES * THREADS, reports
     return sum(report[0] for report in reports)
 
