@@ -21,6 +21,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,13 +35,16 @@ from django.conf import settings  # noqa: E402
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/1")
 PREFIX = "rcrm-bench-rl"
 RATE = "1000/hour"
+DATABASE = str(Path(tempfile.mkdtemp(prefix="rcrm-bench-")) / "bench.sqlite3")
 
 
 def setup() -> None:
     settings.configure(
         INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "rest_framework",
                         "resilience_crm"],
-        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+        # A file, not ":memory:": the background flusher writes the decisions' metrics from
+        # its own thread (and connection), as it would in production.
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": DATABASE}},
         CACHES={"default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL,
                             "KEY_PREFIX": PREFIX}},
         RESILIENCE_CRM={"TIERS": {"free": {"read": RATE}, "anonymous": {"read": RATE}}},

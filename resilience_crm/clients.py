@@ -91,9 +91,10 @@ def principal(request: HttpRequest) -> Principal:
     if user is not None and user.is_authenticated:
         exempt = (options.exempt_staff and user.is_staff) or _has_permission(
             user, options.exempt_permission)
-        assigned, overrides = tiers.assignment(user.pk)
+        pk = user.pk
+        assigned, overrides = tiers.assignment(pk)
         tier = chosen or assigned or options.default_tier
-        return Principal(key=f"u:{user.pk}", tier=tier, exempt=exempt, overrides=overrides)
+        return Principal(key=f"u:{pk}", tier=tier, exempt=exempt, overrides=overrides)
     return Principal(key=f"ip:{client_ip(request)}", tier=chosen or options.anonymous_tier)
 
 

@@ -106,15 +106,21 @@ class ResilienceSettings:
             merged = dict(DEFAULTS)
             merged.update(self.user_settings)
             self._cached = merged
+            # Later reads are plain attribute lookups: the rate limiter reads several
+            # settings on every request.
+            self.__dict__.update({name: merged[name] for name in DEFAULTS})
         return self._cached
 
     def __getattr__(self, name: str) -> Any:
+        # Only reached for a name not loaded yet (the first read, or the first after reload).
         if name.startswith("_") or name not in DEFAULTS:
             raise AttributeError(f"Invalid RESILIENCE_CRM setting: {name!r}")
         return self._load()[name]
 
     def reload(self) -> None:
         self._cached = None
+        for name in DEFAULTS:
+            self.__dict__.pop(name, None)
 
     def circuit_names(self) -> list[str]:
         names = list(DEFAULT_CIRCUITS)

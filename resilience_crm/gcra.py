@@ -131,19 +131,17 @@ class Decision:
 def decision(limits: Sequence[Limit], allowed: bool, outcomes: Sequence[Outcome], *,
              source: str = "store", op_class: str = "") -> Decision:
     """The :class:`Decision` for :func:`evaluate`'s (or the Lua script's) raw answer."""
-    policies = tuple(
-        PolicyState(
-            policy=limit.policy, limit=limit.limit, window=limit.period,
-            remaining=outcome.remaining, reset=outcome.reset_us / US,
-            retry_after=outcome.retry_us / US, conform=outcome.conform, shadow=limit.shadow,
-        )
+    policies = tuple([
+        PolicyState(limit.policy, limit.limit, limit.period, outcome.remaining,
+                    outcome.reset_us / US, outcome.retry_us / US, outcome.conform, limit.shadow)
         for limit, outcome in zip(limits, outcomes, strict=True)
-    )
-    violated = tuple(p.policy for p in policies if not p.conform)
-    retry_after = 0.0 if allowed else max(
-        (p.retry_after for p in policies if not p.conform and not p.shadow), default=0.0)
-    return Decision(allowed=allowed, policies=policies, source=source, op_class=op_class,
-                    retry_after=retry_after, violated=violated)
+    ])
+    violated = tuple([p.policy for p in policies if not p.conform])
+    retry_after = 0.0
+    if not allowed:
+        retry_after = max([p.retry_after for p in policies if not p.conform and not p.shadow],
+                          default=0.0)
+    return Decision(allowed, policies, source, op_class, retry_after, violated)
 
 
 def retry_after_header(seconds: float) -> int:

@@ -50,13 +50,13 @@ _lock = threading.Lock()
 _store: BaseLimiterStore | None = None
 _fallback = MemoryLimiterStore()
 _store_down_until = 0.0
-#: Limits built per principal, op class, endpoint, factor and tier data.
-_plans: dict[tuple[Any, ...], tuple[Limit, ...]] = {}
+#: Limits built per principal, op class, endpoint, factor and tier generation, with the
+#: rates they were built from.
+_plans: dict[tuple[Any, ...], tuple[Any, tuple[Limit, ...]]] = {}
 #: Past this many remembered plans, they are forgotten all at once.
 MAX_PLANS = 50_000
-#: Counter keys per (op class, decision), built once.
-_counters: dict[tuple[str, str], metrics.Key] = {}
-_tier_counters: dict[tuple[str, str], metrics.Key] = {}  # the same decisions, by tier
+#: Per (op class, tier, decision): the counters of decisions by op class and by tier.
+_counters: dict[tuple[str, str, str], tuple[metrics.Key, metrics.Key]] = {}
 
 
 def store_path() -> str:
@@ -133,25 +133,16 @@ def limits_for(who: Principal, op_class: str, endpoint: str | None,
     factor = adaptive_factor(op_class) * scale
     tier_rates = (who.overrides[op_class] if op_class in who.overrides
                   else tiers.tier_limits(who.tier).get(op_class))
-    memo_key = (who.key, who.tier, op_class, endpoint, factor, _hashable(tier_rates),
-                tiers.generation(), store)
+    memo_key = (who.key, who.tier, op_class, endpoint, factor, tiers.generation(), store)
     found = _plans.get(memo_key)
-    if found is None:
-        found = _build(who, op_class, endpoint, store, factor, tier_rates)
+    # A user's own overrides can change without a new tier generation: compare the rates.
+    if found is None or found[0] != tier_rates:
+        found = (list(tier_rates) if isinstance(tier_rates, list) else tier_rates,
+                 _build(who, op_class, endpoint, store, factor, tier_rates))
         if len(_plans) >= MAX_PLANS:
             _plans.clear()
         _plans[memo_key] = found
-    return found
-
-
-def _hashable(value: Any) -> Any:
-    """``value`` as a dict key; a malformed one (reported by the checks) by its repr."""
-    value = tuple(value) if isinstance(value, list) else value
-    try:
-        hash(value)
-    except TypeError:
-        return repr(value)
-    return value
+    return found[1]
 
 
 def _build(who: Principal, op_class: str, endpoint: str | None, store: BaseLimiterStore,
@@ -191,7 +182,7 @@ def decide(who: Principal, op_class: str, endpoint: str | None = None,
     global _store_down_until
     if who.exempt:
         return _counted(Decision(allowed=True, source="exempt", op_class=op_class), who.tier)
-    store = get_store()
+    store = _store or get_store()
     limits = limits_for(who, op_class, endpoint, store)
     if not limits:
         return _counted(Decision(allowed=True, source="unlimited", op_class=op_class),
@@ -237,17 +228,14 @@ def _counted(decision: Decision, tier: str) -> Decision:
         outcome = "allowed" if decision.allowed else "rejected"
     if decision.source == "fallback":
         outcome = f"fallback_{outcome}"
-    counter = _counters.get((decision.op_class, outcome))
-    if counter is None:
-        counter = metrics.key("ratelimit_decisions", op_class=decision.op_class,
-                              decision=outcome)
-        _counters[(decision.op_class, outcome)] = counter
-    metrics.add(counter)
-    by_tier = _tier_counters.get((tier, outcome))
-    if by_tier is None:
-        by_tier = _tier_counters[(tier, outcome)] = metrics.key(
-            "ratelimit_tier_decisions", tier=tier, decision=outcome)
-    metrics.add(by_tier)
+    counters = _counters.get((decision.op_class, tier, outcome))
+    if counters is None:
+        counters = _counters[(decision.op_class, tier, outcome)] = (
+            metrics.key("ratelimit_decisions", op_class=decision.op_class, decision=outcome),
+            metrics.key("ratelimit_tier_decisions", tier=tier, decision=outcome),
+        )
+    metrics.add(counters[0])
+    metrics.add(counters[1])
     return decision
 
 

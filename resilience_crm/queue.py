@@ -51,13 +51,14 @@ from resilience_crm.exceptions import (
 )
 from resilience_crm.models import QueuedWrite
 from resilience_crm.signals import circuit_transition
+from resilience_crm.stores.lua import LuaScript
 
 if TYPE_CHECKING:
     from resilience_crm.provider import Provider
 
 logger = logging.getLogger("resilience_crm.queue")
 
-SCRIPT = Path(__file__).with_name("enqueue.lua").read_text(encoding="utf-8")
+SCRIPT = LuaScript(Path(__file__).with_name("enqueue.lua").read_text(encoding="utf-8"))
 #: Failed attempts after which a queued write becomes a dead letter.
 MAX_ATTEMPTS = 5
 #: Seconds a replayer holds a row it is applying.
@@ -178,10 +179,10 @@ def enqueue(name: str, payload: Any, *, idempotency_key: str, entity: str = "",
     digest = digest or payload_hash(payload)
     try:
         client, cache = _redis()
-        script = client.register_script(SCRIPT)
-        previous = script(
-            keys=[cache.make_key(MARKER_PREFIX + idempotency_key), cache.make_key(STREAM_KEY)],
-            args=[digest, name, idempotency_key, json.dumps(payload), entity],
+        previous = SCRIPT(
+            client,
+            [cache.make_key(MARKER_PREFIX + idempotency_key), cache.make_key(STREAM_KEY)],
+            [digest, name, idempotency_key, json.dumps(payload), entity],
         )
     except Exception as err:  # noqa: BLE001  (every redis-py failure means "not queued")
         raise QueueUnavailable() from err

@@ -48,7 +48,9 @@ def operation(request: Any, view: Any) -> str:
     if isinstance(op_class, dict):
         op_class = op_class.get(getattr(view, "action", None))
     if op_class is None:
-        return "read" if request.method in SAFE_METHODS else "write"
+        # The Django request's own attribute: DRF's Request forwards it, but slowly.
+        method = getattr(request, "_request", request).method
+        return "read" if method in SAFE_METHODS else "write"
     if op_class not in OP_CLASSES:
         raise ImproperlyConfigured(
             f"{type(view).__name__}.resilience_operation is {op_class!r}; use one of"
@@ -58,7 +60,7 @@ def operation(request: Any, view: Any) -> str:
 
 def endpoint(request: Any) -> str | None:
     """The resolved URL name (with namespaces), or ``None`` for an unnamed URL."""
-    match = getattr(request, "resolver_match", None)
+    match = getattr(getattr(request, "_request", request), "resolver_match", None)
     return match.view_name if match is not None and match.url_name else None
 
 

@@ -1,58 +1,57 @@
 -- GCRA over every limit of one request, all or none: a port of resilience_crm.gcra.evaluate.
 --
--- KEYS[i]   the TAT key of limit i (one whole number of microseconds, or absent)
--- ARGV[1]   now in microseconds, or "" for the Redis server's clock (TIME)
--- ARGV[2]   cost (whole number of requests)
--- ARGV[3]   every limit, in KEYS order, as "interval tolerance shadow " (microseconds, and
---           1 or 0), all in one string: fewer arguments to send and parse
+-- KEYS[i]       the TAT key of limit i (one whole number of microseconds, or absent)
+-- ARGV[1]       now in microseconds, or "" for the Redis server's clock (TIME)
+-- ARGV[2]       cost (whole number of requests)
+-- ARGV[3i..3i+2] limit i: interval and tolerance (microseconds), then "1" if it is in shadow
+--               mode, "0" if it is enforced
 --
--- Returns one string "allowed conform_1 remaining_1 reset_1 retry_1 ..." (one reply to parse,
--- not an array). A charged key is set to its new TAT and expires when its bucket is full
--- again, so an idle key costs nothing.
+-- Returns a flat array of integers: allowed (1 or 0), then for each limit conform (1 or 0),
+-- remaining, reset and retry (microseconds). Integers cross the wire as they are, with no
+-- number formatting on either side. A charged key is set to its new TAT and expires when its
+-- bucket is full again, so an idle key costs nothing.
 
 local now
 if ARGV[1] == "" then
   local t = redis.call("TIME")
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  now = t[1] * 1000000 + t[2]
 else
   now = tonumber(ARGV[1])
 end
 local cost = tonumber(ARGV[2])
 local n = #KEYS
-local specs = {}
-for number in string.gmatch(ARGV[3], "%d+") do specs[#specs + 1] = tonumber(number) end
 
-local tats, new_tats, conforms = {}, {}, {}
-local allowed = true
+local tats = {}
+local allowed = 1
 for i = 1, n do
-  local interval, tolerance = specs[i * 3 - 2], specs[i * 3 - 1]
-  local tat = tonumber(redis.call("GET", KEYS[i]) or now)
+  local tat = tonumber(redis.call("GET", KEYS[i])) or now
   if tat < now then tat = now end
-  local new_tat = tat + interval * cost
-  local conform = new_tat - now <= tolerance
-  if not conform and specs[i * 3] == 0 then allowed = false end
-  tats[i], new_tats[i], conforms[i] = tat, new_tat, conform
-end
-
--- Durations below stay far under 1e14 us, so Lua's own number format writes them exactly.
-local reply = {allowed and 1 or 0}
-for i = 1, n do
-  local interval, tolerance = specs[i * 3 - 2], specs[i * 3 - 1]
-  local tat, new_tat = tats[i], new_tats[i]
-  if allowed and conforms[i] then
-    redis.call("SET", KEYS[i], string.format("%d", new_tat), "PX",
-               math.max(math.ceil((new_tat - now) / 1000), 1))
-    reply[#reply + 1] = 1
-    reply[#reply + 1] = math.floor((tolerance - (new_tat - now)) / interval)
-    reply[#reply + 1] = new_tat - now
-    reply[#reply + 1] = 0
-  else
-    local retry = 0
-    if not conforms[i] then retry = new_tat - now - tolerance end
-    reply[#reply + 1] = conforms[i] and 1 or 0
-    reply[#reply + 1] = math.max(0, math.floor((tolerance - (tat - now)) / interval))
-    reply[#reply + 1] = tat - now
-    reply[#reply + 1] = retry
+  tats[i] = tat
+  if tat + ARGV[i * 3] * cost - now > tonumber(ARGV[i * 3 + 1]) and ARGV[i * 3 + 2] == "0" then
+    allowed = 0
   end
 end
-return table.concat(reply, " ")
+
+-- Durations stay far under 2^53 us, so every number here is an exact integer.
+local reply = {allowed}
+for i = 1, n do
+  local interval, tolerance = tonumber(ARGV[i * 3]), tonumber(ARGV[i * 3 + 1])
+  local tat = tats[i]
+  local new_tat = tat + interval * cost
+  local at = #reply
+  if new_tat - now > tolerance then
+    reply[at + 1], reply[at + 2], reply[at + 3], reply[at + 4] =
+      0, math.max(0, math.floor((tolerance - (tat - now)) / interval)), tat - now,
+      new_tat - now - tolerance
+  elseif allowed == 1 then
+    -- string.format: the TAT is stored as digits, which Redis keeps as a compact integer.
+    redis.call("SET", KEYS[i], string.format("%d", new_tat), "PX",
+               math.max(math.ceil((new_tat - now) / 1000), 1))
+    reply[at + 1], reply[at + 2], reply[at + 3], reply[at + 4] =
+      1, math.floor((tolerance - (new_tat - now)) / interval), new_tat - now, 0
+  else
+    reply[at + 1], reply[at + 2], reply[at + 3], reply[at + 4] =
+      1, math.max(0, math.floor((tolerance - (tat - now)) / interval)), tat - now, 0
+  end
+end
+return reply

@@ -16,10 +16,11 @@ from django_redis import get_redis_connection
 from resilience_crm.conf import settings
 from resilience_crm.exceptions import StoreUnavailable
 from resilience_crm.gcra import Limit, Outcome
+from resilience_crm.stores.lua import LuaScript
 from resilience_crm.stores.ratelimit_base import BaseLimiterStore
 from resilience_crm.stores.redis import FAILURES
 
-SCRIPT = Path(__file__).with_name("gcra.lua").read_text(encoding="utf-8")
+SCRIPT = LuaScript(Path(__file__).with_name("gcra.lua").read_text(encoding="utf-8"))
 
 
 class RedisLimiterStore(BaseLimiterStore):
@@ -29,21 +30,21 @@ class RedisLimiterStore(BaseLimiterStore):
         self.alias = alias or settings.CACHE_ALIAS
         self._cache = caches[self.alias]
         self.client = get_redis_connection(self.alias)
-        self._script = self.client.register_script(SCRIPT)
 
     def key(self, principal: str, suffix: str) -> str:
         return str(self._cache.make_key(super().key(principal, suffix)))
 
     def evaluate(self, limits: Sequence[Limit], cost: int = 1,
                  now_us: int | None = None) -> tuple[bool, list[Outcome]]:
-        specs = " ".join(f"{limit.interval_us} {limit.tolerance_us} {int(limit.shadow)}"
-                         for limit in limits)
-        args = ["" if now_us is None else str(int(now_us)), str(int(cost)), specs]
+        args: list[int | str] = ["" if now_us is None else int(now_us), int(cost)]
+        for limit in limits:
+            args += (limit.interval_us, limit.tolerance_us, 1 if limit.shadow else 0)
         try:
-            raw = self._script(keys=[limit.key for limit in limits], args=args)
-            values = [int(value) for value in raw.split()]
-        except FAILURES as err:  # unreachable, an error reply, or a reply it cannot read
+            values = SCRIPT(self.client, [limit.key for limit in limits], args)
+            outcomes = [Outcome(values[i] == 1, values[i + 1], values[i + 2], values[i + 3])
+                        for i in range(1, 4 * len(limits), 4)]
+            allowed = values[0] == 1
+        except (*FAILURES, TypeError, IndexError) as err:  # unreachable, an error reply, or
+            # a reply it cannot read
             raise StoreUnavailable("The rate-limit store is unreachable.") from err
-        outcomes = [Outcome(values[i] == 1, values[i + 1], values[i + 2], values[i + 3])
-                    for i in range(1, len(values), 4)]
-        return bool(values[0]), outcomes
+        return allowed, outcomes

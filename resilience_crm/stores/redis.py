@@ -20,8 +20,9 @@ from redis import exceptions as redis_exceptions
 from resilience_crm.conf import settings
 from resilience_crm.exceptions import StoreUnavailable
 from resilience_crm.stores.base import BaseStore, StateMissing
+from resilience_crm.stores.lua import LuaScript
 
-SCRIPT = Path(__file__).with_name("step.lua").read_text(encoding="utf-8")
+SCRIPT = LuaScript(Path(__file__).with_name("step.lua").read_text(encoding="utf-8"))
 
 #: A circuit nobody has stepped for this long is forgotten (the key's TTL, in ms); the next
 #: step seeds it again from the durable ``Circuit`` row.
@@ -46,7 +47,6 @@ class RedisStore(BaseStore):
         self.alias = alias or settings.CACHE_ALIAS
         self._cache = caches[self.alias]
         self._client = get_redis_connection(self.alias)
-        self._script = self._client.register_script(SCRIPT)
 
     def key(self, name: str) -> str:
         return str(self._cache.make_key(f"resilience:circuit:{name}"))
@@ -80,7 +80,7 @@ class RedisStore(BaseStore):
             "" if seed is None else json.dumps(dict(seed)),
         ]
         try:
-            result = _ints(json.loads(self._script(keys=[self.key(name)], args=argv)))
+            result = _ints(json.loads(SCRIPT(self._client, [self.key(name)], argv)))
         except FAILURES as err:
             raise StoreUnavailable(circuit=name) from err
         if result.get("missing"):
