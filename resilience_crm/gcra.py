@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 #: Microseconds per second.
 US = 1_000_000
 
 
-class Limit(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Limit:
     """One limit on one key: ``limit`` requests per ``period`` seconds."""
 
     key: str
@@ -31,16 +32,16 @@ class Limit(NamedTuple):
     limit: int
     period: float
     shadow: bool = False
+    #: The emission interval in whole microseconds, rounded up (never faster than asked).
+    interval_us: int = field(init=False)
+    #: How far ahead of now the TAT may lie: the burst of ``limit`` requests.
+    tolerance_us: int = field(init=False)
 
-    @property
-    def interval_us(self) -> int:
-        """The emission interval in whole microseconds, rounded up (never faster than asked)."""
-        return -(-round(self.period * US) // self.limit)
-
-    @property
-    def tolerance_us(self) -> int:
-        """How far ahead of now the TAT may lie: the burst of ``limit`` requests."""
-        return self.interval_us * self.limit
+    def __post_init__(self) -> None:
+        # Worked out once: a limit is built once per client and used on every request.
+        interval = -(-round(self.period * US) // self.limit)
+        object.__setattr__(self, "interval_us", interval)
+        object.__setattr__(self, "tolerance_us", interval * self.limit)
 
 
 class Outcome(NamedTuple):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from typing import Any
 
 #: django-redis's connect and read timeouts on the ``redis_proxy`` fixture's alias, in seconds.
@@ -19,6 +20,9 @@ class Proxy:
         self.upstream = bytearray()  # everything clients sent, for tests that read it
         self.connections = 0
         self.stalled = False
+        #: Replies on connections numbered up to this wait in the proxy, and arrive late, all
+        #: at once, when it goes back to 0 (see hold_replies).
+        self.held_up_to = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -59,10 +63,19 @@ class Proxy:
                 continue
             with self._lock:
                 self._sockets.append(server)
-            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+            number = self.connections
+            threading.Thread(target=self._pump, args=(client, server, True, number),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False, number),
+                             daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, upstream: bool) -> None:
+    def hold_replies(self, held: bool = True) -> None:
+        """Hold the replies of every connection open now (commands still reach the server);
+        connections opened later are not held. ``hold_replies(False)`` lets them through."""
+        self.held_up_to = self.connections if held else 0
+
+    def _pump(self, source: socket.socket, sink: socket.socket, upstream: bool,
+              number: int = 0) -> None:
         try:
             while True:
                 if self.stalled:
@@ -74,6 +87,8 @@ class Proxy:
                     with self._lock:
                         self.bytes_up += len(data)
                         self.upstream += data
+                while not upstream and number <= self.held_up_to and not self._closed:
+                    time.sleep(0.005)
                 sink.sendall(data)
         except OSError:
             pass
