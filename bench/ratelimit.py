@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -167,6 +168,7 @@ def main() -> None:
     stale = set(redis.scan_iter(match=f"{PREFIX}*")) | keys_before
     if stale:
         redis.delete(*stale)
+    shutil.rmtree(Path(DATABASE).parent, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -89,8 +89,8 @@ def principal(request: HttpRequest) -> Principal:
     chosen = options.resolver(request) if options.resolver else None
     user = getattr(request, "user", None)
     if user is not None and user.is_authenticated:
-        exempt = (options.exempt_staff and user.is_staff) or _has_permission(
-            user, options.exempt_permission)
+        exempt = (options.exempt_staff and user.is_staff) or bool(
+            options.exempt_permission and _has_permission(user, options.exempt_permission))
         pk = user.pk
         assigned, overrides = tiers.assignment(pk)
         tier = chosen or assigned or options.default_tier

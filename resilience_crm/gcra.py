@@ -137,6 +137,8 @@ def decision(limits: Sequence[Limit], allowed: bool, outcomes: Sequence[Outcome]
                     outcome.reset_us / US, outcome.retry_us / US, outcome.conform, limit.shadow)
         for limit, outcome in zip(limits, outcomes, strict=True)
     ])
+    if all([outcome.conform for outcome in outcomes]):  # the usual case: nothing to report
+        return Decision(allowed, policies, source, op_class)
     violated = tuple([p.policy for p in policies if not p.conform])
     retry_after = 0.0
     if not allowed:

@@ -214,6 +214,27 @@ def test_a_tier_edit_applies_once_the_cache_expires(client, user, limits, monkey
     assert client.get("/things/")["X-RateLimit-Limit"] == "8"
 
 
+def test_a_users_own_limits_edited_elsewhere_apply_when_the_user_is_reread(
+        client, user, django_user_model, limits, monkeypatch) -> None:
+    """The user's assignment expires on its own clock, not with the tier rows: new per-user
+    limits must not wait for the next reload of the tiers."""
+    now = {"t": 0.0}
+    monkeypatch.setattr(tiers, "clock", lambda: now["t"])
+    free = set_tier("free", {"read": "50/min"})
+    TierAssignment.objects.create(user=user, tier=free, limits={"read": "5/min"})
+    other = django_user_model.objects.create_user("bo", password="pw")
+    client.force_login(other)
+    assert client.get("/things/")["X-RateLimit-Limit"] == "50"  # tier rows read at 0
+    client.force_login(user)
+    now["t"] = 0.3
+    assert client.get("/things/")["X-RateLimit-Limit"] == "5"  # the user read at 0.3
+    now["t"] = 0.6
+    assert client.get("/things/")["X-RateLimit-Limit"] == "5"  # tier rows read again
+    TierAssignment.objects.filter(user=user).update(limits={"read": "8/min"})  # no signal
+    now["t"] = 0.85  # the user is reread; the tier rows (read at 0.6) are not
+    assert client.get("/things/")["X-RateLimit-Limit"] == "8"
+
+
 def test_a_tier_saved_here_applies_at_once(client, user, limits) -> None:
     set_tier("free", {"read": "5/min"})
     client.force_login(user)
