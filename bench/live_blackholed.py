@@ -5,13 +5,14 @@ making transitions and counting calls.
         .venv/bin/python bench/live_blackholed.py [--requests N]
 
 The app's tables sit on a second alias (``DATABASE_ALIAS``) that reaches the PostgreSQL
-server through ``tests/proxy.py``, stalled: connections are accepted and never answered, as
-with a blackholed host. A producer thread trips and resets a breaker and counts calls
-(a few hundred transitions a second), so the background flusher keeps being woken with work it
-cannot write. Requests go through Django's full handler (the test client), once with
-autocommit and once with ``ATOMIC_REQUESTS = True`` on that alias, 5 ms apart so that the
-run spans several of the flusher's 2 s connect attempts and backoffs. The target is a p99 under
-50 ms; the run prints p50, p99 and the slowest request per mode.
+server through the drill's fault proxy (``crm_demo/crm/faults.py``), stalled: connections
+are accepted and never answered, as with a blackholed host. A producer thread trips and
+resets a breaker and counts calls (a few hundred transitions a second), so the background
+flusher keeps being woken with work it cannot write. Requests go through Django's full
+handler (the test client), once with autocommit and once with ``ATOMIC_REQUESTS = True`` on
+that alias, 5 ms apart so that the run spans several of the flusher's 2 s connect attempts
+and backoffs. The target is a p99 under 50 ms; the run prints p50, p99 and the slowest
+request per mode.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import django  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.urls import include, path  # noqa: E402
 
-from tests.proxy import Proxy  # noqa: E402
+from crm_demo.crm.faults import FaultProxy  # noqa: E402
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 CIRCUIT = "bench.live"
@@ -122,7 +123,7 @@ def main() -> None:
                         help="seconds between requests (default: 1000 requests span ~5 s)")
     args = parser.parse_args()
     target = urlparse(DATABASE_URL)
-    with Proxy(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
+    with FaultProxy(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
         proxy.stalled = True
         setup(proxy.port)
         from resilience_crm import events, flusher, get_breaker, metrics
@@ -140,7 +141,7 @@ def main() -> None:
               f"{metrics.value('calls', circuit=CIRCUIT, outcome='success')}, flusher "
               f"connection attempts {proxy.connections}, database known down "
               f"{flusher.database_down()}")
-        proxy.cut()
+        proxy.drop()
 
 
 if __name__ == "__main__":

@@ -248,7 +248,7 @@ def test_local_breakers_send_one_alert_per_process_per_store_outage(sentry, sett
     first, second = registry.get_breaker("crm.read"), registry.get_breaker("crm.write")
     first.call(lambda: "warm")
     proxy.stalled = True
-    proxy.cut()
+    proxy.drop()
     trip(first)
     trip(second)
     assert first.using_fallback and second.using_fallback
@@ -262,7 +262,7 @@ def test_local_breakers_send_one_alert_per_process_per_store_outage(sentry, sett
     wait_until(lambda: registry.get_breaker("crm.rpc").snapshot()["store"] == "shared",
              "the worker to find Redis again")
     proxy.stalled = True
-    proxy.cut()
+    proxy.drop()
     third = registry.get_breaker("crm.auth")
     trip(third)
     assert third.using_fallback

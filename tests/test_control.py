@@ -43,7 +43,7 @@ def stalled(settings, redis_proxy):
                                "STORE_RETRY_INTERVAL": 0.2}
     assert registry.get_breaker(CIRCUIT).state == core.CLOSED
     redis_proxy.stalled = True
-    redis_proxy.cut()
+    redis_proxy.drop()
     return redis_proxy
 
 

@@ -447,7 +447,7 @@ def test_a_flush_waits_for_the_events_the_flusher_is_writing(postgres_proxy,
     flushing = threading.Thread(target=lambda: flushed.append(events.flush(timeout=60)))
     flushing.start()
     postgres_proxy.stalled = False
-    postgres_proxy.cut()  # the flusher's hanging attempt fails; the event goes back
+    postgres_proxy.drop()  # the flusher's hanging attempt fails; the event goes back
     flushing.join(timeout=60)
     connections[APP_ALIAS].close()  # this thread's was cut too
 

@@ -93,7 +93,7 @@ def test_live_answers_at_once_while_the_database_is_blackholed(
     assert events.pending_count() > 0
     assert metrics.value("calls", circuit=CIRCUIT, outcome="success") > 0
     assert not CircuitEvent.objects.using("default").filter(circuit__name=CIRCUIT).exists()
-    postgres_proxy.cut()  # the flusher's attempt in progress fails at once
+    postgres_proxy.drop()  # the flusher's attempt in progress fails at once
 
 
 def test_a_forked_child_starts_empty_and_never_waits_on_its_parents_locks(postgres_proxy):
@@ -139,7 +139,7 @@ def test_a_forked_child_starts_empty_and_never_waits_on_its_parents_locks(postgr
     assert CircuitEvent.objects.using("default").filter(circuit__name=CIRCUIT).count() == 4
     row = CircuitMetric.objects.using("default").get(circuit__name=CIRCUIT)
     assert row.successes == 10  # the child's; not the parent's five, nothing twice
-    postgres_proxy.cut()
+    postgres_proxy.drop()
     for thread in stuck:
         thread.join(timeout=30)
         assert not thread.is_alive()

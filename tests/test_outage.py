@@ -128,7 +128,7 @@ def test_the_api_through_a_database_outage(outage):
     """Cached reads are served stale and fast; writes are queued and applied once after."""
     server, token = outage.server, outage.token
     outage.proxy.stalled = True
-    outage.proxy.cut()  # reset every open connection; new ones are never answered
+    outage.proxy.drop()  # reset every open connection; new ones are never answered
 
     during = []
 

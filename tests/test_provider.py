@@ -374,7 +374,7 @@ def test_a_stalled_server_is_bounded_by_the_connect_timeout(provider, postgres):
 def test_reads_work_without_the_cache_when_redis_is_down(settings, redis_proxy):
     settings.RESILIENCE_CRM = {"STORE": "memory", "CACHE_ALIAS": "proxied"}
     redis_proxy.stalled = True
-    redis_proxy.cut()
+    redis_proxy.drop()
     provider = Provider()
     source = Source("live")
     started = time.monotonic()

@@ -226,7 +226,7 @@ def test_with_redis_down_a_write_during_an_outage_is_refused(settings, redis_pro
                                                             postgres, db):
     settings.RESILIENCE_CRM = {"STORE": "database", "CACHE_ALIAS": "proxied"}
     redis_proxy.stalled = True
-    redis_proxy.cut()
+    redis_proxy.drop()
     outage()
     with pytest.raises(QueueUnavailable):
         protected.submit("test.contact", contact(1), idempotency_key="k1")

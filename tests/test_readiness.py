@@ -100,7 +100,7 @@ def test_a_blackholed_database_gets_a_503_within_the_deadline(client, settings, 
                                               "ms": body["checks"]["database"]["ms"]}
         assert elapsed < PROBE_DEADLINE + SLACK
         assert client.get(LIVE).status_code == 200
-        proxy.cut()
+        proxy.drop()
 
 
 # The score weighs what the traffic looks like, not only what is down -----------------------

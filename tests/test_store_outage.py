@@ -187,7 +187,7 @@ def test_stalled_redis_is_given_up_on_and_returned_to(proxied_redis):
 
     # Drop the pooled connection; the client reconnects to a proxy that never answers.
     proxy.stalled = True
-    proxy.cut()
+    proxy.drop()
     started = time.monotonic()
     value = breaker.call(lambda: "stalled")
     elapsed = time.monotonic() - started
@@ -225,7 +225,7 @@ def test_one_circuits_timeout_spares_the_others_theirs(client, proxied_redis):
     for name in ("crm.read", "crm.write", "crm.rpc", "crm.auth"):
         registry.get_breaker(name).call(lambda: "warm")
     proxy.stalled = True
-    proxy.cut()
+    proxy.drop()
 
     started = time.monotonic()
     assert registry.get_breaker("crm.read").call(lambda: "first") == "first"

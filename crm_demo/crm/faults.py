@@ -1,7 +1,15 @@
-"""A real network fault for the drill: a TCP proxy on a loopback port in front of a server
-(the database), forwarding bytes both ways until :meth:`FaultProxy.cut` closes every
-connection and refuses new ones, as a crashed server or a broken network would, and
-:meth:`FaultProxy.restore` lets traffic through again."""
+"""Real network faults: a TCP proxy on a loopback port in front of a server (the database,
+Redis), forwarding bytes both ways until told to fail as a real outage would.
+
+- :meth:`FaultProxy.cut` closes every connection and refuses new ones (a crashed server, a
+  broken network) until :meth:`FaultProxy.restore`;
+- :meth:`FaultProxy.drop` closes every connection but lets new ones through (a restart);
+- ``stalled = True`` stops forwarding and leaves new connections unanswered (a server
+  that hangs: the worst kind, since only timeouts notice it).
+
+The drill (``resilience_drill``) uses it to cut the demo's database; the test suite uses it
+for Redis and PostgreSQL outages.
+"""
 
 from __future__ import annotations
 
@@ -20,13 +28,14 @@ class FaultProxy:
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.down = False
+        self.stalled = False
         self.connections = 0  # accepted so far
         self.refused = 0  # accepted and closed at once while cut
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._closed = False
-        self._thread = threading.Thread(target=self._accept, name="drill-proxy", daemon=True)
+        self._thread = threading.Thread(target=self._accept, name="fault-proxy", daemon=True)
 
     @property
     def port(self) -> int:
@@ -36,13 +45,23 @@ class FaultProxy:
         """Close every open connection; refuse new ones until :meth:`restore`."""
         with self._lock:
             self.down = True
+        self.drop()
+
+    def drop(self) -> None:
+        """Close every open connection; new ones go through (unless cut or stalled)."""
+        with self._lock:
             sockets, self._sockets = self._sockets, set()
         for sock in sockets:
             _close(sock)
 
     def restore(self) -> None:
+        """Let traffic through again after :meth:`cut` or a stall."""
         with self._lock:
-            self.down = False
+            self.down = self.stalled = False
+
+    def relay(self, data: bytes, upstream: bool, number: int) -> None:
+        """Called with each chunk before it is forwarded (``upstream``: client to server) on
+        connection ``number`` (1 for the first accepted); subclasses watch or delay here."""
 
     def _accept(self) -> None:
         while not self._closed:
@@ -52,12 +71,16 @@ class FaultProxy:
                 return
             with self._lock:
                 self.connections += 1
-                down = self.down
+                number, down = self.connections, self.down
                 if down:
                     self.refused += 1
+                else:
+                    self._sockets.add(client)
             if down:
                 _close(client)
                 continue
+            if self.stalled:
+                continue  # accepted, never answered
             try:
                 server = socket.create_connection(self.target, timeout=CONNECT_TIMEOUT)
             except OSError:
@@ -65,13 +88,18 @@ class FaultProxy:
                 continue
             server.settimeout(None)
             with self._lock:
-                self._sockets.update((client, server))
-            for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+                self._sockets.add(server)
+            for source, sink, upstream in ((client, server, True), (server, client, False)):
+                threading.Thread(target=self._pump, args=(source, sink, upstream, number),
+                                 daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, upstream: bool,
+              number: int) -> None:
         try:
             while data := source.recv(65536):
+                if self.stalled:
+                    return  # silent from now on, the connection left open
+                self.relay(data, upstream, number)
                 sink.sendall(data)
         except OSError:
             pass
@@ -84,7 +112,10 @@ class FaultProxy:
 
     def __exit__(self, *exc: Any) -> None:
         self._closed = True
-        self._listener.close()
+        # shutdown first: close alone does not wake the accepting thread, which would hold on
+        # to the listening socket (and its port) and take a later socket's connection.
+        _close(self._listener)
+        self._thread.join(timeout=5)
         self.cut()
 
 
