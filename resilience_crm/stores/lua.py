@@ -31,9 +31,11 @@ class LuaScript:
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
     def __call__(self, client: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        pool = getattr(client, "connection_pool", None)
+        if pool is None:  # a cluster client: it picks the node by the keys' hash slot
+            return self._through(client, keys, args)
         # A connection that fails midway (a timeout, a cut) is closed by redis-py before the
         # error reaches us, so a late reply can never be read as the next caller's answer.
-        pool = client.connection_pool
         connection = pool.get_connection()
         try:
             try:
@@ -46,3 +48,13 @@ class LuaScript:
                 return connection.read_response()
         finally:
             pool.release(connection)
+
+    def _through(self, client: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """Through the client's own ``evalsha``, for clients without one pool (Redis Cluster):
+        there the client's retry policy applies, so turn its retries off to keep each script
+        to one run (docs/ratelimiting.md)."""
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            client.script_load(self.source)
+            return client.evalsha(self.sha, len(keys), *keys, *args)
