@@ -4,29 +4,20 @@ and nothing else can take it."""
 
 from __future__ import annotations
 
-import contextlib
-import http.client
-import json
 import os
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crm_demo.crm import client
+from crm_demo.crm.client import Reply
+
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).with_name("gunicorn")
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: Any
-    seconds: float
 
 
 class Server:
@@ -48,25 +39,8 @@ class Server:
         self.log.seek(0)
         return self.log.read().decode(errors="replace")
 
-    def request(self, method: str, path: str, *, token: str = "", body: Any = None,
-                headers: dict[str, str] | None = None, timeout: float = 30) -> Reply:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        sent = {"Content-Type": "application/json", **(headers or {})}
-        if token:
-            sent["Authorization"] = f"Token {token}"
-        started = time.monotonic()
-        try:
-            connection.request(method, path, json.dumps(body) if body is not None else None,
-                               sent)
-            response = connection.getresponse()
-            raw = response.read()
-            seconds = time.monotonic() - started
-        finally:
-            connection.close()
-        with contextlib.suppress(ValueError):
-            raw = json.loads(raw) if raw else None
-        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, raw,
-                     seconds)
+    def request(self, method: str, path: str, **kwargs: Any) -> Reply:
+        return client.request(self.port, method, path, **kwargs)
 
     def get(self, path: str, **kwargs: Any) -> Reply:
         return self.request("GET", path, **kwargs)

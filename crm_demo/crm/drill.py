@@ -15,7 +15,6 @@ contacts and user) and resets the circuits it left open.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import logging
 import threading
@@ -34,6 +33,8 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.test.utils import override_settings
 from rest_framework.authtoken.models import Token
 
+from crm_demo.crm import client
+from crm_demo.crm.client import Reply
 from crm_demo.crm.faults import FaultProxy
 from crm_demo.crm.models import Contact
 from resilience_crm import alerts, core, events, queue
@@ -93,19 +94,6 @@ class Step:
     promise: str
     ok: bool = False
     detail: str = ""
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: Any
-    seconds: float
-
-    @property
-    def label(self) -> str:
-        fallback = self.headers.get(FALLBACK_HEADER.lower())
-        return f"{fallback}, Age {self.headers.get('age', '?')}s" if fallback else "fresh"
 
 
 @dataclass
@@ -358,23 +346,11 @@ class Drill:
 
     def request(self, method: str, path: str, body: Any = None,
                 headers: dict[str, str] | None = None) -> Reply:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        sent = {"Content-Type": "application/json", "Authorization": f"Token {self.token}",
-                **(headers or {})}
-        started = time.monotonic()
-        try:
-            connection.request(method, path, json.dumps(body) if body is not None else None,
-                               sent)
-            response = connection.getresponse()
-            raw = response.read()
-        finally:
-            connection.close()
-        try:
-            data = json.loads(raw) if raw else None
-        except ValueError:
-            data = raw.decode(errors="replace")[:200]
-        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, data,
-                     time.monotonic() - started)
+        reply = client.request(self.port, method, path, token=self.token, body=body,
+                               headers=headers)
+        if isinstance(reply.body, str):
+            reply.body = reply.body[:200]  # an error page: its start says enough
+        return reply
 
     @contextlib.contextmanager
     def _server(self) -> Iterator[None]:
