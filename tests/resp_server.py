@@ -1,5 +1,6 @@
 """A local server that speaks the Redis protocol and answers scripts with a chosen error, as a
-Redis that is busy (BUSY), cannot persist (MISCONF) or is out of memory (OOM) does.
+Redis that is busy (BUSY), cannot persist (MISCONF) or is out of memory (OOM) does, or with
+a chosen raw reply (one that is not what the script returns).
 
 The connection handshake (HELLO, CLIENT, SELECT, AUTH, PING) is answered as Redis would, so
 the error reaches the store's script call, over a real socket, as the real one's would.
@@ -30,8 +31,10 @@ def _read_command(reader: Any) -> list[bytes] | None:
 
 
 class ErrorRedis:
-    def __init__(self, error: str) -> None:
+    def __init__(self, error: str = "", reply: bytes = b"") -> None:
+        """Answer every script with ``-error``, or with ``reply`` (raw RESP) when given."""
         self.error = error
+        self.reply = reply
         self.scripts_refused = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._thread = threading.Thread(target=self._accept, daemon=True)
@@ -56,7 +59,7 @@ class ErrorRedis:
                     client.sendall(b"+OK\r\n")
                 else:
                     self.scripts_refused += 1
-                    client.sendall(f"-{self.error}\r\n".encode())
+                    client.sendall(self.reply or f"-{self.error}\r\n".encode())
 
     def __enter__(self) -> ErrorRedis:
         self._thread.start()

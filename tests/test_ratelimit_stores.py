@@ -17,6 +17,7 @@ from resilience_crm.gcra import US, Limit
 from resilience_crm.stores.ratelimit_memory import MemoryLimiterStore
 from resilience_crm.stores.ratelimit_redis import RedisLimiterStore
 from tests.clock import Clock
+from tests.resp_server import ErrorRedis
 
 NOW = 1_700_000_000 * US
 
@@ -99,3 +100,20 @@ def test_unreachable_redis_raises_store_unavailable(settings) -> None:
     down = RedisLimiterStore("down")
     with pytest.raises(StoreUnavailable):
         down.evaluate([Limit(down.key("u:1", "x"), "p", 1, 1)])
+
+
+@pytest.mark.parametrize("reply", [
+    b":1\r\n",  # an integer
+    b"*2\r\n:1\r\n:1\r\n",  # too short for one limit
+    b"$2\r\nok\r\n",  # a string
+    b"-NOSCRIPT No matching script. Please use EVAL.\r\n",  # and SCRIPT LOAD fails too
+])
+def test_a_reply_that_is_not_the_scripts_is_store_unavailable(settings, reply) -> None:
+    with ErrorRedis(reply=reply) as server:
+        settings.CACHES = {**settings.CACHES, "odd": {
+            "BACKEND": "django_redis.cache.RedisCache", "LOCATION": server.url(),
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.5, "SOCKET_TIMEOUT": 0.5}}}
+        odd = RedisLimiterStore("odd")
+        with pytest.raises(StoreUnavailable):
+            odd.evaluate([Limit(odd.key("u:1", "x"), "p", 1, 1)])
+        assert server.scripts_refused >= 1

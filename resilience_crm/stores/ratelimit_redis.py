@@ -44,7 +44,7 @@ class RedisLimiterStore(BaseLimiterStore):
             outcomes = [Outcome(values[i] == 1, values[i + 1], values[i + 2], values[i + 3])
                         for i in range(1, 4 * len(limits), 4)]
             allowed = values[0] == 1
-        except (*FAILURES, TypeError, IndexError) as err:  # unreachable, an error reply, or
-            # a reply it cannot read
+        except (*FAILURES, TypeError, IndexError) as err:
+            # Unreachable, an error reply, or a reply that is not the script's.
             raise StoreUnavailable("The rate-limit store is unreachable.") from err
         return allowed, outcomes
