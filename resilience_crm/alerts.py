@@ -56,8 +56,7 @@ def _claim_local_alert() -> bool:
 
 
 def send_alert(name: str, from_state: str, to_state: str, generation: int, reason: str,
-               local: bool = False, actor: Any = None, source: str | None = None,
-               **extra: Any) -> bool:
+               local: bool = False, actor: Any = None, source: str | None = None) -> bool:
     """Send the alert the transition calls for; never raises. Returns whether one was sent.
     ``actor`` and ``source`` (``"admin"``, ``"command"``): who made a manual change."""
     kind = alert_for(from_state, to_state, manual=actor is not None or bool(source))

@@ -131,19 +131,19 @@ class Breaker:
         try:
             value = fn(*args, **kwargs)
         except Exception as exc:
-            self._settle(permit, started, core.FAILURE if self.is_failure(exc) else core.SUCCESS)
+            self.settle(permit, self._monotonic() - started,
+                        core.FAILURE if self.is_failure(exc) else core.SUCCESS)
             raise
-        self._settle(permit, started, None)
+        self.settle(permit, self._monotonic() - started)
         return value
 
-    def _settle(self, permit: Permit, started: float, outcome: str | None) -> None:
-        """Time and record a call that ran; ``None``: a success, or slow. Never raises: the
-        caller's own result or exception is what the caller gets."""
-        elapsed = self._monotonic() - started
+    def settle(self, permit: Permit, elapsed: float, outcome: str | None = None) -> None:
+        """Time and record a call that ran for ``elapsed`` seconds; ``None``: a success, or
+        slow. Never raises: the caller's own result or exception is what the caller gets."""
         if outcome is None:
             outcome = core.SLOW if elapsed >= self.config.slow_call_duration else core.SUCCESS
         try:
-            metrics.observe_latency(self._latency, self.name, elapsed)
+            metrics.observe_latency(self._latency, elapsed)
             self.record(permit, outcome)
         except Exception:
             logger.exception("Circuit %s: recording a call's outcome failed.", self.name)
@@ -163,6 +163,12 @@ class Breaker:
         if self._view is None or self._monotonic() - self._fetched >= self.snapshot_ttl:
             return str(self._step(self._take_pending())["state"])
         return str(self._view["state"])
+
+    def local_state(self) -> str:
+        """The state as this worker last saw it, however old, with no store call at all:
+        for work on every request (the rate limiter's adaptive limits)."""
+        view = self._view
+        return core.CLOSED if view is None else str(view["state"])
 
     def peek(self) -> str:
         """The state, read without stepping the store (no write anywhere): for probes."""
@@ -247,9 +253,8 @@ class Breaker:
             if problems:
                 raise ValueError("; ".join(f"{key} {message}" for key, message in problems))
             self._use(core.Config.from_mapping(self._base_config | overrides))
-        except ValueError as err:
-            logger.error("Circuit %s: ignoring invalid overrides %r (%s)", self.name, overrides,
-                         err)
+        except (TypeError, ValueError) as err:
+            logger.error("Circuit %s: ignoring invalid overrides %r (%s)", self.name, text, err)
             return
         self._overrides = dict(overrides)
         logger.info("Circuit %s: now using overrides %r", self.name, self._overrides)

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count
 from django.utils import timezone
 from django.utils.safestring import SafeString
 
@@ -57,7 +56,7 @@ def context(now: datetime | None = None) -> dict[str, Any]:
         panels.append(panel)
     events = (CircuitEvent.objects.select_related("circuit", "actor")
               .order_by("-created_at", "-pk")[:RECENT_EVENTS])
-    queue = dict(QueuedWrite.objects.values_list("state").annotate(n=Count("pk")))
+    queue = QueuedWrite.counts()
     return {"panels": panels, "events": list(events), "queue": queue, "now": now,
             "tiers": tier_decisions()}
 

@@ -148,13 +148,3 @@ def retry_after_seconds(value: Any) -> float | None:
         when = parsedate_to_datetime(str(value))
         return max(0.0, (when - timezone.now()).total_seconds())
     return None
-
-
-def to_resilience_error(exc: BaseException, circuit: str | None = None) -> ResilienceError | None:
-    """The client-facing error for ``exc``, or ``None`` when ``exc`` should propagate."""
-    if isinstance(exc, ResilienceError):
-        return exc
-    kind = classify(exc)
-    if kind.error is None:
-        return None
-    return kind.error(retry_after=kind.retry_after, circuit=circuit)

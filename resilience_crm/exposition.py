@@ -21,7 +21,6 @@ from typing import Any
 
 from django.core.cache import caches
 from django.db import DatabaseError
-from django.db.models import Count
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.openmetrics.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -166,12 +165,12 @@ class ClusterCollector(Collector):
         family = GaugeMetricFamily("resilience_queued_writes", "Queued writes by state.",
                                    labels=("state",))
         try:
-            counts = dict(QueuedWrite.objects.values_list("state").annotate(n=Count("pk")))
+            counts = QueuedWrite.counts()
         except DatabaseError as err:
             logger.warning("Metrics: queued writes could not be counted (%s).", err)
             return
         for state in QueuedWrite.State.values:
-            family.add_metric((state,), counts.get(state, 0))
+            family.add_metric((state,), counts[state])
         yield family
 
 

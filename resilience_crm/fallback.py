@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from django.core.cache import caches
+from django_redis.exceptions import ConnectionInterrupted
+from redis.exceptions import RedisError
 
 from resilience_crm.conf import settings
 
@@ -64,6 +66,39 @@ def space_of(key: str) -> str:
     return key.split(":", 1)[0]
 
 
+class SharedCacheDown(Exception):
+    """The shared cache failed moments ago: left alone until ``STORE_RETRY_INTERVAL`` ends."""
+
+
+#: What a cache call raises when the shared cache cannot be reached (django-redis wraps
+#: redis-py's errors in ``ConnectionInterrupted``).
+OUTAGES = (ConnectionInterrupted, RedisError, OSError)
+
+
+class _Guarded:
+    """The shared cache, not called for ``STORE_RETRY_INTERVAL`` after it failed to answer:
+    an outage costs a read one socket timeout, not one for each cache call it makes."""
+
+    def __init__(self, cache: Any, owner: ReadCache) -> None:
+        self._cache = cache
+        self._owner = owner
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._cache, name)
+        owner = self._owner
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if owner._monotonic() < owner._down_until:
+                raise SharedCacheDown()
+            try:
+                return method(*args, **kwargs)
+            except OUTAGES:
+                owner._down_until = owner._monotonic() + settings.STORE_RETRY_INTERVAL
+                raise
+
+        return call
+
+
 class ReadCache:
     def __init__(self, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
@@ -71,10 +106,11 @@ class ReadCache:
         self._monotonic = monotonic
         self._local: OrderedDict[str, tuple[float, Lookup]] = OrderedDict()
         self._lock = threading.Lock()
+        self._down_until = 0.0
 
     @property
     def shared(self) -> Any:
-        return caches[settings.CACHE_ALIAS]
+        return _Guarded(caches[settings.CACHE_ALIAS], self)
 
     def get(self, key: str) -> Lookup:
         with self._lock:

@@ -50,8 +50,8 @@ _lock = threading.Lock()
 _store: BaseLimiterStore | None = None
 _fallback = MemoryLimiterStore()
 _store_down_until = 0.0
-#: Limits built per principal, op class, endpoint, factor and tier generation, with the
-#: rates they were built from.
+#: Limits built per principal, op class, endpoint and factor, with the rates they were
+#: built from (settings changes forget them all).
 _plans: dict[tuple[Any, ...], tuple[Any, tuple[Limit, ...]]] = {}
 #: Past this many remembered plans, they are forgotten all at once.
 MAX_PLANS = 50_000
@@ -113,17 +113,18 @@ def rates(value: Any) -> tuple[Rate, ...]:
 
 
 def adaptive_factor(op_class: str) -> float:
-    """``ADAPTIVE_FACTOR`` while the op class's circuit is open or half-open, else 1."""
+    """``ADAPTIVE_FACTOR`` while the op class's circuit is open or half-open, else 1.
+
+    The state is this worker's own last view of the circuit: no store call, and no breaker
+    built (a worker that never called through the circuit has not seen it struggle)."""
     factor = settings.ADAPTIVE_FACTOR
     circuit = OP_CIRCUITS.get(op_class)
     if circuit is None or factor >= 1:
         return 1.0
-    try:
-        state = registry.get_breaker(circuit).state
-    except Exception as err:  # noqa: BLE001  (the limiter must decide even so)
-        logger.warning("Could not read circuit %s for adaptive limits (%s).", circuit, err)
+    breaker = registry.existing(circuit)
+    if breaker is None or breaker.local_state() not in STRUGGLING:
         return 1.0
-    return float(factor) if state in STRUGGLING else 1.0
+    return float(factor)
 
 
 def limits_for(who: Principal, op_class: str, endpoint: str | None,
@@ -133,9 +134,9 @@ def limits_for(who: Principal, op_class: str, endpoint: str | None,
     factor = adaptive_factor(op_class) * scale
     tier_rates = (who.overrides[op_class] if op_class in who.overrides
                   else tiers.tier_limits(who.tier).get(op_class))
-    memo_key = (who.key, who.tier, op_class, endpoint, factor, tiers.generation(), store)
+    memo_key = (who.key, who.tier, op_class, endpoint, factor, store)
     found = _plans.get(memo_key)
-    # A user's own overrides can change without a new tier generation: compare the rates.
+    # Tier rows and a user's own limits change without a signal here: compare the rates.
     if found is None or found[0] != tier_rates:
         found = (list(tier_rates) if isinstance(tier_rates, list) else tier_rates,
                  _build(who, op_class, endpoint, store, factor, tier_rates))
@@ -241,8 +242,7 @@ def _counted(decision: Decision, tier: str) -> Decision:
 
 def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
     if setting in (SETTING_NAME, "CACHES"):
-        clear()
-        tiers.clear()
+        clear()  # tiers clears its own cache on the same settings
 
 
 setting_changed.connect(_on_setting_changed, dispatch_uid="resilience_crm.limiter")

@@ -32,8 +32,9 @@ logger = logging.getLogger("resilience_crm.metrics")
 #: ``CircuitMetric`` column for each outcome counted under ``calls``.
 COLUMNS = {"success": "successes", "slow": "slow", "failure": "failures",
            "timeout": "timeouts", "rejected": "rejected", "fallback": "fallbacks"}
-#: Outcomes of calls that ran (the rest never reached the dependency).
-RAN = ("successes", "slow", "failures", "timeouts")
+#: Outcomes of calls that ran (the rest never reached the dependency). A call that ran out of
+#: time is also a failure: ``timeouts`` is a part of ``failures``, not added to the calls.
+RAN = ("successes", "slow", "failures")
 #: Minutes of counts one thread keeps while the database is down; older ones are dropped
 #: unwritten (with an error, counted as ``metric_minutes_dropped``).
 MAX_MINUTES = 24 * 60
@@ -98,7 +99,8 @@ def key(name: str, **labels: str) -> Key:
     return found
 
 
-def add(counter: Key, amount: int = 1) -> None:
+def _shard() -> _Shard:
+    """This thread's shard, turned to the current minute."""
     try:
         shard = _local.shard
     except AttributeError:
@@ -106,26 +108,23 @@ def add(counter: Key, amount: int = 1) -> None:
     now = clock()
     if now >= shard.end or now < shard.start:
         _turn(shard, now)
-    shard.counts[counter] += amount
+    return shard
+
+
+def add(counter: Key, amount: int = 1) -> None:
+    _shard().counts[counter] += amount
 
 
 def inc(name: str, amount: int = 1, **labels: str) -> None:
     add(key(name, **labels), amount)
 
 
-def observe_latency(counter: Key, circuit: str, seconds: float) -> None:
-    """Add one call's duration; ``counter`` is ``key("latency_us", circuit=circuit)``."""
-    try:
-        shard = _local.shard
-    except AttributeError:
-        shard = _new_shard()
-    now = clock()
-    if now >= shard.end or now < shard.start:
-        _turn(shard, now)
-    counts = shard.counts
+def observe_latency(counter: Key, seconds: float) -> None:
+    """Add one call's duration; ``counter`` is ``key("latency_us", circuit=...)``."""
+    counts = _shard().counts
     counts[counter] += int(seconds * 1_000_000)
-    peak = counter.peak
-    if seconds > counts[peak]:
+    peak = counter.peak  # key() gives every latency key its peak
+    if peak is not None and seconds > counts[peak]:
         counts[peak] = seconds
 
 

@@ -250,3 +250,10 @@ class QueuedWrite(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} [{self.idempotency_key}] {self.state}"
+
+    @classmethod
+    def counts(cls, using: str | None = None) -> dict[str, int]:
+        """How many rows are in each state (every state, zeros included): one query."""
+        rows = dict(cls.objects.using(using).values_list("state")
+                    .annotate(n=models.Count("pk")).order_by())
+        return {state: rows.get(state, 0) for state in cls.State.values}

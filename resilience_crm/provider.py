@@ -196,11 +196,6 @@ class Provider:
 
     # One call under a breaker and a deadline --------------------------------------------
 
-    def call(self, circuit: str, fn: Callable[[], T], using: str | None = DEFAULT_DB_ALIAS,
-             *, retry_if: Callable[[BaseException], bool] | None = None) -> T:
-        """``fn()`` under ``circuit`` with deadline and retries, no cache (for extensions)."""
-        return self._call(circuit, fn, using, retry_if=retry_if)
-
     def _call(self, circuit: str, fn: Callable[[], T], using: str | None,
               *, retry_if: Callable[[BaseException], bool] | None = None,
               operation: str = "", committed_is_done: bool = False) -> T:
@@ -245,8 +240,7 @@ class Provider:
                 if committed_is_done:  # a write that committed happened: no error for it
                     return value
                 raise _timeout(circuit)
-            slow = deadline.elapsed() >= breaker.config.slow_call_duration
-            self._finish(breaker, permit, core.SLOW if slow else core.SUCCESS, deadline)
+            breaker.settle(permit, deadline.elapsed())  # a success, or slow
             return value
 
     def _attempt(self, fn: Callable[[], T], using: str | None,
@@ -263,11 +257,9 @@ class Provider:
 
     def _finish(self, breaker: Any, permit: Any, outcome: str, deadline: deadlines.Deadline,
                 *, timeout: bool = False) -> None:
-        metrics.observe_latency(metrics.key("latency_us", circuit=breaker.name), breaker.name,
-                                deadline.elapsed())
         if timeout:
             metrics.inc("calls", circuit=breaker.name, outcome="timeout")
-        breaker.record(permit, outcome)
+        breaker.settle(permit, deadline.elapsed(), outcome)
 
     # Reads --------------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.cache import caches
 from django.db import DatabaseError, IntegrityError, connections, router, transaction
-from django.db.models import Count, Q
+from django.db.models import Q
 from django.dispatch import receiver
 from django.utils import timezone
 from django_redis import get_redis_connection
@@ -177,12 +177,13 @@ def enqueue(name: str, payload: Any, *, idempotency_key: str, entity: str = "",
     """Append the write to the Redis stream (raises :class:`QueueUnavailable` when Redis
     cannot take it). The same key again with the same payload is the same queued write."""
     digest = digest or payload_hash(payload)
+    body = json.dumps(payload)  # a payload that is not JSON is the caller's error, not an outage
     try:
         client, cache = _redis()
         previous = SCRIPT(
             client,
             [cache.make_key(MARKER_PREFIX + idempotency_key), cache.make_key(STREAM_KEY)],
-            [digest, name, idempotency_key, json.dumps(payload), entity],
+            [digest, name, idempotency_key, body, entity],
         )
     except Exception as err:  # noqa: BLE001  (every redis-py failure means "not queued")
         raise QueueUnavailable() from err
@@ -411,14 +412,6 @@ def replay_on_close(sender: Any, name: str, to_state: str, local: bool = False,
     """A write circuit that closes again means the database is back: replay the queue."""
     if to_state == core.CLOSED and any(h.circuit == name for h in _handlers.values()):
         replay_in_background()
-
-
-def counts() -> dict[str, int]:
-    """Rows by state, and the writes still in the Redis stream (``-1`` if unknown)."""
-    rows = dict(QueuedWrite.objects.values_list("state").annotate(n=Count("pk")))
-    result = {state: rows.get(state, 0) for state in QueuedWrite.State.values}
-    result["in_redis"] = stream_length()
-    return result
 
 
 def stream_length() -> int:

@@ -96,6 +96,11 @@ def get_breaker(name: str) -> Breaker:
     return breaker
 
 
+def existing(name: str) -> Breaker | None:
+    """The breaker of ``name`` if this process has built it, without building it."""
+    return _breakers.get(name)
+
+
 def all_breakers() -> list[Breaker]:
     """A breaker for every configured circuit, in settings order."""
     return [get_breaker(name) for name in settings.circuit_names()]

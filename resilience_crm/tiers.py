@@ -54,12 +54,6 @@ _stamp: Any = None
 _trust_stamp = False  # entries stay valid until the stamp changes
 _valid_after = 0.0  # entries loaded before this are stale
 _next_check = 0.0
-_generation = 0  # counts reloads of the tier rows
-
-
-def generation() -> int:
-    """A number that changes whenever the tier rows are reread (or the cache is cleared)."""
-    return _generation
 
 
 def tier_limits(name: str) -> dict[str, Any]:
@@ -101,9 +95,8 @@ def changed() -> None:
 
 def clear() -> None:
     """Forget every cached tier and assignment in this process."""
-    global _tiers, _stamp, _trust_stamp, _next_check, _generation
+    global _tiers, _stamp, _trust_stamp, _next_check
     with _lock:
-        _generation += 1
         _tiers = None
         _users.clear()
         _stamp, _trust_stamp, _next_check = None, False, 0.0
@@ -139,7 +132,7 @@ def _sync(now: float) -> None:
 
 
 def _all_tiers() -> dict[str, dict[str, Any]]:
-    global _tiers, _generation
+    global _tiers
     now = clock()
     _sync(now)
     cached = _tiers
@@ -156,7 +149,6 @@ def _all_tiers() -> dict[str, dict[str, Any]]:
     tiers.update({name: limits for name, limits in rows.items() if isinstance(limits, dict)})
     with _lock:
         _tiers = (now, tiers)
-        _generation += 1
     return tiers
 
 

@@ -27,7 +27,6 @@ from typing import Any
 from django.conf import settings as django_settings
 from django.core.cache import caches
 from django.db import DatabaseError, connections, router, transaction
-from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -154,10 +153,11 @@ def _rates_since_last_probe() -> dict[str, Any]:
             key = (name, *sorted(labels.items()))
             before = _seen.get(key, 0)
             delta, _seen[key] = value - before if value >= before else value, value
-            if name == "calls" and labels.get("outcome") in core.OUTCOMES + ("timeout",):
+            # A timeout is also counted as a failure: it is not a call of its own.
+            if name == "calls" and labels.get("outcome") in core.OUTCOMES:
                 circuit = labels["circuit"]
                 calls[circuit] = calls.get(circuit, 0) + delta
-                if labels["outcome"] in (core.FAILURE, "timeout"):
+                if labels["outcome"] == core.FAILURE:
                     failed[circuit] = failed.get(circuit, 0) + delta
             elif name == "ratelimit_decisions":
                 decided += delta
@@ -197,10 +197,10 @@ def _probe_database() -> dict[str, Any]:
             if connection.vendor == "postgresql":
                 cursor.execute("SET LOCAL statement_timeout = %s", [int(PROBE_DEADLINE * 1000)])
             cursor.execute("SELECT 1")
-        writes = QueuedWrite.objects.using(router.db_for_read(QueuedWrite))
-        counts = dict(writes.values_list("state").annotate(n=Count("pk")))
-        oldest = (writes.filter(state=QueuedWrite.State.PENDING).order_by("created_at")
-                  .values_list("created_at", flat=True).first())
+        using = router.db_for_read(QueuedWrite)
+        counts = QueuedWrite.counts(using)
+        oldest = (QueuedWrite.objects.using(using).filter(state=QueuedWrite.State.PENDING)
+                  .order_by("created_at").values_list("created_at", flat=True).first())
     except DatabaseError as err:
         logger.warning("Readiness: database %s failed: %s", alias, err)
         return {"ok": False, "error": err.__class__.__name__, "ms": _ms_since(started)}
@@ -208,7 +208,7 @@ def _probe_database() -> dict[str, Any]:
         connection.close()  # this thread's own connection: never left open, or broken
     age = (timezone.now() - oldest).total_seconds() if oldest else 0
     return {"ok": True, "ms": _ms_since(started),
-            "queue": {"pending": counts.get("pending", 0), "dead": counts.get("dead", 0),
+            "queue": {"pending": counts["pending"], "dead": counts["dead"],
                       "oldest_pending_s": round(age, 1)}}
 
 

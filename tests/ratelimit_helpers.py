@@ -10,13 +10,7 @@ from resilience_crm.models import Tier
 from resilience_crm.stores.ratelimit_memory import MemoryLimiterStore
 from tests.clock import Clock
 
-MIDDLEWARE = "resilience_crm.middleware.ResilienceMiddleware"
 _ITEM = re.compile(r'"(?P<name>[^"]+)"(?P<params>(?:;[a-z]+=[0-9.]+)*)')
-
-
-def with_middleware(settings: Any) -> None:
-    if MIDDLEWARE not in settings.MIDDLEWARE:
-        settings.MIDDLEWARE = [*settings.MIDDLEWARE, MIDDLEWARE]
 
 
 def set_tier(name: str, limits: dict[str, Any]) -> Tier:

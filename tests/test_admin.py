@@ -269,3 +269,17 @@ def test_dead_letters_can_be_queued_again(admin_client):
     applied.refresh_from_db()
     assert (dead.state, dead.attempts) == (QueuedWrite.State.PENDING, 0)
     assert applied.state == QueuedWrite.State.APPLIED
+
+
+def test_a_queued_write_cannot_be_edited_in_the_admin(admin_client):
+    """What a repeated submit answers (``result``) and the replay order (``entity``) are the
+    queue's own, like the payload."""
+    write = baker.make(QueuedWrite, state=QueuedWrite.State.APPLIED, entity="contact:1",
+                       result={"id": 1})
+    url = reverse("admin:resilience_crm_queuedwrite_change", args=[write.pk])
+
+    response = admin_client.post(url, {"entity": "contact:2", "result": '{"id": 2}'})
+
+    assert response.status_code == 302
+    write.refresh_from_db()
+    assert (write.entity, write.result) == ("contact:1", {"id": 1})

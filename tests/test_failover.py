@@ -8,6 +8,7 @@ type; "unreachable" is a port nothing listens on.
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -87,7 +88,7 @@ def test_a_saved_forced_state_survives_redis_losing_the_circuit(on_redis):
     snap = breaker.snapshot()
     assert (snap["state"], snap["generation"]) == (core.FORCED_OPEN, 1)
     assert abs((snap["until"] - until).total_seconds()) < 0.01
-    stored = RedisStore("redis").read_state(CIRCUIT)
+    stored = RedisStore("redis").read(CIRCUIT)
     assert (stored["reason"], stored["state"]) == ("vendor outage", core.FORCED_OPEN)
 
 
@@ -132,7 +133,7 @@ def test_without_the_database_a_lost_circuit_stays_local_rather_than_restart_at_
     lose(on_redis, "delete")
     with django_db_blocker.block():  # the durable row cannot be read
         assert breaker.snapshot()["store"] == "local"
-    assert RedisStore("redis").read_state(CIRCUIT) is None  # nothing written at generation 0
+    assert RedisStore("redis").read(CIRCUIT) is None  # nothing written at generation 0
 
 
 # No store error escapes --------------------------------------------------------------------
@@ -151,6 +152,20 @@ def test_a_damaged_key_falls_back_to_the_local_breaker(on_redis, damage):
     assert breaker.using_fallback
     assert metrics.value("store_errors", circuit=CIRCUIT) == 1
     trip(breaker)  # the local breaker still protects
+
+
+@pytest.mark.parametrize("cfg", ["{not json", "[1, 2]", 7])
+def test_malformed_overrides_in_the_shared_state_are_ignored(on_redis, cfg, caplog):
+    breaker = registry.get_breaker(CIRCUIT)
+    assert breaker.call(lambda: "answer") == "answer"
+    key = RedisStore("redis").key(CIRCUIT)
+    state = json.loads(on_redis.get(key))
+    on_redis.set(key, json.dumps({**state, "cv": state["cv"] + 1, "cfg": cfg}))
+
+    assert breaker.call(lambda: "answer") == "answer"
+    assert breaker.config.failure_threshold == TRIPS["failure_threshold"]
+    assert "ignoring invalid overrides" in caplog.text
+    trip(breaker)  # the shared breaker goes on protecting with its own settings
 
 
 @pytest.mark.parametrize("error", [

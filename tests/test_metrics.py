@@ -99,11 +99,11 @@ def test_a_bucket_carries_the_minute_of_the_call_not_of_the_flush(clock):
 
 def test_the_slowest_call_of_each_minute_is_kept(clock):
     key = metrics.key("latency_us", circuit=CIRCUIT)
-    metrics.observe_latency(key, CIRCUIT, 0.2)
-    metrics.observe_latency(key, CIRCUIT, 0.05)
+    metrics.observe_latency(key, 0.2)
+    metrics.observe_latency(key, 0.05)
     metrics.add(metrics.key("calls", circuit=CIRCUIT, outcome="success"), 2)
     metrics.flush_buckets()
-    metrics.observe_latency(key, CIRCUIT, 0.1)  # same minute, slower than nothing written
+    metrics.observe_latency(key, 0.1)  # same minute, slower than nothing written
     metrics.add(metrics.key("calls", circuit=CIRCUIT, outcome="success"))
     metrics.flush_buckets()
 

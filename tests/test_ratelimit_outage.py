@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from resilience_crm import metrics
-from tests.ratelimit_helpers import set_tier, with_middleware
+from tests.ratelimit_helpers import set_tier
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.ratelimit_urls"), pytest.mark.slow]
 
@@ -28,7 +28,6 @@ def closed_port() -> int:
 
 @pytest.fixture
 def redis_down(settings: Any) -> None:
-    with_middleware(settings)
     settings.CACHES = {**settings.CACHES, "down": {
         "BACKEND": "django_redis.cache.RedisCache",
         "LOCATION": f"redis://127.0.0.1:{closed_port()}/0",
@@ -88,7 +87,6 @@ def test_fail_open_keys_left_out_keep_their_defaults(client, settings, redis_dow
 @pytest.mark.redis
 def test_a_stalled_redis_costs_one_socket_timeout_then_recovers(client, settings,
                                                                 redis_proxy) -> None:
-    with_middleware(settings)
     settings.RESILIENCE_CRM = {"CACHE_ALIAS": "proxied", "STORE": "memory",
                                "STORE_RETRY_INTERVAL": 0}
     set_tier("anonymous", {"read": "100/min"})

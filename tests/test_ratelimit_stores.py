@@ -3,6 +3,7 @@ the in-process store too, and Redis keys are small and expire once their bucket 
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -68,15 +69,20 @@ def test_memory_store_runs_the_same_arithmetic() -> None:
     assert not memory.evaluate(limits)[0]
 
 
-def test_redis_uses_its_own_clock_and_keys_expire_when_full(store) -> None:
+def test_redis_uses_its_own_clock_and_keys_expire_when_full(store, monkeypatch) -> None:
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 3600)  # this worker's clock is off
     limits = [Limit(store.key("u:7", "t:read:60"), "p", 6, 60)]
+    seconds, micros = store.client.time()
+    before = seconds * US + micros
     allowed, [outcome] = store.evaluate(limits)
+    seconds, micros = store.client.time()
+    after = seconds * US + micros
     assert allowed and outcome.remaining == 5 and outcome.reset_us == 10 * US
     ttl_ms = store.client.pttl(limits[0].key)
     assert 9_000 < ttl_ms <= 10_000
-    seconds, micros = store.client.time()
     tat = int(store.client.get(limits[0].key))
-    assert abs(tat - (seconds * US + micros + 0)) <= 10 * US + US
+    assert before + 10 * US <= tat <= after + 10 * US  # Redis's now, not the worker's
 
 
 def test_keys_carry_the_principal_as_a_hash_tag(store) -> None:
@@ -117,3 +123,22 @@ def test_a_reply_that_is_not_the_scripts_is_store_unavailable(settings, reply) -
         with pytest.raises(StoreUnavailable):
             odd.evaluate([Limit(odd.key("u:1", "x"), "p", 1, 1)])
         assert server.scripts_refused >= 1
+
+
+def test_memory_store_drops_full_buckets_and_does_not_sweep_live_keys_on_every_decision(
+        monkeypatch) -> None:
+    from resilience_crm.stores import ratelimit_memory
+
+    monkeypatch.setattr(ratelimit_memory, "SWEEP_AT", 4)
+    clock = Clock(NOW / US)
+    memory = MemoryLimiterStore(clock=clock)
+    for i in range(2):  # full again after 1 s
+        memory.evaluate([Limit(f"short{i}", "p", 10, 10)])
+    clock.now += 2
+    for i in range(5):  # live for an hour
+        memory.evaluate([Limit(f"long{i}", "p", 10, 36_000)])
+    assert set(memory._tats) == {f"long{i}" for i in range(5)}  # the full ones were dropped
+    memory.evaluate([Limit("long5", "p", 10, 36_000)])  # 5 live keys: swept, all kept
+    kept = memory._tats
+    memory.evaluate([Limit("long6", "p", 10, 36_000)])
+    assert memory._tats is kept  # the next sweep waits until the store has doubled

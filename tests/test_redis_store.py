@@ -108,7 +108,7 @@ class StepMachine(RuleBasedStateMachine):
         got = self.store.step(self.name, self.cfg, rand=rand, entries=entries, op=op, arg=arg,
                               now=self.now)
         _same(got, expected)
-        stored = self.store.read_state(self.name)
+        stored = self.store.read(self.name)
         assert stored is not None
         _same(stored, self.model)
         return got
@@ -214,7 +214,7 @@ class StepMachine(RuleBasedStateMachine):
     def clear(self) -> None:
         self.store.clear(self.name)
         self.model = core.new_state()
-        assert self.store.read_state(self.name) is None
+        assert self.store.read(self.name) is None
 
     def teardown(self) -> None:
         self.store.clear(self.name)
@@ -268,7 +268,7 @@ class Circuit:
         return self.step(op="set", arg={"state": state, **arg})
 
     def state(self) -> dict[str, Any]:
-        stored = self.store.read_state(self.name)
+        stored = self.store.read(self.name)
         assert stored is not None
         return stored
 
@@ -452,7 +452,7 @@ def test_state_key_expires_and_clear_deletes_it(store: RedisStore) -> None:
     assert STATE_TTL_MS - 60_000 < store._client.pttl(key) <= STATE_TTL_MS
     assert circuit.state() == core.new_state()
     store.clear(circuit.name)
-    assert store.read_state(circuit.name) is None
+    assert store.read(circuit.name) is None
     assert store._client.exists(key) == 0
 
 
@@ -493,6 +493,6 @@ def test_unreachable_redis_raises_store_unavailable_quickly(down_store: RedisSto
     assert caught.value.circuit == "crm.read"
     assert isinstance(caught.value.__cause__, redis_exceptions.ConnectionError | OSError)
     with pytest.raises(StoreUnavailable):
-        down_store.read_state("crm.read")
+        down_store.read("crm.read")
     with pytest.raises(StoreUnavailable):
         down_store.clear("crm.read")

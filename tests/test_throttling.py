@@ -13,15 +13,16 @@ from django.test import AsyncClient, TestCase
 
 from resilience_crm import get_breaker, metrics, tiers
 from resilience_crm.models import Tier, TierAssignment
-from tests.ratelimit_helpers import on_clock, set_tier, structured, with_middleware
+from resilience_crm.stores.ratelimit_redis import SCRIPT as limiter_script
+from resilience_crm.stores.redis import SCRIPT as breaker_script
+from tests.ratelimit_helpers import on_clock, set_tier, structured
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.ratelimit_urls")]
 
 
 @pytest.fixture
 def limits(settings: Any):
-    """Configure ``RESILIENCE_CRM`` (memory limiter unless told) with the middleware on."""
-    with_middleware(settings)
+    """Configure ``RESILIENCE_CRM`` (memory limiter unless told)."""
 
     def configure(**config: Any) -> None:
         settings.RESILIENCE_CRM = {"RATELIMIT_STORE": "memory", **config}
@@ -32,7 +33,6 @@ def limits(settings: Any):
 
 @pytest.fixture
 def redis_limits(settings: Any, redis_cache: Any):
-    with_middleware(settings)
 
     def configure(**config: Any) -> None:
         settings.RESILIENCE_CRM = {"CACHE_ALIAS": "redis", **config}
@@ -302,6 +302,27 @@ def test_limits_shrink_while_the_circuit_is_open_and_recover(client, limits) -> 
     assert client.get("/things/")["X-RateLimit-Limit"] == "5"
     breaker.reset()
     assert client.get("/things/")["X-RateLimit-Limit"] == "10"
+
+
+@pytest.mark.redis
+def test_a_decision_is_one_script_call_and_never_steps_a_breaker(client, settings,
+                                                                  redis_proxy) -> None:
+    """Adaptive limits read the worker's own view of the circuit: even with breakers on the
+    same Redis and no snapshot reuse at all, requests send the limiter's script alone."""
+    settings.RESILIENCE_CRM = {"CACHE_ALIAS": "proxied", "STORE": "redis", "SNAPSHOT_TTL": 0,
+                               "ADAPTIVE_FACTOR": 0.5, "TIER_CACHE_TTL": 60}
+    set_tier("anonymous", {"read": "100/min"})
+    assert get_breaker("crm.read").call(lambda: "ok") == "ok"  # the circuit is known here
+    assert client.get("/things/").status_code == 200  # tiers read, scripts loaded
+    sent = len(redis_proxy.upstream)
+
+    for _ in range(5):
+        assert client.get("/things/").status_code == 200
+
+    commands = bytes(redis_proxy.upstream[sent:])
+    assert commands.count(b"EVALSHA") == 5
+    assert commands.count(limiter_script.sha.encode()) == 5
+    assert breaker_script.sha.encode() not in commands
 
 
 # Async and the middleware on its own -----------------------------------------------------------

@@ -97,16 +97,6 @@ class Step:
 
 
 @dataclass
-class Transition:
-    at: float
-    name: str
-    from_state: str
-    to_state: str
-    reason: str
-    local: bool
-
-
-@dataclass
 class Outcome:
     steps: dict[str, Step] = field(default_factory=dict)
 
@@ -125,7 +115,6 @@ class Drill:
         self._say = say
         self.run_id = uuid.uuid4().hex[:12]
         self.started = time.monotonic()
-        self.transitions: list[Transition] = []
         self._lock = threading.Lock()
         self.port = 0
         self.token = ""
@@ -146,20 +135,16 @@ class Drill:
     def _on_transition(self, sender: Any, name: str, from_state: str, to_state: str,
                        reason: str = "", local: bool = False, **kwargs: Any) -> None:
         """Told at once, from whichever thread made the transition."""
-        item = Transition(time.monotonic(), name, from_state, to_state, reason, local)
         with self._lock:
-            self.transitions.append(item)
-            where = " (this worker's own breaker)" if item.local else ""
-            self.say(f"circuit {item.name}: {item.from_state} -> {item.to_state}{where} "
-                     f"({item.reason})")
-            if item.name == "crm.read" and item.to_state == core.OPEN:
-                self._pass("opened", f"{item.from_state} -> open ({item.reason})")
-            if alerts.alert_for(item.from_state, item.to_state) == "open":
-                self._alert(item)
+            where = " (this worker's own breaker)" if local else ""
+            self.say(f"circuit {name}: {from_state} -> {to_state}{where} ({reason})")
+            if name == "crm.read" and to_state == core.OPEN:
+                self._pass("opened", f"{from_state} -> open ({reason})")
+            if alerts.alert_for(from_state, to_state) == "open":
+                self._alert(f"Circuit {name} opened ({reason})")
 
-    def _alert(self, item: Transition) -> None:
-        message = f"Circuit {item.name} opened ({item.reason})"
-        sentry = _sentry_initialized() and resilience_settings.SENTRY_ALERTS
+    def _alert(self, message: str) -> None:
+        sentry = sentry_sdk.is_initialized() and resilience_settings.SENTRY_ALERTS
         if sentry:
             self.say(f"alert sent to Sentry: error {message!r}")
         else:
@@ -421,7 +406,3 @@ def _quieter(levels: dict[str, int]) -> Iterator[None]:
     finally:
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
-
-
-def _sentry_initialized() -> bool:
-    return bool(sentry_sdk.is_initialized())

@@ -59,8 +59,6 @@ class FailoverStore(BaseStore):
         self._last: dict[str, dict[str, Any]] = {}
         self._down = False
         self._retry_at = 0.0
-        #: Outages this process has seen, the current one included.
-        self.outages = 0
 
     def __repr__(self) -> str:
         return f"<FailoverStore {self.primary!r}{' down' if self._down else ''}>"
@@ -157,7 +155,6 @@ class FailoverStore(BaseStore):
             if self._down:
                 return
             self._down = True
-            self.outages += 1
         cause = err.__cause__ or err
         logger.warning(
             "The shared store is unavailable (%s: %s; noticed by circuit %s): this worker's "

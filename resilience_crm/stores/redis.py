@@ -90,9 +90,6 @@ class RedisStore(BaseStore):
         return result
 
     def read(self, name: str) -> dict[str, Any] | None:
-        return self.read_state(name)
-
-    def read_state(self, name: str) -> dict[str, Any] | None:
         """The circuit's stored state dict (see :func:`resilience_crm.core.new_state`), if any."""
         try:
             raw = self._client.get(self.key(name))
