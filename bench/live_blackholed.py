@@ -18,7 +18,6 @@ request per mode.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import threading
@@ -33,6 +32,7 @@ from django.conf import settings  # noqa: E402
 from django.urls import include, path  # noqa: E402
 
 from crm_demo.crm.faults import FaultProxy  # noqa: E402
+from tests.failing import churn  # noqa: E402
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 CIRCUIT = "bench.live"
@@ -71,16 +71,11 @@ def setup(proxy_port: int) -> None:
     urlpatterns.append(path("resilience/", include("resilience_crm.urls")))
 
 
-def boom() -> None:
-    raise ConnectionError("down")
-
-
 def measure(requests: int, atomic: bool, interval: float) -> list[float]:
     from django.db import connections
     from django.test import Client
 
     from resilience_crm import get_breaker
-    from resilience_crm.exceptions import CircuitOpenError
 
     connections.settings["resilience"]["ATOMIC_REQUESTS"] = atomic
     breaker = get_breaker(CIRCUIT)
@@ -90,14 +85,7 @@ def measure(requests: int, atomic: bool, interval: float) -> list[float]:
 
     def produce() -> None:
         while producing.is_set():
-            for _ in range(2):
-                with contextlib.suppress(ConnectionError):
-                    breaker.call(boom)
-            with contextlib.suppress(CircuitOpenError):
-                breaker.call(boom)
-            breaker.reset(reason="bench")
-            for _ in range(5):
-                breaker.call(lambda: None)
+            churn(breaker)
             time.sleep(0.005)
 
     producer = threading.Thread(target=produce, daemon=True)

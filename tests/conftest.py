@@ -2,11 +2,15 @@ from __future__ import annotations
 
 import os
 import shutil
+from urllib.parse import urlparse
 
 import pytest
+import sentry_sdk
 from django.conf import settings as django_settings
+from django.contrib.auth.models import User
 from django.core.cache import caches
 from django.db import connections
+from django_redis import get_redis_connection
 
 from resilience_crm import (
     alerts,
@@ -20,10 +24,18 @@ from resilience_crm import (
     views,
 )
 from resilience_crm.provider import protected
-from tests.databases import APP_ALIAS, Outage, database_alias, extra_database, transactional
+from tests.databases import (
+    APP_ALIAS,
+    CLOSED_PORT,
+    Outage,
+    database_alias,
+    extra_database,
+    transactional,
+)
+from tests.demo_api import PASSWORD, api_client
+from tests.proxy import PROXY_SOCKET_TIMEOUT, Proxy
+from tests.sentry_server import SentryServer, sentry_sending_to
 from tests.services import header, require_service
-
-CLOSED_PORT = 1  # nothing listens there; a connection is refused at once
 
 
 @pytest.fixture(autouse=True)
@@ -83,13 +95,12 @@ def _fresh_reads():
     protected.cache.forget_local()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def redis_url():
+    """The Redis the suite found (``REDIS_URL``, or the default local port), answering."""
     redis = _service("Redis")
     url = redis.url
     require_service("Redis", bool(url), redis.why)
-    from django_redis import get_redis_connection
-
     try:
         get_redis_connection("redis").ping()
     except Exception as err:
@@ -100,16 +111,16 @@ def redis_url():
 @pytest.fixture
 def redis_cache(redis_url):
     """The django-redis cache alias ``"redis"``, emptied of this suite's keys."""
-    from django.core.cache import caches
-
     cache = caches["redis"]
     cache.delete_pattern("*")
     yield cache
     cache.delete_pattern("*")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def postgres():
+    """The tests' database is a PostgreSQL one (``DATABASE_URL``, or the default local
+    port)."""
     engine = django_settings.DATABASES["default"]["ENGINE"]
     postgres = _service("PostgreSQL")
     require_service(
@@ -122,10 +133,6 @@ def postgres():
 def redis_proxy(settings, redis_cache, redis_url):
     """A TCP proxy in front of the real Redis, the test's to watch, stall or cut, and a
     django-redis cache alias ``"proxied"`` through it (same keys as the ``redis`` alias)."""
-    from urllib.parse import urlparse
-
-    from tests.proxy import PROXY_SOCKET_TIMEOUT, Proxy
-
     target = urlparse(redis_url)
     with Proxy(target.hostname or "127.0.0.1", target.port or 6379) as proxy:
         settings.CACHES = {**settings.CACHES, "proxied": {
@@ -149,24 +156,25 @@ def redis_settings(settings, redis_cache):
 def unreachable_database(transactional_db):
     """The alias of a database connection to a port nothing listens on (``DatabaseError`` at
     once); the default connection's settings otherwise."""
-    from django.db import connections
-
     working = dict(connections["default"].settings_dict)
     if working["ENGINE"] == "django.db.backends.sqlite3":
         down = {**working, "NAME": "/nonexistent-directory/db.sqlite3"}
     else:
-        down = {**working, "HOST": "127.0.0.1", "PORT": 1}
+        down = {**working, "HOST": "127.0.0.1", "PORT": CLOSED_PORT}
     with extra_database("resilience_unreachable", down) as alias:
         yield alias
 
 
 @pytest.fixture
+def api(settings, redis_cache, postgres, transactional_db, monkeypatch):
+    """The demo API's client (:func:`tests.demo_api.api_client`) for the user ``ada``, whose
+    password is ``PASSWORD``."""
+    return api_client(settings, monkeypatch, User.objects.create_user("ada", password=PASSWORD))
+
+
+@pytest.fixture
 def sentry():
     """A local ingest endpoint, with sentry-sdk initialised to send to it."""
-    import sentry_sdk
-
-    from tests.sentry_server import SentryServer, sentry_sending_to
-
     with SentryServer() as server, sentry_sending_to(server.dsn):
         yield server
     assert not sentry_sdk.is_initialized()
@@ -201,8 +209,6 @@ def database_down(request, settings, tmp_path):
 def postgres_proxy(request, postgres, settings):
     """A TCP proxy in front of the real PostgreSQL, the test's to stall or cut, and the app's
     tables routed through it on ``APP_ALIAS`` (with a short connect timeout)."""
-    from tests.proxy import Proxy
-
     default = connections.settings["default"]
     with Proxy(default["HOST"] or "127.0.0.1", int(default["PORT"] or 5432)) as proxy:
         options = {**default.get("OPTIONS", {}), "connect_timeout": 2}

@@ -7,12 +7,24 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from django.db import connections
 
 #: The second alias of the test database that tests route the app's tables to.
 APP_ALIAS = "resilience"
+#: A loopback port nothing listens on: a connection to it is refused at once.
+CLOSED_PORT = 1
+
+
+def database_url(settings_dict: dict, **changes: Any) -> str:
+    """A PostgreSQL alias's ``settings_dict``, with ``changes`` (``HOST``, ``PORT``), as the
+    URL ``DATABASE_URL`` takes (for the demo's settings, or a server started with them)."""
+    db = {**settings_dict, **changes}
+    user, password = (quote(str(db[key] or ""), safe="") for key in ("USER", "PASSWORD"))
+    return (f"postgres://{user}:{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}"
+            f"/{quote(db['NAME'], safe='')}")
 
 
 def transactional(request) -> None:
@@ -85,8 +97,6 @@ class _Known(dict):
 def extra_database(alias: str, settings_dict: dict) -> Iterator[str]:
     """The alias ``alias`` with ``settings_dict``, in this thread and in any other (readiness
     probes run on threads of their own), for the duration."""
-    from django.db import connections
-
     listed = connections.settings
     connections.settings = _Known(listed, alias, settings_dict)
     try:
@@ -104,8 +114,6 @@ def default_database_through(proxy: Any, **overrides: Any) -> Iterator[dict]:
     """Point the ``default`` alias (in every thread) at ``proxy``, a
     :class:`tests.proxy.Proxy` in front of the real server, with ``overrides`` on its
     settings (``ATOMIC_REQUESTS``, ``OPTIONS``) for the duration."""
-    from django.db import connections
-
     settings_dict = connections["default"].settings_dict  # shared by every thread's wrapper
     saved = dict(settings_dict)
     connections["default"].close()

@@ -1,5 +1,6 @@
 """Helpers for the demo API's tests: an authenticated client on the real services with the
-provider on a clock the test moves, forced circuits, problem responses."""
+provider on a clock the test moves (the ``api`` fixture in tests/conftest.py), forced
+circuits, problem responses."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from resilience_crm.provider import protected
 from tests.clock import Clock
 
 TTL, STALE_TTL = 60, 600
+#: The password of the ``api`` fixture's user, ``ada``.
+PASSWORD = "pw"
 
 
 def api_client(settings: Any, monkeypatch: Any, user: Any) -> APIClient:

@@ -1,6 +1,9 @@
-"""A dependency that fails, and tripping a breaker with it: shared by the tests."""
+"""A dependency that fails, and tripping a breaker with it: shared by the tests and the
+benchmarks."""
 
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 
@@ -19,3 +22,15 @@ def trip(breaker) -> None:
             breaker.call(boom)
     with pytest.raises(CircuitOpenError):
         breaker.call(boom)
+
+
+def churn(breaker) -> None:
+    """Two transitions and a few counted calls, on a breaker that opens after two failures."""
+    for _ in range(2):
+        with contextlib.suppress(ConnectionError):
+            breaker.call(boom)
+    with contextlib.suppress(CircuitOpenError):
+        breaker.call(boom)
+    breaker.reset(reason="again")
+    for _ in range(5):
+        breaker.call(lambda: "ok")

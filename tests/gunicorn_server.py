@@ -4,71 +4,81 @@ listening socket made here and handed over, so there is no port to guess or race
 from __future__ import annotations
 
 import contextlib
-import http.client
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
+
+from crm_demo.crm import client
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Asked for until a worker answers: 200 where the URLconf mounts the app's endpoints, 404
+#: where a test URLconf leaves them out; either way a worker is serving.
+LIVE = "/resilience/health/live"
 
 
 @contextlib.contextmanager
 def gunicorn(settings_module: str, *, workers: int = 4, threads: int = 8,
              env: dict[str, str] | None = None, ready_within: float = 60.0) -> Iterator[int]:
-    """Run ``crm_demo.wsgi`` under gunicorn with ``settings_module``; yields the port."""
+    """Run ``crm_demo.wsgi`` under gunicorn with ``settings_module``; yields the port. With
+    ``threads=1`` the workers are sync ones, otherwise gthread. What gunicorn and the app log
+    is kept: in the failure if it does not start, and on stderr once it stops (pytest shows
+    that with a failing test)."""
     listener = socket.create_server(("127.0.0.1", 0), backlog=2048)
     port = int(listener.getsockname()[1])
     fd = listener.fileno()
     environment = {**os.environ, **(env or {}), "DJANGO_SETTINGS_MODULE": settings_module,
                    "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--threads", str(threads),
-         "--worker-class", "gthread", "--bind", f"fd://{fd}", "--graceful-timeout", "5",
-         "--log-level", "warning", "crm_demo.wsgi:application"],
-        cwd=ROOT, env=environment, pass_fds=[fd], start_new_session=True,
-    )
-    listener.close()
-    try:
-        _wait_until_ready(port, process, ready_within)
-        yield port
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--workers", str(workers),
+             "--threads", str(threads), "--worker-class", "gthread" if threads > 1 else "sync",
+             "--bind", f"fd://{fd}", "--graceful-timeout", "5", "--timeout", "60",
+             "--log-level", "warning", "crm_demo.wsgi:application"],
+            cwd=ROOT, env=environment, pass_fds=[fd], start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        listener.close()
         try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
+            _wait_until_ready(port, process, log, ready_within)
+            yield port
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=5)
+            sys.stderr.write(_output(log))
 
 
-def _wait_until_ready(port: int, process: subprocess.Popen[bytes], within: float) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {process.returncode}")
+def _wait_until_ready(port: int, process: subprocess.Popen[bytes], log: IO[bytes],
+                      within: float) -> None:
+    def answering() -> bool:
+        assert process.poll() is None, f"gunicorn exited with {process.returncode}"
         try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            connection.request("GET", "/health-probe-that-does-not-exist/")
-            connection.getresponse().read()
-            connection.close()
-            return
+            return client.request(port, "GET", LIVE, timeout=5).status in (200, 404)
         except OSError:
-            time.sleep(0.1)  # polling for start-up, with a deadline
-    raise RuntimeError(f"gunicorn did not answer within {within}s")
+            return False
+
+    try:
+        wait_until(answering, "gunicorn answering", timeout=within, interval=0.1)
+    except AssertionError as err:
+        raise AssertionError(f"{err}; it logged:\n{_output(log)}") from None
+
+
+def _output(log: IO[bytes]) -> str:
+    log.seek(0)
+    return log.read().decode(errors="replace")
 
 
 def get(port: int, path: str, headers: dict[str, str], method: str = "GET") -> int:
-    """One request on a fresh connection; its status."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        connection.request(method, path, headers=headers)
-        response = connection.getresponse()
-        response.read()
-        return response.status
-    finally:
-        connection.close()
+    """One request on a connection of its own; its status."""
+    return client.request(port, method, path, headers=headers, timeout=60).status

@@ -1,4 +1,8 @@
-"""Real worker processes for concurrency tests: forked, lined up by the caller's barriers."""
+"""Real worker processes for concurrency tests: forked, lined up by the caller's barriers.
+
+They end with ``os._exit``, which would lose what a ``multiprocessing.Queue`` still holds in
+its feeder thread: they report through a :class:`multiprocessing.SimpleQueue` (``ctx``'s),
+whose ``put`` is in the pipe when it returns."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ ctx = multiprocessing.get_context("fork")
 
 def run_processes(target, *args, count=8, timeout=60):
     """Run ``target(index, *args)`` in ``count`` forked processes; fail on any error."""
-    errors = ctx.Queue()
+    errors = ctx.SimpleQueue()
 
     def main(index):
         try:

@@ -4,7 +4,6 @@ responses and token checks that outlive the database, on real PostgreSQL and Red
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth.models import User
 from django.db import connection
 from model_bakery import baker
 from rest_framework.authtoken.models import Token
@@ -14,44 +13,14 @@ from crm_demo.crm.models import Agent, Contact, Conversation, Message
 from resilience_crm import get_breaker, queue
 from resilience_crm.models import QueuedWrite
 from resilience_crm.provider import protected
-from tests.clock import Clock
+from tests.demo_api import PASSWORD, STALE_TTL, TTL, force_open, problem
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
-
-TTL, STALE_TTL = 60, 600
-
-
-@pytest.fixture
-def api(settings, redis_cache, postgres, transactional_db, monkeypatch):
-    settings.RESILIENCE_CRM = {"STORE": "redis", "CACHE_ALIAS": "redis", "FALLBACK_TTL": TTL,
-                               "FALLBACK_STALE_TTL": STALE_TTL}
-    clock = Clock()
-    monkeypatch.setattr(protected, "_clock", clock)
-    monkeypatch.setattr(protected.cache, "clock", clock)
-    user = User.objects.create_user("ada", password="secret")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
-    client.clock = clock
-    client.user = user
-    return client
-
-
-def force_open(*names):
-    for name in names:
-        get_breaker(name).force("forced_open", reason="database outage")
-
-
-def problem(response, status, code):
-    assert response.status_code == status, response.content
-    assert response["Content-Type"] == "application/problem+json"
-    body = response.json()
-    assert body["code"] == code and body["status"] == status
-    return body
 
 
 def test_a_token_for_a_username_and_password(api):
     client = APIClient()
-    response = client.post("/api/auth/token/", {"username": "ada", "password": "secret"})
+    response = client.post("/api/auth/token/", {"username": "ada", "password": PASSWORD})
     assert response.status_code == 200
     assert response.json()["token"] == Token.objects.get(user=api.user).key
     assert client.post("/api/auth/token/", {"username": "ada", "password": "no"}

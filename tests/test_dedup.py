@@ -13,6 +13,7 @@ from django.db import connection, connections
 from resilience_crm.exceptions import RetriesExhausted
 from resilience_crm.provider import Provider, protected
 from tests.processes import ctx, run_processes
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 
@@ -53,17 +54,15 @@ def reader(index, barrier, results):
     for thread in threads:
         thread.join()
     results.put((len(queries), answers.count(42), [a for a in answers if a != 42][:2]))
-    results.close()
-    results.join_thread()  # the report is in the pipe before the process exits
 
 
 def run_readers():
     """The queries all the processes made (each process counts its own and reports it
     through a queue, which nothing shared can lose)."""
-    results = ctx.Queue()
+    results = ctx.SimpleQueue()  # see tests/processes.py
     connections.close_all()
     run_processes(reader, ctx.Barrier(PROCESSES), results, count=PROCESSES)
-    reports = [results.get(timeout=10) for _ in range(PROCESSES)]
+    reports = [results.get() for _ in range(PROCESSES)]  # each exited after its put
     assert sum(report[1] for report in reports) == PROCESSES * THREADS, reports
     return sum(report[0] for report in reports)
 
@@ -107,10 +106,8 @@ def test_waiting_threads_get_the_leaders_error(settings, redis_cache, postgres,
     waiters = [threading.Thread(target=read) for _ in range(5)]
     for waiter in waiters:
         waiter.start()
-    deadline = time.monotonic() + 20
-    while protected.waiting("contacts:failing") < len(waiters):
-        assert time.monotonic() < deadline, "the waiters never joined the leader's read"
-        time.sleep(0.01)
+    wait_until(lambda: protected.waiting("contacts:failing") >= len(waiters),
+               "the waiters joining the leader's read")
     release.set()
     for thread in [leader, *waiters]:
         thread.join(20)

@@ -5,25 +5,19 @@ exhausted budget never fails the import."""
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from crm_demo.crm.imports import ContactImport
 from crm_demo.crm.models import Contact
 from resilience_crm import tiers
 from resilience_crm.models import TierAssignment
-from tests.demo_api import api_client, force_open
+from tests.demo_api import force_open
 from tests.ratelimit_helpers import on_clock, set_tier
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
 URL = "/api/contacts/import/"
 HEADER = "name,email,phone,company\n"
-
-
-@pytest.fixture
-def api(settings, redis_cache, postgres, transactional_db, monkeypatch):
-    return api_client(settings, monkeypatch, User.objects.create_user("ada", password="pw"))
 
 
 def give_tier(user, limits):

@@ -7,23 +7,16 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
-from django.contrib.auth.models import User
 from django.utils import timezone
 from model_bakery import baker
 from rest_framework.test import APIClient
 
 from crm_demo.crm.models import Agent, Contact, Conversation, Message, Platform
-from tests.conftest import CLOSED_PORT
-from tests.databases import default_database_through
-from tests.demo_api import TTL, api_client, force_open, problem
+from tests.databases import CLOSED_PORT, default_database_through
+from tests.demo_api import PASSWORD, TTL, force_open, problem
 from tests.ratelimit_helpers import set_tier
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
-
-
-@pytest.fixture
-def api(settings, redis_cache, postgres, transactional_db, monkeypatch):
-    return api_client(settings, monkeypatch, User.objects.create_user("ada", password="pw"))
 
 
 def test_platforms_are_listed_created_and_filtered(api):
@@ -114,8 +107,8 @@ def test_the_token_view_spends_the_auth_budget(api):
     set_tier("anonymous", {"auth": "2/hour"})  # no write limit: only "auth" can refuse
     client = APIClient()
     for _ in range(2):
-        assert client.post("/api/auth/token/", {"username": "ada", "password": "pw"}
+        assert client.post("/api/auth/token/", {"username": "ada", "password": PASSWORD}
                            ).status_code == 200
-    refused = client.post("/api/auth/token/", {"username": "ada", "password": "pw"})
+    refused = client.post("/api/auth/token/", {"username": "ada", "password": PASSWORD})
     assert refused.status_code == 429
     assert int(refused["Retry-After"]) > 60

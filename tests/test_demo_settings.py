@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import importlib
-import os
 
 import psycopg
+from django.db import connection
 
 import crm_demo.settings
+from tests.databases import database_url
 
 LIBPQ_OPTIONS = {"connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval",
                  "keepalives_count", "tcp_user_timeout"}
@@ -35,10 +36,12 @@ def test_sqlite_gets_no_libpq_options(monkeypatch):
     assert "OPTIONS" not in databases["default"] or not databases["default"]["OPTIONS"]
 
 
-def test_libpq_takes_every_option(monkeypatch, postgres):
-    """The real server accepts the connection and reports the options back."""
-    options = demo_databases(monkeypatch, os.environ["DATABASE_URL"])["default"]["OPTIONS"]
+def test_libpq_takes_every_option(monkeypatch, postgres, django_db_setup):
+    """The real server (the test database's) accepts the connection and reports the options
+    back."""
+    url = database_url(connection.settings_dict)
+    options = demo_databases(monkeypatch, url)["default"]["OPTIONS"]
     options = {k: v for k, v in options.items() if k in LIBPQ_OPTIONS}  # "pool" is Django's
-    with psycopg.connect(os.environ["DATABASE_URL"], **options) as connection:
-        parameters = connection.info.get_parameters()
+    with psycopg.connect(url, **options) as server:
+        parameters = server.info.get_parameters()
     assert {k: parameters[k] for k in LIBPQ_OPTIONS} == {k: str(v) for k, v in options.items()}

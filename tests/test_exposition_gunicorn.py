@@ -12,6 +12,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from resilience_crm.models import Tier
 from tests.gunicorn_server import get, gunicorn
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 
@@ -43,10 +44,13 @@ def test_every_workers_decisions_are_counted_once(postgres, redis_cache, transac
         allowed = ("resilience_ratelimit_decisions_total",
                    (("decision", "allowed"), ("op_class", "read")))
         # Each worker pushes its counts every flusher round (10 s) and when it is scraped.
-        deadline = time.monotonic() + 60
-        while (seen := scrape(port).get(allowed, 0)) < REQUESTS:
-            assert time.monotonic() < deadline, f"only {seen} of {REQUESTS} decisions counted"
-            time.sleep(0.5)
-        assert seen == REQUESTS  # and none counted twice
+        seen: list[float] = []
+
+        def all_counted() -> bool:
+            seen.append(scrape(port).get(allowed, 0))
+            return seen[-1] >= REQUESTS
+
+        wait_until(all_counted, f"all {REQUESTS} decisions counted", timeout=60, interval=0.5)
+        assert seen[-1] == REQUESTS  # and none counted twice
         time.sleep(1)
         assert scrape(port)[allowed] == REQUESTS

@@ -7,7 +7,6 @@ front of the real PostgreSQL, which the test stalls (connections accepted, never
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 
@@ -15,10 +14,9 @@ import pytest
 from django.db import connections
 
 from resilience_crm import events, flusher, get_breaker, metrics
-from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.models import CircuitEvent, CircuitMetric
 from tests.databases import APP_ALIAS
-from tests.failing import boom
+from tests.failing import churn
 from tests.processes import run_processes
 from tests.waiting import wait_until
 
@@ -41,17 +39,6 @@ def _circuit(settings):
                                "reset_timeout": 60}},
     }
 
-
-def churn(breaker) -> None:
-    """Two transitions and a few counted calls."""
-    for _ in range(2):
-        with contextlib.suppress(ConnectionError):
-            breaker.call(boom)
-    with contextlib.suppress(CircuitOpenError):
-        breaker.call(boom)
-    breaker.reset(reason="again")
-    for _ in range(5):
-        breaker.call(lambda: "ok")
 
 
 @pytest.mark.parametrize("atomic_requests", [False, True], ids=["autocommit", "atomic"])

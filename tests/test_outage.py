@@ -12,7 +12,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -26,9 +25,11 @@ from rest_framework.authtoken.models import Token
 
 from crm_demo.crm.models import Agent, Contact, Conversation
 from resilience_crm import core, get_breaker
-from tests.demo_server import ROOT, Server
+from tests.databases import database_url
+from tests.demo_server import SETTINGS, serving
+from tests.gunicorn_server import ROOT
 from tests.proxy import Proxy
-from tests.services import require_service
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 
@@ -50,35 +51,27 @@ def resilience(alias):
 
 
 @pytest.fixture(scope="module")
-def served(django_db_setup):
-    """The demo under gunicorn, its database behind the proxy; started once per module."""
-    redis_url = os.environ.get("REDIS_URL", "")
-    require_service("Redis", bool(redis_url), "REDIS_URL is not set")
-    require_service("PostgreSQL", connection.vendor == "postgresql",
-                    "DATABASE_URL does not name a PostgreSQL database")
+def served(django_db_setup, postgres, redis_url):
+    """The demo under gunicorn, its database (the test database) behind the proxy; started
+    once per module."""
     db = connection.settings_dict
     redis = {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": redis_url,
              "KEY_PREFIX": KEY_PREFIX}
     overrides = override_settings(CACHES={**settings.CACHES, "outage": redis},
                                   RESILIENCE_CRM=resilience("outage"))
-    with Proxy(db["HOST"] or "127.0.0.1", int(db["PORT"] or 5432)) as proxy:
+    with Proxy(db["HOST"] or "127.0.0.1", int(db["PORT"] or 5432)) as proxy, overrides:
         env = {
-            "DJANGO_SETTINGS_MODULE": "tests.server_settings",
-            "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@127.0.0.1:"
-                            f"{proxy.port}/{db['NAME']}",
+            "DJANGO_SETTINGS_MODULE": SETTINGS,  # for manage.py too
+            "DATABASE_URL": database_url(db, HOST="127.0.0.1", PORT=proxy.port),
             "REDIS_URL": redis_url, "CACHE_KEY_PREFIX": KEY_PREFIX,
             "DATABASE_POOL_TIMEOUT": "0.5", "DATABASE_CONNECT_TIMEOUT": "2",
             "RESILIENCE_CRM_JSON": json.dumps(resilience("default")),
         }
-        server = Server(env)
-        overrides.enable()
         try:
-            server.wait_ready()
-            yield SimpleNamespace(server=server, proxy=proxy, env=env)
+            with serving(env) as server:
+                yield SimpleNamespace(server=server, proxy=proxy, env=env)
         finally:
-            server.stop()
             caches["outage"].delete_pattern("*")
-            overrides.disable()
 
 
 @pytest.fixture
@@ -108,20 +101,13 @@ def warm(outage):
         return all(reply.status == 200 and "x-resilience-fallback" not in reply.headers
                    for reply in replies)
 
-    wait_for(all_served, 60, "every worker serving from the database")
+    wait_until(all_served, "every worker serving from the database", timeout=60)
 
 
 def paths(outage):
     first = outage.contacts[0].pk
     return ["/api/contacts/", "/api/contacts/?page=2", f"/api/contacts/{first}/",
             "/api/agents/?kind=ai", "/api/conversations/"]
-
-
-def wait_for(condition, limit, what):
-    deadline = time.monotonic() + limit
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not happen within {limit}s"
-        time.sleep(0.05)
 
 
 def test_the_api_through_a_database_outage(outage):
@@ -136,7 +122,7 @@ def test_the_api_through_a_database_outage(outage):
         during.extend(server.get(path, token=token) for path in paths(outage))
         return get_breaker("crm.read").state == core.OPEN
 
-    wait_for(circuit_open, 60, "the read circuit opening")
+    wait_until(circuit_open, "the read circuit opening", timeout=60)
     assert all(reply.status == 200 for reply in during), [(r.status, r.body) for r in during
                                                            if r.status != 200]
     assert max(reply.seconds for reply in during) < CALL_TIMEOUT + MARGIN
@@ -171,7 +157,8 @@ def test_the_api_through_a_database_outage(outage):
             [sys.executable, "manage.py", "resilience_replay"], cwd=ROOT, timeout=60,
             env={**os.environ, **outage.env}, capture_output=True, text=True, check=False)
 
-    wait_for(lambda: replay().returncode == 0, 60, "a complete replay")  # 1: stopped early
+    wait_until(lambda: replay().returncode == 0, "a complete replay",  # 1: stopped early
+               timeout=60)
     assert "applied 0," in replay().stdout  # nothing is left to apply twice
     emails = list(Contact.objects.filter(email__startswith="queued")
                   .values_list("email", flat=True))

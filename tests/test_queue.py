@@ -20,6 +20,7 @@ from resilience_crm.exceptions import (
 )
 from resilience_crm.models import QueuedWrite
 from resilience_crm.provider import protected
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
@@ -55,13 +56,6 @@ def outage():
 
 def recovery():
     get_breaker("crm.write").force("forced_closed", reason="database back")
-
-
-def wait_until(condition, limit=20.0, what="the condition"):
-    deadline = time.monotonic() + limit
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not happen within {limit}s"
-        time.sleep(0.02)
 
 
 def test_a_write_applies_now_with_its_key_in_the_same_transaction(queued):
@@ -181,7 +175,7 @@ def test_a_replayer_killed_midway_loses_nothing_and_applies_nothing_twice(queued
         queue.replay()
         return QueuedWrite.objects.get(pk=stuck.pk).state == "applied"
 
-    wait_until(taken_over, what="taking over the dead replayer's row")  # after its 1 s lease
+    wait_until(taken_over, "taking over the dead replayer's row")  # after its 1 s lease
     assert QueuedWrite.objects.filter(state="applied").count() == 20
     emails = list(Contact.objects.values_list("email", flat=True))
     assert sorted(emails) == sorted(f"c{n}@example.com" for n in range(20))
@@ -210,7 +204,7 @@ def test_the_queue_replays_by_itself_when_the_write_circuit_closes(queued):
     protected.submit("test.contact", contact(1), idempotency_key="k1")
     get_breaker("crm.write").reset(reason="database back")
     wait_until(lambda: QueuedWrite.objects.filter(state="applied").exists(),
-               what="the automatic replay")
+               "the automatic replay")
     assert Contact.objects.count() == 1
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 
 import pytest
 
@@ -23,6 +22,7 @@ from resilience_crm.stores.failover import FailoverStore
 from resilience_crm.stores.redis import RedisStore
 from resilience_crm.views import PENALTIES
 from tests.clock import Clock
+from tests.waiting import wait_until
 
 # Transitions are written to the audit trail, so the database must be reachable.
 pytestmark = pytest.mark.django_db
@@ -35,8 +35,6 @@ RETRY_INTERVAL = 0.4
 #: The most one call may take while Redis is down. It waits out one timeout at most (a refused
 #: connection takes none); a retry inside redis-py would wait out a second one and overshoot.
 OUTAGE_CALL_BOUND = 2 * SOCKET_TIMEOUT
-#: How long to keep trying before a wait is a failure.
-PATIENCE = RETRY_INTERVAL + 5.0
 
 CIRCUITS = ("crm.read", "crm.write", "crm.rpc", "crm.auth")
 THRESHOLD = 3
@@ -78,13 +76,6 @@ def proxied_redis(settings, redis_proxy):
         "SOCKET_CONNECT_TIMEOUT": SOCKET_TIMEOUT, "SOCKET_TIMEOUT": SOCKET_TIMEOUT}}}
     _breaker_settings(settings, "proxied")
     return redis_proxy
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + PATIENCE
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting: {what}"
-        time.sleep(0.02)
 
 
 def _boom():

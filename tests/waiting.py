@@ -11,9 +11,11 @@ from django.db import OperationalError
 PATIENCE = 30.0
 
 
-def wait_until(condition: Callable[[], object], what: str, timeout: float = PATIENCE) -> None:
-    """Poll ``condition`` until it holds. A query that meets a table another thread is
-    writing (SQLite's shared in-memory test database locks it) counts as "not yet"."""
+def wait_until(condition: Callable[[], object], what: str, timeout: float = PATIENCE,
+               interval: float = 0.01) -> None:
+    """Poll ``condition`` every ``interval`` seconds until it holds. A query that meets a
+    table another thread is writing (SQLite's shared in-memory test database locks it)
+    counts as "not yet"; any other error, or a failed assertion, ends the wait."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -23,4 +25,4 @@ def wait_until(condition: Callable[[], object], what: str, timeout: float = PATI
             pass
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(0.01)  # polling the condition, not synchronisation
+        time.sleep(interval)  # polling the condition, not synchronisation
