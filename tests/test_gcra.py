@@ -91,10 +91,14 @@ class Bucket:
         self.level = Fraction(0)
         self.at = 0
 
-    def offer(self, now: int, cost: int) -> tuple[bool, int]:
+    def admits(self, now: int, cost: int) -> bool:
+        """Whether ``cost`` fits at ``now``, charging nothing."""
         self.level = max(Fraction(0), self.level - Fraction(now - self.at, self.interval))
         self.at = now
-        if self.level + cost <= self.limit:
+        return self.level + cost <= self.limit
+
+    def offer(self, now: int, cost: int) -> tuple[bool, int]:
+        if self.admits(now, cost):
             self.level += cost
             return True, int(self.limit - self.level)
         return False, int(self.limit - self.level)
@@ -127,14 +131,21 @@ def test_gcra_admits_exactly_what_a_leaky_bucket_admits(limit, period, steps) ->
 )
 def test_all_or_none_over_any_limits(specs, steps) -> None:
     limits = [Limit(f"k{i}", f"p{i}", n, t, shadow=s) for i, (n, t, s) in enumerate(specs)]
+    buckets = [Bucket(limit.limit, limit.interval_us) for limit in limits]
     tats: list[int | None] = [None] * len(limits)
     now = NOW
+    for bucket in buckets:
+        bucket.at = now
     for gap in steps:
         now += gap
         allowed, outcomes, new = gcra.evaluate(limits, tats, now)
-        enforced_conform = all(o.conform for o, lim in zip(outcomes, limits, strict=True)
-                               if not lim.shadow)
-        assert allowed == enforced_conform
+        admits = [bucket.admits(now, 1) for bucket in buckets]
+        assert [outcome.conform for outcome in outcomes] == admits
+        assert allowed == all(admit for admit, limit in zip(admits, limits, strict=True)
+                              if not limit.shadow)
+        for bucket, admit in zip(buckets, admits, strict=True):
+            if allowed and admit:  # charged on every conforming limit, or on none
+                bucket.offer(now, 1)
         for i, (outcome, tat) in enumerate(zip(outcomes, new, strict=True)):
             if not allowed or not outcome.conform:
                 assert tat is None

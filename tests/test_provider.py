@@ -179,8 +179,6 @@ def test_transient_errors_are_retried_with_full_jitter_backoff(provider):
     source = Source(failures=2)
     assert provider.rpc("crm.vendor", source) == "fresh"
     assert source.calls == 3
-    assert provider.pauses == [retries.backoff(1, rand=lambda: 1.0),
-                               retries.backoff(2, rand=lambda: 1.0)]
     assert provider.pauses == [retries.BASE_DELAY, retries.BASE_DELAY * 2]
     assert metrics.value("operations", circuit="crm.rpc", operation="crm.vendor") == 1
     assert metrics.value("retries", circuit="crm.rpc", operation="crm.vendor") == 2
@@ -334,7 +332,8 @@ def test_the_statement_timeout_ends_with_the_call_in_the_callers_transaction(
         before = show()
         inside = provider.read("settings:timeout", show)
         assert show() == before
-    assert inside.endswith("ms") or inside.endswith("s")
+    milliseconds = int(inside[:-2]) if inside.endswith("ms") else int(inside[:-1]) * 1000
+    assert 0 < milliseconds <= 2000  # what was left of the 2 s call_timeout
     assert inside != before
 
 
