@@ -11,6 +11,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from model_bakery import baker
 from rest_framework.pagination import PageNumberPagination
+from rest_framework.test import APIClient
 
 from crm_demo.crm.models import Contact
 from resilience_crm.fallback import PREFIX
@@ -76,3 +77,18 @@ def test_a_cached_page_never_shows_another_readers_host(api, redis_cache, settin
     assert first.json()["next"] == "https://crm.example/api/contacts/?format=json&page=2"
     assert second.json()["previous"] == "http://crm.example/api/contacts/"
     assert second.json()["next"] == "http://crm.example/api/contacts/?page=3"
+
+
+def test_the_schema_documents_the_refusal_on_every_list(api):
+    document = APIClient().get("/api/schema/?format=json").json()
+    lists = [path for path, item in document["paths"].items()
+             if any(p["name"] == "page" for p in item.get("get", {}).get("parameters", []))]
+    assert sorted(lists) == ["/api/agents/", "/api/contacts/", "/api/conversations/",
+                             "/api/platforms/"]
+    for path in lists:
+        answer = document["paths"][path]["get"]["responses"]["400"]
+        kind, name = answer["$ref"].split("/")[-2:]
+        content = document["components"][kind][name]["content"]
+        assert content["application/problem+json"]["schema"] == {
+            "$ref": "#/components/schemas/Problem"}, path
+        problem(api.get(f"{path}?junk=1"), 400, "UNKNOWN_PARAMETER")
