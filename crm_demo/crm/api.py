@@ -8,7 +8,6 @@ protected writes. The analytics summary is in ``analytics.py``, the CSV import i
 import uuid
 from functools import partial
 from typing import Any
-from urllib.parse import urlencode
 
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema, inline_serializer
@@ -19,6 +18,7 @@ from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.utils.urls import remove_query_param, replace_query_param
 from rest_framework.views import APIView
 
 from crm_demo.crm import filters
@@ -51,14 +51,31 @@ class ProtectedViewSet(FallbackHeadersMixin, viewsets.GenericViewSet):
     search_fields: tuple[str, ...] = ()
 
     def list(self, request: Request) -> Response:
-        filters.validate(request, self)
-        query = urlencode(sorted(request.query_params.items()))
-        return Response(protected.read(f"{self.space}:list:{query}", self._page))
+        query = filters.validate(request, self)
+        page = protected.read(f"{self.space}:page:{query}", self._page)
+        return Response({**page, "next": self._link(request, page["next"]),
+                         "previous": self._link(request, page["previous"])})
 
     def _page(self) -> dict[str, Any]:
-        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
-        data = self.get_serializer(page, many=True).data
-        return dict(self.get_paginated_response(data).data)
+        """One page, with the numbers of its neighbours: the cached value is shared by every
+        reader of the query, so it holds no link built from one reader's host."""
+        results = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        page = self.paginator.page  # type: ignore[union-attr]
+        return {"count": page.paginator.count,
+                "next": page.next_page_number() if page.has_next() else None,
+                "previous": page.previous_page_number() if page.has_previous() else None,
+                "results": self.get_serializer(results, many=True).data}
+
+    def _link(self, request: Request, number: int | None) -> str | None:
+        """The link to page ``number`` of this request's own URL, as DRF's paginator builds
+        it (page 1 without ``?page=``)."""
+        if number is None:
+            return None
+        url = request.build_absolute_uri()
+        param = self.paginator.page_query_param  # type: ignore[union-attr]
+        if number == 1:
+            return remove_query_param(url, param)
+        return replace_query_param(url, param, number)
 
     def retrieve(self, request: Request, pk: str) -> Response:
         return Response(protected.read(f"{self.space}:detail:{pk}", lambda: self._detail(pk)))

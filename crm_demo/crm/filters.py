@@ -4,15 +4,20 @@ schema documents them (``get_schema_operation_parameters``).
 A view names its filters in ``filter_fields`` (query parameter -> model field, exact match)
 and ``search_fields`` (``?search=`` looks in each, case-insensitively). :func:`validate`
 checks the query string before the view reads through ``protected``: a bad value is the
-client's 400, never a database error counted against the circuit.
+client's 400, never a database error counted against the circuit, and a parameter the view
+does not declare is a 400 too, never a cache key of its own.
 """
 
 from typing import Any
+from urllib.parse import urlencode
 
 from django.db.models import Q, QuerySet
 from rest_framework import serializers
 from rest_framework.filters import BaseFilterBackend
 from rest_framework.request import Request
+from rest_framework.settings import api_settings
+
+from resilience_crm.exceptions import ResilienceError
 
 #: The largest id a query may name (PostgreSQL's bigint).
 MAX_ID = 2**63 - 1
@@ -32,10 +37,43 @@ def _parameters(view: Any) -> list[str]:
     return [*filter_fields(view), *(["search"] if search_fields(view) else [])]
 
 
-def validate(request: Request, view: Any) -> None:
-    """Raise a ``ValidationError`` (400) naming each query parameter that cannot be a filter:
-    ids that are not whole numbers in range, NUL characters (PostgreSQL refuses them in
-    text), values longer than ``MAX_LENGTH``."""
+class UnknownParameter(ResilienceError):
+    """A query parameter the list does not declare: refused, so that junk in a query string
+    never makes a cache key (and a database read) of its own."""
+
+    code = "UNKNOWN_PARAMETER"
+    default_message = "The query names a parameter this endpoint does not take."
+    status = 400
+
+
+def declared(view: Any) -> set[str]:
+    """The query parameters a list view takes, the ones its schema documents: its filter
+    backends' and its paginator's (``page``, ``page_size`` where it takes one), and DRF's
+    ``?format=``."""
+    names = {api_settings.URL_FORMAT_OVERRIDE} - {None}
+    sources = [backend() for backend in view.filter_backends]
+    if view.paginator is not None:
+        sources.append(view.paginator)
+    for source in sources:
+        names.update(parameter["name"]
+                     for parameter in source.get_schema_operation_parameters(view))
+    return names
+
+
+def validate(request: Request, view: Any) -> str:
+    """Check the query string of a list and return its cache key part: the declared
+    parameters, sorted, ``?format=`` left out (it changes how the page is rendered, not what
+    it holds).
+
+    Raise :class:`UnknownParameter` (a 400 problem) naming every parameter the view does not
+    declare, and a ``ValidationError`` (400) naming each declared one that cannot be a
+    filter: ids that are not whole numbers in range, NUL characters (PostgreSQL refuses them
+    in text), values longer than ``MAX_LENGTH``."""
+    allowed = declared(view)
+    unknown = sorted(set(request.query_params) - allowed)
+    if unknown:
+        raise UnknownParameter(f"Unknown query parameter: {', '.join(unknown)}. This endpoint"
+                               f" takes: {', '.join(sorted(allowed))}.")
     errors: dict[str, list[str]] = {}
     ids = {param for param, field in filter_fields(view).items() if field.endswith("_id")}
     for param in _parameters(view):
@@ -49,6 +87,8 @@ def validate(request: Request, view: Any) -> None:
             errors[param] = ["Must be a whole number."]
     if errors:
         raise serializers.ValidationError(errors)
+    return urlencode(sorted((param, value) for param, value in request.query_params.items()
+                            if param != api_settings.URL_FORMAT_OVERRIDE))
 
 
 class FieldFilter(BaseFilterBackend):

@@ -11,8 +11,9 @@ their creates with :data:`IDEMPOTENCY_KEY` (``extend_schema``), and the postproc
   (``TIMEOUT``);
 - ``X-Resilience-Fallback`` and ``Age`` on reads, which may come from the fallback cache;
 - on creates, ``202`` (the queued-write receipt), ``409`` and ``422`` (idempotency);
-- the client errors DRF answers: ``400`` where there is input, ``401``/``403`` where a token
-  is needed, ``404`` where a path names an object or a list is paged.
+- the client errors DRF answers: ``400`` where there is input (on a list also the
+  ``UNKNOWN_PARAMETER`` problem for a query parameter it does not declare), ``401``/``403``
+  where a token is needed, ``404`` where a path names an object or a list is paged.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "code": {**_STRING, "example": "CIRCUIT_OPEN",
                      "description": "CIRCUIT_OPEN, RATE_LIMITED, TIMEOUT, RETRIES_EXHAUSTED,"
                                     " UNAVAILABLE, STORE_UNAVAILABLE, QUEUE_UNAVAILABLE,"
-                                    " IDEMPOTENCY_CONFLICT or IDEMPOTENCY_IN_FLIGHT."},
+                                    " IDEMPOTENCY_CONFLICT, IDEMPOTENCY_IN_FLIGHT or"
+                                    " UNKNOWN_PARAMETER."},
             "circuit": {**_STRING, "description": "The circuit that refused the call."},
             "retry_after": {**_INTEGER, "description": "Seconds to wait before retrying."},
         },
@@ -129,6 +131,11 @@ def _response(description: str, schema: str, media_type: str = PROBLEM,
 
 RESPONSES: dict[str, dict[str, Any]] = {
     "BadRequest": _response("The request is invalid.", "ValidationError", JSON),
+    "BadQuery": {**_response("A filter's value is invalid, or the query names a parameter"
+                             " the list does not declare (UNKNOWN_PARAMETER).",
+                             "ValidationError", JSON),
+                 "content": {JSON: {"schema": _ref("schemas", "ValidationError")},
+                             PROBLEM: {"schema": _ref("schemas", "Problem")}}},
     "Unauthorized": _response("No valid token (send `Authorization: Token <token>`).",
                               "Error", JSON),
     "Forbidden": _response("Not allowed (a session without its CSRF token).", "Error", JSON),
@@ -168,7 +175,9 @@ def _answers(method: str, operation: dict[str, Any]) -> dict[str, str]:
     """Status code -> the component response an operation may answer besides its own."""
     parameters = operation.get("parameters", [])
     answers = {"429": "RateLimited", "503": "Unavailable", "504": "Timeout"}
-    if "requestBody" in operation or any(p.get("in") == "query" for p in parameters):
+    if any(p.get("in") == "query" for p in parameters):
+        answers["400"] = "BadQuery"
+    elif "requestBody" in operation:
         answers["400"] = "BadRequest"
     if _needs_auth(operation):
         answers["401"] = "Unauthorized"
