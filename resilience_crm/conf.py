@@ -83,6 +83,9 @@ DEFAULTS: dict[str, Any] = {
     "EXEMPT_PERMISSION": None,
     # Worker processes sharing the limits; with Redis down each keeps limit / this many.
     "EXPECTED_PROCESSES": 1,
+    # Failed authentications per client address (grouped as the limiter groups addresses)
+    # before further attempts from it are refused, before any lookup; None turns it off.
+    "AUTH_FAILURES": "30/min",
 }
 
 STORE_ALIASES = {
