@@ -24,7 +24,7 @@ from django.utils.module_loading import import_string
 
 from resilience_crm import conf, core, queue
 from resilience_crm.breaker import exception_errors
-from resilience_crm.rates import UNKNOWN_OP_CLASS, limits_errors
+from resilience_crm.rates import UNKNOWN_OP_CLASS, limits_errors, parse_rate
 from resilience_crm.routers import ResilienceRouter, same_database
 from resilience_crm.rules import DEFAULT_RULES
 from resilience_crm.stores.base import BaseStore
@@ -670,6 +670,13 @@ def check_values(config: dict[str, Any]) -> list[CheckMessage]:
                 errors.append(CHECKS["FAIL_OPEN_INVALID"](
                     path=_path("FAIL_OPEN", op_class), expected="True or False", value=value,
                 ))
+
+    auth_failures = config["AUTH_FAILURES"]
+    if auth_failures is not None:
+        try:
+            parse_rate(auth_failures)
+        except (TypeError, ValueError) as err:
+            errors.append(CHECKS["RATE_INVALID"](path=_path("AUTH_FAILURES"), error=err))
 
     proxies = config["TRUSTED_PROXIES"]
     if isinstance(proxies, bool) or not isinstance(proxies, int) or proxies < 0:

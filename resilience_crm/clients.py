@@ -4,7 +4,9 @@ An anonymous client is its IP address. ``X-Forwarded-For`` counts only through
 ``TRUSTED_PROXIES`` hops: each trusted proxy appends the address it saw, so the client is the
 entry that many places from the right (``REMOTE_ADDR`` being the last hop). Anything a client
 writes further left is ignored, so a forged header cannot buy a fresh bucket. IPv6 clients
-are limited per /64 network, the block one subscriber usually holds.
+are limited per /64 network, the block one subscriber usually holds. An IPv4 client seen
+through IPv6 (``::ffff:203.0.113.5`` from a dual-stack listener or a proxy, or a 6to4
+``2002:cb00:7105::/48`` site) is its IPv4 address, never the /64 those addresses share.
 """
 
 from __future__ import annotations
@@ -52,8 +54,11 @@ def client_ip(request: HttpRequest, trusted_proxies: int | None = None) -> str:
         address = ipaddress.ip_address(chosen)
     except ValueError:
         return remote or "unknown"
-    if address.version == 6:
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    if isinstance(address, ipaddress.IPv6Address):
+        ipv4 = address.ipv4_mapped or address.sixtofour
+        if ipv4 is None:
+            return str(ipaddress.ip_network(f"{address}/64", strict=False))
+        address = ipv4
     return str(address)
 
 

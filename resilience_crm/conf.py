@@ -44,7 +44,9 @@ DEFAULTS: dict[str, Any] = {
     "ANONYMOUS_TIER": "anonymous",
     "ENDPOINTS": {},
     "TRUSTED_PROXIES": 0,
-    "FAIL_OPEN": {"read": True, "write": True, "rpc": True, "auth": False},
+    # While the rate-limit store is unreachable: True lets each process admit its share
+    # (limit / EXPECTED_PROCESSES), False refuses with 503. Logins survive a Redis outage.
+    "FAIL_OPEN": {"read": True, "write": True, "rpc": True, "auth": True},
     "FALLBACK_TTL": 60,
     "FALLBACK_STALE_TTL": 3600,
     "METRICS_RETENTION_DAYS": 30,
@@ -81,6 +83,9 @@ DEFAULTS: dict[str, Any] = {
     "EXEMPT_PERMISSION": None,
     # Worker processes sharing the limits; with Redis down each keeps limit / this many.
     "EXPECTED_PROCESSES": 1,
+    # Failed authentications per client address (grouped as the limiter groups addresses)
+    # before further attempts from it are refused, before any lookup; None turns it off.
+    "AUTH_FAILURES": "30/min",
 }
 
 STORE_ALIASES = {

@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from django.core.signals import setting_changed
@@ -32,7 +33,7 @@ from resilience_crm.clients import Principal, principal
 from resilience_crm.conf import DEFAULTS, cache_is_redis, settings
 from resilience_crm.constants import OP_CIRCUITS, SETTING_NAME
 from resilience_crm.exceptions import StoreUnavailable
-from resilience_crm.gcra import Decision, Limit
+from resilience_crm.gcra import Decision, Limit, Outcome
 from resilience_crm.rates import Rate, parse_rates
 from resilience_crm.stores.ratelimit_base import BaseLimiterStore
 from resilience_crm.stores.ratelimit_memory import MemoryLimiterStore
@@ -180,7 +181,6 @@ def check(request: HttpRequest, op_class: str, endpoint: str | None = None,
 def decide(who: Principal, op_class: str, endpoint: str | None = None,
            cost: int = 1) -> Decision:
     """Decide ``cost`` requests of ``who`` for ``op_class`` on ``endpoint``."""
-    global _store_down_until
     if who.exempt:
         return _counted(Decision(allowed=True, source="exempt", op_class=op_class), who.tier)
     store = _store or get_store()
@@ -188,18 +188,44 @@ def decide(who: Principal, op_class: str, endpoint: str | None = None,
     if not limits:
         return _counted(Decision(allowed=True, source="unlimited", op_class=op_class),
                         who.tier)
-    if time.monotonic() >= _store_down_until:
-        try:
-            allowed, outcomes = store.evaluate(limits, cost)
-        except StoreUnavailable as err:
-            _store_down_until = time.monotonic() + settings.STORE_RETRY_INTERVAL
-            metrics.inc("ratelimit_store_errors")
-            logger.warning("Rate-limit store unreachable (%s); falling back for %ss.",
-                           err.__cause__ or err, settings.STORE_RETRY_INTERVAL)
-        else:
-            return _counted(gcra.decision(limits, allowed, outcomes, op_class=op_class),
-                            who.tier)
+    answer = _shared(store, limits, cost)
+    if answer is not None:
+        return _counted(gcra.decision(limits, *answer, op_class=op_class), who.tier)
     return _counted(_without_store(who, op_class, endpoint, cost), who.tier)
+
+
+def decide_limits(limits_of: Callable[[BaseLimiterStore, float], tuple[Limit, ...]], *,
+                  op_class: str, charge: bool = True) -> Decision:
+    """Decide one request against the limits ``limits_of(store, scale)`` builds, charging
+    them or only peeking (``charge=False``). While the shared store is unreachable the
+    decision is this process's, at ``scale`` 1 / ``EXPECTED_PROCESSES``, as for an op class
+    that fails open. Not counted in ``ratelimit_decisions``."""
+    store = _store or get_store()
+    limits = limits_of(store, 1.0)
+    answer = _shared(store, limits, 1, charge)
+    if answer is not None:
+        return gcra.decision(limits, *answer, op_class=op_class)
+    fallback = _fallback
+    limits = limits_of(fallback, 1 / max(1, int(settings.EXPECTED_PROCESSES)))
+    answer = fallback.evaluate(limits) if charge else fallback.peek(limits)
+    return gcra.decision(limits, *answer, source="fallback", op_class=op_class)
+
+
+def _shared(store: BaseLimiterStore, limits: tuple[Limit, ...], cost: int,
+            charge: bool = True) -> tuple[bool, list[Outcome]] | None:
+    """The shared store's answer, or ``None`` while it is unreachable (then it is left
+    alone for ``STORE_RETRY_INTERVAL`` seconds)."""
+    global _store_down_until
+    if time.monotonic() < _store_down_until:
+        return None
+    try:
+        return store.evaluate(limits, cost) if charge else store.peek(limits, cost)
+    except StoreUnavailable as err:
+        _store_down_until = time.monotonic() + settings.STORE_RETRY_INTERVAL
+        metrics.inc("ratelimit_store_errors")
+        logger.warning("Rate-limit store unreachable (%s); falling back for %ss.",
+                       err.__cause__ or err, settings.STORE_RETRY_INTERVAL)
+        return None
 
 
 def fail_open(op_class: str) -> bool:

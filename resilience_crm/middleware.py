@@ -7,6 +7,10 @@ the :class:`~resilience_crm.gcra.Decision` on the request; this middleware turns
 ``X-RateLimit-Limit/Remaining/Reset`` (the tightest policy; reset in seconds from now) and,
 on a refusal, ``Retry-After`` and an ``application/problem+json`` body with
 ``code: "RATE_LIMITED"`` and ``violated_policies``. Sync and async capable.
+
+Before the view, it refuses a request from an address that has spent its ``AUTH_FAILURES``
+(:mod:`resilience_crm.auth_failures`) with the same ``429``, before anything is looked up;
+after it, it counts a ``401`` to a request with credentials as a failure.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpRequest, HttpResponseBase
 
+from resilience_crm import auth_failures
 from resilience_crm.exceptions import RateLimited, StoreUnavailable
 from resilience_crm.gcra import Decision, retry_after_header
 from resilience_crm.problems import problem_response
@@ -99,8 +104,25 @@ class ResilienceMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:
             return self.__acall__(request)
-        return apply(request, self.get_response(request))
+        locked_out = auth_failures.refused(request)
+        if locked_out is not None:
+            return refused(locked_out)
+        response = self.get_response(request)
+        auth_failures.observe(request, response.status_code)
+        return apply(request, response)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        locked_out = await sync_to_async(auth_failures.refused)(request)
+        if locked_out is not None:
+            return refused(locked_out)
         response = await self.get_response(request)
+        await sync_to_async(auth_failures.observe)(request, response.status_code)
         return apply(request, response)
+
+
+def refused(decision: Decision) -> HttpResponseBase:
+    """The ``429`` for a request refused before its view ran, with its headers."""
+    response = refusal(decision)
+    for name, value in rate_limit_headers(decision).items():
+        response[name] = value
+    return response

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth.signals import user_login_failed
 from django.core.signals import request_finished
 from django.db import router, transaction
 from django.db.models.signals import post_migrate, post_save
 from django.dispatch import receiver
 
-from resilience_crm import alerts, control, events, flusher
+from resilience_crm import alerts, auth_failures, control, events, flusher
 from resilience_crm.conf import settings
 from resilience_crm.signals import circuit_transition, shared_store_recovered
+
+
+@receiver(user_login_failed, dispatch_uid="resilience_crm.count_failed_login")
+def count_failed_login(sender: Any, credentials: Any, request: Any = None,
+                       **kwargs: Any) -> None:
+    """A failed password login spends one of its address's ``AUTH_FAILURES``."""
+    if request is not None:
+        auth_failures.failed(request)
 
 
 @receiver(circuit_transition, dispatch_uid="resilience_crm.record_event")

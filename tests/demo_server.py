@@ -28,7 +28,9 @@ class Server:
 
 
 @contextlib.contextmanager
-def serving(env: dict[str, str], workers: int = 3) -> Iterator[Server]:
-    """The demo served with ``env`` (``DATABASE_URL``, ``REDIS_URL``, ...), answering."""
-    with gunicorn(SETTINGS, workers=workers, threads=1, env=env) as port:
+def serving(env: dict[str, str], workers: int = 3, dual_stack: bool = False) -> Iterator[Server]:
+    """The demo served with ``env`` (``DATABASE_URL``, ``REDIS_URL``, ...), answering;
+    on ``[::]`` with ``dual_stack``."""
+    with gunicorn(SETTINGS, workers=workers, threads=1, env=env,
+                  dual_stack=dual_stack) as port:
         yield Server(port)

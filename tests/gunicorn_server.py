@@ -25,12 +25,18 @@ LIVE = "/resilience/health/live"
 
 @contextlib.contextmanager
 def gunicorn(settings_module: str, *, workers: int = 4, threads: int = 8,
-             env: dict[str, str] | None = None, ready_within: float = 60.0) -> Iterator[int]:
+             env: dict[str, str] | None = None, ready_within: float = 60.0,
+            dual_stack: bool = False) -> Iterator[int]:
     """Run ``crm_demo.wsgi`` under gunicorn with ``settings_module``; yields the port. With
-    ``threads=1`` the workers are sync ones, otherwise gthread. What gunicorn and the app log
-    is kept: in the failure if it does not start, and on stderr once it stops (pytest shows
-    that with a failing test)."""
-    listener = socket.create_server(("127.0.0.1", 0), backlog=2048)
+    ``threads=1`` the workers are sync ones, otherwise gthread. ``dual_stack`` listens on
+    ``[::]`` for IPv6 and IPv4 alike, as ``--bind [::]:port`` does: IPv4 clients arrive as
+    ``::ffff:a.b.c.d``. What gunicorn and the app log is kept: in the failure if it does not
+    start, and on stderr once it stops (pytest shows that with a failing test)."""
+    if dual_stack:
+        listener = socket.create_server(("::", 0), family=socket.AF_INET6, backlog=2048,
+                                        dualstack_ipv6=True)
+    else:
+        listener = socket.create_server(("127.0.0.1", 0), backlog=2048)
     port = int(listener.getsockname()[1])
     fd = listener.fileno()
     environment = {**os.environ, **(env or {}), "DJANGO_SETTINGS_MODULE": settings_module,

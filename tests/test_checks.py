@@ -794,3 +794,13 @@ def test_w030_an_alias_of_another_database(settings: Any) -> None:
 def test_w031_an_alias_without_the_router(settings: Any) -> None:
     message = only(with_app_alias(settings, routers=()), checks.Codes.DATABASE_ALIAS_WITHOUT_ROUTER)
     assert "DATABASE_ROUTERS" in message.hint
+
+
+@pytest.mark.parametrize("value", ["30/fortnight", 30, "0/min", ["30/min"]])
+def test_auth_failures_must_be_one_rate_or_none(settings, value) -> None:
+    messages = run(settings, AUTH_FAILURES=value)
+    assert error_ids(messages) == {checks.Codes.RATE_INVALID}
+    assert only(messages, checks.Codes.RATE_INVALID).msg.startswith(
+        'RESILIENCE_CRM["AUTH_FAILURES"] is not a valid rate')
+    assert not error_ids(run(settings, AUTH_FAILURES=None))
+    assert not error_ids(run(settings, AUTH_FAILURES="5/10s"))

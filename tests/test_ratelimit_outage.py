@@ -60,7 +60,15 @@ def test_reads_fail_open_to_a_per_process_share_of_the_limit(client, redis_down)
     assert metrics.value("ratelimit_store_errors") == 1
 
 
-def test_auth_fails_closed_with_a_503_problem(client, redis_down) -> None:
+def test_auth_fails_open_to_a_per_process_share_by_default(client, redis_down) -> None:
+    statuses = [client.post("/login/").status_code for _ in range(6)]
+    assert statuses == [201] * 5 + [429]  # 10/min across 2 expected processes
+    assert metrics.value("ratelimit_decisions", op_class="auth",
+                         decision="fallback_rejected") == 1
+
+
+def test_auth_fails_closed_with_a_503_problem_when_set(client, settings, redis_down) -> None:
+    settings.RESILIENCE_CRM = {**settings.RESILIENCE_CRM, "FAIL_OPEN": {"auth": False}}
     response, took = timed(client.post, "/login/")
     assert took < BOUND
     assert response.status_code == 503
@@ -80,7 +88,7 @@ def test_fail_open_is_configurable_per_op_class(client, settings, redis_down) ->
 
 def test_fail_open_keys_left_out_keep_their_defaults(client, settings, redis_down) -> None:
     settings.RESILIENCE_CRM = {**settings.RESILIENCE_CRM, "FAIL_OPEN": {"read": False}}
-    assert client.post("/login/").status_code == 503  # auth still fails closed
+    assert client.post("/login/").status_code == 201  # auth still fails open
     assert client.post("/things/").status_code == 201  # write still fails open
 
 

@@ -180,6 +180,22 @@ def test_trusted_proxies_count_hops_from_the_right(client, limits) -> None:
     assert client.get("/things/", HTTP_X_FORWARDED_FOR="203.0.113.6").status_code == 200
 
 
+def test_ipv4_clients_seen_through_ipv6_are_their_ipv4_address(client, limits) -> None:
+    limits(TRUSTED_PROXIES=1)
+    set_tier("anonymous", {"read": "1/min"})
+    # A dual-stack listener, a proxy that writes mapped addresses, a 6to4 site (2002:cb00:7105::
+    # carries 203.0.113.5): all three are the one IPv4 client 203.0.113.5.
+    assert client.get("/things/", REMOTE_ADDR="::ffff:203.0.113.5").status_code == 200
+    assert client.get("/things/", HTTP_X_FORWARDED_FOR="::ffff:203.0.113.5").status_code == 429
+    assert client.get("/things/", REMOTE_ADDR="2002:cb00:7105:1::9").status_code == 429
+    # Every other IPv4 client keeps its own bucket, though all share ::/64 as IPv6 addresses.
+    assert client.get("/things/", REMOTE_ADDR="::ffff:203.0.113.6").status_code == 200
+    assert client.get("/things/", HTTP_X_FORWARDED_FOR="::ffff:198.51.100.7").status_code == 200
+    # Native IPv6 clients are still one bucket per /64.
+    assert client.get("/things/", REMOTE_ADDR="2001:db8:0:1::1").status_code == 200
+    assert client.get("/things/", REMOTE_ADDR="2001:db8:0:1::2").status_code == 429
+
+
 def test_users_are_limited_by_id_not_address(client, user, limits) -> None:
     set_tier("free", {"read": "1/min"})
     client.force_login(user)

@@ -27,9 +27,12 @@ class Reply:
 
 
 def request(port: int, method: str, path: str, *, token: str = "", body: Any = None,
-            headers: dict[str, str] | None = None, timeout: float = 30) -> Reply:
-    """One request to ``127.0.0.1:port`` on a connection of its own."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+            headers: dict[str, str] | None = None, timeout: float = 30,
+            source: str = "") -> Reply:
+    """One request to ``127.0.0.1:port`` on a connection of its own, from the local address
+    ``source`` if one is given (any of 127.0.0.0/8 is a distinct loopback client)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout,
+                                            source_address=(source, 0) if source else None)
     sent = {"Content-Type": "application/json", **(headers or {})}
     if token:
         sent["Authorization"] = f"Token {token}"

@@ -27,3 +27,13 @@ class BaseLimiterStore(ABC):
         Raises :class:`resilience_crm.exceptions.StoreUnavailable` when the store cannot be
         reached.
         """
+
+    def peek(self, limits: Sequence[Limit], cost: int = 1,
+             now_us: int | None = None) -> tuple[bool, list[Outcome]]:
+        """What :meth:`evaluate` would answer now, charging nothing (for refusing a client
+        whose failures are spent before anything is looked up); ``now_us`` is for tests.
+
+        Raises ``StoreUnavailable`` like :meth:`evaluate`. Stores that cannot tell raise
+        ``NotImplementedError``: set ``AUTH_FAILURES`` to ``None`` with them.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot peek at its limits.")

@@ -38,3 +38,11 @@ class MemoryLimiterStore(BaseLimiterStore):
                 if tat is not None:
                     self._tats[limit.key] = tat
         return allowed, outcomes
+
+    def peek(self, limits: Sequence[Limit], cost: int = 1,
+             now_us: int | None = None) -> tuple[bool, list[Outcome]]:
+        now = int(self._clock() * gcra.US) if now_us is None else now_us
+        with self._lock:
+            tats = [self._tats.get(limit.key) for limit in limits]
+        allowed, outcomes, _ = gcra.evaluate(limits, tats, now, cost)
+        return allowed, outcomes

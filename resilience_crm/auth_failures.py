@@ -1,0 +1,79 @@
+"""Failed authentications per client address, and refusing an address that spent them.
+
+DRF authenticates before any throttle runs, so a flood of made-up tokens costs one lookup
+each and is never limited. ``AUTH_FAILURES`` (``"30/min"`` by default, ``None`` turns it off)
+is a GCRA rate of failures per client address, grouped as the limiter groups addresses
+(:func:`resilience_crm.clients.client_ip`). A failure is a ``401`` to a request that sent
+``Authorization`` (whichever authenticator refused it) or a failed password login
+(Django's ``user_login_failed``, which ``authenticate()`` sends: the demo's token endpoint,
+the admin's login). Successes are never counted.
+
+:class:`~resilience_crm.middleware.ResilienceMiddleware` asks :func:`refused` before the
+view runs, for requests that could authenticate (``Authorization`` sent, or an unsafe
+method): once the address has no failures left, it answers ``429`` with ``Retry-After``
+without any lookup. The count lives in the limiter's store (Redis: one round trip to peek,
+one script to count; keys expire when their bucket is full again); while that store is
+unreachable each process counts on its own, at its share (limit / ``EXPECTED_PROCESSES``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.http import HttpRequest
+
+from resilience_crm import limiter
+from resilience_crm.clients import client_ip
+from resilience_crm.conf import settings
+from resilience_crm.gcra import Decision, Limit
+from resilience_crm.stores.ratelimit_base import BaseLimiterStore
+
+#: The op class the decisions are reported under (headers and problem bodies name the policy).
+OP_CLASS = "auth"
+#: Methods that send no credentials in their body.
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def _limits(address: str) -> Callable[[BaseLimiterStore, float], tuple[Limit, ...]]:
+    """A ``limits_of(store, scale)`` for :func:`limiter.decide_limits`: the failure limit of
+    ``address``, or none while ``AUTH_FAILURES`` is off."""
+
+    def limits_of(store: BaseLimiterStore, scale: float) -> tuple[Limit, ...]:
+        rates = limiter.rates(settings.AUTH_FAILURES) if settings.AUTH_FAILURES else ()
+        found = []
+        for rate in rates:
+            window = int(rate.period) if rate.period.is_integer() else rate.period
+            found.append(Limit(key=store.key(f"ip:{address}", f"authfail:{window}"),
+                               policy=f"auth_failures.{window}s",
+                               limit=max(1, int(rate.limit * scale)), period=rate.period))
+        return tuple(found)
+
+    return limits_of
+
+
+def attempts_authentication(request: HttpRequest) -> bool:
+    """Whether ``request`` could make an authenticator look something up."""
+    return "HTTP_AUTHORIZATION" in request.META or request.method not in SAFE_METHODS
+
+
+def refused(request: HttpRequest) -> Decision | None:
+    """The refusal for ``request`` when its address has no failures left, else ``None``."""
+    if not settings.AUTH_FAILURES or not attempts_authentication(request):
+        return None
+    decision = limiter.decide_limits(_limits(client_ip(request)), op_class=OP_CLASS,
+                                     charge=False)
+    return None if decision.allowed else decision
+
+
+def failed(request: Any) -> None:
+    """Count one failed authentication of ``request``'s address (a Django or DRF request)."""
+    if settings.AUTH_FAILURES:
+        request = getattr(request, "_request", request)
+        limiter.decide_limits(_limits(client_ip(request)), op_class=OP_CLASS)
+
+
+def observe(request: HttpRequest, status: int) -> None:
+    """Count the answer to ``request`` as a failure if an authenticator refused it."""
+    if status == 401 and "HTTP_AUTHORIZATION" in request.META:
+        failed(request)

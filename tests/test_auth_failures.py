@@ -1,0 +1,88 @@
+"""Failed authentications per client address (``AUTH_FAILURES``): a token-guessing flood
+from one address costs one token lookup per failure it is allowed, then ``429`` before any
+lookup; a busy office behind one address that authenticates correctly is never refused.
+The demo API on real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from tests.demo_api import PASSWORD, problem
+from tests.ratelimit_helpers import set_tier
+
+pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.django_db]
+
+
+@pytest.fixture
+def demo(settings: Any, redis_cache: Any, postgres: Any) -> Any:
+    """The demo's limits on Redis; failures per hour, so nothing refills during a test."""
+    settings.RESILIENCE_CRM = {"STORE": "redis", "CACHE_ALIAS": "redis",
+                               "AUTH_FAILURES": "30/h"}
+    return settings
+
+
+def token_lookups(queries: CaptureQueriesContext) -> int:
+    return sum('"authtoken_token"' in query["sql"] for query in queries.captured_queries)
+
+
+def test_a_token_guessing_flood_is_refused_before_any_lookup(demo: Any) -> None:
+    client = APIClient()
+    with CaptureQueriesContext(connection) as queries:
+        statuses = [client.get("/api/contacts/",
+                               HTTP_AUTHORIZATION=f"Token {secrets.token_hex(20)}").status_code
+                    for _ in range(150)]
+    assert statuses == [401] * 30 + [429] * 120
+    assert token_lookups(queries) == 30
+    response = client.get("/api/contacts/", HTTP_AUTHORIZATION="Token another-guess")
+    body = problem(response, 429, "RATE_LIMITED")
+    assert body["violated_policies"] == ["auth_failures.3600s"]
+    assert int(response["Retry-After"]) > 0
+    # Another address is not refused.
+    assert client.get("/api/contacts/", HTTP_AUTHORIZATION="Token guess",
+                      REMOTE_ADDR="192.0.2.9").status_code == 401
+
+
+def test_a_busy_office_that_authenticates_is_never_refused(demo: Any) -> None:
+    tokens = [Token.objects.create(user=User.objects.create_user(f"clerk{n}")).key
+              for n in range(5)]
+    client = APIClient()
+    for round_ in range(30):
+        for token in tokens:
+            response = client.get("/api/contacts/", HTTP_AUTHORIZATION=f"Token {token}")
+            assert response.status_code == 200, (round_, response.content)
+        if round_ < 29:  # a mistyped token now and then, short of the policy
+            assert client.get("/api/contacts/", HTTP_AUTHORIZATION="Token typo"
+                              ).status_code == 401
+    # 150 successes counted for nothing: the 30th failure is still looked up.
+    assert client.get("/api/contacts/", HTTP_AUTHORIZATION="Token typo").status_code == 401
+    assert client.get("/api/contacts/", HTTP_AUTHORIZATION="Token typo").status_code == 429
+
+
+def test_failed_password_logins_count_too(demo: Any) -> None:
+    demo.RESILIENCE_CRM = {**demo.RESILIENCE_CRM, "AUTH_FAILURES": "3/h"}
+    set_tier("anonymous", {"auth": "100/min"})
+    User.objects.create_user("ada", password=PASSWORD)
+    client = APIClient()
+
+    def login(password: str) -> int:
+        return client.post("/api/auth/token/", {"username": "ada", "password": password}
+                           ).status_code
+
+    assert [login("wrong") for _ in range(3)] == [400] * 3
+    assert login(PASSWORD) == 429
+
+
+def test_none_turns_it_off(demo: Any) -> None:
+    demo.RESILIENCE_CRM = {**demo.RESILIENCE_CRM, "AUTH_FAILURES": None}
+    client = APIClient()
+    assert {client.get("/api/contacts/", HTTP_AUTHORIZATION=f"Token guess{n}").status_code
+            for n in range(40)} == {401}
+
