@@ -311,6 +311,14 @@ CHECKS: dict[str, Check] = {
         "{path} names {value!r}, which is not one of the tiers in TIERS.",
         "Tiers: {valid}.", warning=True,
     ),
+    "RATELIMIT_STORE_CANNOT_PEEK": Check(
+        "resilience_crm.W023",
+        (
+            "{path} is {store!r}, which cannot peek at its limits, while AUTH_FAILURES is on: "
+            "failed authentications are counted but no address is ever refused for them."
+        ),
+        "Implement peek() on the store, or set AUTH_FAILURES to None.", warning=True,
+    ),
     "DATABASE_ALIAS_OTHER_DATABASE": Check(
         "resilience_crm.W030",
         (
@@ -831,6 +839,11 @@ def check_ratelimit_store(config: dict[str, Any]) -> list[CheckMessage]:
     if per_process and isinstance(processes, int) and processes > 1:
         errors.append(CHECKS["RATELIMIT_STORE_PER_PROCESS"](
             store=store, path=_path("EXPECTED_PROCESSES"), processes=processes,
+        ))
+    if (cls is not None and config["AUTH_FAILURES"]
+            and getattr(cls, "peek", None) is BaseLimiterStore.peek):
+        errors.append(CHECKS["RATELIMIT_STORE_CANNOT_PEEK"](
+            path=_path("RATELIMIT_STORE"), store=store,
         ))
     return errors
 

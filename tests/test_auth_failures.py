@@ -10,11 +10,14 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.core.checks import run_checks
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from resilience_crm.stores.ratelimit_base import BaseLimiterStore
+from resilience_crm.stores.ratelimit_memory import MemoryLimiterStore
 from tests.demo_api import PASSWORD, problem
 from tests.ratelimit_helpers import set_tier
 
@@ -86,3 +89,19 @@ def test_none_turns_it_off(demo: Any) -> None:
     assert {client.get("/api/contacts/", HTTP_AUTHORIZATION=f"Token guess{n}").status_code
             for n in range(40)} == {401}
 
+
+
+class BlindLimiterStore(MemoryLimiterStore):
+    """A custom store that cannot peek, as a third-party one may be."""
+
+    peek = BaseLimiterStore.peek
+
+
+def test_a_store_that_cannot_peek_never_turns_credentials_into_a_500(demo: Any) -> None:
+    demo.RESILIENCE_CRM = {**demo.RESILIENCE_CRM,
+                           "RATELIMIT_STORE": "tests.test_auth_failures.BlindLimiterStore"}
+    client = APIClient()
+    assert {client.get("/api/contacts/", HTTP_AUTHORIZATION=f"Token guess{n}").status_code
+            for n in range(5)} == {401}
+    warnings = [m.id for m in run_checks() if m.id.startswith("resilience_crm.")]
+    assert warnings == ["resilience_crm.W023"]
