@@ -156,6 +156,16 @@ class Provider:
         else:
             self.cache.invalidate(space)
 
+    def revoke(self, key: str, *, using: str | None = DEFAULT_DB_ALIAS) -> None:
+        """Take ``key``'s cached read away, fresh and stale, everywhere (after the surrounding
+        transaction on ``using`` commits, if there is one): the next read asks ``fn``, and
+        while ``fn`` cannot answer nothing cached stands in for it. For values that must
+        not outlive their source: a revoked token, a deleted user, a withdrawn permission."""
+        if using is not None and connections[using].in_atomic_block:
+            transaction.on_commit(lambda: self.cache.remove(key), using=using)
+        else:
+            self.cache.remove(key)
+
     def write_handler(self, name: str, *, key: str = "", circuit: str = OP_CIRCUITS["write"],
                       using: str = DEFAULT_DB_ALIAS) -> Callable[[Callable[[Any], Any]],
                                                                  Callable[[Any], Any]]:
@@ -275,7 +285,7 @@ class Provider:
                                     lookup)
         return self._single_flight(
             key, lambda: self._fetch(key, fn, circuit, ttl, stale_ttl, fallback_fn, using,
-                                     lookup.space_version),
+                                     lookup),
             circuit)
 
     def _revalidate(self, key: str, fn: Callable[[], Any], circuit: str, ttl: float,
@@ -292,24 +302,28 @@ class Provider:
             return self._stale(entry, circuit)
         try:
             value = self._call(circuit, fn, using, operation=fallback.space_of(key))
-            self.cache.set(key, value, ttl, stale_ttl, lookup.space_version)
+            self.cache.set(key, value, ttl, stale_ttl, lookup)
         except ResilienceError as err:
             return self._fallback_or_raise(err, entry, circuit, ttl, stale_ttl, fallback_fn)
+        except Exception:  # a negative answer: the stale entry must not stand in for it
+            self.cache.remove(key)
+            raise
         finally:  # after the result is stored, so nobody sees neither lease nor result
             self.cache.release_lease(key, token)
         return Served(value)
 
     def _fetch(self, key: str, fn: Callable[[], Any], circuit: str, ttl: float,
                stale_ttl: float, fallback_fn: Callable[[], Any] | None, using: str | None,
-               space_version: int) -> Served:
+               lookup: fallback.Lookup) -> Served:
         """Nothing servable is cached: the one process holding the lease queries, the others
-        wait for its result or its error."""
+        wait for its result or its error (after a negative answer, which is not shared,
+        they ask ``fn`` themselves)."""
         if _is_open(circuit):  # fail fast: the breaker answers, no lease needed
             try:
                 value = self._call(circuit, fn, using, operation=fallback.space_of(key))
             except ResilienceError as err:
                 return self._fallback_or_raise(err, None, circuit, ttl, stale_ttl, fallback_fn)
-            self.cache.set(key, value, ttl, stale_ttl, space_version)
+            self.cache.set(key, value, ttl, stale_ttl, lookup)
             return Served(value)
         token = uuid.uuid4().hex
         leader = self.cache.take_lease(key, token, self._budget(circuit))
@@ -328,11 +342,14 @@ class Provider:
                                                           self._clock()):
                     return Served(done.entry.value)
             value = self._call(circuit, fn, using, operation=fallback.space_of(key))
-            self.cache.set(key, value, ttl, stale_ttl, space_version)
+            self.cache.set(key, value, ttl, stale_ttl, lookup)
         except ResilienceError as err:
             if leader:
                 self.cache.publish_error(key, err.code, err.message, err.retry_after)
             return self._fallback_or_raise(err, None, circuit, ttl, stale_ttl, fallback_fn)
+        except Exception:  # a negative answer: no read started before may store its value
+            self.cache.remove(key)
+            raise
         finally:  # after the result is stored, so nobody sees neither lease nor result
             if leader:
                 self.cache.release_lease(key, token)
