@@ -1,16 +1,17 @@
 """Cached read results: a small per-process layer in front of the shared cache, and the label
 a response carries when it was served from them.
 
-An entry is ``{"v": value, "t": stored_at, "s": space_version}`` under the key the caller
-gave. A read is fresh while it is younger than its ``ttl`` and no write touched its key
-space since (the space's version, one more cache key, is read in the same round trip);
-after that it may still be served when the dependency fails, up to ``stale_ttl`` past its
-freshness, and never later: the shared cache drops it then, and so does the check here.
+An entry is ``{"v": value, "t": stored_at, "s": space_version, "k": key_version}`` under
+the key the caller gave. A read is fresh while it is younger than its ``ttl`` and no write
+touched its key space since (the space's version, one more cache key, is read in the same
+round trip); after that it may still be served when the dependency fails, up to
+``stale_ttl`` past its freshness, and never later: the shared cache drops it then, and so
+does the check here.
 
 :meth:`ReadCache.remove` takes one key's entry away, stale copy included, and bumps the
-key's own version; a read that started before and stores its result after sees the new
-version and takes its result away again, so an older positive answer never outlives a
-removal.
+key's own version (read in the same round trip as the entry). A read that started before
+stores its result with the version it saw, so nobody takes that result for the key's, and
+takes it away again: an answer from before a removal never outlives it.
 
 The per-process layer keeps an entry for ``LOCAL_TTL`` seconds at most, so a write or a
 removal made in another process is seen everywhere within that time.
@@ -157,7 +158,7 @@ class ReadCache:
         """Store ``value``, read after ``lookup``; take it away again when the key was
         removed since ``lookup`` (the removal may have come between the read and now)."""
         entry = Entry(value, self.clock(), lookup.space_version)
-        self.set_many({key: value}, ttl, stale_ttl, lookup.space_version)
+        self.set_many({key: value}, ttl, stale_ttl, lookup.space_version, lookup.key_version)
         try:
             removed = self.shared.get(REMOVED_PREFIX + key) or 0
         except Exception:  # noqa: BLE001  (nothing was stored either)
@@ -169,9 +170,9 @@ class ReadCache:
         return entry
 
     def set_many(self, values: dict[str, Any], ttl: float, stale_ttl: float,
-                 space_version: int) -> None:
+                 space_version: int, key_version: int = 0) -> None:
         now = self.clock()
-        data = {PREFIX + key: {"v": value, "t": now, "s": space_version}
+        data = {PREFIX + key: {"v": value, "t": now, "s": space_version, "k": key_version}
                 for key, value in values.items()}
         try:
             self.shared.set_many(data, timeout=max(1, int(ttl + stale_ttl + 1)))
@@ -266,8 +267,11 @@ class ReadCache:
             return Lookup(None, -1)
         raw = found.get(PREFIX + key)
         version = int(found.get(version_key) or 0)
-        entry = Entry(raw["v"], raw["t"], raw.get("s", 0)) if isinstance(raw, dict) else None
-        return Lookup(entry, version, int(found.get(REMOVED_PREFIX + key) or 0))
+        removed = int(found.get(REMOVED_PREFIX + key) or 0)
+        entry = None
+        if isinstance(raw, dict) and raw.get("k", 0) == removed:  # else: from before a removal
+            entry = Entry(raw["v"], raw["t"], raw.get("s", 0))
+        return Lookup(entry, version, removed)
 
     def _remember(self, key: str, lookup: Lookup) -> None:
         with self._lock:

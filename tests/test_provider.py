@@ -188,7 +188,16 @@ def test_revoke_waits_for_the_transaction_to_commit(provider, transactional_db):
     assert provider.cache.get("authtokens:abc").entry is None
 
 
-def test_a_read_in_flight_when_its_key_is_revoked_stores_nothing(provider):
+def test_a_result_stored_with_the_version_before_a_revocation_is_never_read(provider):
+    """What another process reads between a late store and its own check."""
+    provider.revoke("authtokens:abc", using=None)
+    provider.cache.set_many({"authtokens:abc": "ada"}, TTL, STALE_TTL, 0, key_version=0)
+    assert provider.cache.get("authtokens:abc").entry is None
+    provider.cache.set_many({"authtokens:abc": "ada"}, TTL, STALE_TTL, 0, key_version=1)
+    assert provider.cache.get("authtokens:abc").entry.value == "ada"
+
+
+def test_a_read_in_flight_when_its_key_is_revoked_stores_nothing(provider, redis_cache):
     """Its answer was given before the revocation: it must not stand in for a later one."""
     inside, release = threading.Event(), threading.Event()
 
@@ -211,6 +220,8 @@ def test_a_read_in_flight_when_its_key_is_revoked_stores_nothing(provider):
     reader.join(30)
     provider.cache.forget_local()
     assert provider.cache.get("authtokens:abc").entry is None
+    redis_cache.delete(fallback.REMOVED_PREFIX + "authtokens:abc")  # its version expires
+    assert provider.cache.get("authtokens:abc").entry is None  # the result itself is gone
     open_circuit()
     with pytest.raises(CircuitOpenError):
         provider.read("authtokens:abc", Source("ada"), using=None)
