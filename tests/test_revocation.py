@@ -1,8 +1,8 @@
-"""A revoked token is refused, never served from the stale cache: after ``token.delete()`` or
-the user's deactivation, requests from forked processes (each with threads, and each with
-the token still in its per-process layer) on the real PostgreSQL and Redis get no 200, also
-while another process holds the refresh lease, while ``crm.auth`` is open and while the
-database refuses connections."""
+"""A revoked token is refused, never served from the stale cache: after ``token.delete()``,
+the user's deactivation or the user's deletion, requests from forked processes (each with
+threads, and each with the token still in its per-process layer) on the real PostgreSQL
+and Redis get no 200, also while another process holds the refresh lease, while
+``crm.auth`` is open and while the database refuses connections."""
 
 from __future__ import annotations
 
@@ -42,6 +42,10 @@ def deactivate_user(token: Token) -> None:
     user.save()
 
 
+def delete_user(token: Token) -> None:
+    get_user_model().objects.get(pk=token.user_id).delete()
+
+
 def requests_after_revocation(index, barrier, revoke, token, local_clock, database_down,
                               results):
     """In a worker process that checked the token before: process 0 revokes it through the
@@ -77,7 +81,7 @@ def requests_after_revocation(index, barrier, revoke, token, local_clock, databa
     results.put(dict(statuses))
 
 
-@pytest.mark.parametrize("revoke", [delete_token, deactivate_user])
+@pytest.mark.parametrize("revoke", [delete_token, deactivate_user, delete_user])
 @pytest.mark.parametrize(("while_", "expected"), [
     ("nothing else", {401}),
     ("a refresh lease is held", {401, 504}),  # 504: waited for a leader that never answered

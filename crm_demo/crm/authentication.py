@@ -48,9 +48,10 @@ def revoke_token(sender: Any, instance: Token, **kwargs: Any) -> None:
 
 
 @receiver(post_save, sender=settings.AUTH_USER_MODEL, dispatch_uid="crm_demo.revoke_user")
-def revoke_user_tokens(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
+def revoke_user_tokens(sender: Any, instance: Any, created: bool,
+                       update_fields: frozenset[str] | None = None, **kwargs: Any) -> None:
     """A user's cached checks carry ``is_active`` and the staff flags: a save may change
     them (deactivation above all), so the user's tokens are checked afresh."""
-    if not created:
+    if not created and update_fields != {"last_login"}:
         for key in Token.objects.filter(user=instance).values_list("key", flat=True):
             protected.revoke(cache_key(key))
