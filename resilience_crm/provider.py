@@ -347,8 +347,9 @@ class Provider:
             if leader:
                 self.cache.publish_error(key, err.code, err.message, err.retry_after)
             return self._fallback_or_raise(err, None, circuit, ttl, stale_ttl, fallback_fn)
-        except Exception:  # a negative answer: no read started before may store its value
-            self.cache.remove(key)
+        except Exception:  # a negative answer: what was cached must not stand in for it
+            if lookup.entry is not None:  # (a never-cached key leaves nothing behind)
+                self.cache.remove(key)
             raise
         finally:  # after the result is stored, so nobody sees neither lease nor result
             if leader:

@@ -165,6 +165,17 @@ def test_a_refusal_takes_the_stale_entry_away(provider):
     assert fallback.served() is None
 
 
+def test_refusals_of_keys_never_cached_leave_nothing_in_the_shared_cache(provider,
+                                                                        redis_cache):
+    """A flood of guessed tokens costs the cache nothing."""
+    for guess in range(20):
+        with pytest.raises(Refused):
+            provider.read(f"authtokens:{guess}", Source(failures=1, error=Refused()),
+                          using=None)
+    for prefix in (fallback.PREFIX, fallback.REMOVED_PREFIX):
+        assert redis_cache.keys(prefix + "*") == []
+
+
 def test_revoke_removes_one_key_fresh_and_stale_in_every_process(provider):
     tokens, others = Source("ada"), Source("grace")
     provider.read("authtokens:abc", tokens, using=None)
