@@ -150,21 +150,14 @@ class Provider:
     def invalidate(self, key: str, *, using: str | None = DEFAULT_DB_ALIAS) -> None:
         """Make every cached read in ``key``'s space stale (after the surrounding
         transaction on ``using`` commits, if there is one)."""
-        space = fallback.space_of(key)
-        if using is not None and connections[using].in_atomic_block:
-            transaction.on_commit(lambda: self.cache.invalidate(space), using=using)
-        else:
-            self.cache.invalidate(space)
+        _after_commit(using, partial(self.cache.invalidate, fallback.space_of(key)))
 
     def revoke(self, key: str, *, using: str | None = DEFAULT_DB_ALIAS) -> None:
         """Take ``key``'s cached read away, fresh and stale, everywhere (after the surrounding
         transaction on ``using`` commits, if there is one): the next read asks ``fn``, and
         while ``fn`` cannot answer nothing cached stands in for it. For values that must
         not outlive their source: a revoked token, a deleted user, a withdrawn permission."""
-        if using is not None and connections[using].in_atomic_block:
-            transaction.on_commit(lambda: self.cache.remove(key), using=using)
-        else:
-            self.cache.remove(key)
+        _after_commit(using, partial(self.cache.remove, key))
 
     def write_handler(self, name: str, *, key: str = "", circuit: str = OP_CIRCUITS["write"],
                       using: str = DEFAULT_DB_ALIAS) -> Callable[[Callable[[Any], Any]],
@@ -435,6 +428,14 @@ class Provider:
 def _is_open(circuit: str) -> bool:
     """This worker's view (no I/O while it is fresh) says the circuit rejects calls."""
     return get_breaker(circuit).state in (core.OPEN, core.FORCED_OPEN)
+
+
+def _after_commit(using: str | None, action: Callable[[], None]) -> None:
+    """``action()`` once the transaction on ``using`` commits, or now outside one."""
+    if using is not None and connections[using].in_atomic_block:
+        transaction.on_commit(action, using=using)
+    else:
+        action()
 
 
 def _mark(served: Served) -> None:
