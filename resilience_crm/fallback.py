@@ -1,14 +1,20 @@
 """Cached read results: a small per-process layer in front of the shared cache, and the label
 a response carries when it was served from them.
 
-An entry is ``{"v": value, "t": stored_at, "s": space_version}`` under the key the caller
-gave. A read is fresh while it is younger than its ``ttl`` and no write touched its key
-space since (the space's version, one more cache key, is read in the same round trip);
-after that it may still be served when the dependency fails, up to ``stale_ttl`` past its
-freshness, and never later: the shared cache drops it then, and so does the check here.
+An entry is ``{"v": value, "t": stored_at, "s": space_version, "k": key_version}`` under
+the key the caller gave. A read is fresh while it is younger than its ``ttl`` and no write
+touched its key space since (the space's version, one more cache key, is read in the same
+round trip); after that it may still be served when the dependency fails, up to
+``stale_ttl`` past its freshness, and never later: the shared cache drops it then, and so
+does the check here.
 
-The per-process layer keeps an entry for ``LOCAL_TTL`` seconds at most, so a write made in
-another process is seen everywhere within that time.
+:meth:`ReadCache.remove` takes one key's entry away, stale copy included, and bumps the
+key's own version (read in the same round trip as the entry). A read that started before
+stores its result with the version it saw, so nobody takes that result for the key's, and
+takes it away again: an answer from before a removal never outlives it.
+
+The per-process layer keeps an entry for ``LOCAL_TTL`` seconds at most, so a write or a
+removal made in another process is seen everywhere within that time.
 """
 
 from __future__ import annotations
@@ -36,6 +42,12 @@ LOCAL_TTL = 1.0
 LOCAL_MAX_ENTRIES = 1024
 #: Prefix of every key this module writes to the shared cache.
 PREFIX = "resilience:read:"
+#: Prefix of the per-key versions :meth:`ReadCache.remove` bumps.
+REMOVED_PREFIX = "resilience:removed:"
+#: Seconds a key's removal version is kept: longer than any read in flight can take (a read
+#: ends within its circuit's ``call_timeout``; one that outlived this would find no version
+#: where it saw one, and take its result away too).
+REMOVED_TTL = 300
 #: Prefix of the leases that let one process refresh a key for the whole cluster.
 LEASE_PREFIX = "resilience:lease:"
 #: Prefix of the errors a refreshing process leaves for the processes waiting on it.
@@ -59,6 +71,7 @@ class Entry(NamedTuple):
 class Lookup(NamedTuple):
     entry: Entry | None
     space_version: int
+    key_version: int = 0  # bumped by each removal of the key
 
 
 def space_of(key: str) -> str:
@@ -141,16 +154,25 @@ class ReadCache:
         return entries, int(found.get(version_key) or 0)
 
     def set(self, key: str, value: Any, ttl: float, stale_ttl: float,
-            space_version: int) -> Entry:
-        entry = Entry(value, self.clock(), space_version)
-        self.set_many({key: value}, ttl, stale_ttl, space_version)
-        self._remember(key, Lookup(entry, space_version))
+            lookup: Lookup) -> Entry:
+        """Store ``value``, read after ``lookup``; take it away again when the key was
+        removed since ``lookup`` (the removal may have come between the read and now)."""
+        entry = Entry(value, self.clock(), lookup.space_version)
+        self.set_many({key: value}, ttl, stale_ttl, lookup.space_version, lookup.key_version)
+        try:
+            removed = self.shared.get(REMOVED_PREFIX + key) or 0
+        except Exception:  # noqa: BLE001  (nothing was stored either)
+            removed = lookup.key_version
+        if int(removed) != lookup.key_version:
+            self._delete(key)
+            return entry
+        self._remember(key, lookup._replace(entry=entry))
         return entry
 
     def set_many(self, values: dict[str, Any], ttl: float, stale_ttl: float,
-                 space_version: int) -> None:
+                 space_version: int, key_version: int = 0) -> None:
         now = self.clock()
-        data = {PREFIX + key: {"v": value, "t": now, "s": space_version}
+        data = {PREFIX + key: {"v": value, "t": now, "s": space_version, "k": key_version}
                 for key, value in values.items()}
         try:
             self.shared.set_many(data, timeout=max(1, int(ttl + stale_ttl + 1)))
@@ -170,6 +192,27 @@ class ReadCache:
             self.shared.set(version_key, 1, timeout=None)
         except Exception as err:  # noqa: BLE001
             logger.warning("Read cache unavailable, %s not invalidated: %s", space, err)
+
+    def remove(self, key: str) -> None:
+        """Take ``key``'s entry away, fresh and stale, from the shared cache and this
+        process's layer (other processes' layers drop it within ``LOCAL_TTL``)."""
+        removed = REMOVED_PREFIX + key
+        try:
+            if not self.shared.add(removed, 1, timeout=REMOVED_TTL):
+                self.shared.incr(removed)
+        except ValueError:  # expired between add and incr
+            self.shared.set(removed, 1, timeout=REMOVED_TTL)
+        except Exception as err:  # noqa: BLE001
+            logger.warning("Read cache unavailable, %s not removed: %s", key, err)
+        self._delete(key)
+
+    def _delete(self, key: str) -> None:
+        with self._lock:
+            self._local.pop(key, None)
+        try:
+            self.shared.delete(PREFIX + key)
+        except Exception as err:  # noqa: BLE001
+            logger.warning("Read cache unavailable, %s not removed: %s", key, err)
 
     def forget_local(self) -> None:
         with self._lock:
@@ -218,14 +261,17 @@ class ReadCache:
     def get_shared(self, key: str) -> Lookup:
         version_key = self._version_key(space_of(key))
         try:
-            found = self.shared.get_many([PREFIX + key, version_key])
+            found = self.shared.get_many([PREFIX + key, version_key, REMOVED_PREFIX + key])
         except Exception as err:  # noqa: BLE001  (an unreachable cache is a miss)
             logger.warning("Read cache unavailable: %s", err)
             return Lookup(None, -1)
         raw = found.get(PREFIX + key)
         version = int(found.get(version_key) or 0)
-        entry = Entry(raw["v"], raw["t"], raw.get("s", 0)) if isinstance(raw, dict) else None
-        return Lookup(entry, version)
+        removed = int(found.get(REMOVED_PREFIX + key) or 0)
+        entry = None
+        if isinstance(raw, dict) and raw.get("k", 0) == removed:  # else: from before a removal
+            entry = Entry(raw["v"], raw["t"], raw.get("s", 0))
+        return Lookup(entry, version, removed)
 
     def _remember(self, key: str, lookup: Lookup) -> None:
         with self._lock:

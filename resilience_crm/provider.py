@@ -150,11 +150,14 @@ class Provider:
     def invalidate(self, key: str, *, using: str | None = DEFAULT_DB_ALIAS) -> None:
         """Make every cached read in ``key``'s space stale (after the surrounding
         transaction on ``using`` commits, if there is one)."""
-        space = fallback.space_of(key)
-        if using is not None and connections[using].in_atomic_block:
-            transaction.on_commit(lambda: self.cache.invalidate(space), using=using)
-        else:
-            self.cache.invalidate(space)
+        _after_commit(using, partial(self.cache.invalidate, fallback.space_of(key)))
+
+    def revoke(self, key: str, *, using: str | None = DEFAULT_DB_ALIAS) -> None:
+        """Take ``key``'s cached read away, fresh and stale, everywhere (after the surrounding
+        transaction on ``using`` commits, if there is one): the next read asks ``fn``, and
+        while ``fn`` cannot answer nothing cached stands in for it. For values that must
+        not outlive their source: a revoked token, a deleted user, a withdrawn permission."""
+        _after_commit(using, partial(self.cache.remove, key))
 
     def write_handler(self, name: str, *, key: str = "", circuit: str = OP_CIRCUITS["write"],
                       using: str = DEFAULT_DB_ALIAS) -> Callable[[Callable[[Any], Any]],
@@ -275,7 +278,7 @@ class Provider:
                                     lookup)
         return self._single_flight(
             key, lambda: self._fetch(key, fn, circuit, ttl, stale_ttl, fallback_fn, using,
-                                     lookup.space_version),
+                                     lookup),
             circuit)
 
     def _revalidate(self, key: str, fn: Callable[[], Any], circuit: str, ttl: float,
@@ -292,24 +295,28 @@ class Provider:
             return self._stale(entry, circuit)
         try:
             value = self._call(circuit, fn, using, operation=fallback.space_of(key))
-            self.cache.set(key, value, ttl, stale_ttl, lookup.space_version)
+            self.cache.set(key, value, ttl, stale_ttl, lookup)
         except ResilienceError as err:
             return self._fallback_or_raise(err, entry, circuit, ttl, stale_ttl, fallback_fn)
+        except Exception:  # a negative answer: the stale entry must not stand in for it
+            self.cache.remove(key)
+            raise
         finally:  # after the result is stored, so nobody sees neither lease nor result
             self.cache.release_lease(key, token)
         return Served(value)
 
     def _fetch(self, key: str, fn: Callable[[], Any], circuit: str, ttl: float,
                stale_ttl: float, fallback_fn: Callable[[], Any] | None, using: str | None,
-               space_version: int) -> Served:
+               lookup: fallback.Lookup) -> Served:
         """Nothing servable is cached: the one process holding the lease queries, the others
-        wait for its result or its error."""
+        wait for its result or its error (after a negative answer, which is not shared,
+        they ask ``fn`` themselves)."""
         if _is_open(circuit):  # fail fast: the breaker answers, no lease needed
             try:
                 value = self._call(circuit, fn, using, operation=fallback.space_of(key))
             except ResilienceError as err:
                 return self._fallback_or_raise(err, None, circuit, ttl, stale_ttl, fallback_fn)
-            self.cache.set(key, value, ttl, stale_ttl, space_version)
+            self.cache.set(key, value, ttl, stale_ttl, lookup)
             return Served(value)
         token = uuid.uuid4().hex
         leader = self.cache.take_lease(key, token, self._budget(circuit))
@@ -328,11 +335,15 @@ class Provider:
                                                           self._clock()):
                     return Served(done.entry.value)
             value = self._call(circuit, fn, using, operation=fallback.space_of(key))
-            self.cache.set(key, value, ttl, stale_ttl, space_version)
+            self.cache.set(key, value, ttl, stale_ttl, lookup)
         except ResilienceError as err:
             if leader:
                 self.cache.publish_error(key, err.code, err.message, err.retry_after)
             return self._fallback_or_raise(err, None, circuit, ttl, stale_ttl, fallback_fn)
+        except Exception:  # a negative answer: what was cached must not stand in for it
+            if lookup.entry is not None:  # (a never-cached key leaves nothing behind)
+                self.cache.remove(key)
+            raise
         finally:  # after the result is stored, so nobody sees neither lease nor result
             if leader:
                 self.cache.release_lease(key, token)
@@ -417,6 +428,14 @@ class Provider:
 def _is_open(circuit: str) -> bool:
     """This worker's view (no I/O while it is fresh) says the circuit rejects calls."""
     return get_breaker(circuit).state in (core.OPEN, core.FORCED_OPEN)
+
+
+def _after_commit(using: str | None, action: Callable[[], None]) -> None:
+    """``action()`` once the transaction on ``using`` commits, or now outside one."""
+    if using is not None and connections[using].in_atomic_block:
+        transaction.on_commit(action, using=using)
+    else:
+        action()
 
 
 def _mark(served: Served) -> None:

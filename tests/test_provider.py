@@ -3,11 +3,12 @@ Redis (cache and breaker store) and PostgreSQL."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import psycopg
 import pytest
-from django.db import OperationalError, connection, transaction
+from django.db import OperationalError, connection, connections, transaction
 
 from crm_demo.crm.models import Contact
 from resilience_crm import fallback, get_breaker, metrics, retries
@@ -144,6 +145,97 @@ def test_no_refresh_while_the_circuit_is_open(provider):
     source = Source("v2")
     assert provider.read("contacts:list", source, using=None) == "v1"
     assert source.calls == 0
+
+
+class Refused(LookupError):
+    """The dependency's "no": the token, the user or the permission is gone."""
+
+
+def test_a_refusal_takes_the_stale_entry_away(provider):
+    provider.read("authtokens:abc", Source("ada"), using=None)
+    provider.clock.now += TTL + 1  # stale: the next read refreshes it
+    with pytest.raises(Refused):
+        provider.read("authtokens:abc", Source(failures=1, error=Refused()), using=None)
+    for outage in (Source(failures=99), Source(failures=99, error=Refused())):
+        with pytest.raises((RetriesExhausted, Refused)):
+            provider.read("authtokens:abc", outage, using=None)
+    open_circuit()
+    with pytest.raises(CircuitOpenError):
+        provider.read("authtokens:abc", Source("ada"), using=None)
+    assert fallback.served() is None
+
+
+def test_refusals_of_keys_never_cached_leave_nothing_in_the_shared_cache(provider,
+                                                                        redis_cache):
+    """A flood of guessed tokens costs the cache nothing."""
+    for guess in range(20):
+        with pytest.raises(Refused):
+            provider.read(f"authtokens:{guess}", Source(failures=1, error=Refused()),
+                          using=None)
+    for prefix in (fallback.PREFIX, fallback.REMOVED_PREFIX):
+        assert redis_cache.keys(prefix + "*") == []
+
+
+def test_revoke_removes_one_key_fresh_and_stale_in_every_process(provider):
+    tokens, others = Source("ada"), Source("grace")
+    provider.read("authtokens:abc", tokens, using=None)
+    provider.read("authtokens:def", others, using=None)
+    other_process = Provider(clock=provider.clock)  # its own local layer, same Redis
+    assert other_process.read("authtokens:abc", tokens, using=None) == "ada"
+    provider.revoke("authtokens:abc", using=None)
+    other_process.cache.forget_local()  # its layer's LOCAL_TTL has passed
+    open_circuit()
+    with pytest.raises(CircuitOpenError):
+        other_process.read("authtokens:abc", tokens, using=None)
+    assert other_process.read("authtokens:def", others, using=None) == "grace"  # still fresh
+    assert (tokens.calls, others.calls) == (1, 1)
+
+
+def test_revoke_waits_for_the_transaction_to_commit(provider, transactional_db):
+    provider.read("authtokens:abc", Source("ada"))
+    with transaction.atomic():
+        provider.revoke("authtokens:abc")
+        assert provider.cache.get("authtokens:abc").entry is not None
+    assert provider.cache.get("authtokens:abc").entry is None
+
+
+def test_a_result_stored_with_the_version_before_a_revocation_is_never_read(provider):
+    """What another process reads between a late store and its own check."""
+    provider.revoke("authtokens:abc", using=None)
+    provider.cache.set_many({"authtokens:abc": "ada"}, TTL, STALE_TTL, 0, key_version=0)
+    assert provider.cache.get("authtokens:abc").entry is None
+    provider.cache.set_many({"authtokens:abc": "ada"}, TTL, STALE_TTL, 0, key_version=1)
+    assert provider.cache.get("authtokens:abc").entry.value == "ada"
+
+
+def test_a_read_in_flight_when_its_key_is_revoked_stores_nothing(provider, redis_cache):
+    """Its answer was given before the revocation: it must not stand in for a later one."""
+    inside, release = threading.Event(), threading.Event()
+
+    def slow():
+        inside.set()
+        assert release.wait(30)
+        return "ada"
+
+    def read():
+        try:
+            provider.read("authtokens:abc", slow, using=None)
+        finally:
+            connections.close_all()  # the breaker read its overrides in this thread
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    assert inside.wait(30)
+    provider.revoke("authtokens:abc", using=None)
+    release.set()
+    reader.join(30)
+    provider.cache.forget_local()
+    assert provider.cache.get("authtokens:abc").entry is None
+    redis_cache.delete(fallback.REMOVED_PREFIX + "authtokens:abc")  # its version expires
+    assert provider.cache.get("authtokens:abc").entry is None  # the result itself is gone
+    open_circuit()
+    with pytest.raises(CircuitOpenError):
+        provider.read("authtokens:abc", Source("ada"), using=None)
 
 
 def test_load_many_fetches_only_what_is_not_cached_one_call_per_batch(provider):
