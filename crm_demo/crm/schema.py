@@ -17,9 +17,12 @@ their creates with :data:`IDEMPOTENCY_KEY` (``extend_schema``), and the postproc
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from drf_spectacular.utils import OpenApiParameter
+from rest_framework import serializers
+from rest_framework.request import Request
 
 from crm_demo.crm.filters import MAX_ID
 
@@ -36,6 +39,17 @@ IDEMPOTENCY_KEY = OpenApiParameter(
     description="Makes a create safe to repeat: the same key (per user) with the same body"
                 " gets the first answer back, with another body 422, while the first is"
                 " still being applied 409. Without one, the server picks a key.")
+
+
+
+def idempotency_key(request: Request) -> str:
+    """The create's ``Idempotency-Key`` header, or a new key; a 400 when it is too long."""
+    key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
+    if len(key) > IDEMPOTENCY_KEY_MAX_LENGTH:
+        raise serializers.ValidationError({"Idempotency-Key": [
+            f"Must be at most {IDEMPOTENCY_KEY_MAX_LENGTH} characters."]})
+    return key
+
 
 _INTEGER = {"type": "integer"}
 _STRING = {"type": "string"}
