@@ -67,7 +67,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "code": {**_STRING, "example": "CIRCUIT_OPEN",
                      "description": "CIRCUIT_OPEN, RATE_LIMITED, TIMEOUT, RETRIES_EXHAUSTED,"
                                     " UNAVAILABLE, STORE_UNAVAILABLE, QUEUE_UNAVAILABLE,"
-                                    " IDEMPOTENCY_CONFLICT or IDEMPOTENCY_IN_FLIGHT."},
+                                    " IDEMPOTENCY_CONFLICT, IDEMPOTENCY_IN_FLIGHT,"
+                                    " INVALID_WRITE or PAYLOAD_TOO_LARGE."},
             "circuit": {**_STRING, "description": "The circuit that refused the call."},
             "retry_after": {**_INTEGER, "description": "Seconds to wait before retrying."},
         },
@@ -141,8 +142,20 @@ def _response(description: str, schema: str, media_type: str = PROBLEM,
     }
 
 
+def _invalid_create() -> dict[str, Any]:
+    """A create's 400: a field that fails validation (JSON), or a value the database could
+    not store though it passed (``INVALID_WRITE`` problem), the same with it up or down."""
+    response = _response("The request is invalid, or has values the database cannot store"
+                         " (INVALID_WRITE).", "ValidationError", JSON)
+    response["content"][PROBLEM] = {"schema": _ref("schemas", "Problem")}
+    return response
+
+
 RESPONSES: dict[str, dict[str, Any]] = {
     "BadRequest": _response("The request is invalid.", "ValidationError", JSON),
+    "InvalidCreate": _invalid_create(),
+    "PayloadTooLarge": _response("The body is over the upload limit (PAYLOAD_TOO_LARGE);"
+                                 " nothing of it was read.", "Problem"),
     "Unauthorized": _response("No valid token (send `Authorization: Token <token>`).",
                               "Error", JSON),
     "Forbidden": _response("Not allowed (a session without its CSRF token).", "Error", JSON),
@@ -191,8 +204,10 @@ def _answers(method: str, operation: dict[str, Any]) -> dict[str, str]:
     if any(p.get("in") == "path" or p.get("name") == "page" for p in parameters):
         answers["404"] = "NotFound"
     if _is_create(operation):
-        answers.update({"202": "Queued", "409": "IdempotencyInFlight",
+        answers.update({"400": "InvalidCreate", "202": "Queued", "409": "IdempotencyInFlight",
                         "422": "IdempotencyConflict"})
+    if "text/csv" in operation.get("requestBody", {}).get("content", {}):
+        answers["413"] = "PayloadTooLarge"
     return answers
 
 
