@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from django.core.cache import caches
 from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import DatabaseError, IntegrityError, connections, router, transaction
-from django.db.models import Model, Q
+from django.db.models import Field, ForeignKey, Model, Q
 from django.dispatch import receiver
 from django.utils import timezone
 from django_redis import get_redis_connection
@@ -167,8 +167,10 @@ def column_errors(model: type[Model], name: str, value: Any) -> dict[str, list[s
     try:
         field = model._meta.get_field(name)
     except FieldDoesNotExist:
-        return {name: [f"{model.__name__} has no field {name!r}."]}
-    column = field.target_field if field.is_relation else field  # type: ignore[union-attr]
+        field = None
+    if not isinstance(field, Field) or not field.concrete or field.many_to_many:
+        return {name: [f"{model.__name__} has no column {name!r}."]}
+    column = field.target_field if isinstance(field, ForeignKey) else field
     if value is None and field.null:
         return {}
     try:

@@ -252,6 +252,7 @@ def test_with_redis_down_a_write_during_an_outage_is_refused(settings, redis_pro
     ("test.contact", contact(1), "k1", "e" * 201, "entity"),
     ("test.modelled", contact(1, company="c" * 201), "k1", "", "company"),
     ("test.modelled", contact(1, no_such_field=1), "k1", "", "no_such_field"),
+    ("test.modelled", contact(1, conversations=[1]), "k1", "", "conversations"),  # no column
 ])
 def test_a_write_the_database_would_refuse_is_refused_before_it_is_queued(
         queued, database, name, payload, key, entity, field):
