@@ -12,7 +12,8 @@ import contextlib
 from email.utils import parsedate_to_datetime
 from typing import Any, NamedTuple
 
-from django.db import DatabaseError, InterfaceError, OperationalError
+from django.core.exceptions import ValidationError
+from django.db import DatabaseError, DataError, IntegrityError, InterfaceError, OperationalError
 from django.utils import timezone
 
 from resilience_crm.exceptions import (
@@ -33,6 +34,9 @@ CONNECTION_SQLSTATE_PREFIXES = ("08", "57P")
 TIMEOUT_CLASS_NAMES = frozenset({"PoolTimeout", "ConnectionTimeout"})
 #: Upstream HTTP statuses worth another attempt.
 RETRYABLE_STATUSES = (429, 502, 503, 504)
+#: Client-error statuses that a later attempt may get past: timeout, conflict, too early,
+#: rate limited.
+TRANSIENT_CLIENT_STATUSES = (408, 409, 425, 429)
 
 
 class Classification(NamedTuple):
@@ -62,6 +66,17 @@ def classify(exc: BaseException) -> Classification:
     if isinstance(exc, ConnectionError) or _is_redis_connection_error(exc):
         return Classification(True, True, DependencyUnavailable)
     return Classification(False, False, None)
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether no later attempt can succeed because the write itself is wrong: the database
+    refused its data (``DataError``, ``IntegrityError``), it failed validation (Django's
+    ``ValidationError``), or an error with a 4xx status said so (DRF's ``ValidationError``,
+    an upstream's 400, ``InvalidWrite``); 408, 409, 425 and 429 are not permanent."""
+    if isinstance(exc, DataError | IntegrityError | ValidationError):
+        return True
+    status = exc.status if isinstance(exc, ResilienceError) else _http_status(exc)
+    return status is not None and 400 <= status < 500 and status not in TRANSIENT_CLIENT_STATUSES
 
 
 def is_conflict(exc: BaseException) -> bool:

@@ -92,3 +92,18 @@ class IdempotencyInFlight(ResilienceError):
     code = "IDEMPOTENCY_IN_FLIGHT"
     default_message = "A request with this Idempotency-Key is still being processed."
     status = 409
+
+
+class InvalidWrite(ResilienceError):
+    """A write its row or its model's columns could not hold (a value too long, a number out
+    of range): refused before it is applied or queued, the same with the database up or
+    down. ``errors`` maps each field to what is wrong with it."""
+
+    code = "INVALID_WRITE"
+    default_message = "The write has values the database cannot store."
+    status = 400
+
+    def __init__(self, errors: dict[str, list[str]]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{field}: {' '.join(messages)}"
+                                   for field, messages in errors.items()))

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db.models import Model
 
 from resilience_crm import core, deadlines, errors, fallback, metrics, queue, retries
 from resilience_crm.conf import settings
@@ -160,11 +161,14 @@ class Provider:
         _after_commit(using, partial(self.cache.remove, key))
 
     def write_handler(self, name: str, *, key: str = "", circuit: str = OP_CIRCUITS["write"],
-                      using: str = DEFAULT_DB_ALIAS) -> Callable[[Callable[[Any], Any]],
-                                                                 Callable[[Any], Any]]:
+                      using: str = DEFAULT_DB_ALIAS, model: type[Model] | None = None,
+                      ) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
         """Register ``handler(payload)`` as the queued write ``name``. Its return value (JSON)
-        is kept with the idempotency key; ``key``'s space is invalidated when it applies."""
-        return queue.register(name, key=key, circuit=circuit, using=using)
+        is kept with the idempotency key; ``key``'s space is invalidated when it applies.
+        With ``model``, ``submit`` refuses a payload whose fields are not its columns or
+        whose values they cannot hold (``InvalidWrite``), before the write is applied or
+        queued."""
+        return queue.register(name, key=key, circuit=circuit, using=using, model=model)
 
     def submit(self, name: str, payload: Any, *, idempotency_key: str,
                entity: str = "") -> queue.Receipt:

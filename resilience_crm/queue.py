@@ -9,7 +9,11 @@ instead (with its key, atomically, by ``enqueue.lua``). ``replay`` moves the str
 (``lease_owner``, ``lease_until``) and applied in a transaction that also marks it applied,
 so a replayer killed midway leaves the row to be taken over when its lease ends and its
 effect rolled back. A write whose handler keeps failing becomes a dead letter after
-``MAX_ATTEMPTS``, listed in the admin, where ``requeue`` puts it back.
+``MAX_ATTEMPTS``, listed in the admin, where ``requeue`` puts it back; one that no attempt
+can fix (the database refuses its data, it fails validation) becomes one at once, so it
+never holds up the writes behind it. ``validate`` refuses, before anything is applied or
+queued, what the database would refuse: a key or entity longer than its column, a payload
+its handler's model cannot hold.
 
 Without Redis (the embedded default) there is nowhere outside the database to put a write:
 ``submit`` then raises :class:`~resilience_crm.exceptions.QueueUnavailable` (HTTP 503) while
@@ -31,8 +35,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from django.core.cache import caches
+from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import DatabaseError, IntegrityError, connections, router, transaction
-from django.db.models import Q
+from django.db.models import Field, ForeignKey, Model, Q
 from django.dispatch import receiver
 from django.utils import timezone
 from django_redis import get_redis_connection
@@ -45,6 +50,7 @@ from resilience_crm.exceptions import (
     DependencyUnavailable,
     IdempotencyConflict,
     IdempotencyInFlight,
+    InvalidWrite,
     OperationTimeout,
     QueueUnavailable,
     RetriesExhausted,
@@ -79,6 +85,7 @@ class Handler:
     key: str
     circuit: str
     using: str
+    model: type[Model] | None = None
 
 
 @dataclass(frozen=True)
@@ -103,9 +110,10 @@ _handlers: dict[str, Handler] = {}
 
 
 def register(name: str, *, key: str = "", circuit: str = OP_CIRCUITS["write"],
-             using: str = "default") -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
+             using: str = "default", model: type[Model] | None = None,
+             ) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
     def decorate(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        _handlers[name] = Handler(name, fn, key or name, circuit, using)
+        _handlers[name] = Handler(name, fn, key or name, circuit, using, model)
         return fn
 
     return decorate
@@ -124,12 +132,61 @@ def payload_hash(payload: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+# Validating -------------------------------------------------------------------------------
+
+def validate(name: str, payload: Any, *, idempotency_key: str, entity: str = "") -> None:
+    """Raise :class:`InvalidWrite` for a write the database would refuse: a key or entity
+    longer than its ``QueuedWrite`` column, a payload that is not JSON, or (when the handler
+    names a ``model``) a payload field that is no column of it or a value the column cannot
+    hold. No query is made: the answer is the same with the database up or down."""
+    found = handler(name)
+    problems = row_errors(idempotency_key=idempotency_key, entity=entity)
+    try:
+        json.dumps(payload)
+    except (TypeError, ValueError) as err:
+        problems["payload"] = [f"Not JSON: {err}"]
+    if found.model is not None and isinstance(payload, dict):
+        for field, value in payload.items():
+            problems.update(column_errors(found.model, field, value))
+    if problems:
+        raise InvalidWrite(problems)
+
+
+def row_errors(*, idempotency_key: str, entity: str) -> dict[str, list[str]]:
+    """What is wrong with a write's key and entity as ``QueuedWrite`` columns."""
+    problems = {}
+    for field, value in (("idempotency_key", idempotency_key), ("entity", entity)):
+        problems.update(column_errors(QueuedWrite, field, value))
+    return problems
+
+
+def column_errors(model: type[Model], name: str, value: Any) -> dict[str, list[str]]:
+    """``{name: [messages]}`` when ``value`` cannot be stored in ``model``'s field ``name``
+    (its attribute name too, ``contact_id``); a foreign key's value is checked against the
+    column it points at, never looked up."""
+    try:
+        field = model._meta.get_field(name)
+    except FieldDoesNotExist:
+        field = None
+    if not isinstance(field, Field) or not field.concrete or field.many_to_many:
+        return {name: [f"{model.__name__} has no column {name!r}."]}
+    column = field.target_field if isinstance(field, ForeignKey) else field
+    if value is None and field.null:
+        return {}
+    try:
+        column.clean(value, None)
+    except ValidationError as err:
+        return {name: list(err.messages)}
+    return {}
+
+
 # Submitting --------------------------------------------------------------------------------
 
 def submit(provider: Provider, name: str, payload: Any, *, idempotency_key: str,
            entity: str = "") -> Receipt:
     if not idempotency_key:
         raise ValueError("submit needs an idempotency_key")
+    validate(name, payload, idempotency_key=idempotency_key, entity=entity)
     found = handler(name)
     digest = payload_hash(payload)
     queued_hash = _queued_hash(idempotency_key)
@@ -175,9 +232,11 @@ def _apply_now(found: Handler, payload: Any, digest: str, key: str, entity: str)
 def enqueue(name: str, payload: Any, *, idempotency_key: str, entity: str = "",
             digest: str | None = None) -> Receipt:
     """Append the write to the Redis stream (raises :class:`QueueUnavailable` when Redis
-    cannot take it). The same key again with the same payload is the same queued write."""
+    cannot take it, :class:`InvalidWrite` when the database would refuse the write). The same
+    key again with the same payload is the same queued write."""
+    validate(name, payload, idempotency_key=idempotency_key, entity=entity)
     digest = digest or payload_hash(payload)
-    body = json.dumps(payload)  # a payload that is not JSON is the caller's error, not an outage
+    body = json.dumps(payload)
     try:
         client, cache = _redis()
         previous = SCRIPT(
@@ -268,7 +327,9 @@ def _database_of(name: str) -> str:
 
 def drain() -> int:
     """Move every write in the Redis stream into a ``QueuedWrite`` row (idempotent: a key
-    already in the table is not added twice); returns how many were moved."""
+    already in the table is not added twice); returns how many were moved. An entry the
+    table cannot hold (queued before ``validate`` refused such writes) becomes a dead letter
+    rather than stopping the drain; a database that fails stops it, the entry kept."""
     if not redis_available():
         return 0
     moved = 0
@@ -281,9 +342,14 @@ def drain() -> int:
                 return moved
             for entry_id, fields in entries:
                 data = {_text(k): _text(v) for k, v in fields.items()}
-                _store_row(data)
+                try:
+                    _store_row(data)
+                except Exception as err:
+                    if not errors.is_permanent(err):
+                        raise
+                    _store_dead_letter(_text(entry_id), data, err)
                 client.xdel(stream, entry_id)
-                client.delete(cache.make_key(MARKER_PREFIX + data["key"]))
+                client.delete(cache.make_key(MARKER_PREFIX + data.get("key", "")))
                 moved += 1
     except QueueUnavailable:
         raise
@@ -294,6 +360,9 @@ def drain() -> int:
 
 
 def _store_row(data: dict[str, str]) -> None:
+    problems = row_errors(idempotency_key=data["key"], entity=data.get("entity", ""))
+    if problems:
+        raise InvalidWrite(problems)
     db = _database_of(data["name"])
     with transaction.atomic(using=db):
         row, created = QueuedWrite.objects.using(db).get_or_create(
@@ -304,6 +373,28 @@ def _store_row(data: dict[str, str]) -> None:
     if not created and row.payload_hash != data["hash"]:
         logger.error("Write queue: %s was queued with a payload other than the one applied "
                      "under the same key; the queued one is dropped.", data["key"])
+
+
+def _store_dead_letter(entry_id: str, data: dict[str, str], err: Exception) -> None:
+    """Keep a stream entry that ``_store_row`` refused as a dead letter with its error; its
+    key stands in ``last_error`` when the column cannot hold it (the stream's entry id
+    replaces it, unique and the same if a drain stopped midway tries again)."""
+    key = data.get("key", "")
+    if row_errors(idempotency_key=key, entity=""):
+        key = f"invalid-entry:{entry_id}"
+    try:
+        payload = json.loads(data.get("payload", "null"))
+    except ValueError:
+        payload = data.get("payload")
+    error = f"{err.__class__.__name__}: {err} (idempotency key {data.get('key', '')!r}, " \
+            f"entity {data.get('entity', '')!r})"
+    logger.error("Write queue: the queued write %s cannot be stored, kept as a dead letter: %s",
+                 key, error)
+    db = _database_of(data.get("name", ""))
+    QueuedWrite.objects.using(db).get_or_create(idempotency_key=key, defaults={
+        "name": data.get("name", "")[:200], "payload": payload,
+        "payload_hash": data.get("hash", "")[:64], "state": QueuedWrite.State.DEAD,
+        "last_error": error[:2000]})
 
 
 def claim(owner: str, lease: float = LEASE_SECONDS, skip: set[int] | None = None,
@@ -361,7 +452,8 @@ def apply(row: QueuedWrite, owner: str) -> str:
 
 
 def _record_failure(row: QueuedWrite, exc: Exception) -> str:
-    dead = row.attempts >= MAX_ATTEMPTS
+    """A failed attempt: a dead letter when no attempt can succeed or this was the last."""
+    dead = errors.is_permanent(exc) or row.attempts >= MAX_ATTEMPTS
     state = QueuedWrite.State.DEAD if dead else QueuedWrite.State.FAILED
     logger.warning("Write queue: %s %s failed (attempt %s): %r", row.name,
                    row.idempotency_key, row.attempts, exc)

@@ -12,6 +12,7 @@ The endpoint is the resolved URL name, never the path.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,9 +26,11 @@ from rest_framework.throttling import BaseThrottle
 from resilience_crm import clients, limiter
 from resilience_crm.clients import Principal
 from resilience_crm.constants import OP_CLASSES
-from resilience_crm.exceptions import StoreUnavailable
+from resilience_crm.exceptions import ResilienceError, StoreUnavailable
 from resilience_crm.gcra import Decision
 from resilience_crm.middleware import remember
+
+logger = logging.getLogger("resilience_crm.throttling")
 
 
 class RateLimitUnavailable(APIException):
@@ -83,13 +86,22 @@ class TierRateThrottle(BaseThrottle):
 
 @dataclass(frozen=True)
 class RowResult:
-    """What became of one row: ``status`` is ``"done"``, ``"failed"`` or ``"rate_limited"``."""
+    """What became of one row: ``status`` is ``"done"``, ``"failed"`` or ``"rate_limited"``.
+    A failed row has a stable ``code`` and an ``error`` safe to show: a
+    :class:`ResilienceError`'s own, else ``ROW_FAILED`` (the detail goes to the log)."""
 
     index: int
     status: str
     value: Any = None
     error: str = ""
     retry_after: float = 0.0
+    code: str = ""
+
+
+#: ``code`` and ``error`` of a row whose handler raised something other than a
+#: :class:`ResilienceError`.
+ROW_FAILED = "ROW_FAILED"
+ROW_FAILED_MESSAGE = "The row could not be saved."
 
 
 def bulk(who: Any, rows: Iterable[Any], handler: Callable[[Any], Any], *,
@@ -117,8 +129,11 @@ def bulk(who: Any, rows: Iterable[Any], handler: Callable[[Any], Any], *,
             continue
         try:
             value = handler(row)
-        except Exception as err:  # one bad row must not fail the batch
-            results.append(RowResult(index, "failed", error=str(err) or type(err).__name__))
+        except ResilienceError as err:  # one bad row must not fail the batch
+            results.append(RowResult(index, "failed", error=err.message, code=err.code))
+        except Exception:
+            logger.exception("Row %s failed", index)
+            results.append(RowResult(index, "failed", error=ROW_FAILED_MESSAGE, code=ROW_FAILED))
         else:
             results.append(RowResult(index, "done", value))
     return results

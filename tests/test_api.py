@@ -152,6 +152,18 @@ def test_a_create_during_an_outage_is_queued_and_applied_after_it(api):
     assert again.status_code == 201 and Contact.objects.count() == 1
 
 
+@pytest.mark.parametrize("database", ["up", "down"])
+def test_a_message_the_database_could_not_store_is_a_400_up_or_down(api, database):
+    if database == "down":
+        force_open("crm.write")
+    response = api.post(f"/api/conversations/{'9' * 250}/messages/",
+                        {"sender": "contact", "body": "Hello"}, format="json",
+                        HTTP_IDEMPOTENCY_KEY="m1")
+    body = problem(response, 400, "INVALID_WRITE")  # never a 202 replay cannot apply
+    assert "entity" in body["detail"] and "conversation_id" in body["detail"]
+    assert queue.stream_length() == 0 and not QueuedWrite.objects.exists()
+
+
 def test_an_authenticated_client_keeps_reading_while_the_database_is_down(api):
     api.get("/api/contacts/")
     api.clock.now += TTL + 1

@@ -1,17 +1,21 @@
 """The CSV contact import: every row spends the caller's rpc budget (on the real Redis
 limiter), short waits are waited out, and each row gets its own result; one bad row or an
-exhausted budget never fails the import."""
+exhausted budget never fails the import. A body over the upload limit is a 413 before it is
+read, and a row the database refuses says a stable code, never the database's text."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
 
-from crm_demo.crm.imports import ContactImport
+from crm_demo.crm.imports import CHUNK, ContactImport, CSVParser, PayloadTooLarge
 from crm_demo.crm.models import Contact
-from resilience_crm import tiers
+from resilience_crm import queue, tiers
 from resilience_crm.models import TierAssignment
-from tests.demo_api import force_open
+from tests.demo_api import force_open, problem
 from tests.ratelimit_helpers import on_clock, set_tier
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
@@ -114,3 +118,69 @@ def test_too_many_rows_or_bytes_that_are_not_utf8_are_a_400(api, monkeypatch):
     response = api.generic("POST", URL, b"name,email\n\xff\xfe,x\n", content_type="text/csv")
     assert response.status_code == 400 and "UTF-8" in str(response.json())
     assert not Contact.objects.exists()
+
+
+@pytest.mark.parametrize("multipart", [False, True])
+def test_a_body_over_the_upload_limit_is_a_413(api, settings, multipart):
+    give_tier(api.user, {"rpc": "100/hour"})
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 4096
+    text = csv_of(200)  # about 5 KB
+    if multipart:
+        upload = SimpleUploadedFile("contacts.csv", text.encode(), content_type="text/csv")
+        response = api.post(URL, {"file": upload}, format="multipart")
+    else:
+        response = post_csv(api, text)
+    body = problem(response, 413, "PAYLOAD_TOO_LARGE")
+    assert "4096 bytes" in body["detail"]
+    assert not Contact.objects.exists()
+    assert post_csv(api, csv_of(100)).status_code == 200  # under the limit
+
+
+def test_a_body_of_unknown_length_is_read_in_bounded_chunks(settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 4096
+    stream = io.BytesIO(csv_of(100_000).encode())  # about 2.6 MB
+    with pytest.raises(PayloadTooLarge):
+        CSVParser().parse(stream)
+    assert stream.tell() <= 4096 + CHUNK  # it stopped reading
+
+
+def test_an_idempotency_key_too_long_to_keep_is_a_400_with_the_database_up_or_down(api):
+    give_tier(api.user, {"rpc": "100/hour"})
+    for _ in ("up", "down"):
+        response = post_csv(api, csv_of(2), HTTP_IDEMPOTENCY_KEY="k" * 250)
+        assert response.status_code == 400, response.content
+        assert "Idempotency-Key" in response.json()
+        force_open("crm.write")
+    assert queue.stream_length() == 0 and not Contact.objects.exists()
+
+
+@pytest.fixture
+def refusing_database(api):
+    """A trigger that makes PostgreSQL refuse contacts named "Refused", with its own text."""
+    with connection.cursor() as cursor:
+        cursor.execute("""
+            CREATE FUNCTION refuse_contact() RETURNS trigger AS $$ BEGIN
+              RAISE EXCEPTION 'internal detail: row % of table crm_contact', NEW.name
+                USING ERRCODE = 'check_violation';
+            END $$ LANGUAGE plpgsql;
+            CREATE TRIGGER refuse_contact BEFORE INSERT ON crm_contact FOR EACH ROW
+              WHEN (NEW.name = 'Refused') EXECUTE FUNCTION refuse_contact();""")
+    try:
+        yield api
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER refuse_contact ON crm_contact;"
+                           "DROP FUNCTION refuse_contact();")
+
+
+def test_a_row_the_database_refuses_says_a_stable_code_not_the_database_text(
+        refusing_database, caplog):
+    api = refusing_database
+    give_tier(api.user, {"rpc": "100/hour"})
+    response = post_csv(api, HEADER + "Ada,ada@example.com,,\nRefused,r@example.com,,\n")
+    assert response.status_code == 200, response.content
+    ada, refused = response.json()["rows"]
+    assert ada["status"] == "created"
+    assert refused == {"row": 2, "status": "failed", "code": "ROW_FAILED",
+                       "error": "The row could not be saved."}
+    assert "internal detail" in caplog.text  # the detail is logged

@@ -8,14 +8,25 @@ import time
 
 import psycopg
 import pytest
-from django.db import OperationalError, connection, connections, transaction
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import (
+    DataError,
+    IntegrityError,
+    OperationalError,
+    connection,
+    connections,
+    transaction,
+)
+from rest_framework.exceptions import ValidationError as DRFValidationError
 
-from crm_demo.crm.models import Contact
+from crm_demo.crm.models import Contact, Conversation
 from resilience_crm import fallback, get_breaker, metrics, retries
-from resilience_crm.errors import classify, is_conflict
+from resilience_crm.errors import classify, is_conflict, is_permanent
 from resilience_crm.exceptions import (
     CircuitOpenError,
     DependencyUnavailable,
+    IdempotencyInFlight,
+    InvalidWrite,
     OperationTimeout,
     RateLimited,
     RetriesExhausted,
@@ -386,6 +397,35 @@ def test_the_classifier_on_real_database_errors(postgres, db):
     with pytest.raises(Exception) as bad_sql, connection.cursor() as cursor:
         cursor.execute("SELECT no_such_column FROM auth_user")
     assert classify(bad_sql.value)[:3] == (False, False, None)
+
+
+@pytest.mark.parametrize(("error", "permanent"), [
+    (InvalidWrite({"entity": ["Too long."]}), True),
+    (DjangoValidationError("No such id."), True),
+    (DRFValidationError({"contact": ["No such id."]}), True),
+    (UpstreamError(400), True),
+    (UpstreamError(429), False),
+    (UpstreamError(503), False),
+    (IdempotencyInFlight(), False),
+    (RateLimited(), False),
+    (DependencyUnavailable(), False),
+    (ValueError("anything else"), False),  # tried again, up to queue.MAX_ATTEMPTS
+])
+def test_what_no_attempt_can_fix(error, permanent):
+    assert is_permanent(error) is permanent
+
+
+@pytest.mark.postgres
+def test_what_no_attempt_can_fix_among_real_database_errors(postgres, unreachable_database):
+    with pytest.raises(DataError) as too_long, transaction.atomic():
+        Contact.objects.create(name="n" * 201, email="a@example.com")
+    assert is_permanent(too_long.value)
+    with pytest.raises(IntegrityError) as missing, transaction.atomic():
+        Conversation.objects.create(contact_id=10**12, subject="No such contact")
+    assert is_permanent(missing.value)
+    with pytest.raises(OperationalError) as refused:
+        connections[unreachable_database].ensure_connection()
+    assert not is_permanent(refused.value)
 
 
 # Deadlines -------------------------------------------------------------------------------------

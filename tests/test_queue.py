@@ -1,5 +1,7 @@
 """The write queue: applied now or queued in Redis, replayed exactly once into PostgreSQL,
-also when the replaying process is killed midway; dead letters and the admin's requeue."""
+also when the replaying process is killed midway; dead letters and the admin's requeue; a
+write the database would refuse is refused before it is queued, and one it refuses on replay
+is a dead letter at once, never in the way of the writes behind it."""
 
 from __future__ import annotations
 
@@ -9,13 +11,16 @@ import signal
 import time
 
 import pytest
+from django.core.cache import caches
 from django.db import connections
+from django_redis import get_redis_connection
 
 from crm_demo.crm.models import Contact
 from resilience_crm import get_breaker, queue
 from resilience_crm.exceptions import (
     IdempotencyConflict,
     IdempotencyInFlight,
+    InvalidWrite,
     QueueUnavailable,
 )
 from resilience_crm.models import QueuedWrite
@@ -37,6 +42,21 @@ def create_contact(payload):
 @protected.write_handler("test.broken")
 def broken(payload):
     raise ValueError("this handler always fails")
+
+
+@protected.write_handler("test.modelled", key="contacts", model=Contact)
+def create_checked_contact(payload):
+    return {"id": Contact.objects.create(**payload).pk}
+
+
+#: The alias of a database nobody answers at, for ``test.unreachable`` (set by its test).
+unreachable: list[str] = []
+
+
+@protected.write_handler("test.unreachable")
+def write_elsewhere(payload):
+    with connections[unreachable[0]].cursor() as cursor:
+        cursor.execute("SELECT 1")
 
 
 @pytest.fixture
@@ -224,3 +244,75 @@ def test_with_redis_down_a_write_during_an_outage_is_refused(settings, redis_pro
     outage()
     with pytest.raises(QueueUnavailable):
         protected.submit("test.contact", contact(1), idempotency_key="k1")
+
+
+@pytest.mark.parametrize("database", ["up", "down"])
+@pytest.mark.parametrize("name, payload, key, entity, field", [
+    ("test.contact", contact(1), "k" * 256, "", "idempotency_key"),
+    ("test.contact", contact(1), "k1", "e" * 201, "entity"),
+    ("test.modelled", contact(1, company="c" * 201), "k1", "", "company"),
+    ("test.modelled", contact(1, no_such_field=1), "k1", "", "no_such_field"),
+    ("test.modelled", contact(1, conversations=[1]), "k1", "", "conversations"),  # no column
+])
+def test_a_write_the_database_would_refuse_is_refused_before_it_is_queued(
+        queued, database, name, payload, key, entity, field):
+    if database == "down":
+        outage()
+    with pytest.raises(InvalidWrite) as raised:
+        protected.submit(name, payload, idempotency_key=key, entity=entity)
+    assert (raised.value.status, raised.value.code) == (400, "INVALID_WRITE")
+    assert list(raised.value.errors) == [field]
+    assert queue.stream_length() == 0 and not QueuedWrite.objects.exists()
+    assert not Contact.objects.exists()
+
+
+def test_a_stream_entry_the_table_cannot_hold_is_a_dead_letter_and_the_rest_apply(queued):
+    outage()
+    protected.submit("test.contact", contact(1), idempotency_key="k1")
+    # An entry queued before writes were checked: a key longer than the column.
+    cache = caches["redis"]
+    get_redis_connection("redis").xadd(cache.make_key(queue.STREAM_KEY), {
+        "name": "test.contact", "key": "k" * 300, "payload": '{"name": "Poison"}',
+        "hash": "0" * 64, "entity": ""})
+    protected.submit("test.contact", contact(2), idempotency_key="k2")
+    recovery()
+    report = queue.replay()
+    assert (report.moved, report.applied) == (3, 2)
+    assert queue.stream_length() == 0
+    assert sorted(Contact.objects.values_list("email", flat=True)) == [
+        "c1@example.com", "c2@example.com"]
+    dead = QueuedWrite.objects.get(state="dead")
+    assert dead.payload == {"name": "Poison"} and "k" * 300 in dead.last_error
+    assert "idempotency_key" in dead.last_error
+
+
+def test_a_write_the_database_refuses_on_replay_is_a_dead_letter_at_once(queued):
+    """A write no attempt can fix does not hold up the writes of its entity behind it."""
+    outage()
+    protected.submit("test.contact", contact(1), idempotency_key="k1", entity="acme")
+    # test.contact names no model: nothing checks the name's length before the database.
+    protected.submit("test.contact", contact(2, name="n" * 201), idempotency_key="k2",
+                     entity="acme")
+    protected.submit("test.contact", contact(3), idempotency_key="k3", entity="acme")
+    recovery()
+    report = queue.replay()
+    assert (report.applied, report.dead) == (2, 1)
+    assert sorted(Contact.objects.values_list("email", flat=True)) == [
+        "c1@example.com", "c3@example.com"]
+    dead = QueuedWrite.objects.get(idempotency_key="k2")
+    assert (dead.state, dead.attempts) == ("dead", 1)
+    assert dead.last_error.startswith("DataError")
+
+
+def test_a_database_that_fails_during_replay_stops_it_and_keeps_the_write(
+        queued, unreachable_database):
+    unreachable[:] = [unreachable_database]
+    outage()
+    protected.submit("test.unreachable", {"n": 1}, idempotency_key="k1")
+    protected.submit("test.contact", contact(1), idempotency_key="k2")
+    recovery()
+    report = queue.replay()
+    assert report.stopped and report.applied == 0
+    row = QueuedWrite.objects.get(idempotency_key="k1")
+    assert row.state == "applying" and row.lease_owner  # taken over when its lease ends
+    assert QueuedWrite.objects.get(idempotency_key="k2").state == "pending"

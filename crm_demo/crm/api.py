@@ -5,7 +5,6 @@ database is down); creates go through ``protected.submit`` with the client's
 protected writes. The analytics summary is in ``analytics.py``, the CSV import in
 ``imports.py``."""
 
-import uuid
 from functools import partial
 from typing import Any
 
@@ -23,7 +22,7 @@ from rest_framework.views import APIView
 
 from crm_demo.crm import filters
 from crm_demo.crm.models import Agent, Contact, Conversation, Message, Platform
-from crm_demo.crm.schema import IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_MAX_LENGTH
+from crm_demo.crm.schema import IDEMPOTENCY_KEY, idempotency_key
 from crm_demo.crm.serializers import (
     AgentSerializer,
     ContactSerializer,
@@ -91,10 +90,7 @@ class ProtectedViewSet(FallbackHeadersMixin, viewsets.GenericViewSet):
 
     def _submit(self, request: Request, handler: str, payload: dict[str, Any],
                 entity: str = "") -> Response:
-        key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
-        if len(key) > IDEMPOTENCY_KEY_MAX_LENGTH:
-            raise serializers.ValidationError({"Idempotency-Key": [
-                f"Must be at most {IDEMPOTENCY_KEY_MAX_LENGTH} characters."]})
+        key = idempotency_key(request)
         receipt = protected.submit(handler, payload, entity=entity,
                                    idempotency_key=f"{request.user.pk}:{handler}:{key}")
         if receipt.queued:

@@ -1,14 +1,18 @@
 """The CSV contact import: each row spends one request of the caller's rate-limit budget
 (``resilience_crm.throttling.bulk``) and is created through ``protected.submit``; every row
-gets its own result, so one bad row or an exhausted budget never fails the import."""
+gets its own result, so one bad row or an exhausted budget never fails the import.
+
+A body larger than ``DATA_UPLOAD_MAX_MEMORY_SIZE`` is refused with 413 (problem+json
+``PAYLOAD_TOO_LARGE``) before it is read: by its ``Content-Length``, and by reading it in
+bounded chunks where the length is not known."""
 
 import csv
 import io
 import time
-import uuid
 from itertools import islice
-from typing import Any
+from typing import IO, Any
 
+from django.conf import global_settings, settings
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
@@ -19,20 +23,54 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from crm_demo.crm.schema import IDEMPOTENCY_KEY
+from crm_demo.crm.schema import IDEMPOTENCY_KEY, idempotency_key
 from crm_demo.crm.serializers import ContactSerializer
+from resilience_crm.exceptions import ResilienceError
 from resilience_crm.provider import protected
 from resilience_crm.throttling import bulk, endpoint
 
+#: Bytes read from a body at a time.
+CHUNK = 64 * 1024
+
+
+class PayloadTooLarge(ResilienceError):
+    code = "PAYLOAD_TOO_LARGE"
+    default_message = "The upload is too large."
+    status = 413
+
+
+def max_bytes() -> int:
+    """The largest CSV body accepted: ``DATA_UPLOAD_MAX_MEMORY_SIZE`` (Django's default,
+    2.5 MB, where it is ``None``)."""
+    return (settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+            or global_settings.DATA_UPLOAD_MAX_MEMORY_SIZE)  # type: ignore[attr-defined]
+
+
+def too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"A CSV import may be at most {limit} bytes; split the file.")
+
+
+def read_capped(stream: IO[bytes], limit: int) -> bytes:
+    """All of ``stream``, read ``CHUNK`` bytes at a time; :class:`PayloadTooLarge` as soon as
+    it passes ``limit`` bytes."""
+    data = bytearray()
+    while chunk := stream.read(min(CHUNK, limit + 1 - len(data))):
+        data += chunk
+        if len(data) > limit:
+            raise too_large(limit)
+    return bytes(data)
+
 
 class CSVParser(BaseParser):
-    """``text/csv`` bodies as ``{"csv": text}`` (UTF-8, a byte-order mark ignored)."""
+    """``text/csv`` bodies as ``{"csv": text}`` (UTF-8, a byte-order mark ignored), at most
+    :func:`max_bytes`."""
 
     media_type = "text/csv"
 
     def parse(self, stream: Any, media_type: str | None = None,
               parser_context: Any = None) -> dict[str, str]:
-        return {"csv": decode_csv(stream.read()) if stream is not None else ""}
+        return {"csv": decode_csv(read_capped(stream, max_bytes()))
+                if stream is not None else ""}
 
 
 def decode_csv(data: bytes) -> str:
@@ -49,7 +87,8 @@ IMPORT_COLUMNS = ("name", "email", "phone", "company")
 class ContactImport(APIView):
     """``POST`` a CSV of contacts (a ``text/csv`` body, or a multipart ``file``) -> one
     result per row: ``created``, ``queued`` (the database is down), ``invalid`` (with
-    ``errors``), ``rate_limited`` (with ``retry_after``) or ``failed``.
+    ``errors``), ``rate_limited`` (with ``retry_after``) or ``failed`` (with a stable
+    ``code`` and ``error`` message; the detail goes to the log).
 
     Each row spends one ``rpc`` request of the caller's budget; when it is short the import
     waits the ``Retry-After`` up to ``max_wait`` seconds in all, and reports the rows it
@@ -82,13 +121,18 @@ class ContactImport(APIView):
                     child=serializers.ListField(child=serializers.CharField()),
                     required=False),
                 "retry_after": serializers.IntegerField(required=False),
+                "code": serializers.CharField(required=False),
                 "error": serializers.CharField(required=False),
             }, many=True),
         }),
     )
     def post(self, request: Request) -> Response:
+        limit = max_bytes()
+        length = request.META.get("CONTENT_LENGTH") or ""
+        if length.isdigit() and int(length) > limit:
+            raise too_large(limit)  # before the body is read
+        key = idempotency_key(request)
         rows = self._rows(request)
-        key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
 
         def create(item: tuple[int, dict[str, Any]]) -> dict[str, Any]:
             index, row = item
@@ -113,7 +157,7 @@ class ContactImport(APIView):
                 result = {"status": "rate_limited",
                           "retry_after": max(1, round(outcome.retry_after))}
             else:
-                result = {"status": "failed", "error": outcome.error}
+                result = {"status": "failed", "code": outcome.code, "error": outcome.error}
             results.append({"row": outcome.index + 1, **result})
         totals = {name: 0 for name in
                   ("created", "queued", "invalid", "rate_limited", "failed")}
@@ -124,7 +168,7 @@ class ContactImport(APIView):
     def _rows(self, request: Request) -> list[dict[str, Any]]:
         data = request.data if isinstance(request.data, dict) else {}
         if "file" in request.FILES:
-            text = decode_csv(request.FILES["file"].read())
+            text = decode_csv(read_capped(request.FILES["file"], max_bytes()))
         elif isinstance(data.get("csv"), str):
             text = data["csv"]
         else:

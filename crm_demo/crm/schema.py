@@ -18,9 +18,12 @@ their creates with :data:`IDEMPOTENCY_KEY` (``extend_schema``), and the postproc
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from drf_spectacular.utils import OpenApiParameter
+from rest_framework import serializers
+from rest_framework.request import Request
 
 from crm_demo.crm.filters import MAX_ID
 
@@ -38,6 +41,17 @@ IDEMPOTENCY_KEY = OpenApiParameter(
                 " gets the first answer back, with another body 422, while the first is"
                 " still being applied 409. Without one, the server picks a key.")
 
+
+
+def idempotency_key(request: Request) -> str:
+    """The create's ``Idempotency-Key`` header, or a new key; a 400 when it is too long."""
+    key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
+    if len(key) > IDEMPOTENCY_KEY_MAX_LENGTH:
+        raise serializers.ValidationError({"Idempotency-Key": [
+            f"Must be at most {IDEMPOTENCY_KEY_MAX_LENGTH} characters."]})
+    return key
+
+
 _INTEGER = {"type": "integer"}
 _STRING = {"type": "string"}
 
@@ -54,8 +68,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "code": {**_STRING, "example": "CIRCUIT_OPEN",
                      "description": "CIRCUIT_OPEN, RATE_LIMITED, TIMEOUT, RETRIES_EXHAUSTED,"
                                     " UNAVAILABLE, STORE_UNAVAILABLE, QUEUE_UNAVAILABLE,"
-                                    " IDEMPOTENCY_CONFLICT, IDEMPOTENCY_IN_FLIGHT or"
-                                    " UNKNOWN_PARAMETER."},
+                                    " IDEMPOTENCY_CONFLICT, IDEMPOTENCY_IN_FLIGHT,"
+                                    " INVALID_WRITE, PAYLOAD_TOO_LARGE or UNKNOWN_PARAMETER."},
             "circuit": {**_STRING, "description": "The circuit that refused the call."},
             "retry_after": {**_INTEGER, "description": "Seconds to wait before retrying."},
         },
@@ -129,6 +143,15 @@ def _response(description: str, schema: str, media_type: str = PROBLEM,
     }
 
 
+def _invalid_create() -> dict[str, Any]:
+    """A create's 400: a field that fails validation (JSON), or a value the database could
+    not store though it passed (``INVALID_WRITE`` problem), the same with it up or down."""
+    response = _response("The request is invalid, or has values the database cannot store"
+                         " (INVALID_WRITE).", "ValidationError", JSON)
+    response["content"][PROBLEM] = {"schema": _ref("schemas", "Problem")}
+    return response
+
+
 RESPONSES: dict[str, dict[str, Any]] = {
     "BadRequest": _response("The request is invalid.", "ValidationError", JSON),
     "BadQuery": {**_response("A filter's value is invalid, or the query names a parameter"
@@ -136,6 +159,9 @@ RESPONSES: dict[str, dict[str, Any]] = {
                              "ValidationError", JSON),
                  "content": {JSON: {"schema": _ref("schemas", "ValidationError")},
                              PROBLEM: {"schema": _ref("schemas", "Problem")}}},
+    "InvalidCreate": _invalid_create(),
+    "PayloadTooLarge": _response("The body is over the upload limit (PAYLOAD_TOO_LARGE);"
+                                 " nothing of it was read.", "Problem"),
     "Unauthorized": _response("No valid token (send `Authorization: Token <token>`).",
                               "Error", JSON),
     "Forbidden": _response("Not allowed (a session without its CSRF token).", "Error", JSON),
@@ -186,8 +212,10 @@ def _answers(method: str, operation: dict[str, Any]) -> dict[str, str]:
     if any(p.get("in") == "path" or p.get("name") == "page" for p in parameters):
         answers["404"] = "NotFound"
     if _is_create(operation):
-        answers.update({"202": "Queued", "409": "IdempotencyInFlight",
+        answers.update({"400": "InvalidCreate", "202": "Queued", "409": "IdempotencyInFlight",
                         "422": "IdempotencyConflict"})
+    if "text/csv" in operation.get("requestBody", {}).get("content", {}):
+        answers["413"] = "PayloadTooLarge"
     return answers
 
 

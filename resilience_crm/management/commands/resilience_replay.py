@@ -10,7 +10,8 @@ from resilience_crm import queue
 class Command(BaseCommand):
     help = ("Apply queued writes: move them from Redis into QueuedWrite rows, then apply the "
             "pending and failed ones (and those whose replayer's lease ran out) exactly once; "
-            "a write that has failed 5 times becomes a dead letter.")
+            "a write that has failed 5 times, or that no attempt can fix (the database "
+            "refuses its data), becomes a dead letter.")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--limit", type=int, default=None,
