@@ -18,9 +18,9 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
 
-from resilience_crm.exceptions import RateLimited, StoreUnavailable
-from resilience_crm.gcra import Decision, retry_after_header
-from resilience_crm.problems import problem_response
+from resilience_crm.exceptions import RateLimited, ResilienceError, StoreUnavailable
+from resilience_crm.gcra import Decision
+from resilience_crm.problems import error_response, retry_after_header
 
 #: The request attribute the throttle leaves its decision in.
 DECISION_ATTRIBUTE = "resilience_ratelimit"
@@ -57,21 +57,20 @@ def rate_limit_headers(decision: Decision) -> dict[str, str]:
 
 
 def refusal(decision: Decision) -> HttpResponseBase:
-    """The problem response for a refused request."""
+    """The problem response for a refused request, with the decision's headers."""
     wait = retry_after_header(decision.retry_after)
+    error: ResilienceError
     if decision.source == "unavailable":
-        response = problem_response(
-            503, StoreUnavailable.code, "Rate limiting is unavailable",
+        error = StoreUnavailable(
             f"Requests of this kind are refused while the rate-limit store is unreachable."
-            f" Try again in {wait} s.", retry_after=wait)
+            f" Try again in {wait} s.", retry_after=decision.retry_after)
     else:
-        response = problem_response(
-            429, RateLimited.code, "Too many requests",
+        error = RateLimited(
             f"{RateLimited.default_message} Try again in {wait} s.",
+            retry_after=decision.retry_after,
             violated_policies=[p.policy for p in decision.policies
-                               if not p.conform and not p.shadow],
-            retry_after=wait)
-    return response
+                               if not p.conform and not p.shadow])
+    return error_response(error, rate_limit_headers(decision))
 
 
 def apply(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
