@@ -3,7 +3,7 @@ fallback label on responses served from cache.
 
     REST_FRAMEWORK = {"EXCEPTION_HANDLER": "resilience_crm.drf.exception_handler"}
 
-and mix :class:`FallbackHeadersMixin` into views that read through ``protected``.
+and mix :class:`FallbackHeadersMixin` into views that call ``protected``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from resilience_crm import fallback
 from resilience_crm.exceptions import ResilienceError
 from resilience_crm.middleware import decision_of, rate_limit_headers, refusal
 from resilience_crm.problems import error_response
+from resilience_crm.transactions import non_atomic
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponseBase | None:
@@ -39,7 +40,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponseBa
 
 class FallbackHeadersMixin:
     """Labels responses built from cached or degraded data: ``X-Resilience-Fallback`` and
-    ``Age``."""
+    ``Age``; and keeps the view out of the request's transaction (``ATOMIC_REQUESTS``), so
+    that ``protected`` can answer while the database is down (:func:`non_atomic`)."""
+
+    @classmethod
+    def as_view(cls, *args: Any, **kwargs: Any) -> Any:
+        return non_atomic(super().as_view(*args, **kwargs))  # type: ignore[misc]
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         fallback.begin()
