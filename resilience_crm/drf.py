@@ -15,6 +15,7 @@ from rest_framework.exceptions import APIException
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework.views import set_rollback
 
 from resilience_crm import fallback
 from resilience_crm.exceptions import ResilienceError
@@ -31,9 +32,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponseBa
     request = context.get("request")
     decision = decision_of(request) if request is not None else None
     if isinstance(exc, ResilienceError):
+        set_rollback()
         headers = rate_limit_headers(decision) if decision is not None else None
         return error_response(exc, headers)
     if decision is not None and not decision.allowed and isinstance(exc, APIException):
+        set_rollback()
         return refusal(decision)  # Throttled, or the store's 503 for a closed op class
     return drf_exception_handler(exc, context)
 

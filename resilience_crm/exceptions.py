@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 
 class ResilienceError(Exception):
     """Base class. ``code`` is stable and machine-readable; ``title`` is the short summary of
-    its problem responses; ``message`` is safe to show users."""
+    its problem responses (the status's reason phrase when a subclass gives none);
+    ``message`` is safe to show users."""
 
     code = "RESILIENCE_ERROR"
-    title = "Service unavailable"
+    title = ""
     default_message = "The service is temporarily unavailable. Please try again shortly."
     status = 503
 
@@ -33,8 +34,8 @@ class CircuitOpenError(ResilienceError):
 
 
 class RateLimited(ResilienceError):
-    """Too many requests, by our limits or an upstream's: ``violated_policies`` and the
-    rate-limit ``headers`` when they are known."""
+    """Too many requests, by our limits or an upstream's: ``violated_policies`` when they
+    are known."""
 
     code = "RATE_LIMITED"
     title = "Too many requests"
@@ -42,11 +43,9 @@ class RateLimited(ResilienceError):
     status = 429
 
     def __init__(self, message: str | None = None, *, retry_after: float | None = None,
-                 circuit: str | None = None, violated_policies: Sequence[str] = (),
-                 headers: Mapping[str, str] | None = None) -> None:
+                 circuit: str | None = None, violated_policies: Sequence[str] = ()) -> None:
         super().__init__(message, retry_after=retry_after, circuit=circuit)
         self.violated_policies = tuple(violated_policies)
-        self.headers = dict(headers or {})
 
 
 class OperationTimeout(ResilienceError):

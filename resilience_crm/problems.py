@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from http import HTTPStatus
 from typing import Any
 
 from django.http import JsonResponse
@@ -61,14 +62,15 @@ def problem_response(status: int, code: str, title: str, detail: str, *,
 
 def error_response(exc: ResilienceError,
                    headers: Mapping[str, str] | None = None) -> JsonResponse:
-    """The problem response for ``exc``: its status, code, title and message, its circuit,
-    its ``Retry-After``; for :class:`RateLimited` its ``violated_policies`` and rate-limit
-    headers (``headers`` when the caller knows better ones)."""
+    """The problem response for ``exc``: its status, code, title (the status's reason phrase
+    when it has none) and message, its circuit and its ``Retry-After``; a
+    :class:`RateLimited` adds its ``violated_policies``. ``headers``: the rate-limit headers
+    of the request's decision, when it went through the limiter."""
     extra: dict[str, Any] = {}
     if exc.circuit:
         extra["circuit"] = exc.circuit
     if isinstance(exc, RateLimited):
         extra["violated_policies"] = list(exc.violated_policies)
-        headers = headers or exc.headers
-    return problem_response(exc.status, exc.code, exc.title, exc.message,
+    title = exc.title or HTTPStatus(exc.status).phrase
+    return problem_response(exc.status, exc.code, title, exc.message,
                             retry_after=exc.retry_after, headers=headers, **extra)

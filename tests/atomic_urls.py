@@ -1,5 +1,5 @@
-"""Views for the ``ATOMIC_REQUESTS`` check: ones that call ``protected``, marked and not, and
-one that does not call it."""
+"""Views for ``ATOMIC_REQUESTS``: ones that call ``protected``, marked and not, for the check;
+one that does not call it; one that saves a row, then refuses with a problem."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from resilience_crm.drf import FallbackHeadersMixin
+from resilience_crm.exceptions import IdempotencyConflict
+from resilience_crm.models import Tier
 from resilience_crm.provider import protected
 from resilience_crm.transactions import non_atomic
 
@@ -36,10 +38,20 @@ class MixedReport(FallbackHeadersMixin, Report):
     pass
 
 
+class SavesThenRefuses(APIView):
+    authentication_classes: list[type] = []
+    permission_classes: list[type] = []
+
+    def post(self, request: Request) -> Response:
+        Tier.objects.create(name="half-done", limits={})
+        raise IdempotencyConflict
+
+
 urlpatterns = [
     path("contacts/<int:pk>/", contact),
     path("marked/<int:pk>/", marked_contact),
     path("plain/", plain),
     path("report/", Report.as_view()),
     path("mixed/", MixedReport.as_view()),
+    path("refuses/", SavesThenRefuses.as_view()),
 ]

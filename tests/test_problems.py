@@ -11,7 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from django.db import connections
 
+from resilience_crm.drf import exception_handler
+from resilience_crm.exceptions import ResilienceError
+from resilience_crm.models import Tier
 from resilience_crm.problems import retry_after_header
 from tests.ratelimit_helpers import set_tier, structured
 
@@ -99,3 +103,34 @@ def test_the_handler_answers_a_refusal_without_the_middleware(limited, settings)
 ])
 def test_retry_after_rounds_up_and_is_at_least_a_second(seconds, header) -> None:
     assert retry_after_header(seconds) == header
+
+
+class TooLarge(ResilienceError):
+    """A subclass that names no title of its own."""
+
+    code = "TOO_LARGE"
+    status = 413
+
+
+def test_a_problem_without_a_title_of_its_own_has_the_status_phrase() -> None:
+    response = exception_handler(TooLarge("At most 1 MB."), {})
+    body = problem(response)
+    assert response.status_code == 413
+    assert body == {"type": "urn:resilience-crm:problem:too-large",
+                    "title": "Request Entity Too Large", "status": 413,
+                    "detail": "At most 1 MB.", "code": "TOO_LARGE"}
+
+
+@pytest.fixture
+def atomic_requests() -> Iterator[None]:
+    connections.settings["default"]["ATOMIC_REQUESTS"] = True
+    try:
+        yield
+    finally:
+        connections.settings["default"]["ATOMIC_REQUESTS"] = False
+
+
+@pytest.mark.urls("tests.atomic_urls")
+def test_a_problem_answer_rolls_the_requests_transaction_back(client, atomic_requests) -> None:
+    assert client.post("/refuses/").status_code == 422
+    assert not Tier.objects.filter(name="half-done").exists()
