@@ -4,7 +4,8 @@ one that does not call it; one that saves a row, then refuses with a problem."""
 from __future__ import annotations
 
 from django.http import HttpRequest, JsonResponse
-from django.urls import path
+from django.urls import include, path
+from rest_framework import routers, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -38,6 +39,20 @@ class MixedReport(FallbackHeadersMixin, Report):
     pass
 
 
+class ReportViewSet(viewsets.ViewSet):
+    def list(self, request: Request) -> Response:
+        return Response(protected.read("reports", list))
+
+
+class MixedReportViewSet(FallbackHeadersMixin, ReportViewSet):
+    pass
+
+
+router = routers.SimpleRouter()
+router.register("reports", ReportViewSet, basename="report")
+router.register("mixed-reports", MixedReportViewSet, basename="mixed-report")
+
+
 class SavesThenRefuses(APIView):
     authentication_classes: list[type] = []
     permission_classes: list[type] = []
@@ -54,4 +69,5 @@ urlpatterns = [
     path("report/", Report.as_view()),
     path("mixed/", MixedReport.as_view()),
     path("refuses/", SavesThenRefuses.as_view()),
+    path("", include(router.urls)),
 ]
