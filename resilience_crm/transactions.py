@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator
-from types import CodeType, ModuleType
+from types import CodeType
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -46,7 +46,7 @@ def non_atomic(view: View) -> View:
 
 def atomic_aliases(view: Callable[..., Any]) -> list[str]:
     """The databases whose ``ATOMIC_REQUESTS`` wrap ``view`` in a transaction."""
-    skipped = getattr(view, "_non_atomic_requests", set())
+    skipped: set[str] = getattr(view, "_non_atomic_requests", set())
     return [alias for alias, database in settings.DATABASES.items()
             if database.get("ATOMIC_REQUESTS") and alias not in skipped]
 
@@ -79,7 +79,7 @@ def _names(code: CodeType) -> set[str]:
     return names
 
 
-def views_at_risk(urlconf: str | ModuleType | None = None) -> list[tuple[str, list[str]]]:
+def views_at_risk(urlconf: str | None = None) -> list[tuple[str, list[str]]]:
     """``(route, aliases)`` of each view in ``urlconf`` that calls ``protected`` inside the
     transaction of ``ATOMIC_REQUESTS`` on ``aliases``."""
     if not any(database.get("ATOMIC_REQUESTS") for database in settings.DATABASES.values()):
