@@ -22,7 +22,7 @@ from django.core.checks import Warning as CheckWarning
 from django.db import DEFAULT_DB_ALIAS
 from django.utils.module_loading import import_string
 
-from resilience_crm import conf, core, queue
+from resilience_crm import conf, core, queue, transactions
 from resilience_crm.breaker import exception_errors
 from resilience_crm.rates import UNKNOWN_OP_CLASS, limits_errors, parse_rate
 from resilience_crm.routers import ResilienceRouter, same_database
@@ -236,6 +236,19 @@ CHECKS: dict[str, Check] = {
             "Add a second alias for the same database without ATOMIC_REQUESTS, name it in "
             'RESILIENCE_CRM["DATABASE_ALIAS"] and add resilience_crm.routers.ResilienceRouter to '
             "DATABASE_ROUTERS, or use the Redis store."
+        ), warning=True,
+    ),
+    "VIEW_IN_REQUEST_TRANSACTION": Check(
+        "resilience_crm.W005",
+        (
+            "The view at {route!r} calls protected inside the transaction ATOMIC_REQUESTS opens "
+            "on {aliases}: while that database is down it answers 500 before protected can "
+            "serve its cache or queue its write."
+        ),
+        (
+            "Decorate the view with resilience_crm.transactions.non_atomic, or mix "
+            "resilience_crm.drf.FallbackHeadersMixin into its DRF class; each protected call "
+            "keeps a transaction of its own."
         ), warning=True,
     ),
     "RATELIMIT_STORE_INVALID": Check(
@@ -779,6 +792,14 @@ def check_store_transaction(config: dict[str, Any]) -> list[CheckMessage]:
     if conf.settings.store_path() != conf.STORE_ALIASES["database"]:
         return []
     return [CHECKS["STORE_IN_REQUEST_TRANSACTION"](alias=alias)]
+
+
+@_check(Tags.database, Tags.urls)
+def check_views_in_request_transaction(config: dict[str, Any]) -> list[CheckMessage]:
+    """Views that call ``protected`` must not run inside the request's transaction."""
+    return [CHECKS["VIEW_IN_REQUEST_TRANSACTION"](route=route,
+                                                  aliases=", ".join(map(repr, aliases)))
+            for route, aliases in transactions.views_at_risk()]
 
 
 @register(TAG, Tags.database)

@@ -3,69 +3,52 @@ fallback label on responses served from cache.
 
     REST_FRAMEWORK = {"EXCEPTION_HANDLER": "resilience_crm.drf.exception_handler"}
 
-and mix :class:`FallbackHeadersMixin` into views that read through ``protected``.
+and mix :class:`FallbackHeadersMixin` into views that call ``protected``.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from django.http import HttpResponseBase
+from rest_framework.exceptions import APIException
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework.views import set_rollback
 
 from resilience_crm import fallback
 from resilience_crm.exceptions import ResilienceError
-
-PROBLEM_CONTENT_TYPE = "application/problem+json"
-#: ``type`` of problem bodies: this prefix and the code in lower case.
-PROBLEM_TYPE_PREFIX = "urn:resilience-crm:problem:"
-#: ``Retry-After`` sent with a 503 or 429 when nothing better is known, in seconds.
-DEFAULT_RETRY_AFTER = 1
+from resilience_crm.middleware import decision_of, rate_limit_headers, refusal
+from resilience_crm.problems import error_response
+from resilience_crm.transactions import non_atomic
 
 
-def problem_body(exc: ResilienceError) -> dict[str, Any]:
-    """The RFC 9457 problem details for ``exc``."""
-    body: dict[str, Any] = {
-        "type": PROBLEM_TYPE_PREFIX + exc.code.lower().replace("_", "-"),
-        "title": exc.default_message,
-        "status": exc.status,
-        "detail": exc.message,
-        "code": exc.code,
-    }
-    if exc.circuit:
-        body["circuit"] = exc.circuit
-    if exc.retry_after is not None:
-        body["retry_after"] = retry_after_header(exc.retry_after)
-    return body
-
-
-def retry_after_header(seconds: float) -> int:
-    return max(1, math.ceil(seconds))
-
-
-def problem_response(exc: ResilienceError) -> Response:
-    headers = {}
-    if exc.retry_after is not None:
-        headers["Retry-After"] = str(retry_after_header(exc.retry_after))
-    elif exc.status in (429, 503):
-        headers["Retry-After"] = str(DEFAULT_RETRY_AFTER)
-    return Response(problem_body(exc), status=exc.status, headers=headers,
-                    content_type=PROBLEM_CONTENT_TYPE)
-
-
-def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF's handler, with every :class:`ResilienceError` as ``application/problem+json``
-    (503, 429, 504, 409, 422) and its ``Retry-After``."""
+def exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponseBase | None:
+    """DRF's handler, with every :class:`ResilienceError` (503, 429, 504, 409, 422) and every
+    refusal of :class:`~resilience_crm.throttling.TierRateThrottle` as the app's
+    ``application/problem+json`` answer (:mod:`resilience_crm.problems`), with the
+    rate-limit headers of the request's decision when it has one."""
+    request = context.get("request")
+    decision = decision_of(request) if request is not None else None
     if isinstance(exc, ResilienceError):
-        return problem_response(exc)
+        set_rollback()
+        headers = rate_limit_headers(decision) if decision is not None else None
+        return error_response(exc, headers)
+    if decision is not None and not decision.allowed and isinstance(exc, APIException):
+        set_rollback()
+        return refusal(decision)  # Throttled, or the store's 503 for a closed op class
     return drf_exception_handler(exc, context)
 
 
 class FallbackHeadersMixin:
     """Labels responses built from cached or degraded data: ``X-Resilience-Fallback`` and
-    ``Age``."""
+    ``Age``; and keeps the view out of the request's transaction (``ATOMIC_REQUESTS``), so
+    that ``protected`` can answer while the database is down (:func:`non_atomic`)."""
+
+    @classmethod
+    def as_view(cls, *args: Any, **kwargs: Any) -> Any:
+        return non_atomic(super().as_view(*args, **kwargs))  # type: ignore[misc]
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         fallback.begin()

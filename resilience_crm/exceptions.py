@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class ResilienceError(Exception):
-    """Base class. ``code`` is stable and machine-readable; ``message`` is safe to show users."""
+    """Base class. ``code`` is stable and machine-readable; ``title`` is the short summary of
+    its problem responses (the status's reason phrase when a subclass gives none);
+    ``message`` is safe to show users."""
 
     code = "RESILIENCE_ERROR"
+    title = ""
     default_message = "The service is temporarily unavailable. Please try again shortly."
     status = 503
 
@@ -22,25 +27,37 @@ class CircuitOpenError(ResilienceError):
     """The circuit rejects calls; never retried."""
 
     code = "CIRCUIT_OPEN"
+    title = "Circuit open"
     default_message = (
         "This part of the service is recovering from errors. Please try again shortly."
     )
 
 
 class RateLimited(ResilienceError):
+    """Too many requests, by our limits or an upstream's: ``violated_policies`` when they
+    are known."""
+
     code = "RATE_LIMITED"
+    title = "Too many requests"
     default_message = "Too many requests. Please slow down."
     status = 429
+
+    def __init__(self, message: str | None = None, *, retry_after: float | None = None,
+                 circuit: str | None = None, violated_policies: Sequence[str] = ()) -> None:
+        super().__init__(message, retry_after=retry_after, circuit=circuit)
+        self.violated_policies = tuple(violated_policies)
 
 
 class OperationTimeout(ResilienceError):
     code = "TIMEOUT"
+    title = "Operation timed out"
     default_message = "The operation took too long and was stopped."
     status = 504
 
 
 class RetriesExhausted(ResilienceError):
     code = "RETRIES_EXHAUSTED"
+    title = "Retries exhausted"
     default_message = "The operation kept failing after several attempts."
 
 
@@ -48,11 +65,13 @@ class StoreUnavailable(ResilienceError):
     """The shared breaker or rate-limit store could not be reached."""
 
     code = "STORE_UNAVAILABLE"
+    title = "Backing store unavailable"
     default_message = "A backing service is unreachable."
 
 
 class ConfigurationError(ResilienceError):
     code = "CONFIGURATION_ERROR"
+    title = "Invalid resilience settings"
     default_message = "The resilience settings are invalid."
     status = 500
 
@@ -61,6 +80,7 @@ class ManualChangeRefused(ResilienceError):
     """An operator's change could be made neither in the shared store nor saved for later."""
 
     code = "MANUAL_CHANGE_REFUSED"
+    title = "Manual change refused"
     default_message = "The change could not be made: the shared store and the database are down."
 
 
@@ -68,6 +88,7 @@ class DependencyUnavailable(ResilienceError):
     """The database or upstream failed in a way that is not the caller's fault."""
 
     code = "UNAVAILABLE"
+    title = "Dependency unavailable"
     default_message = "A backing service is failing. Please try again shortly."
 
 
@@ -75,6 +96,7 @@ class QueueUnavailable(ResilienceError):
     """A write could neither be applied nor queued (no durable queue outside the database)."""
 
     code = "QUEUE_UNAVAILABLE"
+    title = "Write queue unavailable"
     default_message = "The write could not be saved or queued. Please try again shortly."
 
 
@@ -82,6 +104,7 @@ class IdempotencyConflict(ResilienceError):
     """The idempotency key was used before with another payload."""
 
     code = "IDEMPOTENCY_CONFLICT"
+    title = "Idempotency key reused"
     default_message = "This Idempotency-Key was already used with a different request."
     status = 422
 
@@ -90,6 +113,7 @@ class IdempotencyInFlight(ResilienceError):
     """A write with this idempotency key is queued or being applied right now."""
 
     code = "IDEMPOTENCY_IN_FLIGHT"
+    title = "Request in flight"
     default_message = "A request with this Idempotency-Key is still being processed."
     status = 409
 

@@ -14,7 +14,6 @@ microsecond. The Redis and in-process limiter stores both run exactly this arith
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -146,7 +145,3 @@ def decision(limits: Sequence[Limit], allowed: bool, outcomes: Sequence[Outcome]
                           default=0.0)
     return Decision(allowed, policies, source, op_class, retry_after, violated)
 
-
-def retry_after_header(seconds: float) -> int:
-    """Whole seconds for ``Retry-After``: rounded up, so a client that waits them conforms."""
-    return max(0, math.ceil(seconds - 1e-9))

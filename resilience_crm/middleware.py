@@ -23,9 +23,9 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_asy
 from django.http import HttpRequest, HttpResponseBase
 
 from resilience_crm import auth_failures
-from resilience_crm.exceptions import RateLimited, StoreUnavailable
-from resilience_crm.gcra import Decision, retry_after_header
-from resilience_crm.problems import problem_response
+from resilience_crm.exceptions import RateLimited, ResilienceError, StoreUnavailable
+from resilience_crm.gcra import Decision
+from resilience_crm.problems import error_response, retry_after_header
 
 #: The request attribute the throttle leaves its decision in.
 DECISION_ATTRIBUTE = "resilience_ratelimit"
@@ -62,21 +62,20 @@ def rate_limit_headers(decision: Decision) -> dict[str, str]:
 
 
 def refusal(decision: Decision) -> HttpResponseBase:
-    """The problem response for a refused request."""
+    """The problem response for a refused request, with the decision's headers."""
     wait = retry_after_header(decision.retry_after)
+    error: ResilienceError
     if decision.source == "unavailable":
-        response = problem_response(
-            503, StoreUnavailable.code, "Rate limiting is unavailable",
+        error = StoreUnavailable(
             f"Requests of this kind are refused while the rate-limit store is unreachable."
-            f" Try again in {wait} s.", retry_after=wait)
+            f" Try again in {wait} s.", retry_after=decision.retry_after)
     else:
-        response = problem_response(
-            429, RateLimited.code, "Too many requests",
+        error = RateLimited(
             f"{RateLimited.default_message} Try again in {wait} s.",
+            retry_after=decision.retry_after,
             violated_policies=[p.policy for p in decision.policies
-                               if not p.conform and not p.shadow],
-            retry_after=wait)
-    return response
+                               if not p.conform and not p.shadow])
+    return error_response(error, rate_limit_headers(decision))
 
 
 def apply(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
@@ -106,7 +105,7 @@ class ResilienceMiddleware:
             return self.__acall__(request)
         locked_out = auth_failures.refused(request)
         if locked_out is not None:
-            return refused(locked_out)
+            return refusal(locked_out)
         response = self.get_response(request)
         auth_failures.observe(request, response.status_code)
         return apply(request, response)
@@ -114,15 +113,8 @@ class ResilienceMiddleware:
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         locked_out = await sync_to_async(auth_failures.refused)(request)
         if locked_out is not None:
-            return refused(locked_out)
+            return refusal(locked_out)
         response = await self.get_response(request)
         await sync_to_async(auth_failures.observe)(request, response.status_code)
         return apply(request, response)
 
-
-def refused(decision: Decision) -> HttpResponseBase:
-    """The ``429`` for a request refused before its view ran, with its headers."""
-    response = refusal(decision)
-    for name, value in rate_limit_headers(decision).items():
-        response[name] = value
-    return response

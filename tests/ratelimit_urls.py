@@ -1,8 +1,10 @@
 """Small DRF views for the rate-limit tests: method-derived op classes, a view-level
-override, a per-action override, and an unnamed URL."""
+override, a per-action override, an unnamed URL, and a view whose upstream answers 429."""
 
 from __future__ import annotations
 
+import requests
+from django.conf import settings
 from django.urls import include, path
 from rest_framework import routers, viewsets
 from rest_framework.decorators import action
@@ -10,6 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from resilience_crm.provider import protected
 from resilience_crm.throttling import TierRateThrottle
 
 
@@ -30,6 +33,18 @@ class RpcView(ThingView):
 
 class LoginView(ThingView):
     resilience_operation = "auth"
+
+
+class UpstreamView(ThingView):
+    """Calls the upstream at ``settings.UPSTREAM_URL`` through ``protected.rpc``."""
+
+    def get(self, request: Request, pk: int | None = None) -> Response:
+        def call() -> str:
+            reply = requests.get(settings.UPSTREAM_URL, timeout=5)
+            reply.raise_for_status()
+            return reply.text
+
+        return Response({"upstream": protected.rpc("upstream", call)})
 
 
 class ReportViewSet(viewsets.ViewSet):
@@ -55,6 +70,7 @@ urlpatterns = [
     path("rpc/", RpcView.as_view(), name="rpc"),
     path("login/", LoginView.as_view(), name="login"),
     path("unnamed/", ThingView.as_view()),
+    path("upstream/", UpstreamView.as_view(), name="upstream"),
     path("", include(router.urls)),
 ]
 

@@ -621,6 +621,31 @@ def test_w004_not_when_the_app_has_its_own_alias(settings: Any) -> None:
     assert checks.Codes.STORE_IN_REQUEST_TRANSACTION not in ids(messages)
 
 
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")  # read by the check only
+@pytest.mark.urls("tests.atomic_urls")
+def test_w005_names_each_view_that_calls_protected_inside_atomic_requests(
+        settings: Any) -> None:
+    with_atomic_requests(settings)
+    messages = [message for message in run(settings)
+                if message.id == checks.Codes.VIEW_IN_REQUEST_TRANSACTION]
+    routes = [message.msg.split("'")[1] for message in messages]
+    # Not the marked ones (decorated, or with the mixin), nor the one without protected.
+    assert routes == ["contacts/<int:pk>/", "report/", "^reports/$"]
+    assert "'default'" in messages[0].msg
+    assert "non_atomic" in messages[0].hint
+
+
+@pytest.mark.urls("tests.atomic_urls")
+def test_w005_not_without_atomic_requests(settings: Any) -> None:
+    assert checks.Codes.VIEW_IN_REQUEST_TRANSACTION not in ids(run(settings))
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")  # read by the check only
+def test_w005_not_for_the_demo_whose_views_are_marked(settings: Any) -> None:
+    with_atomic_requests(settings)
+    assert checks.Codes.VIEW_IN_REQUEST_TRANSACTION not in ids(run(settings))
+
+
 def test_e008_importable_exception_classes_pass(settings: Any) -> None:
     messages = run(settings, CIRCUITS={"crm.rpc": {
         "record_exceptions": ["builtins.OSError", "django.db.OperationalError"],

@@ -75,13 +75,6 @@ def test_cost_spends_several_requests_at_once() -> None:
     assert not allowed and outcome.remaining == 6
 
 
-def test_retry_after_header_rounds_up() -> None:
-    assert gcra.retry_after_header(0) == 0
-    assert gcra.retry_after_header(0.2) == 1
-    assert gcra.retry_after_header(36.0) == 36
-    assert gcra.retry_after_header(36.000001) == 37
-
-
 class Bucket:
     """The model: a leaky bucket of capacity N draining one unit per T / N seconds, in exact
     fractions. GCRA must admit exactly what it admits."""

@@ -3,7 +3,9 @@ proxy in front of the database first resets every connection, then stalls every 
 
 Cached lists and details keep being served, labelled stale, and no request waits much
 longer than ``call_timeout``; writes sent during the outage (some twice) are queued and
-applied exactly once after it. Strict latency figures are in bench/provider.py."""
+applied exactly once after it; all of it also with ``ATOMIC_REQUESTS`` on, where Django
+would open each request's transaction, and so connect, before the view runs. Strict latency
+figures are in bench/provider.py."""
 
 from __future__ import annotations
 
@@ -50,10 +52,11 @@ def resilience(alias):
             "EXEMPT_STAFF": True}  # the client is staff: rate limits are not under test here
 
 
-@pytest.fixture(scope="module")
-def served(django_db_setup, postgres, redis_url):
-    """The demo under gunicorn, its database (the test database) behind the proxy; started
-    once per module."""
+@pytest.fixture(params=[False, True], ids=["autocommit", "atomic_requests"])
+def served(request, transactional_db, postgres, redis_url):
+    """The demo under gunicorn, its database (the test database) behind the proxy, with
+    ``ATOMIC_REQUESTS`` off and on. Stopped before the test database is flushed: a worker
+    still writing its metrics would deadlock with the flush's TRUNCATE."""
     db = connection.settings_dict
     redis = {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": redis_url,
              "KEY_PREFIX": KEY_PREFIX}
@@ -66,6 +69,7 @@ def served(django_db_setup, postgres, redis_url):
             "REDIS_URL": redis_url, "CACHE_KEY_PREFIX": KEY_PREFIX,
             "DATABASE_POOL_TIMEOUT": "0.5", "DATABASE_CONNECT_TIMEOUT": "2",
             "RESILIENCE_CRM_JSON": json.dumps(resilience("default")),
+            "ATOMIC_REQUESTS": "1" if request.param else "0",
         }
         try:
             with serving(env) as server:
@@ -75,7 +79,7 @@ def served(django_db_setup, postgres, redis_url):
 
 
 @pytest.fixture
-def outage(served, transactional_db):
+def outage(served):
     """Demo data and a token, committed, with the database reachable."""
     contacts = [Contact.objects.create(name=f"Contact {n:02}", email=f"c{n}@example.com")
                 for n in range(30)]
