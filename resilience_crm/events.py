@@ -34,8 +34,9 @@ from django.db import (
 )
 from django.utils import timezone
 
-from resilience_crm import flusher, metrics
+from resilience_crm import flusher, metrics, spool
 from resilience_crm.core import FORCEABLE
+from resilience_crm.exceptions import SpoolUnavailable
 from resilience_crm.models import Circuit, CircuitEvent
 
 logger = logging.getLogger("resilience_crm.events")
@@ -47,6 +48,8 @@ BUFFER_SIZE = 10_000
 UNREACHABLE = flusher.UNREACHABLE
 #: ``CircuitEvent.source`` of a worker's own breaker while the shared store was down.
 LOCAL = "local"
+#: The spool (:mod:`resilience_crm.spool`) events wait in while the database is down.
+KIND = "events"
 
 _pending: deque[dict[str, Any]] = deque()
 _buffer_lock = threading.Lock()  # held for a buffer operation only, never across I/O
@@ -123,7 +126,28 @@ def write_pending(timeout: float = -1) -> int:
         _write_lock.release()
     if written:
         logger.info("Wrote %d buffered circuit events.", written)
-    return written
+    return written + spool.drain(KIND, _write_spooled)
+
+
+def spill(timeout: float = -1) -> int:
+    """Move the buffered events into the shared store's spool, where they outlive this
+    process and any process writes them once the database is back; returns how many moved.
+    Without a shared store (or when it fails) they stay buffered here."""
+    if not _write_lock.acquire(timeout=timeout):
+        return 0  # a writer holds them; it puts back what it cannot write
+    try:
+        with _buffer_lock:
+            batch = list(_pending)
+            _pending.clear()
+        try:
+            spool.keep(KIND, [{**event, "at": event["at"].isoformat()} for event in batch])
+        except SpoolUnavailable as err:
+            _put_back(batch)
+            logger.debug("Circuit events stay in this process (%s).", err)
+            return 0
+    finally:
+        _write_lock.release()
+    return len(batch)
 
 
 def pending_count() -> int:
@@ -176,6 +200,19 @@ def _in_callers_transaction(db: str) -> bool:
     )
 
 
+def _write_spooled(records: list[dict[str, Any]]) -> None:
+    """Write a batch of events from the spool; like the buffered ones, an event the database
+    refuses is logged and dropped."""
+    for record in records:
+        event = {**record, "at": datetime.fromisoformat(record["at"])}
+        try:
+            _write(event)
+        except UNREACHABLE:
+            raise
+        except DatabaseError:
+            logger.exception("Dropping circuit event %s: the database refuses it.", event)
+
+
 def _write(event: dict[str, Any]) -> int:
     """Write one event; 1 if a row was added, 0 if it was already there."""
     db = _database()
@@ -226,5 +263,5 @@ def _after_fork_in_child() -> None:
     _write_lock = threading.Lock()
 
 
-flusher.register(write_pending)
+flusher.register(write_pending, spill=spill)
 os.register_at_fork(after_in_child=_after_fork_in_child)
