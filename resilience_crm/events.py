@@ -4,10 +4,13 @@ is down.
 :func:`record_transition` only puts the event in this process's buffer and wakes the
 background flusher (:mod:`resilience_crm.flusher`), which writes a ``CircuitEvent`` and moves
 the circuit's durable row forward, on its own connection: so an event made inside a caller's
-transaction outlives that transaction rolling back. While the database cannot be reached the
-events wait, in order, in a buffer of :data:`BUFFER_SIZE`; past that the oldest is dropped
-with an error and counted (``metrics.value("events_dropped")``). :func:`flush` writes the
-buffer now, from the calling thread, for the admin, the management commands and tests.
+transaction outlives that transaction rolling back. While the database cannot be reached
+the flusher moves the events into the shared store's spool (:func:`spill`,
+:mod:`resilience_crm.spool`), where they outlive this process and any process's
+:func:`write_pending` writes them; without a shared store they wait, in order, in a buffer
+of :data:`BUFFER_SIZE`, past which the oldest is dropped with an error and counted
+(``metrics.value("events_dropped")``). :func:`flush` writes the buffer now, from the
+calling thread, for the admin, the management commands and tests.
 
 Writing the same event twice is harmless: (circuit, generation, from_state, to_state) is
 unique among the cluster's events. Events of a worker's local breaker (``source="local"``,
