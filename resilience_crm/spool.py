@@ -27,12 +27,13 @@ from typing import Any
 
 from django.apps import apps
 from django.core.cache import caches
-from django.db import DEFAULT_DB_ALIAS, router, transaction
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, router, transaction
 from django_redis import get_redis_connection
 from redis.exceptions import RedisError
 
 from resilience_crm.conf import cache_is_redis, settings
 from resilience_crm.exceptions import SpoolUnavailable
+from resilience_crm.flusher import UNREACHABLE
 
 logger = logging.getLogger("resilience_crm.spool")
 
@@ -68,8 +69,8 @@ def keep(kind: str, records: list[dict[str, Any]]) -> None:
 def drain(kind: str, write: Writer) -> int:
     """Write every batch waiting in ``kind``'s stream with ``write``, oldest first, each
     exactly once; returns how many records were written. Raises the database's error when
-    it cannot be reached (that batch, and those after it, wait). When Redis cannot be read
-    nothing is written (0)."""
+    it cannot be reached (that batch, and those after it, wait); a batch the database
+    refuses is logged and dropped. When Redis cannot be read nothing is written (0)."""
     if not available():
         return 0
     written = 0
@@ -78,8 +79,14 @@ def drain(kind: str, write: Writer) -> int:
         while entries := client.xrange(stream, count=DRAIN_BATCH):
             for entry_id, fields in entries:
                 body = json.loads(fields[b"body"])
-                if _write_once(body["batch"], body["records"], write):
-                    written += len(body["records"])
+                try:
+                    if _write_once(body["batch"], body["records"], write):
+                        written += len(body["records"])
+                except UNREACHABLE:
+                    raise
+                except DatabaseError:  # refused for good: must not hold up the ones behind it
+                    logger.exception("Dropping a batch of %s from the spool: the database "
+                                     "refuses it: %s", kind, body)
                 client.xdel(stream, entry_id)
     except RedisError as err:
         logger.warning("The spool of %s cannot be read (%s); it waits.", kind, err)

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from django.core.management import call_command
@@ -98,3 +99,19 @@ def test_processes_writing_the_spool_at_once_write_each_batch_once(spooled):
 
     assert_written_once()
     assert spool.length(events.KIND) == spool.length(metrics.KIND) == 0
+
+
+def test_a_batch_the_database_refuses_does_not_hold_up_the_others(spooled, caplog):
+    minute = time.time() // 60
+    too_many = {"minute": minute, "circuit": "crm.read", "columns": {"failures": 2**70}}
+    spool.keep(metrics.KIND, [too_many])
+    spool.keep(metrics.KIND, [{"minute": minute, "circuit": "crm.read",
+                               "columns": {"failures": 3}}])
+
+    flusher.run_tasks()
+
+    counted = CircuitMetric.objects.filter(circuit__name="crm.read").aggregate(
+        failures=Sum("failures"))
+    assert counted == {"failures": 3}
+    assert spool.length(metrics.KIND) == 0
+    assert "Dropping a batch of metrics from the spool" in caplog.text
