@@ -7,9 +7,9 @@ on a database that is down. The modules register their writers with :func:`regis
 
 The thread starts on first need (:func:`start`, :func:`wake`), runs a round of writes when
 woken and every :data:`INTERVAL` seconds, and backs off (:data:`BACKOFF_START` doubling up to
-:data:`BACKOFF_MAX`) while the database cannot be reached, ignoring wakes meanwhile. A forked
-child starts its own thread on first need; nothing it inherits from its parent's thread
-(lock, wake-up event, backoff) is used in the child.
+:data:`BACKOFF_MAX`) while the database cannot be reached, answering wakes meanwhile only
+with a spill (below). A forked child starts its own thread on first need; nothing it
+inherits from its parent's thread (lock, wake-up event, backoff) is used in the child.
 
 What a round cannot write does not stay in this process: the modules' spills (registered
 with their writers) move it into the shared store (:mod:`resilience_crm.spool`) after a
@@ -223,7 +223,7 @@ def _at_exit() -> None:
         worker.stopping = True
     worker.wakeup.set()
     thread.join(EXIT_TIMEOUT / 2)  # a round under way holds what it is writing
-    spill(timeout=0)  # what a round still holds stays in it (its writes are its own)
+    spill(timeout=0)  # a round still stuck has what it holds copied, not waited for
     last = threading.Thread(target=_last_round, name="resilience-flusher-exit", daemon=True)
     last.start()
     last.join(EXIT_TIMEOUT / 2)
