@@ -94,6 +94,7 @@ def test_processes_writing_the_spool_at_once_write_each_batch_once(spooled):
     def write(index, barrier):
         barrier.wait(timeout=30)
         flusher.run_tasks()
+        connections.close_all()  # before os._exit: no session left behind on the server
 
     run_processes(write, ctx.Barrier(PROCESSES), count=PROCESSES)
 
