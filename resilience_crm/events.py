@@ -4,10 +4,13 @@ is down.
 :func:`record_transition` only puts the event in this process's buffer and wakes the
 background flusher (:mod:`resilience_crm.flusher`), which writes a ``CircuitEvent`` and moves
 the circuit's durable row forward, on its own connection: so an event made inside a caller's
-transaction outlives that transaction rolling back. While the database cannot be reached the
-events wait, in order, in a buffer of :data:`BUFFER_SIZE`; past that the oldest is dropped
-with an error and counted (``metrics.value("events_dropped")``). :func:`flush` writes the
-buffer now, from the calling thread, for the admin, the management commands and tests.
+transaction outlives that transaction rolling back. While the database cannot be reached
+the flusher moves the events into the shared store's spool (:func:`spill`,
+:mod:`resilience_crm.spool`), where they outlive this process and any process's
+:func:`write_pending` writes them; without a shared store they wait, in order, in a buffer
+of :data:`BUFFER_SIZE`, past which the oldest is dropped with an error and counted
+(``metrics.value("events_dropped")``). :func:`flush` writes the buffer now, from the
+calling thread, for the admin, the management commands and tests.
 
 Writing the same event twice is harmless: (circuit, generation, from_state, to_state) is
 unique among the cluster's events. Events of a worker's local breaker (``source="local"``,
@@ -34,8 +37,9 @@ from django.db import (
 )
 from django.utils import timezone
 
-from resilience_crm import flusher, metrics
+from resilience_crm import flusher, metrics, spool
 from resilience_crm.core import FORCEABLE
+from resilience_crm.exceptions import SpoolUnavailable
 from resilience_crm.models import Circuit, CircuitEvent
 
 logger = logging.getLogger("resilience_crm.events")
@@ -47,11 +51,13 @@ BUFFER_SIZE = 10_000
 UNREACHABLE = flusher.UNREACHABLE
 #: ``CircuitEvent.source`` of a worker's own breaker while the shared store was down.
 LOCAL = "local"
+#: The spool (:mod:`resilience_crm.spool`) events wait in while the database is down.
+KIND = "events"
 
 _pending: deque[dict[str, Any]] = deque()
 _buffer_lock = threading.Lock()  # held for a buffer operation only, never across I/O
 _write_lock = threading.Lock()  # one writer at a time, so events are written in order
-_writing = 0  # events taken out of the buffer by the writer, not yet written
+_in_hand: deque[dict[str, Any]] = deque()  # taken from the buffer by the writer, not written
 
 
 def record_transition(
@@ -76,7 +82,7 @@ def flush(timeout: float = 10.0) -> int:
     its connection: the flush runs when it commits, and the flusher writes the events anyway.
     Waits up to ``timeout`` seconds for a flush under way in another thread. When the
     database cannot be reached the events stay buffered and this returns what it wrote."""
-    if not _pending and not _writing:
+    if not _pending and not _in_hand:
         return 0  # (when the flusher is writing, wait for it: the caller expects the rows)
     db = _database()
     if _in_callers_transaction(db):
@@ -96,39 +102,66 @@ def write_pending(timeout: float = -1) -> int:
     """Write the buffered events in order; raises one of ``UNREACHABLE`` (the unwritten
     events go back to the front of the buffer) when the database cannot be reached. This is
     the flusher's task; :func:`flush` is the one to call."""
-    global _writing
     if not _write_lock.acquire(timeout=timeout):
         return 0
     try:
         with _buffer_lock:
-            batch = list(_pending)
+            _in_hand.extend(_pending)
             _pending.clear()
-            _writing = len(batch)
         written = 0
-        for index, event in enumerate(batch):
+        while _in_hand:
+            event = _in_hand[0]
             try:
                 written += _write(event)
             except UNREACHABLE:
-                _put_back(batch[index:])
+                _put_back()
                 raise
             except DatabaseError:  # refused for good: must not hold up the ones behind it
                 logger.exception("Dropping circuit event %s: the database refuses it.", event)
             except BaseException:  # a bug, or the thread stopped: keep the events for later
-                _put_back(batch[index:])
+                _put_back()
                 raise
             with _buffer_lock:
-                _writing -= 1
+                _in_hand.popleft()
     finally:
-        _writing = 0
         _write_lock.release()
     if written:
         logger.info("Wrote %d buffered circuit events.", written)
-    return written
+    return written + spool.drain(KIND, _write_spooled)
+
+
+def spill(timeout: float = -1) -> int:
+    """Move the buffered events into the shared store's spool, where they outlive this
+    process and any process writes them once the database is back; returns how many moved.
+    Without a shared store (or when it fails) they stay buffered here.
+
+    When the writer does not let go within ``timeout`` seconds (at exit, a writer stuck on a
+    database that hangs never will), the events it holds are copied too: written twice, an
+    event of the cluster's is one row; the writer would have to finish in the moment the
+    process ends for a local one to be written twice."""
+    locked = _write_lock.acquire(timeout=timeout)
+    try:
+        with _buffer_lock:
+            held = [] if locked else list(_in_hand)
+            batch = list(_pending)
+            _pending.clear()
+        try:
+            spool.keep(KIND, [{**event, "at": event["at"].isoformat()}
+                              for event in held + batch])
+        except SpoolUnavailable as err:
+            with _buffer_lock:
+                _restore(batch)
+            logger.debug("Circuit events stay in this process (%s).", err)
+            return 0
+    finally:
+        if locked:
+            _write_lock.release()
+    return len(held) + len(batch)
 
 
 def pending_count() -> int:
     """Events not yet written: buffered, or being written now."""
-    return len(_pending) + _writing
+    return len(_pending) + len(_in_hand)
 
 
 def clear() -> None:
@@ -144,17 +177,21 @@ def _append(event: dict[str, Any]) -> None:
     _pending.append(event)
 
 
-def _put_back(events: list[dict[str, Any]]) -> None:
-    """Return unwritten events to the front, ahead of those made meanwhile, keeping the
-    newest ``BUFFER_SIZE`` of all."""
-    global _writing
+def _put_back() -> None:
+    """Return the writer's unwritten events to the front of the buffer."""
     with _buffer_lock:
-        _writing = 0
-        merged = [*events, *_pending]
-        _pending.clear()
-        for event in merged[:-BUFFER_SIZE] if len(merged) > BUFFER_SIZE else ():
-            _drop(event)
-        _pending.extend(merged[-BUFFER_SIZE:])
+        _restore(list(_in_hand))
+        _in_hand.clear()
+
+
+def _restore(events: list[dict[str, Any]]) -> None:
+    """Put ``events`` back in front of those made meanwhile, keeping the newest
+    ``BUFFER_SIZE`` of all. Under ``_buffer_lock``."""
+    merged = [*events, *_pending]
+    _pending.clear()
+    for event in merged[:-BUFFER_SIZE] if len(merged) > BUFFER_SIZE else ():
+        _drop(event)
+    _pending.extend(merged[-BUFFER_SIZE:])
 
 
 def _drop(event: dict[str, Any]) -> None:
@@ -174,6 +211,19 @@ def _in_callers_transaction(db: str) -> bool:
     return connection.in_atomic_block and not all(
         getattr(block, "_from_testcase", False) for block in connection.atomic_blocks
     )
+
+
+def _write_spooled(records: list[dict[str, Any]]) -> None:
+    """Write a batch of events from the spool; like the buffered ones, an event the database
+    refuses is logged and dropped."""
+    for record in records:
+        event = {**record, "at": datetime.fromisoformat(record["at"])}
+        try:
+            _write(event)
+        except UNREACHABLE:
+            raise
+        except DatabaseError:
+            logger.exception("Dropping circuit event %s: the database refuses it.", event)
 
 
 def _write(event: dict[str, Any]) -> int:
@@ -219,12 +269,12 @@ def _move_row(db: str, pk: int, event: dict[str, Any]) -> None:
 def _after_fork_in_child() -> None:
     """The parent writes its own events: the child starts with an empty buffer, and new
     locks (the parent's may have been held by another thread at the fork)."""
-    global _pending, _buffer_lock, _write_lock, _writing
+    global _pending, _in_hand, _buffer_lock, _write_lock
     _pending = deque()
-    _writing = 0
+    _in_hand = deque()
     _buffer_lock = threading.Lock()
     _write_lock = threading.Lock()
 
 
-flusher.register(write_pending)
+flusher.register(write_pending, spill=spill)
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -100,6 +100,11 @@ class QueueUnavailable(ResilienceError):
     default_message = "The write could not be saved or queued. Please try again shortly."
 
 
+class SpoolUnavailable(Exception):  # noqa: N818  (never reaches a client)
+    """Events or metrics could not be put in the shared store's spool: no Redis, or Redis
+    failed. They stay in the process's memory."""
+
+
 class IdempotencyConflict(ResilienceError):
     """The idempotency key was used before with another payload."""
 

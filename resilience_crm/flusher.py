@@ -7,9 +7,15 @@ on a database that is down. The modules register their writers with :func:`regis
 
 The thread starts on first need (:func:`start`, :func:`wake`), runs a round of writes when
 woken and every :data:`INTERVAL` seconds, and backs off (:data:`BACKOFF_START` doubling up to
-:data:`BACKOFF_MAX`) while the database cannot be reached, ignoring wakes meanwhile. A forked
-child starts its own thread on first need; nothing it inherits from its parent's thread
-(lock, wake-up event, backoff) is used in the child.
+:data:`BACKOFF_MAX`) while the database cannot be reached, answering wakes meanwhile only
+with a spill (below). A forked child starts its own thread on first need; nothing it
+inherits from its parent's thread (lock, wake-up event, backoff) is used in the child.
+
+What a round cannot write does not stay in this process: the modules' spills (registered
+with their writers) move it into the shared store (:mod:`resilience_crm.spool`) after a
+failed round, and whenever something new is buffered while the thread backs off; the
+writers of any process take it from there once the database answers. At exit the process
+spills what is left and tries the database once, for at most :data:`EXIT_TIMEOUT` seconds.
 """
 
 from __future__ import annotations
@@ -34,11 +40,18 @@ BACKOFF_START = 1.0
 BACKOFF_MAX = 30.0
 #: Errors that mean the database cannot be reached: the round stops and backs off.
 UNREACHABLE = (OperationalError, InterfaceError)
+#: Seconds the process may spend at exit on what is left (a stalled database must not hold
+#: up a deploy): waiting for a round under way, then one try of the database.
+EXIT_TIMEOUT = 2.0
 
 #: A writer: writes what its module buffered, raises one of UNREACHABLE when it cannot.
 Task = Callable[[], object]
+#: A spill: moves what its module buffered into the shared store, waiting at most the given
+#: seconds for the module's writer (-1: as long as it takes); never raises for an outage.
+Spill = Callable[[float], object]
 
 _tasks: list[tuple[int, Task]] = []
+_spills: list[Spill] = []
 
 
 class _Worker:
@@ -58,11 +71,13 @@ _worker = _Worker()
 _background = True
 
 
-def register(task: Task, order: int = 0) -> None:
-    """Run ``task`` in every round, lowest ``order`` first."""
+def register(task: Task, order: int = 0, *, spill: Spill | None = None) -> None:
+    """Run ``task`` in every round, lowest ``order`` first; ``spill`` when a round fails."""
     if all(task is not registered for _, registered in _tasks):
         _tasks.append((order, task))
         _tasks.sort(key=lambda item: item[0])
+    if spill is not None and all(spill is not registered for registered in _spills):
+        _spills.append(spill)
 
 
 def set_background(enabled: bool) -> None:
@@ -136,7 +151,8 @@ def _run(worker: _Worker) -> None:
             _close_connections()
             return
         if worker.failures and time.monotonic() < worker.retry_at:
-            continue  # woken while backing off: the database is known to be down
+            spill()  # woken while backing off: the database is known to be down
+            continue
         _round(worker)
         worker.rounds += 1
 
@@ -148,16 +164,27 @@ def _round(worker: _Worker) -> None:
     except UNREACHABLE as err:
         _close_connections()
         _back_off(worker, err)
+        spill()
         return
     except Exception as err:  # a bug must not kill the thread, nor make it spin
         logger.exception("Writing buffered events or metrics failed.")
         _close_connections()
         _back_off(worker, err)
+        spill()
         return
     if worker.failures:
         logger.info("The database answers again; buffered events and metrics are written.")
     worker.failures = 0
     close_old_connections()
+
+
+def spill(timeout: float = -1) -> None:
+    """Move what this process buffered into the shared store (where there is one)."""
+    for each in list(_spills):
+        try:
+            each(timeout)
+        except Exception:  # one module's failure must not keep the others' records here
+            logger.exception("Moving buffered events or metrics to the shared store failed.")
 
 
 def _back_off(worker: _Worker, err: BaseException) -> None:
@@ -166,8 +193,8 @@ def _back_off(worker: _Worker, err: BaseException) -> None:
     delay *= 0.5 + random.random() / 2  # workers that lost it together do not retry together
     worker.retry_at = time.monotonic() + delay
     if worker.failures == 1:
-        logger.warning("The database cannot be reached (%s); events and metrics wait in this "
-                       "process, next try in %.1fs.", err, delay)
+        logger.warning("The database cannot be reached (%s); events and metrics wait in the "
+                       "shared store (or this process), next try in %.1fs.", err, delay)
 
 
 def _close_connections() -> None:
@@ -184,16 +211,34 @@ def _after_fork_in_child() -> None:
 
 
 def _at_exit() -> None:
-    """Write what is left when the process ends normally, unless the database is down (or
-    the thread was stopped on purpose, as by tests)."""
-    thread = _worker.thread
-    if thread is None or not thread.is_alive() or database_down():
+    """When the process ends normally (a deploy, a restart, also during an incident): spill
+    what is left into the shared store, where it outlives the process, then try the
+    database once, for at most :data:`EXIT_TIMEOUT` seconds. Nothing when the thread never
+    ran or was stopped on purpose (as by tests)."""
+    worker = _worker
+    thread = worker.thread
+    if thread is None or not thread.is_alive():
         return
-    stop(timeout=5.0)
+    with worker.lock:
+        worker.stopping = True
+    worker.wakeup.set()
+    thread.join(EXIT_TIMEOUT / 2)  # a round under way holds what it is writing
+    spill(timeout=0)  # a round still stuck has what it holds copied, not waited for
+    last = threading.Thread(target=_last_round, name="resilience-flusher-exit", daemon=True)
+    last.start()
+    last.join(EXIT_TIMEOUT / 2)
+    if last.is_alive():
+        logger.warning("The database did not answer within the exit's %.1fs; what is left "
+                       "waits in the shared store (or is lost without one).", EXIT_TIMEOUT)
+
+
+def _last_round() -> None:
     try:
         run_tasks()
     except Exception as err:
         logger.warning("Could not write buffered events or metrics at exit (%s).", err)
+    finally:
+        _close_connections()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

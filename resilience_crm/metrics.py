@@ -6,8 +6,10 @@ lock, no lost increments between threads), under the minute of the call. The sta
 command, the readiness endpoint and the metrics exposition read the totals with
 :func:`collect` / :func:`value`. :func:`flush_buckets` adds what was counted since its last
 run to the ``CircuitMetric`` row of the minute each call was made in; the background flusher
-(:mod:`resilience_crm.flusher`) calls it every ``flusher.INTERVAL`` seconds. A forked child
-starts with empty counters.
+(:mod:`resilience_crm.flusher`) calls it every ``flusher.INTERVAL`` seconds. While the
+database cannot be reached the flusher moves the unwritten counts into the shared store's
+spool (:func:`spill`, :mod:`resilience_crm.spool`), and any process's :func:`write_buckets`
+adds them once it is back. A forked child starts with empty counters.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from django.db import DatabaseError, IntegrityError, router, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Greatest
 
-from resilience_crm import flusher
+from resilience_crm import flusher, spool
+from resilience_crm.exceptions import SpoolUnavailable
 
 logger = logging.getLogger("resilience_crm.metrics")
 
@@ -39,6 +42,8 @@ RAN = ("successes", "slow", "failures")
 #: unwritten (with an error, counted as ``metric_minutes_dropped``).
 MAX_MINUTES = 24 * 60
 PEAK = "latency_max"
+#: The spool (:mod:`resilience_crm.spool`) counts wait in while the database is down.
+KIND = "metrics"
 
 #: The wall clock that decides a call's minute (tests put their own clock here).
 clock: Callable[[], float] = time.time
@@ -162,9 +167,9 @@ def write_buckets(blocking: bool = True) -> int:
     """:func:`flush_buckets`, raising the database's error; the flusher's task."""
     if not _flush_lock.acquire(blocking=blocking):
         return 0  # another thread is flushing
+    written = 0
     try:
         buckets, seen = _unwritten()
-        written = 0
         for minute, circuit in sorted(buckets):
             columns = buckets[minute, circuit]
             _add_to_bucket(circuit, datetime.fromtimestamp(minute * 60, tz=UTC), columns)
@@ -172,10 +177,42 @@ def write_buckets(blocking: bool = True) -> int:
                 for shard, counts in seen[minute, circuit]:
                     shard.written.setdefault(minute, {}).update(counts)
             written += 1
-        return written
     finally:
         _retire()  # also when the database failed: that is when MAX_MINUTES matters
         _flush_lock.release()
+    return written + spool.drain(KIND, _write_spooled)
+
+
+def spill(timeout: float = -1) -> int:
+    """Move the counts not yet written into the shared store's spool, where they outlive
+    this process and any process adds them to their buckets once the database is back;
+    returns how many (minute, circuit) buckets moved. Without a shared store (or when it
+    fails) they stay here."""
+    if not _flush_lock.acquire(timeout=timeout):
+        return 0
+    try:
+        buckets, seen = _unwritten()
+        records = [{"minute": minute, "circuit": circuit, "columns": buckets[minute, circuit]}
+                   for minute, circuit in sorted(buckets)]
+        try:
+            spool.keep(KIND, records)
+        except SpoolUnavailable as err:
+            logger.debug("Call metrics stay in this process (%s).", err)
+            return 0
+        with _state_lock:  # in the spool they are as good as written
+            for (minute, _), counted in seen.items():
+                for shard, counts in counted:
+                    shard.written.setdefault(minute, {}).update(counts)
+        return len(records)
+    finally:
+        _retire()
+        _flush_lock.release()
+
+
+def _write_spooled(records: list[dict[str, Any]]) -> None:
+    for record in records:
+        _add_to_bucket(record["circuit"], datetime.fromtimestamp(record["minute"] * 60, tz=UTC),
+                       dict(record["columns"]))
 
 
 def _new_shard() -> _Shard:
@@ -307,5 +344,6 @@ def _after_fork_in_child() -> None:
     _flush_lock = threading.Lock()
 
 
-flusher.register(write_buckets, order=10)  # after the events: the audit trail comes first
+# After the events: the audit trail comes first.
+flusher.register(write_buckets, order=10, spill=spill)
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -167,6 +167,19 @@ class CircuitMetric(models.Model):
         return f"{self.circuit} @ {self.bucket:%Y-%m-%d %H:%M}"
 
 
+class SpoolReceipt(models.Model):
+    """A batch of events or metrics that waited in the shared store's spool and has been
+    written (``resilience_crm.spool``): written in the same transaction as the batch, so a
+    second writer of the same batch (another process, or one that died before taking the
+    batch off the spool) writes nothing."""
+
+    batch = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(db_default=Now())
+
+    def __str__(self) -> str:
+        return self.batch
+
+
 def clean_limits(limits: Any) -> None:
     """``ValidationError`` on ``limits`` for each op class or rate that is wrong (the one
     validation, ``rates.limits_errors``, the checks use too)."""

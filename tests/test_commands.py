@@ -12,7 +12,7 @@ from django.utils import timezone
 from model_bakery import baker
 
 from resilience_crm import core, registry
-from resilience_crm.models import Circuit, CircuitEvent, CircuitMetric
+from resilience_crm.models import Circuit, CircuitEvent, CircuitMetric, SpoolReceipt
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -155,6 +155,7 @@ def aged_records():
         baker.make(CircuitEvent, circuit=circuit, generation=gen, from_state="closed",
                    to_state="open", created_at=now - timedelta(days=age))
         baker.make(CircuitMetric, circuit=circuit, bucket=now - timedelta(days=age))
+        baker.make(SpoolReceipt, batch=f"batch-{age}", created_at=now - timedelta(days=age))
     return circuit
 
 
@@ -165,7 +166,9 @@ def test_cleanup_deletes_past_retention(aged_records, settings):
 
     assert "Deleted 1 circuit events older than 30 days." in out
     assert "Deleted 1 metric buckets older than 30 days." in out
+    assert "Deleted 1 spool receipts older than 30 days." in out
     assert list(aged_records.events.values_list("generation", flat=True)) == [2]
+    assert list(SpoolReceipt.objects.values_list("batch", flat=True)) == ["batch-10"]
     assert aged_records.metrics.count() == 1
 
 

@@ -5,11 +5,12 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from resilience_crm.conf import settings
-from resilience_crm.models import CircuitEvent, CircuitMetric
+from resilience_crm.models import CircuitEvent, CircuitMetric, SpoolReceipt
 
 
 class Command(BaseCommand):
-    help = "Delete circuit events and metric buckets older than METRICS_RETENTION_DAYS."
+    help = ("Delete circuit events, metric buckets and spool receipts older than "
+            "METRICS_RETENTION_DAYS.")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--days", type=int, default=None,
@@ -24,6 +25,8 @@ class Command(BaseCommand):
         old = {
             "circuit events": CircuitEvent.objects.filter(created_at__lt=cutoff),
             "metric buckets": CircuitMetric.objects.filter(bucket__lt=cutoff),
+            # A receipt matters only while its batch may still be read from the spool.
+            "spool receipts": SpoolReceipt.objects.filter(created_at__lt=cutoff),
         }
         verb = "Would delete" if options["dry_run"] else "Deleted"
         for label, queryset in old.items():

@@ -5,10 +5,12 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError
 
-from resilience_crm import core, events, registry
+from resilience_crm import core, events, metrics, registry, spool
 from resilience_crm.control import known_circuits
 
 REJECTING = (core.OPEN, core.FORCED_OPEN)
+#: Kinds of records the spool keeps while the database is down (-1: Redis did not answer).
+SPOOLED = (events.KIND, metrics.KIND)
 
 
 class Command(BaseCommand):
@@ -28,7 +30,8 @@ class Command(BaseCommand):
         store = type(registry.shared_store())
         if options["json"]:
             body = {"store": f"{store.__module__}.{store.__qualname__}", "circuits": circuits,
-                    "pending_events": events.pending_count()}
+                    "pending_events": events.pending_count(),
+                    "spooled": {kind: spool.length(kind) for kind in SPOOLED}}
             self.stdout.write(json.dumps(body, cls=DjangoJSONEncoder, indent=2))
             return
         self.stdout.write(f"Store: {store.__qualname__}")
@@ -50,6 +53,10 @@ class Command(BaseCommand):
         if events.pending_count():
             self.stdout.write(self.style.WARNING(
                 f"{events.pending_count()} circuit events wait for the database."))
+        for kind in SPOOLED:
+            if (batches := spool.length(kind)) > 0:
+                self.stdout.write(self.style.WARNING(
+                    f"{batches} batches of {kind} wait in the shared store for the database."))
 
 
 def _forced_rows() -> dict[str, dict[str, Any]]:
