@@ -91,7 +91,12 @@ if REDIS_URL:
             "BACKEND": "django_redis.cache.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "crm-demo",
-            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.25, "SOCKET_TIMEOUT": 0.25},
+            "OPTIONS": {
+                "SOCKET_CONNECT_TIMEOUT": 0.25, "SOCKET_TIMEOUT": 0.25,
+                # Signed JSON, not pickle: whoever can write to Redis cannot run code here
+                # or plant a cached user (resilience_crm/cache_serializer.py).
+                "SERIALIZER": "resilience_crm.cache_serializer.SignedJSONSerializer",
+            },
         }
     }
 else:
