@@ -17,11 +17,10 @@ import pytest
 from django.db import connections
 
 from resilience_crm import conf, core, events, get_breaker, registry
-from resilience_crm.breaker import Breaker
 from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.models import CircuitEvent
 from resilience_crm.signals import circuit_transition
-from tests.clock import Clock
+from tests.clock import Clock, breaker_on
 from tests.failing import boom
 from tests.processes import ctx, run_processes
 from tests.sentry_server import SentryServer
@@ -277,16 +276,6 @@ def in_background(fn, *args):
 PROMISE = 1.0
 
 
-def worker_breaker(clock):
-    """This worker's breaker of ``CIRCUIT`` as ``get_breaker`` builds it, but on ``clock`` (its
-    monotonic clock, the one that ages snapshots), which the test moves."""
-    base = conf.settings.circuit_config(CIRCUIT)
-    breaker = Breaker(CIRCUIT, core.Config.from_mapping(base), registry.get_store(),
-                      snapshot_ttl=conf.settings.SNAPSHOT_TTL, monotonic=clock, base_config=base)
-    registry.swap_breaker(CIRCUIT, breaker)
-    return breaker
-
-
 def snapshot_age_at_change(index):
     """How old worker ``index``'s snapshot is when the change is made: every age from 0 to
     just under ``SNAPSHOT_TTL`` across the workers."""
@@ -295,7 +284,7 @@ def snapshot_age_at_change(index):
 
 def worker_watch(index, read, changed, before, expected):
     clock = Clock()
-    breaker = worker_breaker(clock)
+    breaker = breaker_on(CIRCUIT, clock)
     assert breaker.state == before  # the snapshot, taken now
     read.wait(timeout=30)  # the parent changes the state right after this
     changed.wait(timeout=30)
@@ -333,7 +322,7 @@ def test_forced_states_and_resets_reach_every_worker_within_a_second(
 
 def worker_config(index, read, changed):
     clock = Clock()
-    breaker = worker_breaker(clock)
+    breaker = breaker_on(CIRCUIT, clock)
     breaker.state  # noqa: B018  (the snapshot, taken now)
     assert breaker.config.failure_threshold == 5
     read.wait(timeout=30)  # the parent saves new overrides in the admin's way right after this
