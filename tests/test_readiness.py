@@ -25,7 +25,7 @@ LIVE = reverse("resilience:health-live")
 TOKEN = "s3cret-monitoring-token"
 #: Seconds libpq gives a blackholed database to answer in these tests: what a readiness
 #: request that waited on its database probe would take (the deadline's own figure, 0.7 s
-#: and a few milliseconds, is bench/ready_blackholed.py's to measure).
+#: and a few milliseconds, is bench/live_blackholed.py's to measure).
 CONNECT_TIMEOUT = 20
 
 
