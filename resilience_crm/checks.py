@@ -978,7 +978,7 @@ def check_cache_serializer(app_configs: Any = None, **kwargs: Any) -> list[Check
     alias = config["CACHE_ALIAS"]
     if alias not in django_settings.CACHES or not conf.cache_is_redis(alias):
         return []
-    options = django_settings.CACHES[alias].get("OPTIONS") or {}
+    options: dict[str, Any] = django_settings.CACHES[alias].get("OPTIONS") or {}
     if options.get("SERIALIZER", PICKLE_SERIALIZER) != PICKLE_SERIALIZER:
         return []
     return [CHECKS["CACHE_PICKLES"](alias=alias)]
