@@ -978,8 +978,9 @@ def check_cache_serializer(app_configs: Any = None, **kwargs: Any) -> list[Check
     alias = config["CACHE_ALIAS"]
     if alias not in django_settings.CACHES or not conf.cache_is_redis(alias):
         return []
-    options: dict[str, Any] = django_settings.CACHES[alias].get("OPTIONS") or {}
-    if options.get("SERIALIZER", PICKLE_SERIALIZER) != PICKLE_SERIALIZER:
+    options = django_settings.CACHES[alias].get("OPTIONS")
+    serializer = options.get("SERIALIZER") if isinstance(options, dict) else None
+    if (serializer or PICKLE_SERIALIZER) != PICKLE_SERIALIZER:
         return []
     return [CHECKS["CACHE_PICKLES"](alias=alias)]
 
