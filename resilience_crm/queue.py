@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.cache import caches
 from django.db import DatabaseError, IntegrityError, connections, router, transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.dispatch import receiver
 from django.utils import timezone
 from django_redis import get_redis_connection
@@ -315,21 +315,22 @@ def claim(owner: str, lease: float = LEASE_SECONDS, skip: set[int] | None = None
     now = timezone.now()
     ready = (Q(state__in=[QueuedWrite.State.PENDING, QueuedWrite.State.FAILED])
              | Q(state=QueuedWrite.State.APPLYING, lease_until__lt=now))
+    earlier = QueuedWrite.objects.using(db).filter(
+        entity=OuterRef("entity"), id__lt=OuterRef("id"), state__in=UNFINISHED)
     with transaction.atomic(using=db):
-        candidates = (QueuedWrite.objects.using(db).select_for_update(skip_locked=True)
-                      .filter(ready).exclude(pk__in=skip or ()).order_by("id")[:50])
-        for row in candidates:
-            if row.entity and QueuedWrite.objects.using(db).filter(
-                    entity=row.entity, id__lt=row.pk,
-                    state__in=UNFINISHED).exists():
-                continue
-            row.state = QueuedWrite.State.APPLYING
-            row.lease_owner, row.lease_until = owner, now + timedelta(seconds=lease)
-            row.attempts += 1
-            row.save(update_fields=["state", "lease_owner", "lease_until", "attempts",
-                                    "updated_at"])
-            return row
-    return None
+        # One row, locked alone: a replayer claiming at the same moment skips it and takes
+        # the next, rather than finding every candidate locked and stopping.
+        row = (QueuedWrite.objects.using(db).select_for_update(skip_locked=True)
+               .filter(ready).filter(Q(entity="") | ~Exists(earlier))
+               .exclude(pk__in=skip or ()).order_by("id").first())
+        if row is None:
+            return None
+        row.state = QueuedWrite.State.APPLYING
+        row.lease_owner, row.lease_until = owner, now + timedelta(seconds=lease)
+        row.attempts += 1
+        row.save(update_fields=["state", "lease_owner", "lease_until", "attempts",
+                                "updated_at"])
+        return row
 
 
 UNFINISHED = (QueuedWrite.State.PENDING, QueuedWrite.State.APPLYING, QueuedWrite.State.FAILED)

@@ -1,5 +1,6 @@
 """Two replayers at once over the same queue, in real processes: each queued write is moved
-into the database once and applied once, and both replayers apply writes side by side."""
+into the database once and applied once, and both replayers apply writes side by side; one
+that claims while the other is claiming takes the next write instead of stopping."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from django.db import connections
+from django.db import connections, transaction
 
 from crm_demo.crm.models import Contact
 from resilience_crm import get_breaker, queue
@@ -41,8 +42,9 @@ def replayer(index: int, start: Any, applying: Any) -> None:
     connections.close_all()
 
 
-def test_two_replayers_at_once_apply_each_write_exactly_once(settings, redis_cache,
-                                                             postgres, transactional_db):
+@pytest.fixture
+def queued(settings, redis_cache, postgres, transactional_db):
+    """``WRITES`` writes queued in Redis during an outage, the database back."""
     settings.RESILIENCE_CRM = {"STORE": "redis", "CACHE_ALIAS": "redis"}
     get_breaker("crm.write").force("forced_open", reason="database outage")
     for n in range(WRITES):
@@ -51,6 +53,9 @@ def test_two_replayers_at_once_apply_each_write_exactly_once(settings, redis_cac
         assert receipt.queued
     get_breaker("crm.write").force("forced_closed", reason="database back")
     assert queue.stream_length() == WRITES
+
+
+def test_two_replayers_at_once_apply_each_write_exactly_once(queued):
     connections.close_all()  # the replayers open their own
 
     run_processes(replayer, ctx.Barrier(2), ctx.Barrier(2), count=2)
@@ -58,7 +63,31 @@ def test_two_replayers_at_once_apply_each_write_exactly_once(settings, redis_cac
     assert queue.stream_length() == 0
     rows = QueuedWrite.objects.filter(name="test.replayed")
     assert rows.count() == WRITES
-    assert set(rows.values_list("state", flat=True)) == {QueuedWrite.State.APPLIED}
+    assert set(rows.values_list("state", flat=True)) == {QueuedWrite.State.APPLIED}, list(
+        rows.exclude(state=QueuedWrite.State.APPLIED).values_list("state", "last_error"))
     assert set(rows.values_list("attempts", flat=True)) == {1}
     emails = Counter(Contact.objects.values_list("email", flat=True))
     assert emails == Counter(f"c{n}@x.org" for n in range(WRITES))
+
+
+def claimer(index: int, holding: Any, done: Any) -> None:
+    """Replayer 0 claims the first write and holds its claim's transaction open; replayer 1
+    claims meanwhile."""
+    if index == 0:
+        with transaction.atomic():  # the claim's own transaction, kept open
+            assert queue.claim("first").idempotency_key == "k0"
+            holding.wait(PATIENCE)
+            done.wait(PATIENCE)
+    else:
+        holding.wait(PATIENCE)
+        row = queue.claim("second")
+        done.wait(PATIENCE)
+        assert row is not None, "the second replayer found nothing to do"
+        assert row.idempotency_key == "k1"
+    connections.close_all()
+
+
+def test_a_replayer_claiming_while_another_claims_takes_the_next_write(queued):
+    assert queue.drain() == WRITES
+    connections.close_all()
+    run_processes(claimer, ctx.Barrier(2), ctx.Barrier(2), count=2)
