@@ -12,7 +12,9 @@ flusher keeps being woken with work it cannot write. Requests go through Django'
 handler (the test client), once with autocommit and once with ``ATOMIC_REQUESTS = True`` on
 that alias, 5 ms apart so that the run spans several of the flusher's 2 s connect attempts
 and backoffs. The target is a p99 under 50 ms; the run prints p50, p99 and the slowest
-request per mode.
+request per mode. Then ``/resilience/health/ready`` on the same blackholed database: each
+answer must come within its deadline (0.7 s) and a few milliseconds, which the suite checks
+only loosely (tests/test_readiness.py); the run prints the slowest of ``--ready`` requests.
 """
 
 from __future__ import annotations
@@ -104,9 +106,24 @@ def measure(requests: int, atomic: bool, interval: float) -> list[float]:
     return sorted(durations)
 
 
+def measure_ready(requests: int) -> list[float]:
+    from django.test import Client
+
+    client = Client()
+    durations = []
+    for _ in range(requests):
+        started = time.perf_counter()
+        response = client.get("/resilience/health/ready")
+        durations.append(time.perf_counter() - started)
+        assert response.status_code == 503, response.status_code
+    return sorted(durations)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--ready", type=int, default=10,
+                        help="/ready requests to time (each takes its deadline)")
     parser.add_argument("--interval", type=float, default=0.005,
                         help="seconds between requests (default: 1000 requests span ~5 s)")
     args = parser.parse_args()
@@ -129,6 +146,14 @@ def main() -> None:
               f"{metrics.value('calls', circuit=CIRCUIT, outcome='success')}, flusher "
               f"connection attempts {proxy.connections}, database known down "
               f"{flusher.database_down()}")
+        if args.ready:
+            from resilience_crm.views import PROBE_DEADLINE
+
+            durations = measure_ready(args.ready)
+            print(f"/resilience/health/ready, database blackholed, {args.ready} requests: "
+                  f"deadline {PROBE_DEADLINE * 1000:.0f} ms, p50 "
+                  f"{durations[len(durations) // 2] * 1000:6.2f} ms, max "
+                  f"{durations[-1] * 1000:6.2f} ms")
         proxy.drop()
 
 

@@ -6,11 +6,22 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "demo-only-insecure-secret-key")
 DEBUG = os.environ.get("DJANGO_DEBUG", "1").lower() in ("1", "true", "yes", "on")
+# Sessions, password resets and the cache's entries are signed with this key: a built-in one
+# serves development only (``make demo``); with DEBUG off the demo refuses to start without
+# one of its own.
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DJANGO_DEBUG is off and DJANGO_SECRET_KEY is not set: set DJANGO_SECRET_KEY to a "
+            "long random value, e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))'."
+        )
+    SECRET_KEY = "demo-only-insecure-secret-key"  # noqa: S105  (DEBUG only)
 ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",")
 
 INSTALLED_APPS = [
@@ -91,7 +102,12 @@ if REDIS_URL:
             "BACKEND": "django_redis.cache.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "crm-demo",
-            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.25, "SOCKET_TIMEOUT": 0.25},
+            "OPTIONS": {
+                "SOCKET_CONNECT_TIMEOUT": 0.25, "SOCKET_TIMEOUT": 0.25,
+                # Signed JSON, not pickle: whoever can write to Redis cannot run code here
+                # or plant a cached user (resilience_crm/cache_serializer.py).
+                "SERIALIZER": "resilience_crm.cache_serializer.SignedJSONSerializer",
+            },
         }
     }
 else:

@@ -50,6 +50,8 @@ POSTGRES_ENGINES = ("postgresql", "postgis")
 #: The longest ``SNAPSHOT_TTL`` that keeps the promise "an admin change reaches every worker
 #: within one second".
 MAX_SNAPSHOT_TTL = 1
+#: django-redis's serializer when a cache's OPTIONS name none.
+PICKLE_SERIALIZER = "django_redis.serializers.pickle.PickleSerializer"
 #: ``RATELIMIT_STORE`` names besides "auto".
 RATELIMIT_STORES = ("redis", "memory")
 
@@ -370,6 +372,31 @@ CHECKS: dict[str, Check] = {
             "before they are replayed."
         ),
         "Turn on appendonly (appendfsync everysec) or RDB snapshots in redis.conf.",
+        warning=True,
+    ),
+    "QUEUE_EVICTABLE": Check(
+        "resilience_crm.W013",
+        (
+            "{problem}: once Redis reaches maxmemory it may evict the write queue's stream, "
+            "losing every write queued during a database outage."
+        ),
+        (
+            "Set maxmemory-policy to noeviction, or to a volatile-* policy (the stream has no "
+            "TTL, so those never evict it), or keep the queue on a Redis of its own."
+        ),
+        warning=True,
+    ),
+    "CACHE_PICKLES": Check(
+        "resilience_crm.W014",
+        (
+            "The cache {alias!r} that RESILIENCE_CRM[\"CACHE_ALIAS\"] names pickles its values: "
+            "whoever can write to that Redis can run code in every worker that reads them, or "
+            "plant a cached value such as a token's user."
+        ),
+        (
+            'Add "SERIALIZER": "resilience_crm.cache_serializer.SignedJSONSerializer" to the '
+            "cache's OPTIONS."
+        ),
         warning=True,
     ),
     "POOL_WAIT_OVER_BUDGET": Check(
@@ -967,7 +994,8 @@ def _is_resilience_router(entry: Any) -> bool:
 
 @register(TAG, Tags.caches, deploy=True)
 def check_write_queue(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """Deployment check: where writes go while the database is down."""
+    """Deployment check: where writes go while the database is down, and whether Redis
+    keeps them (persistence, eviction)."""
     config = _config()
     if config is None or not isinstance(config["CACHE_ALIAS"], str):
         return []
@@ -976,10 +1004,26 @@ def check_write_queue(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
         return []  # reported by check_values
     if not conf.cache_is_redis(alias):
         return [CHECKS["QUEUE_WITHOUT_REDIS"](alias=alias)]
-    problem = queue.persistence_problem()
-    if problem is None:
+    found = [CHECKS[key](problem=problem) for key, problem in (
+        ("QUEUE_NOT_PERSISTENT", queue.persistence_problem()),
+        ("QUEUE_EVICTABLE", queue.eviction_problem())) if problem is not None]
+    return found
+
+
+@register(TAG, Tags.caches, Tags.security, deploy=True)
+def check_cache_serializer(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Deployment check: a Redis cache that pickles runs code whoever writes to it chose."""
+    config = _config()
+    if config is None or not isinstance(config["CACHE_ALIAS"], str):
         return []
-    return [CHECKS["QUEUE_NOT_PERSISTENT"](problem=problem)]
+    alias = config["CACHE_ALIAS"]
+    if alias not in django_settings.CACHES or not conf.cache_is_redis(alias):
+        return []
+    options = django_settings.CACHES[alias].get("OPTIONS")
+    serializer = options.get("SERIALIZER") if isinstance(options, dict) else None
+    if (serializer or PICKLE_SERIALIZER) != PICKLE_SERIALIZER:
+        return []
+    return [CHECKS["CACHE_PICKLES"](alias=alias)]
 
 
 #: psycopg_pool's wait for a connection when the pool options name no ``timeout``.

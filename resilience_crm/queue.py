@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from django.core.cache import caches
 from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import DatabaseError, IntegrityError, connections, router, transaction
-from django.db.models import Field, ForeignKey, Model, Q
+from django.db.models import Exists, Field, ForeignKey, Model, OuterRef, Q
 from django.dispatch import receiver
 from django.utils import timezone
 from django_redis import get_redis_connection
@@ -406,21 +406,22 @@ def claim(owner: str, lease: float = LEASE_SECONDS, skip: set[int] | None = None
     now = timezone.now()
     ready = (Q(state__in=[QueuedWrite.State.PENDING, QueuedWrite.State.FAILED])
              | Q(state=QueuedWrite.State.APPLYING, lease_until__lt=now))
+    earlier = QueuedWrite.objects.using(db).filter(
+        entity=OuterRef("entity"), id__lt=OuterRef("id"), state__in=UNFINISHED)
     with transaction.atomic(using=db):
-        candidates = (QueuedWrite.objects.using(db).select_for_update(skip_locked=True)
-                      .filter(ready).exclude(pk__in=skip or ()).order_by("id")[:50])
-        for row in candidates:
-            if row.entity and QueuedWrite.objects.using(db).filter(
-                    entity=row.entity, id__lt=row.pk,
-                    state__in=UNFINISHED).exists():
-                continue
-            row.state = QueuedWrite.State.APPLYING
-            row.lease_owner, row.lease_until = owner, now + timedelta(seconds=lease)
-            row.attempts += 1
-            row.save(update_fields=["state", "lease_owner", "lease_until", "attempts",
-                                    "updated_at"])
-            return row
-    return None
+        # One row, locked alone: a replayer claiming at the same moment skips it and takes
+        # the next, rather than finding every candidate locked and stopping.
+        row = (QueuedWrite.objects.using(db).select_for_update(skip_locked=True)
+               .filter(ready).filter(Q(entity="") | ~Exists(earlier))
+               .exclude(pk__in=skip or ()).order_by("id").first())
+        if row is None:
+            return None
+        row.state = QueuedWrite.State.APPLYING
+        row.lease_owner, row.lease_until = owner, now + timedelta(seconds=lease)
+        row.attempts += 1
+        row.save(update_fields=["state", "lease_owner", "lease_until", "attempts",
+                                "updated_at"])
+        return row
 
 
 UNFINISHED = (QueuedWrite.State.PENDING, QueuedWrite.State.APPLYING, QueuedWrite.State.FAILED)
@@ -516,32 +517,61 @@ def stream_length() -> int:
         return -1
 
 
-#: Seconds a process trusts what it last read of Redis's persistence settings: readiness
-#: probes ask on every probe, and the answer changes only when an operator reconfigures.
-PERSISTENCE_TTL = 60.0
+#: Seconds a process trusts what it last read of Redis's configuration: readiness probes
+#: ask on every probe, and the answer changes only when an operator reconfigures.
+REDIS_CONFIG_TTL = 60.0
+#: The Redis settings the write queue depends on.
+REDIS_CONFIG_KEYS = ("appendonly", "save", "maxmemory-policy")
+#: ``maxmemory-policy`` values that never evict the stream, which has no TTL.
+NON_EVICTING_POLICIES = ("noeviction", "volatile-lru", "volatile-lfu", "volatile-random",
+                         "volatile-ttl")
 
-_persistence: dict[str, tuple[float, str | None]] = {}  # cache alias -> (read at, answer)
+_redis_config: dict[str, tuple[float, dict[str, str]]] = {}  # cache alias -> (read at, config)
+
+
+def redis_config() -> dict[str, str] | None:
+    """The Redis settings in ``REDIS_CONFIG_KEYS``, read with ``CONFIG GET`` and kept for
+    ``REDIS_CONFIG_TTL`` seconds; ``None`` when they cannot be read (no Redis, ``CONFIG``
+    disabled, as managed Redis often does, or Redis unreachable: the next call asks again)."""
+    if not redis_available():
+        return None
+    alias = settings.CACHE_ALIAS
+    known = _redis_config.get(alias)
+    if known is not None and time.monotonic() - known[0] < REDIS_CONFIG_TTL:
+        return known[1]
+    try:
+        client, _ = _redis()
+        config: dict[str, str] = {}
+        for name in REDIS_CONFIG_KEYS:
+            config.update({_text(k): _text(v) for k, v in client.config_get(name).items()})
+    except Exception:  # noqa: BLE001  (unknown: neither a problem nor a clean bill)
+        return None
+    _redis_config[alias] = (time.monotonic(), config)
+    return config
+
+
+def forget_redis_config() -> None:
+    """Read Redis's settings afresh on the next call (after an operator changed them)."""
+    _redis_config.clear()
 
 
 def persistence_problem() -> str | None:
     """Why queued writes would not survive a Redis restart, or ``None`` when they would (or
-    it cannot be told: no Redis, ``CONFIG`` disabled, Redis unreachable). Read-only; an
-    answer read from Redis is kept for ``PERSISTENCE_TTL`` seconds."""
-    if not redis_available():
+    it cannot be told)."""
+    config = redis_config()
+    if config is None:
         return None
-    alias = settings.CACHE_ALIAS
-    known = _persistence.get(alias)
-    if known is not None and time.monotonic() - known[0] < PERSISTENCE_TTL:
-        return known[1]
-    try:
-        client, _ = _redis()
-        config = client.config_get("appendonly")
-        config.update(client.config_get("save"))
-    except Exception:  # noqa: BLE001  (managed Redis often disables CONFIG)
-        return None  # not kept: the next probe asks again
-    appendonly, save = _text(config.get("appendonly", "")), _text(config.get("save", ""))
-    problem = None
+    appendonly, save = config.get("appendonly", ""), config.get("save", "")
     if appendonly == "no" and not save.strip():
-        problem = "Redis persistence is off (appendonly no, save \"\")"
-    _persistence[alias] = (time.monotonic(), problem)
-    return problem
+        return "Redis persistence is off (appendonly no, save \"\")"
+    return None
+
+
+def eviction_problem() -> str | None:
+    """Why Redis could evict the queue's stream (it has no TTL) when it reaches
+    ``maxmemory``, or ``None`` when it could not (or it cannot be told)."""
+    config = redis_config()
+    policy = None if config is None else config.get("maxmemory-policy")
+    if policy is None or policy in NON_EVICTING_POLICIES:
+        return None
+    return f"Redis evicts any key when full (maxmemory-policy {policy})"

@@ -115,8 +115,8 @@ def ready(request: HttpRequest) -> JsonResponse:
     database_ok = checks["database"]["ok"]
     status = "ok" if score == 100 else ("degraded" if database_ok else "unavailable")
     body: dict[str, Any] = {"status": status, "score": score, "circuits": circuits}
-    if checks["cache"].get("warning"):  # an operator must see it, staff or not
-        body["warnings"] = [checks["cache"]["warning"]]
+    if checks["cache"].get("warnings"):  # an operator must see them, staff or not
+        body["warnings"] = checks["cache"]["warnings"]
     if _may_see_details(request, database_ok):
         body["queue"] = checks["database"].pop("queue", None)
         body["checks"] = checks
@@ -222,9 +222,12 @@ def _probe_cache() -> dict[str, Any]:
         return {"ok": False, "error": err.__class__.__name__, "ms": _ms_since(started)}
     result: dict[str, Any] = {"ok": True, "ms": _ms_since(started),
                               "in_redis": write_queue.stream_length()}
-    persistence = write_queue.persistence_problem()
-    if persistence:
-        result["warning"] = f"{persistence}: queued writes would not survive a Redis restart."
+    warnings = [f"{problem}: {loss}" for problem, loss in (
+        (write_queue.persistence_problem(), "queued writes would not survive a Redis restart."),
+        (write_queue.eviction_problem(), "a full Redis could evict the queued writes."),
+    ) if problem]
+    if warnings:
+        result["warnings"] = warnings
     return result
 
 

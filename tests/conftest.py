@@ -140,7 +140,8 @@ def redis_proxy(settings, redis_cache, redis_url):
             "LOCATION": proxy.url(path=target.path or "/0"),
             "KEY_PREFIX": "rcrm-test",
             "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": PROXY_SOCKET_TIMEOUT,
-                        "SOCKET_TIMEOUT": PROXY_SOCKET_TIMEOUT},
+                        "SOCKET_TIMEOUT": PROXY_SOCKET_TIMEOUT,
+                        "SERIALIZER": settings.CACHES["redis"]["OPTIONS"]["SERIALIZER"]},
         }}
         yield proxy
 

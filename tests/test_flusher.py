@@ -24,11 +24,11 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 CIRCUIT = "test.flusher"
 REQUESTS = 200
-#: The test's bound on the 99th percentile; the 50 ms target is measured by
-#: bench/live_blackholed.py (docs/benchmarks.md), away from a test run's load.
-P99_BOUND = 0.25
-#: No request may wait out the alias's connect timeout (2 s).
-MAX_BOUND = 1.5
+#: Seconds the flusher's connection attempts wait on the blackholed database in the test:
+#: a request that waited on one would take that long. How fast /live answers meanwhile
+#: (p99 under 50 ms) is measured by bench/live_blackholed.py (docs/benchmarks.md), away
+#: from a test run's load.
+STALLED_CONNECT = 60
 
 
 @pytest.fixture(autouse=True)
@@ -48,6 +48,8 @@ def test_live_answers_at_once_while_the_database_is_blackholed(
     connections.settings[APP_ALIAS]["ATOMIC_REQUESTS"] = atomic_requests
     breaker = get_breaker(CIRCUIT)  # reads its overrides while the database still answers
     connections[APP_ALIAS].close()  # as after every request (CONN_MAX_AGE = 0)
+    # The flusher's attempt stays stuck for the whole run, not for the fixture's 2 s.
+    connections.settings[APP_ALIAS]["OPTIONS"]["connect_timeout"] = STALLED_CONNECT
     postgres_proxy.stalled = True
     before = postgres_proxy.connections
     producing = threading.Event()
@@ -60,22 +62,18 @@ def test_live_answers_at_once_while_the_database_is_blackholed(
 
     producer = threading.Thread(target=produce)
     producer.start()
-    durations = []
     try:
         wait_until(lambda: postgres_proxy.connections > before, "the flusher tried the database")
+        started = time.monotonic()
         for _ in range(REQUESTS):
-            started = time.perf_counter()
-            response = client.get("/resilience/health/live")
-            durations.append(time.perf_counter() - started)
-            assert response.status_code == 200
+            assert client.get("/resilience/health/live").status_code == 200
+        elapsed = time.monotonic() - started
     finally:
         producing.clear()
         producer.join()
-
-    durations.sort()
-    p99 = durations[int(len(durations) * 0.99) - 1]
-    assert p99 < P99_BOUND, f"p99 {p99 * 1000:.1f} ms"
-    assert durations[-1] < MAX_BOUND, f"slowest {durations[-1] * 1000:.1f} ms"
+    # Every request answered while the flusher's attempt, begun before them, was still stuck:
+    # none waited for it.
+    assert elapsed < STALLED_CONNECT
     # It was real: events and counts wait in the process for the database.
     assert events.pending_count() > 0
     assert metrics.value("calls", circuit=CIRCUIT, outcome="success") > 0

@@ -71,6 +71,53 @@ def test_ready_warns_when_redis_would_lose_queued_writes(settings, redis_cache, 
     assert (queue.persistence_problem() is None) is redis_persistent()
 
 
+@pytest.fixture
+def eviction_policy(redis_cache):
+    """Set the real Redis's ``maxmemory-policy`` for the test (``CONFIG SET``), then put back
+    the one it had."""
+    client = get_redis_connection("redis")
+    before = client.config_get("maxmemory-policy")["maxmemory-policy"]
+
+    def set_policy(policy: str) -> None:
+        client.config_set("maxmemory-policy", policy)
+        queue.forget_redis_config()
+
+    yield set_policy
+    set_policy(before)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(("policy", "warned"), [
+    ("allkeys-lru", True), ("allkeys-random", True), ("noeviction", False),
+    ("volatile-lru", False),  # the stream has no TTL: never evicted
+])
+def test_w013_warns_when_redis_could_evict_the_queue(settings, eviction_policy, policy,
+                                                     warned):
+    eviction_policy(policy)
+    found = deploy_ids(settings, STORE="redis", CACHE_ALIAS="redis")
+    assert (checks.Codes.QUEUE_EVICTABLE in found) is warned
+
+
+@pytest.mark.redis
+def test_ready_warns_when_redis_could_evict_the_queue(settings, eviction_policy, client, db):
+    settings.RESILIENCE_CRM = {"STORE": "redis", "CACHE_ALIAS": "redis"}
+    eviction_policy("allkeys-lru")
+    warnings = client.get("/resilience/health/ready").json().get("warnings", [])
+    assert any("maxmemory-policy allkeys-lru" in warning for warning in warnings)
+    eviction_policy("noeviction")
+    warnings = client.get("/resilience/health/ready").json().get("warnings", [])
+    assert not any("maxmemory-policy" in warning for warning in warnings)
+
+
+@pytest.mark.redis
+def test_w014_warns_when_the_redis_cache_pickles(settings, redis_cache):
+    assert checks.Codes.CACHE_PICKLES not in deploy_ids(settings, CACHE_ALIAS="redis")
+    redis = settings.CACHES["redis"]
+    settings.CACHES = {**settings.CACHES, "redis": {
+        **redis, "OPTIONS": {k: v for k, v in redis["OPTIONS"].items() if k != "SERIALIZER"}}}
+    assert checks.Codes.CACHE_PICKLES in deploy_ids(settings, CACHE_ALIAS="redis")
+
+
 @pytest.mark.parametrize(("error", "status", "code"), [
     (CircuitOpenError(retry_after=12.2, circuit="crm.read"), 503, "CIRCUIT_OPEN"),
     (RateLimited(retry_after=3), 429, "RATE_LIMITED"),
