@@ -5,7 +5,8 @@ database behind the fault proxy (refusing, resetting, silent), a pool with nothi
 hand out, a query that runs on. With psycopg's pool (the demo's settings) and without.
 
 A call runs on a thread of its own, so that one that never ends fails its test instead of
-hanging the run. Strict figures (p50/p99/max against the budget) are bench/deadlines.py's."""
+hanging the run. The bound allows for a loaded machine; the strict figures (p50/p99/max
+against the budget) are bench/deadlines.py's."""
 
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 CALL_TIMEOUT = 2.0
 #: What a call may take beyond its call_timeout (DESIGN.md, invariant 13).
 SLACK = 0.1
+#: Added here for a loaded two-core machine, where the server's cancel or this process's
+#: watchdog may wait for a CPU (the strict bound flaked at 2.1 s). Before the fix, calls
+#: took 2.6 s or never ended.
+LOADED = 0.3
 #: Calls measured in each fault.
 CALLS = 3
 #: Seconds before a call that has not ended is given up on: it would otherwise never end.
@@ -90,7 +95,7 @@ def durations(provider: Provider, fn: Callable[[], object], *,
 
 def within_budget(took: list[float]) -> None:
     assert len(took) == CALLS
-    assert max(took) <= CALL_TIMEOUT + SLACK, took
+    assert max(took) <= CALL_TIMEOUT + SLACK + LOADED, took
 
 
 def test_refused(provider, database_behind_proxy):
