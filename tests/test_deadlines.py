@@ -19,9 +19,11 @@ import pytest
 from django.db import connections
 
 from resilience_crm import get_breaker
+from resilience_crm.deadlines import Watchdog
 from resilience_crm.exceptions import OperationTimeout, ResilienceError
 from resilience_crm.provider import Provider
 from tests.databases import PROXIED_ALIAS, PROXIED_POOL
+from tests.processes import run_processes
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
@@ -170,3 +172,19 @@ def test_a_silent_connection_is_cut_at_the_deadline(provider, database_behind_pr
     database_behind_proxy.stalled = True
     with pytest.raises(OperationTimeout):
         provider.read("contacts:silent", query("SELECT 1"), using=PROXIED_ALIAS)
+
+
+def test_a_forked_worker_gets_a_watchdog_of_its_own():
+    """A worker forked after its parent armed the watchdog (gunicorn's) has no copy of the
+    parent's thread: its own deadlines are still kept."""
+    watchdog = Watchdog()
+    fired = threading.Event()
+    watchdog.arm(time.monotonic(), fired.set)  # the parent's thread runs from now on
+    assert fired.wait(GIVE_UP)
+
+    def worker(index: int) -> None:
+        mine = threading.Event()
+        watchdog.arm(time.monotonic(), mine.set)
+        assert mine.wait(GIVE_UP), "the worker's deadline was never kept"
+
+    run_processes(worker, count=2)
