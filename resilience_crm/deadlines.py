@@ -109,7 +109,7 @@ def cut_off(using: str, deadline: Deadline) -> Iterator[None]:
             if running:
                 _shut_down(wrapper.connection)
 
-    armed = _watchdog.arm(deadline.expires + CUT_GRACE, cut)
+    armed = _watchdog.arm(deadline.remaining() + CUT_GRACE, cut)
     try:
         yield
     finally:
@@ -144,12 +144,14 @@ class Watchdog:
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
 
-    def arm(self, at: float, callback: Callable[[], None]) -> int:
+    def arm(self, after: float, callback: Callable[[], None]) -> int:
+        """Run ``callback`` on the watchdog's thread ``after`` seconds from now, unless
+        :meth:`disarm` comes first."""
         if self._pid != os.getpid():  # a forked worker: the parent's thread is not here
             self._start()
         with self._condition:
             armed = next(self._ids)
-            heapq.heappush(self._due, (at, armed, callback))
+            heapq.heappush(self._due, (self._monotonic() + after, armed, callback))
             self._pending.add(armed)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="resilience-watchdog",

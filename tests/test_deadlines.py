@@ -22,6 +22,7 @@ from resilience_crm import get_breaker
 from resilience_crm.deadlines import Watchdog
 from resilience_crm.exceptions import OperationTimeout, ResilienceError
 from resilience_crm.provider import Provider
+from tests.clock import Clock
 from tests.databases import PROXIED_ALIAS, PROXIED_POOL
 from tests.processes import run_processes
 
@@ -179,12 +180,27 @@ def test_a_forked_worker_gets_a_watchdog_of_its_own():
     parent's thread: its own deadlines are still kept."""
     watchdog = Watchdog()
     fired = threading.Event()
-    watchdog.arm(time.monotonic(), fired.set)  # the parent's thread runs from now on
+    watchdog.arm(0, fired.set)  # the parent's thread runs from now on
     assert fired.wait(GIVE_UP)
 
     def worker(index: int) -> None:
         mine = threading.Event()
-        watchdog.arm(time.monotonic(), mine.set)
+        watchdog.arm(0, mine.set)
         assert mine.wait(GIVE_UP), "the worker's deadline was never kept"
 
     run_processes(worker, count=2)
+
+
+def test_a_provider_on_its_own_clock_is_cut_on_the_watchdogs_clock(settings, redis_cache, db):
+    """The deadline of a provider with an injected clock (tests, a frozen clock) reaches the
+    watchdog as time left, not as a moment of another clock: a query is not cut at once."""
+    settings.RESILIENCE_CRM = {"STORE": "redis", "CACHE_ALIAS": "redis",
+                               "CIRCUITS": {"crm.read": {"call_timeout": CALL_TIMEOUT}}}
+    frozen = Provider(monotonic=Clock(0))
+
+    def sleep_a_little():
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT pg_sleep(0.3), 'answered'")
+            return cursor.fetchone()[1]
+
+    assert frozen.read("contacts:frozen", sleep_a_little) == "answered"
