@@ -221,7 +221,7 @@ class Provider:
                 took = self._monotonic() - started
                 # A retry on a lost connection first waits for a new one: it starts only if
                 # that wait, at its longest, fits in what is left too.
-                wait = max(took, deadlines.connect_wait(using) if lost else 0.0)
+                wait = max(took, deadlines.connect_wait(using) if lost and using else 0.0)
                 if (kind.retryable and (retry_if is None or retry_if(exc))
                         and attempt < retries.MAX_ATTEMPTS
                         and deadline.remaining() > pause + wait
