@@ -22,7 +22,7 @@ from django.core.checks import Warning as CheckWarning
 from django.db import DEFAULT_DB_ALIAS
 from django.utils.module_loading import import_string
 
-from resilience_crm import conf, core, queue, transactions
+from resilience_crm import conf, core, deadlines, queue, transactions
 from resilience_crm.breaker import exception_errors
 from resilience_crm.rates import UNKNOWN_OP_CLASS, limits_errors, parse_rate
 from resilience_crm.routers import ResilienceRouter, same_database
@@ -1026,10 +1026,6 @@ def check_cache_serializer(app_configs: Any = None, **kwargs: Any) -> list[Check
     return [CHECKS["CACHE_PICKLES"](alias=alias)]
 
 
-#: psycopg_pool's wait for a connection when the pool options name no ``timeout``.
-PSYCOPG_POOL_DEFAULT_TIMEOUT = 30.0
-
-
 @_check(Tags.database)
 def check_pool_timeout(config: dict[str, Any]) -> list[CheckMessage]:
     """A request must not wait longer for a pooled connection than its call's budget."""
@@ -1052,8 +1048,8 @@ def check_pool_timeout(config: dict[str, Any]) -> list[CheckMessage]:
         pool = options.get("pool") if isinstance(options, dict) else None
         if not pool or not any(name in engine for name in POSTGRES_ENGINES):
             continue
-        timeout = pool.get("timeout", PSYCOPG_POOL_DEFAULT_TIMEOUT) if isinstance(
-            pool, dict) else PSYCOPG_POOL_DEFAULT_TIMEOUT
+        timeout = pool.get("timeout", deadlines.PSYCOPG_POOL_DEFAULT_TIMEOUT) if isinstance(
+            pool, dict) else deadlines.PSYCOPG_POOL_DEFAULT_TIMEOUT
         if _is_number(timeout) and timeout >= budgets[circuit]:
             warnings.append(CHECKS["POOL_WAIT_OVER_BUDGET"](
                 alias=alias, timeout=timeout, budget=budgets[circuit], circuit=circuit))

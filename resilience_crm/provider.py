@@ -220,19 +220,22 @@ class Provider:
                 value = self._attempt(fn, using, deadline)
             except Exception as exc:
                 kind = errors.classify(exc)
+                lost = _connection_lost(using)
                 if (kind.dependency and deadline.expired) or kind.error is OperationTimeout:
                     self._finish(breaker, permit, core.FAILURE, deadline, timeout=True)
                     raise _timeout(circuit) from exc
                 pause = retries.backoff(attempt, kind.retry_after, rand=self._rand)
                 took = self._monotonic() - started
+                # A retry on a lost connection first waits for a new one: it starts only if
+                # that wait, at its longest, fits in what is left too.
+                wait = max(took, deadlines.connect_wait(using) if lost and using else 0.0)
                 if (kind.retryable and (retry_if is None or retry_if(exc))
                         and attempt < retries.MAX_ATTEMPTS
-                        and deadline.remaining() > pause + took
+                        and deadline.remaining() > pause + wait
                         and _may_retry(using) and budget.withdraw()):
                     metrics.inc("retries", circuit=circuit, operation=operation)
                     logger.info("%s %s: retrying after %r (attempt %s)", circuit, operation,
                                 exc, attempt + 1)
-                    _drop_broken_connection(using)
                     self._sleep(pause)
                     continue
                 failed = kind.dependency and breaker.is_failure(exc)
@@ -255,9 +258,17 @@ class Provider:
         if using is None:
             return fn()
         outer = connections[using].in_atomic_block
-        with transaction.atomic(using=using):
-            previous = deadlines.set_statement_timeout(using, deadline.remaining())
-            value = fn()
+        with deadlines.cut_off(using, deadline), transaction.atomic(using=using):
+            try:
+                previous = deadlines.set_statement_timeout(using, deadline.remaining())
+                value = fn()
+            except Exception:
+                # Let go of a broken connection inside the block: leaving it to Django,
+                # the block's end would open a new one (to restore autocommit) with no
+                # regard to the deadline.
+                if not outer and _connection_lost(using):
+                    _discard_lost_connections(using)
+                raise
             if outer and previous is not None:
                 deadlines.restore_statement_timeout(using, previous)
             return value
@@ -460,9 +471,24 @@ def _may_retry(using: str | None) -> bool:
     return using is None or not connections[using].in_atomic_block
 
 
-def _drop_broken_connection(using: str | None) -> None:
-    if using is not None:
-        connections[using].close()
+def _connection_lost(using: str | None) -> bool:
+    """This thread has no working connection to ``using`` (it was never made, or it broke),
+    so another attempt must first get a new one."""
+    if using is None:
+        return False
+    connection = connections[using].connection
+    return connection is None or bool(getattr(connection, "closed", False))
+
+
+def _discard_lost_connections(using: str) -> None:
+    """Let go of this thread's broken connection to ``using``. In a pool, the others made
+    before it most likely broke with it (a restart, a failover): the pool replaces them all
+    (``drain``), rather than hand them out one by one to fail the calls that get them."""
+    connection = connections[using]
+    connection.close()
+    pool = getattr(connection, "pool", None)  # PostgreSQL with OPTIONS["pool"]
+    if pool is not None:
+        pool.drain()
 
 
 def _error_from(error: Mapping[str, Any], circuit: str) -> ResilienceError:

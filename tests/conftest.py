@@ -27,6 +27,8 @@ from resilience_crm.provider import protected
 from tests.databases import (
     APP_ALIAS,
     CLOSED_PORT,
+    PROXIED_ALIAS,
+    PROXIED_POOL,
     Outage,
     database_alias,
     extra_database,
@@ -216,6 +218,25 @@ def postgres_proxy(request, postgres, settings):
         with database_alias(request, settings, HOST="127.0.0.1", PORT=proxy.port,
                             OPTIONS=options):
             yield proxy
+
+
+@pytest.fixture(params=["pooled", "unpooled"])
+def database_behind_proxy(request, postgres, transactional_db):
+    """The alias ``PROXIED_ALIAS``: the test database behind a TCP proxy the test cuts,
+    resets or stalls, with the demo's connection settings (``connect_timeout``, and psycopg's
+    pool of ``PROXIED_POOL`` for the ``pooled`` parameter). Yields the proxy."""
+    default = connections["default"].settings_dict
+    with Proxy(default["HOST"] or "127.0.0.1", int(default["PORT"] or 5432)) as proxy:
+        options = {**default.get("OPTIONS", {}), "connect_timeout": 2}
+        if request.param == "pooled":
+            options["pool"] = PROXIED_POOL
+        with extra_database(PROXIED_ALIAS, {**default, "HOST": "127.0.0.1",
+                                            "PORT": str(proxy.port), "OPTIONS": options}):
+            try:
+                yield proxy
+            finally:
+                connections[PROXIED_ALIAS].close()
+                connections[PROXIED_ALIAS].close_pool()
 
 
 @pytest.fixture

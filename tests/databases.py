@@ -16,6 +16,10 @@ from django.db import connections
 APP_ALIAS = "resilience"
 #: A loopback port nothing listens on: a connection to it is refused at once.
 CLOSED_PORT = 1
+#: The alias of the test database behind a fault proxy (the ``database_behind_proxy``
+#: fixture), and its pool: connections kept open, a second at most to wait for one.
+PROXIED_ALIAS = "proxied"
+PROXIED_POOL = {"min_size": 4, "max_size": 4, "timeout": 1.0}
 
 
 def database_url(settings_dict: dict, **changes: Any) -> str:
