@@ -90,7 +90,7 @@ def read(alias: str, key: str, fn: Callable[[], object], proxy: FaultProxy,
     from django.db import connections
 
     from resilience_crm.exceptions import ResilienceError
-    from resilience_crm.provider import protected
+    from resilience_crm.provider.facade import protected
 
     took: list[float] = []
 

@@ -131,7 +131,8 @@ def main() -> None:
     with FaultProxy(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
         proxy.stalled = True
         setup(proxy.port)
-        from resilience_crm import events, flusher, get_breaker, metrics
+        from resilience_crm import flusher, get_breaker, metrics
+        from resilience_crm.breakers import events
 
         get_breaker(CIRCUIT)  # built while "down" is not yet known: one 2 s connect attempt
         print(f"/resilience/health/live, database blackholed, {args.requests} requests")
@@ -147,7 +148,7 @@ def main() -> None:
               f"connection attempts {proxy.connections}, database known down "
               f"{flusher.database_down()}")
         if args.ready:
-            from resilience_crm.views import PROBE_DEADLINE
+            from resilience_crm.observability.health import PROBE_DEADLINE
 
             durations = measure_ready(args.ready)
             print(f"/resilience/health/ready, database blackholed, {args.ready} requests: "

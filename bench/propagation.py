@@ -22,7 +22,7 @@ TTL = 0.5
 
 
 def watch(index, workers, barrier, forced_at, seen) -> None:
-    from resilience_crm import registry
+    from resilience_crm.breakers import registry
 
     registry.clear()
     breaker = registry.get_breaker(CIRCUIT)
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     setup(SNAPSHOT_TTL=TTL)
-    from resilience_crm import registry
+    from resilience_crm.breakers import registry
 
     ctx = multiprocessing.get_context("fork")
     delays: list[float] = []

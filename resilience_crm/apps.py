@@ -9,9 +9,11 @@ class ResilienceCrmConfig(AppConfig):
     def ready(self) -> None:
         from resilience_crm import (  # noqa: F401  (registers checks, receivers, flusher tasks)
             checks,
-            exposition,  # pushes this worker's counts for /resilience/metrics
-            queue,  # replays queued writes when the write circuit closes
             receivers,
-            rules,  # evaluates the alert rules
-            tiers,  # announces tier edits to every worker
         )
+        from resilience_crm.observability import (  # noqa: F401
+            exposition,  # pushes this worker's counts for /resilience/metrics
+            rules,  # evaluates the alert rules
+        )
+        from resilience_crm.provider import queue  # noqa: F401  (replays when crm.write closes)
+        from resilience_crm.ratelimit import tiers  # noqa: F401  (announces tier edits)

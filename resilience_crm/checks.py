@@ -22,19 +22,21 @@ from django.core.checks import Warning as CheckWarning
 from django.db import DEFAULT_DB_ALIAS
 from django.utils.module_loading import import_string
 
-from resilience_crm import conf, core, deadlines, queue, transactions
-from resilience_crm.breaker import exception_errors
-from resilience_crm.rates import UNKNOWN_OP_CLASS, limits_errors, parse_rate
+from resilience_crm import conf, transactions
+from resilience_crm.breakers import machine
+from resilience_crm.breakers.config import exception_errors
+from resilience_crm.breakers.stores.base import BaseStore
+from resilience_crm.observability.rules import DEFAULT_RULES
+from resilience_crm.provider import deadlines, queue
+from resilience_crm.ratelimit.rates import UNKNOWN_OP_CLASS, limits_errors, parse_rate
+from resilience_crm.ratelimit.stores.base import BaseLimiterStore
 from resilience_crm.routers import ResilienceRouter, same_database
-from resilience_crm.rules import DEFAULT_RULES
-from resilience_crm.stores.base import BaseStore
-from resilience_crm.stores.ratelimit_base import BaseLimiterStore
 
 TAG = "resilience_crm"
 SETTING = conf.SETTING_NAME
 
 #: Breaker setting names a circuit may configure.
-BREAKER_KEYS = tuple(f.name for f in fields(core.Config))
+BREAKER_KEYS = tuple(f.name for f in fields(machine.Config))
 #: Settings that take a number of seconds (or days) and must not be negative.
 DURATION_KEYS = (
     "FALLBACK_TTL", "FALLBACK_STALE_TTL", "METRICS_RETENTION_DAYS", "SNAPSHOT_TTL",
@@ -126,7 +128,7 @@ CHECKS: dict[str, Check] = {
         ),
         (
             'Use "auto", "redis", "database", "memory", or the dotted path of a subclass of '
-            "resilience_crm.stores.base.BaseStore."
+            "resilience_crm.breakers.stores.base.BaseStore."
         ),
     ),
     "STORE_REDIS_WITHOUT_REDIS_CACHE": Check(
@@ -261,7 +263,7 @@ CHECKS: dict[str, Check] = {
         ),
         (
             'Use "auto", "redis", "memory", or the dotted path of a subclass of '
-            "resilience_crm.stores.ratelimit_base.BaseLimiterStore."
+            "resilience_crm.ratelimit.stores.base.BaseLimiterStore."
         ),
     ),
     "RATELIMIT_STORE_REDIS_WITHOUT_REDIS_CACHE": Check(
@@ -585,7 +587,7 @@ def check_rate_limits(config: dict[str, Any]) -> list[CheckMessage]:
 def _breaker_errors(path: tuple[Any, ...],
                     merged: dict[str, Any]) -> list[tuple[str, str, CheckMessage]]:
     """``(key, message, error)`` for each problem in one circuit's merged breaker settings."""
-    problems = core.config_errors(merged) or exception_errors(merged)
+    problems = machine.config_errors(merged) or exception_errors(merged)
     found = []
     for key, message in problems:
         hint: str | None

@@ -13,8 +13,8 @@ from django.conf import settings as django_settings
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
+from resilience_crm.breakers.machine import Config
 from resilience_crm.constants import DEFAULT_CIRCUITS, OP_CLASSES, SETTING_NAME
-from resilience_crm.core import Config
 
 __all__ = ["BREAKER_DEFAULTS", "DEFAULTS", "DEFAULT_CIRCUITS", "OP_CLASSES", "SETTING_NAME",
            "settings"]
@@ -57,7 +57,8 @@ DEFAULTS: dict[str, Any] = {
     # After the shared store fails, a worker uses its own in-process breaker for this long
     # before it tries the store again.
     "STORE_RETRY_INTERVAL": 5.0,
-    # Alert rules besides open/recovery (resilience_crm/rules.py): {rule: {...} or None}.
+    # Alert rules besides open/recovery (resilience_crm/observability/rules.py):
+    # {rule: {...} or None}.
     "ALERT_RULES": {},
     # A bearer token that lets monitoring see /ready's details (queue counts, errors,
     # latencies) without a staff session. None: staff only.
@@ -89,9 +90,9 @@ DEFAULTS: dict[str, Any] = {
 }
 
 STORE_ALIASES = {
-    "redis": "resilience_crm.stores.redis.RedisStore",
-    "database": "resilience_crm.stores.database.DatabaseStore",
-    "memory": "resilience_crm.stores.memory.MemoryStore",
+    "redis": "resilience_crm.breakers.stores.redis.RedisStore",
+    "database": "resilience_crm.breakers.stores.database.DatabaseStore",
+    "memory": "resilience_crm.breakers.stores.memory.MemoryStore",
 }
 
 

@@ -17,10 +17,10 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
-from resilience_crm import fallback
 from resilience_crm.exceptions import ResilienceError
 from resilience_crm.middleware import decision_of, rate_limit_headers, refusal
 from resilience_crm.problems import error_response
+from resilience_crm.provider import reads
 from resilience_crm.transactions import non_atomic
 
 
@@ -51,13 +51,13 @@ class FallbackHeadersMixin:
         return non_atomic(super().as_view(*args, **kwargs))  # type: ignore[misc]
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
-        fallback.begin()
+        reads.begin()
         super().initial(request, *args, **kwargs)  # type: ignore[misc]
 
     def finalize_response(self, request: Request, response: Response, *args: Any,
                           **kwargs: Any) -> Response:
         response = super().finalize_response(  # type: ignore[misc]
             request, response, *args, **kwargs)
-        for name, value in fallback.headers().items():
+        for name, value in reads.headers().items():
             response[name] = value
         return response

@@ -69,13 +69,6 @@ class StoreUnavailable(ResilienceError):
     default_message = "A backing service is unreachable."
 
 
-class ConfigurationError(ResilienceError):
-    code = "CONFIGURATION_ERROR"
-    title = "Invalid resilience settings"
-    default_message = "The resilience settings are invalid."
-    status = 500
-
-
 class ManualChangeRefused(ResilienceError):
     """An operator's change could be made neither in the shared store nor saved for later."""
 

@@ -1,7 +1,8 @@
 """One background thread per process that writes what the request path only buffers.
 
-Transition events (:mod:`resilience_crm.events`) and per-minute call metrics
-(:mod:`resilience_crm.metrics`) are kept in memory by the thread that makes them and written
+Transition events (:mod:`resilience_crm.breakers.events`) and per-minute call metrics
+(:mod:`resilience_crm.metrics`) are kept in memory by the thread that makes them and
+written
 to the database here, so no request waits on the database for its bookkeeping, least of all
 on a database that is down. The modules register their writers with :func:`register`.
 
@@ -12,7 +13,8 @@ with a spill (below). A forked child starts its own thread on first need; nothin
 inherits from its parent's thread (lock, wake-up event, backoff) is used in the child.
 
 What a round cannot write does not stay in this process: the modules' spills (registered
-with their writers) move it into the shared store (:mod:`resilience_crm.spool`) after a
+with their writers) move it into the shared store (:mod:`resilience_crm.spool`) after
+a
 failed round, and whenever something new is buffered while the thread backs off; the
 writers of any process take it from there once the database answers. At exit the process
 spills what is left and tries the database once, for at most :data:`EXIT_TIMEOUT` seconds.

@@ -23,10 +23,10 @@ from django.db import connections
 from health_check.base import HealthCheck
 from health_check.exceptions import ServiceUnavailable, ServiceWarning
 
-from resilience_crm import core, registry
+from resilience_crm.breakers import machine, registry
 from resilience_crm.conf import settings
 
-REJECTING = (core.OPEN, core.FORCED_OPEN)
+REJECTING = (machine.OPEN, machine.FORCED_OPEN)
 
 
 @dataclasses.dataclass
@@ -48,7 +48,7 @@ class Circuits(HealthCheck):
             state = breaker.peek()
             if state in REJECTING and (not self.critical or name in self.critical):
                 raise ServiceUnavailable(f"circuit {name} is {state.replace('_', ' ')}")
-            if state in (*REJECTING, core.HALF_OPEN) or breaker.using_fallback:
+            if state in (*REJECTING, machine.HALF_OPEN) or breaker.using_fallback:
                 troubled[name] = "local breaker" if breaker.using_fallback else state
         if troubled:
             raise ServiceWarning(", ".join(f"{name}: {what}" for name, what in troubled.items()))

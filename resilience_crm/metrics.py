@@ -8,7 +8,8 @@ command, the readiness endpoint and the metrics exposition read the totals with
 run to the ``CircuitMetric`` row of the minute each call was made in; the background flusher
 (:mod:`resilience_crm.flusher`) calls it every ``flusher.INTERVAL`` seconds. While the
 database cannot be reached the flusher moves the unwritten counts into the shared store's
-spool (:func:`spill`, :mod:`resilience_crm.spool`), and any process's :func:`write_buckets`
+spool (:func:`spill`, :mod:`resilience_crm.spool`), and any process's
+:func:`write_buckets`
 adds them once it is back. A forked child starts with empty counters.
 """
 

@@ -2,14 +2,14 @@
 problem body on a refusal.
 
 :class:`~resilience_crm.throttling.TierRateThrottle` decides inside the DRF view and leaves
-the :class:`~resilience_crm.gcra.Decision` on the request; this middleware turns it into
+the :class:`~resilience_crm.ratelimit.gcra.Decision` on the request; this middleware turns it into
 ``RateLimit-Policy`` and ``RateLimit`` (IETF httpapi ratelimit-headers draft),
 ``X-RateLimit-Limit/Remaining/Reset`` (the tightest policy; reset in seconds from now) and,
 on a refusal, ``Retry-After`` and an ``application/problem+json`` body with
 ``code: "RATE_LIMITED"`` and ``violated_policies``. Sync and async capable.
 
 Before the view, it refuses a request from an address that has spent its ``AUTH_FAILURES``
-(:mod:`resilience_crm.auth_failures`) with the same ``429``, before anything is looked up;
+(:mod:`resilience_crm.ratelimit.auth_failures`) with the same ``429``, before anything is looked up;
 after it, it counts a ``401`` to a request with credentials as a failure.
 """
 
@@ -22,10 +22,10 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpRequest, HttpResponseBase
 
-from resilience_crm import auth_failures
 from resilience_crm.exceptions import RateLimited, ResilienceError, StoreUnavailable
-from resilience_crm.gcra import Decision
 from resilience_crm.problems import error_response, retry_after_header
+from resilience_crm.ratelimit import auth_failures
+from resilience_crm.ratelimit.gcra import Decision
 
 #: The request attribute the throttle leaves its decision in.
 DECISION_ATTRIBUTE = "resilience_ratelimit"

@@ -11,12 +11,12 @@ from django.db import models
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from resilience_crm import core
-from resilience_crm.breaker import exception_errors
+from resilience_crm.breakers import machine
+from resilience_crm.breakers.config import exception_errors
 from resilience_crm.constants import OP_CLASSES
-from resilience_crm.rates import INVALID_RATE, limits_errors
+from resilience_crm.ratelimit.rates import INVALID_RATE, limits_errors
 
-STATE_CHOICES = [(state, state.replace("_", " ")) for state in core.STATES]
+STATE_CHOICES = [(state, state.replace("_", " ")) for state in machine.STATES]
 
 
 class CircuitQuerySet(models.QuerySet["Circuit"]):
@@ -24,7 +24,7 @@ class CircuitQuerySet(models.QuerySet["Circuit"]):
         """The live state to start ``name`` from when the shared store has lost it: the
         durable generation, forced state and overrides; a new circuit if there is no row."""
         circuit = self.filter(name=name).select_related("forced_by").first()
-        return core.new_state() if circuit is None else circuit.live_seed()
+        return machine.new_state() if circuit is None else circuit.live_seed()
 
 
 class Circuit(models.Model):
@@ -35,7 +35,7 @@ class Circuit(models.Model):
     """
 
     name = models.CharField(max_length=200, unique=True)
-    state = models.CharField(max_length=20, choices=STATE_CHOICES, default=core.CLOSED)
+    state = models.CharField(max_length=20, choices=STATE_CHOICES, default=machine.CLOSED)
     generation = models.BigIntegerField(default=0)
     config = models.JSONField(
         default=dict, blank=True,
@@ -74,25 +74,26 @@ class Circuit(models.Model):
         return self.name
 
     def live_seed(self) -> dict[str, Any]:
-        """This row as a live state (see :func:`resilience_crm.core.new_state`): generations go
+        """This row as a live state (see :func:`resilience_crm.breakers.machine.new_state`):
+        generations go
         on above the last recorded one, and a forced state that has not lapsed holds."""
-        seed = core.new_state()
+        seed = machine.new_state()
         seed["gen"] = self.generation
         if self.config:
             seed["cfg"], seed["cv"] = json.dumps(self.config), 1
         until = self.forced_until
-        if self.forced_state in core.FORCEABLE and (until is None or until > timezone.now()):
+        if self.forced_state in machine.FORCEABLE and (until is None or until > timezone.now()):
             seed.update(state=self.forced_state, reason=self.forced_reason,
                         actor=str(self.forced_by or ""),
                         until=int(until.timestamp() * 1000) if until else 0)
-            if self.forced_state == core.FORCED_OPEN:
+            if self.forced_state == machine.FORCED_OPEN:
                 seed["opened_at"] = int(self.updated_at.timestamp() * 1000)
         return seed
 
     def clean(self) -> None:
         if not isinstance(self.config, dict):
             raise ValidationError({"config": "Must be a JSON object of breaker settings."})
-        errors = core.config_errors(self.config) or exception_errors(self.config)
+        errors = machine.config_errors(self.config) or exception_errors(self.config)
         if errors:
             raise ValidationError({"config": [f"{key} {message}" for key, message in errors]})
 
@@ -169,7 +170,8 @@ class CircuitMetric(models.Model):
 
 class SpoolReceipt(models.Model):
     """A batch of events or metrics that waited in the shared store's spool and has been
-    written (``resilience_crm.spool``): written in the same transaction as the batch, so a
+    written (``resilience_crm.spool``): written in the same transaction as the batch,
+    so a
     second writer of the same batch (another process, or one that died before taking the
     batch off the spool) writes nothing."""
 

@@ -10,8 +10,11 @@ from django.db import router, transaction
 from django.db.models.signals import post_migrate, post_save
 from django.dispatch import receiver
 
-from resilience_crm import alerts, auth_failures, control, events, flusher
+from resilience_crm import flusher
+from resilience_crm.breakers import control, events
 from resilience_crm.conf import settings
+from resilience_crm.observability import alerts
+from resilience_crm.ratelimit import auth_failures
 from resilience_crm.signals import circuit_transition, shared_store_recovered
 
 

@@ -5,9 +5,9 @@ from django.dispatch import Signal
 #: Sent exactly once per breaker transition across every process sharing the store, by the
 #: process whose store step made the transition.
 #:
-#: ``sender``: the :class:`resilience_crm.breaker.Breaker` class.
+#: ``sender``: the :class:`resilience_crm.breakers.breaker.Breaker` class.
 #: ``name``: the circuit's name, e.g. ``"crm.read"``.
-#: ``from_state`` / ``to_state``: state names, as in ``resilience_crm.core.STATES``.
+#: ``from_state`` / ``to_state``: state names, as in ``resilience_crm.breakers.machine.STATES``.
 #: ``generation``: the circuit's generation after the transition; it grows by one per transition.
 #: ``reason``: why, e.g. ``"consecutive_failures"``, ``"failure_rate"``, ``"reset"``.
 #: ``actor``: the user (or ``None``) behind a manual reset or forced state.
@@ -21,6 +21,6 @@ circuit_transition = Signal()
 #: call that found it back. Manual changes that were saved while the store was down are
 #: applied then.
 #:
-#: ``sender``: the :class:`resilience_crm.stores.failover.FailoverStore` class.
+#: ``sender``: the :class:`resilience_crm.breakers.stores.failover.FailoverStore` class.
 #: ``store``: the failover store instance.
 shared_store_recovered = Signal()

@@ -1,6 +1,7 @@
 """What the flusher cannot write while the database is down, kept in the shared store.
 
-The background flusher (:mod:`resilience_crm.flusher`) writes transition events and call
+The background flusher (:mod:`resilience_crm.flusher`) writes transition events and
+call
 metrics that its process buffered in memory. When a round finds the database unreachable,
 and when the process ends, :func:`keep` moves them into a Redis stream per kind: the same
 Redis, and so the same durability, as the write queue's stream. There they outlive the

@@ -15,15 +15,15 @@ from __future__ import annotations
 from contextlib import ContextDecorator
 from typing import Any
 
-from resilience_crm import core, registry
-from resilience_crm.breaker import Breaker
+from resilience_crm.breakers import machine, registry
+from resilience_crm.breakers.breaker import Breaker
+from resilience_crm.breakers.stores.memory import MemoryStore
 from resilience_crm.conf import settings
-from resilience_crm.stores.memory import MemoryStore
 
 
 class override_circuit(ContextDecorator):  # noqa: N801  (used like a function, as in Django)
-    def __init__(self, name: str, state: str = core.CLOSED, **config: Any) -> None:
-        if state not in (core.CLOSED, core.OPEN, *core.FORCEABLE):
+    def __init__(self, name: str, state: str = machine.CLOSED, **config: Any) -> None:
+        if state not in (machine.CLOSED, machine.OPEN, *machine.FORCEABLE):
             raise ValueError(f"override_circuit cannot set {state!r}")
         self.name, self.state, self.config = name, state, config
         self._previous: Breaker | None = None
@@ -31,11 +31,11 @@ class override_circuit(ContextDecorator):  # noqa: N801  (used like a function, 
     def __enter__(self) -> Breaker:
         base = settings.circuit_config(self.name)
         store = MemoryStore()
-        breaker = Breaker(self.name, core.Config.from_mapping(base | self.config), store,
+        breaker = Breaker(self.name, machine.Config.from_mapping(base | self.config), store,
                           snapshot_ttl=settings.SNAPSHOT_TTL, base_config=base)
         # Seeded, not stepped into: no transition is announced, so no event is written.
-        seed = core.new_state() | {"state": self.state, "reason": "override_circuit"}
-        if self.state == core.OPEN:
+        seed = machine.new_state() | {"state": self.state, "reason": "override_circuit"}
+        if self.state == machine.OPEN:
             seed |= {"until": 2**53, "opened_at": 1, "opens": 1}
         store.seed(self.name, seed)
         self._previous = registry.swap_breaker(self.name, breaker)

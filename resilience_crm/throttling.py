@@ -23,12 +23,12 @@ from rest_framework.exceptions import APIException
 from rest_framework.permissions import SAFE_METHODS
 from rest_framework.throttling import BaseThrottle
 
-from resilience_crm import clients, limiter
-from resilience_crm.clients import Principal
 from resilience_crm.constants import OP_CLASSES
 from resilience_crm.exceptions import ResilienceError, StoreUnavailable
-from resilience_crm.gcra import Decision
 from resilience_crm.middleware import remember
+from resilience_crm.ratelimit import limiter, principals
+from resilience_crm.ratelimit.gcra import Decision
+from resilience_crm.ratelimit.principals import Principal
 
 logger = logging.getLogger("resilience_crm.throttling")
 
@@ -109,13 +109,14 @@ def bulk(who: Any, rows: Iterable[Any], handler: Callable[[Any], Any], *,
          sleep: Callable[[float], Any] = time.sleep) -> list[RowResult]:
     """Run ``handler(row)`` for each row, spending one request of ``who``'s budget per row.
 
-    ``who`` is a request or a :class:`~resilience_crm.clients.Principal`. When the budget is
+    ``who`` is a request or a :class:`~resilience_crm.ratelimit.principals.Principal`. When the
+    budget is
     short the helper waits the decision's ``Retry-After`` and tries again, up to ``max_wait``
     seconds in all; rows it cannot afford after that are reported ``rate_limited`` (with their
     ``retry_after``) and a handler's exception marks its row ``failed``: one bad row or an
     exhausted budget never fails the whole batch.
     """
-    principal = who if isinstance(who, Principal) else clients.principal(who)
+    principal = who if isinstance(who, Principal) else principals.principal(who)
     waited = 0.0
     results: list[RowResult] = []
     for index, row in enumerate(rows):

@@ -19,6 +19,7 @@ from django.conf import settings
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from resilience_crm import provider
+from resilience_crm.provider import facade
 
 View = TypeVar("View", bound=Callable[..., Any])
 
@@ -66,7 +67,7 @@ def _names_protected(function: Any) -> bool:
     code = getattr(function, "__code__", None)
     if not isinstance(code, CodeType) or "protected" not in _names(code):
         return False
-    return any(value is provider.protected or value is provider
+    return any(value is facade.protected or value is facade or value is provider
                for value in function.__globals__.values())
 
 

@@ -1,11 +1,11 @@
 from django.urls import path
 
-from resilience_crm import views
+from resilience_crm.observability import health
 
 app_name = "resilience"
 
 urlpatterns = [
-    path("health/live", views.live, name="health-live"),
-    path("health/ready", views.ready, name="health-ready"),
-    path("metrics", views.metrics_view, name="metrics"),
+    path("health/live", health.live, name="health-live"),
+    path("health/ready", health.ready, name="health-ready"),
+    path("metrics", health.metrics_view, name="metrics"),
 ]

@@ -13,7 +13,7 @@ from rest_framework.views import APIView
 from resilience_crm.drf import FallbackHeadersMixin
 from resilience_crm.exceptions import IdempotencyConflict
 from resilience_crm.models import Tier
-from resilience_crm.provider import protected
+from resilience_crm.provider.facade import protected
 from resilience_crm.transactions import non_atomic
 
 

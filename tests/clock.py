@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from resilience_crm import conf, core, registry
-from resilience_crm.breaker import Breaker
+from resilience_crm import conf
+from resilience_crm.breakers import machine as core
+from resilience_crm.breakers import registry
+from resilience_crm.breakers.breaker import Breaker
 
 
 class Clock:

@@ -12,18 +12,13 @@ from django.core.cache import caches
 from django.db import connections
 from django_redis import get_redis_connection
 
-from resilience_crm import (
-    alerts,
-    events,
-    flusher,
-    limiter,
-    metrics,
-    registry,
-    retries,
-    tiers,
-    views,
-)
-from resilience_crm.provider import protected
+from resilience_crm import flusher, metrics
+from resilience_crm.breakers import events, registry
+from resilience_crm.observability import alerts
+from resilience_crm.observability import health as views
+from resilience_crm.provider import retries
+from resilience_crm.provider.facade import protected
+from resilience_crm.ratelimit import limiter, tiers
 from tests.databases import (
     APP_ALIAS,
     CLOSED_PORT,

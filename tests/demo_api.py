@@ -10,7 +10,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from resilience_crm import get_breaker
-from resilience_crm.provider import protected
+from resilience_crm.provider.facade import protected
 from tests.clock import Clock
 
 TTL, STALE_TTL = 60, 600

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from resilience_crm import limiter, tiers
 from resilience_crm.models import Tier
-from resilience_crm.stores.ratelimit_memory import MemoryLimiterStore
+from resilience_crm.ratelimit import limiter, tiers
+from resilience_crm.ratelimit.stores.memory import MemoryLimiterStore
 from tests.clock import Clock
 
 _ITEM = re.compile(r'"(?P<name>[^"]+)"(?P<params>(?:;[a-z]+=[0-9.]+)*)')

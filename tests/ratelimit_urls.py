@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from resilience_crm.provider import protected
+from resilience_crm.provider.facade import protected
 from resilience_crm.throttling import TierRateThrottle
 
 

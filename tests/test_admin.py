@@ -11,10 +11,11 @@ from django.urls import reverse
 from django.utils import timezone
 from model_bakery import baker
 
-from resilience_crm import core, events, registry
-from resilience_crm.breaker import Breaker
+from resilience_crm.breakers import events, registry
+from resilience_crm.breakers import machine as core
+from resilience_crm.breakers.breaker import Breaker
+from resilience_crm.breakers.machine import Config
 from resilience_crm.conf import settings as conf
-from resilience_crm.core import Config
 from resilience_crm.models import Circuit, CircuitEvent, CircuitMetric, QueuedWrite, Tier
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -14,14 +14,16 @@ import logging
 import pytest
 import sentry_sdk
 
-from resilience_crm import alerts, core, events, registry
-from resilience_crm.breaker import Breaker
-from resilience_crm.control import steer
+from resilience_crm.breakers import events, registry
+from resilience_crm.breakers import machine as core
+from resilience_crm.breakers.breaker import Breaker
+from resilience_crm.breakers.control import steer
+from resilience_crm.breakers.stores.failover import FailoverStore
+from resilience_crm.breakers.stores.memory import MemoryStore
+from resilience_crm.breakers.stores.redis import RedisStore
 from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.models import CircuitEvent
-from resilience_crm.stores.failover import FailoverStore
-from resilience_crm.stores.memory import MemoryStore
-from resilience_crm.stores.redis import RedisStore
+from resilience_crm.observability import alerts
 from tests.clock import Clock
 from tests.failing import boom
 from tests.sentry_server import SentryServer, received, sentry_sending_to

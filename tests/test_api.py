@@ -10,9 +10,10 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from crm_demo.crm.models import Agent, Contact, Conversation, Message
-from resilience_crm import get_breaker, queue
+from resilience_crm import get_breaker
 from resilience_crm.models import QueuedWrite
-from resilience_crm.provider import protected
+from resilience_crm.provider import queue
+from resilience_crm.provider.facade import protected
 from tests.demo_api import PASSWORD, STALE_TTL, TTL, force_open, problem
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]

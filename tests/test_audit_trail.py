@@ -23,8 +23,9 @@ from django.test import override_settings
 from rest_framework.authtoken.models import Token
 
 from crm_demo.crm.models import Contact
-from resilience_crm import core, flusher, get_breaker, metrics, spool
-from resilience_crm import events as events_module
+from resilience_crm import flusher, get_breaker, metrics, spool
+from resilience_crm.breakers import events as events_module
+from resilience_crm.breakers import machine as core
 from resilience_crm.models import Circuit, CircuitEvent, CircuitMetric
 from tests.databases import database_url
 from tests.demo_server import serving

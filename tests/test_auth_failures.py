@@ -16,8 +16,8 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from resilience_crm.stores.ratelimit_base import BaseLimiterStore
-from resilience_crm.stores.ratelimit_memory import MemoryLimiterStore
+from resilience_crm.ratelimit.stores.base import BaseLimiterStore
+from resilience_crm.ratelimit.stores.memory import MemoryLimiterStore
 from tests.demo_api import PASSWORD, problem
 from tests.ratelimit_helpers import set_tier
 

@@ -7,12 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from resilience_crm import core, metrics
-from resilience_crm.breaker import SUCCESS_BATCH, Breaker
+from resilience_crm import metrics
+from resilience_crm.breakers import machine as core
+from resilience_crm.breakers.breaker import SUCCESS_BATCH, Breaker
+from resilience_crm.breakers.stores.failover import FailoverStore
+from resilience_crm.breakers.stores.memory import MemoryStore
 from resilience_crm.exceptions import CircuitOpenError, StoreUnavailable
 from resilience_crm.signals import circuit_transition
-from resilience_crm.stores.failover import FailoverStore
-from resilience_crm.stores.memory import MemoryStore
 from tests.clock import Clock
 
 

@@ -9,8 +9,9 @@ import pytest
 from django.contrib.auth.models import User
 from django.utils import timezone
 
-from resilience_crm import core, registry
-from resilience_crm.control import steer
+from resilience_crm.breakers import machine as core
+from resilience_crm.breakers import registry
+from resilience_crm.breakers.control import steer
 from resilience_crm.models import Circuit, CircuitEvent, CircuitMetric
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]

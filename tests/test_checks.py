@@ -13,8 +13,8 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
 from resilience_crm import checks, conf
-from resilience_crm.stores.memory import MemoryStore
-from resilience_crm.stores.ratelimit_memory import MemoryLimiterStore
+from resilience_crm.breakers.stores.memory import MemoryStore
+from resilience_crm.ratelimit.stores.memory import MemoryLimiterStore
 
 LOCMEM = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 DUMMY = {"default": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}}
@@ -322,8 +322,9 @@ def test_e008_a_circuit_override_breaks_a_rule_between_keys(settings: Any) -> No
     [
         ("postgres", "cannot import it"),
         ("no.such.module.Store", "cannot import it"),
-        ("resilience_crm.stores.memory.NoSuchStore", "cannot import it"),
-        ("collections.OrderedDict", "not a subclass of resilience_crm.stores.base.BaseStore"),
+        ("resilience_crm.breakers.stores.memory.NoSuchStore", "cannot import it"),
+        ("collections.OrderedDict",
+         "not a subclass of resilience_crm.breakers.stores.base.BaseStore"),
         ("tests.test_checks.NotAStore", "not a subclass"),
         ("resilience_crm.conf.DEFAULTS", "not a subclass"),
         (42, "it is a int"),
@@ -341,7 +342,7 @@ def test_e009_unknown_store(settings: Any, store: Any, reason: str) -> None:
 
 @pytest.mark.parametrize(
     "store",
-    ["auto", "database", "memory", "resilience_crm.stores.memory.MemoryStore",
+    ["auto", "database", "memory", "resilience_crm.breakers.stores.memory.MemoryStore",
      "tests.test_checks.NotSharedStore"],
 )
 def test_e009_known_stores_pass(settings: Any, store: str) -> None:
@@ -349,7 +350,7 @@ def test_e009_known_stores_pass(settings: Any, store: str) -> None:
     assert error_ids(run(settings, STORE=store)) == set()
 
 
-@pytest.mark.parametrize("store", ["redis", "resilience_crm.stores.redis.RedisStore"])
+@pytest.mark.parametrize("store", ["redis", "resilience_crm.breakers.stores.redis.RedisStore"])
 def test_e010_redis_store_without_redis_cache(settings: Any, store: str) -> None:
     settings.CACHES = LOCMEM
     messages = run(settings, STORE=store)

@@ -16,7 +16,9 @@ import time
 import pytest
 from django.db import connections
 
-from resilience_crm import conf, core, events, get_breaker, registry
+from resilience_crm import conf, get_breaker
+from resilience_crm.breakers import events, registry
+from resilience_crm.breakers import machine as core
 from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.models import CircuitEvent
 from resilience_crm.signals import circuit_transition

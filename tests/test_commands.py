@@ -11,7 +11,8 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 from model_bakery import baker
 
-from resilience_crm import core, registry
+from resilience_crm.breakers import machine as core
+from resilience_crm.breakers import registry
 from resilience_crm.models import Circuit, CircuitEvent, CircuitMetric, SpoolReceipt
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -42,7 +43,7 @@ def test_status_json_carries_state_counts_and_who_forced():
 
     body = json.loads(run("resilience_status", "--json"))
 
-    assert body["store"] == "resilience_crm.stores.database.DatabaseStore"
+    assert body["store"] == "resilience_crm.breakers.stores.database.DatabaseStore"
     assert body["pending_events"] == 0
     auth = body["circuits"]["crm.auth"]
     assert (auth["state"], auth["generation"], auth["store"]) == ("forced_closed", 1, "shared")

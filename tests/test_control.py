@@ -14,13 +14,14 @@ from django.core.management import CommandError, call_command
 from django.db import connections
 from django.urls import reverse
 
-from resilience_crm import control, core, registry
-from resilience_crm.breaker import Breaker
+from resilience_crm.breakers import control, registry
+from resilience_crm.breakers import machine as core
+from resilience_crm.breakers.breaker import Breaker
+from resilience_crm.breakers.stores.redis import RedisStore
 from resilience_crm.conf import settings as conf
 from resilience_crm.exceptions import ManualChangeRefused
 from resilience_crm.models import Circuit, CircuitEvent
 from resilience_crm.signals import circuit_transition
-from resilience_crm.stores.redis import RedisStore
 from tests.processes import ctx, run_processes
 from tests.waiting import wait_until
 

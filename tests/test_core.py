@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resilience_crm import core
+from resilience_crm.breakers import machine as core
 
 
 def make(**overrides: Any) -> tuple[dict[str, Any], dict[str, Any]]:

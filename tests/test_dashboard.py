@@ -11,10 +11,13 @@ from django.contrib.auth.models import Permission, User
 from django.urls import reverse
 from django.utils import timezone
 
-from resilience_crm import charts, core, limiter, registry
-from resilience_crm.clients import Principal
-from resilience_crm.control import steer
+from resilience_crm.admin import charts
+from resilience_crm.breakers import machine as core
+from resilience_crm.breakers import registry
+from resilience_crm.breakers.control import steer
 from resilience_crm.models import Circuit, CircuitEvent, CircuitMetric, QueuedWrite
+from resilience_crm.ratelimit import limiter
+from resilience_crm.ratelimit.principals import Principal
 
 pytestmark = pytest.mark.django_db
 

@@ -14,8 +14,10 @@ from django.core.management import call_command
 from django.db import connections, transaction
 from model_bakery import baker
 
-from resilience_crm import core, events, get_breaker
-from resilience_crm.control import steer
+from resilience_crm import get_breaker
+from resilience_crm.breakers import events
+from resilience_crm.breakers import machine as core
+from resilience_crm.breakers.control import steer
 from resilience_crm.models import Circuit, CircuitEvent, Tier
 from resilience_crm.receivers import create_rows
 from tests.databases import APP_ALIAS, database_alias

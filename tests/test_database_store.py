@@ -9,9 +9,9 @@ import traceback
 import pytest
 from django.db import connections
 
-from resilience_crm import core
+from resilience_crm.breakers import machine as core
+from resilience_crm.breakers.stores.database import DatabaseStore
 from resilience_crm.models import Circuit
-from resilience_crm.stores.database import DatabaseStore
 
 CONFIG = core.Config.from_mapping(
     {"failure_threshold": 5, "failure_rate_threshold": 0, "reset_timeout": 1,

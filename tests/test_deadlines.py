@@ -19,9 +19,9 @@ import pytest
 from django.db import connections
 
 from resilience_crm import get_breaker
-from resilience_crm.deadlines import Watchdog
 from resilience_crm.exceptions import OperationTimeout, ResilienceError
-from resilience_crm.provider import Provider
+from resilience_crm.provider.deadlines import Watchdog
+from resilience_crm.provider.facade import Provider
 from tests.clock import Clock
 from tests.databases import PROXIED_ALIAS, PROXIED_POOL
 from tests.processes import run_processes

@@ -11,7 +11,7 @@ import pytest
 from django.db import connection, connections
 
 from resilience_crm.exceptions import RetriesExhausted
-from resilience_crm.provider import Provider, protected
+from resilience_crm.provider.facade import Provider, protected
 from tests.processes import ctx, run_processes
 from tests.waiting import wait_until
 

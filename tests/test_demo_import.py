@@ -13,8 +13,9 @@ from django.db import connection
 
 from crm_demo.crm.imports import CHUNK, ContactImport, CSVParser, PayloadTooLarge
 from crm_demo.crm.models import Contact
-from resilience_crm import queue, tiers
 from resilience_crm.models import TierAssignment
+from resilience_crm.provider import queue
+from resilience_crm.ratelimit import tiers
 from tests.demo_api import force_open, problem
 from tests.ratelimit_helpers import on_clock, set_tier
 

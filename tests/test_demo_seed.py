@@ -11,8 +11,8 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from crm_demo.crm.models import Agent, Contact, Conversation, Message, Platform
-from resilience_crm import clients
 from resilience_crm.models import TierAssignment
+from resilience_crm.ratelimit import principals as clients
 
 pytestmark = [pytest.mark.postgres]
 

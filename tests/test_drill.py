@@ -13,7 +13,8 @@ from rest_framework.authtoken.models import Token
 from crm_demo.crm import drill
 from crm_demo.crm.drill import CIRCUITS, USERNAME
 from crm_demo.crm.models import Contact
-from resilience_crm import core, get_breaker
+from resilience_crm import get_breaker
+from resilience_crm.breakers import machine as core
 from resilience_crm.models import CircuitEvent, QueuedWrite
 from tests.sentry_server import received
 

@@ -18,11 +18,13 @@ from django.contrib.auth import get_user_model
 from django.db import connections, transaction
 from model_bakery import baker
 
-from resilience_crm import core, events, flusher, get_breaker, metrics
-from resilience_crm.breaker import Breaker
-from resilience_crm.control import steer
+from resilience_crm import flusher, get_breaker, metrics
+from resilience_crm.breakers import events
+from resilience_crm.breakers import machine as core
+from resilience_crm.breakers.breaker import Breaker
+from resilience_crm.breakers.control import steer
+from resilience_crm.breakers.stores.memory import MemoryStore
 from resilience_crm.models import Circuit, CircuitEvent
-from resilience_crm.stores.memory import MemoryStore
 from tests.clock import Clock
 from tests.databases import APP_ALIAS
 from tests.failing import boom, trip
@@ -102,7 +104,7 @@ def test_a_different_transition_with_the_same_generation_is_kept(caplog):
     events.record_transition(CIRCUIT, "half_open", "open", 1, "trial_failed")
     events.record_transition(CIRCUIT, "closed", "forced_open", 1, "forced")
 
-    with caplog.at_level(logging.ERROR, logger="resilience_crm.events"):
+    with caplog.at_level(logging.ERROR, logger="resilience_crm.breakers.events"):
         assert events.flush() == 3
 
     assert transitions() == [(1, "closed", "open"), (1, "half_open", "open"),
@@ -230,7 +232,7 @@ def test_events_made_while_the_database_is_down_are_buffered_then_written_in_ord
     trip(breaker)  # closed -> open
     assert events.pending_count() == 3
 
-    with caplog.at_level(logging.WARNING, logger="resilience_crm.events"):
+    with caplog.at_level(logging.WARNING, logger="resilience_crm.breakers.events"):
         assert events.flush() == 0
     assert events.pending_count() == 3
     assert "Could not write 3 buffered circuit events" in caplog.text
@@ -266,7 +268,7 @@ def test_a_full_buffer_drops_the_oldest_event_with_an_error(database_down, monke
     monkeypatch.setattr(events, "BUFFER_SIZE", 3)
     changes = [("closed", "open"), ("open", "half_open"), ("half_open", "open"),
                ("open", "half_open"), ("half_open", "closed")]
-    with caplog.at_level(logging.WARNING, logger="resilience_crm.events"):
+    with caplog.at_level(logging.WARNING, logger="resilience_crm.breakers.events"):
         for generation, (from_state, to_state) in enumerate(changes, start=1):
             events.record_transition(CIRCUIT, from_state, to_state, generation)
         events.flush()  # fails: the events go back in front, the buffer still full
@@ -297,7 +299,7 @@ def test_an_event_the_database_refuses_does_not_hold_up_the_rest(postgres, datab
     events.record_transition(CIRCUIT, "open", "half_open", 2)
     database_down.end()
 
-    with caplog.at_level(logging.ERROR, logger="resilience_crm.events"):
+    with caplog.at_level(logging.ERROR, logger="resilience_crm.breakers.events"):
         assert events.flush() == 2
 
     assert events.pending_count() == 0

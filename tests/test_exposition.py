@@ -7,8 +7,11 @@ import pytest
 from django.urls import reverse
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from resilience_crm import core, exposition, metrics, registry
+from resilience_crm import metrics
+from resilience_crm.breakers import machine as core
+from resilience_crm.breakers import registry
 from resilience_crm.models import QueuedWrite
+from resilience_crm.observability import exposition
 from tests.processes import ctx, run_processes
 
 METRICS = reverse("resilience:metrics")

@@ -15,14 +15,16 @@ import pytest
 from django.utils import timezone
 from django_redis import get_redis_connection
 
-from resilience_crm import core, events, metrics, registry
-from resilience_crm.breaker import Breaker
-from resilience_crm.control import steer
+from resilience_crm import metrics
+from resilience_crm.breakers import events, registry
+from resilience_crm.breakers import machine as core
+from resilience_crm.breakers.breaker import Breaker
+from resilience_crm.breakers.control import steer
+from resilience_crm.breakers.stores.failover import FailoverStore
+from resilience_crm.breakers.stores.memory import MemoryStore
+from resilience_crm.breakers.stores.redis import RedisStore
 from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.models import Circuit, CircuitEvent
-from resilience_crm.stores.failover import FailoverStore
-from resilience_crm.stores.memory import MemoryStore
-from resilience_crm.stores.redis import RedisStore
 from tests.clock import Clock
 from tests.failing import boom, trip
 from tests.resp_server import ErrorRedis

@@ -13,7 +13,8 @@ import time
 import pytest
 from django.db import connections
 
-from resilience_crm import events, flusher, get_breaker, metrics
+from resilience_crm import flusher, get_breaker, metrics
+from resilience_crm.breakers import events
 from resilience_crm.models import CircuitEvent, CircuitMetric
 from tests.databases import APP_ALIAS
 from tests.failing import churn

@@ -8,8 +8,8 @@ from fractions import Fraction
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resilience_crm import gcra
-from resilience_crm.gcra import US, Limit
+from resilience_crm.ratelimit import gcra
+from resilience_crm.ratelimit.gcra import US, Limit
 
 NOW = 1_700_000_000 * US
 

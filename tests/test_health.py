@@ -7,8 +7,9 @@ import pytest
 from django.db import connections
 from django.urls import reverse
 
-from resilience_crm import core, registry
-from resilience_crm.views import PENALTIES
+from resilience_crm.breakers import machine as core
+from resilience_crm.breakers import registry
+from resilience_crm.observability.health import PENALTIES
 from tests.databases import extra_database
 
 pytestmark = pytest.mark.django_db

@@ -7,7 +7,8 @@ from asgiref.sync import async_to_sync
 from django.test import RequestFactory
 from health_check.views import HealthCheckView
 
-from resilience_crm import core, registry
+from resilience_crm.breakers import machine as core
+from resilience_crm.breakers import registry
 from resilience_crm.health_check import Circuits
 
 pytestmark = pytest.mark.django_db

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from resilience_crm import core, get_breaker
+from resilience_crm import get_breaker
+from resilience_crm.breakers import machine as core
 from resilience_crm.exceptions import CircuitOpenError
 from tests.clock import Clock, breaker_on
 

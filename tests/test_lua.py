@@ -12,7 +12,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from resilience_crm.stores.lua import LuaScript
+from resilience_crm.lua import LuaScript
 from tests.proxy import Proxy
 from tests.waiting import wait_until
 

@@ -26,7 +26,8 @@ from django.test import override_settings
 from rest_framework.authtoken.models import Token
 
 from crm_demo.crm.models import Agent, Contact, Conversation
-from resilience_crm import core, get_breaker
+from resilience_crm import get_breaker
+from resilience_crm.breakers import machine as core
 from tests.databases import database_url
 from tests.demo_server import SETTINGS, serving
 from tests.gunicorn_server import ROOT

@@ -59,7 +59,9 @@ def test_the_wheel_carries_the_app_alone_with_its_data_files(dist):
     top = {name.split("/")[0] for name in names}
     assert top == {"resilience_crm", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1]
                    + ".dist-info"}
-    for data in ("resilience_crm/stores/step.lua", "resilience_crm/py.typed",
+    for data in ("resilience_crm/breakers/stores/step.lua",
+                 "resilience_crm/ratelimit/stores/gcra.lua",
+                 "resilience_crm/provider/enqueue.lua", "resilience_crm/py.typed",
                  "resilience_crm/migrations/0001_initial.py"):
         assert data in names
     assert not [name for name in names if name.startswith(("crm_demo", "tests"))]

@@ -20,8 +20,7 @@ from django.db import (
 from rest_framework.exceptions import ValidationError as DRFValidationError
 
 from crm_demo.crm.models import Contact, Conversation
-from resilience_crm import fallback, get_breaker, metrics, retries
-from resilience_crm.errors import classify, is_conflict, is_permanent
+from resilience_crm import get_breaker, metrics
 from resilience_crm.exceptions import (
     CircuitOpenError,
     DependencyUnavailable,
@@ -32,7 +31,10 @@ from resilience_crm.exceptions import (
     RetriesExhausted,
 )
 from resilience_crm.models import CircuitMetric
-from resilience_crm.provider import Provider
+from resilience_crm.provider import reads as fallback
+from resilience_crm.provider import retries
+from resilience_crm.provider.classify import classify, is_conflict, is_permanent
+from resilience_crm.provider.facade import Provider
 from tests.clock import Clock
 from tests.proxy import PROXY_SOCKET_TIMEOUT, Proxy
 

@@ -16,7 +16,7 @@ from django.core.checks import run_checks
 from django_redis import get_redis_connection
 from rest_framework.exceptions import NotFound
 
-from resilience_crm import checks, fallback, get_breaker, protected, queue
+from resilience_crm import checks, get_breaker, protected
 from resilience_crm.drf import exception_handler
 from resilience_crm.exceptions import (
     CircuitOpenError,
@@ -24,7 +24,9 @@ from resilience_crm.exceptions import (
     OperationTimeout,
     RateLimited,
 )
-from resilience_crm.provider import Provider
+from resilience_crm.provider import queue
+from resilience_crm.provider import reads as fallback
+from resilience_crm.provider.facade import Provider
 
 LOCMEM = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 

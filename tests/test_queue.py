@@ -16,7 +16,7 @@ from django.db import connections
 from django_redis import get_redis_connection
 
 from crm_demo.crm.models import Contact
-from resilience_crm import get_breaker, queue
+from resilience_crm import get_breaker
 from resilience_crm.exceptions import (
     IdempotencyConflict,
     IdempotencyInFlight,
@@ -24,7 +24,8 @@ from resilience_crm.exceptions import (
     QueueUnavailable,
 )
 from resilience_crm.models import QueuedWrite
-from resilience_crm.provider import protected
+from resilience_crm.provider import queue
+from resilience_crm.provider.facade import protected
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]

@@ -11,9 +11,10 @@ import pytest
 from django.db import connections, transaction
 
 from crm_demo.crm.models import Contact
-from resilience_crm import get_breaker, queue
+from resilience_crm import get_breaker
 from resilience_crm.models import QueuedWrite
-from resilience_crm.provider import protected
+from resilience_crm.provider import queue
+from resilience_crm.provider.facade import protected
 from tests.processes import ctx, run_processes
 from tests.waiting import PATIENCE
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.test import RequestFactory
 
-from resilience_crm.clients import Principal
+from resilience_crm.ratelimit.principals import Principal
 from resilience_crm.throttling import bulk
 from tests.ratelimit_helpers import on_clock, set_tier
 

@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from resilience_crm import gcra
 from resilience_crm.exceptions import StoreUnavailable
-from resilience_crm.gcra import US, Limit
-from resilience_crm.stores.ratelimit_memory import MemoryLimiterStore
-from resilience_crm.stores.ratelimit_redis import RedisLimiterStore
+from resilience_crm.ratelimit import gcra
+from resilience_crm.ratelimit.gcra import US, Limit
+from resilience_crm.ratelimit.stores.memory import MemoryLimiterStore
+from resilience_crm.ratelimit.stores.redis import RedisLimiterStore
 from tests.clock import Clock
 from tests.resp_server import ErrorRedis
 
@@ -127,7 +127,7 @@ def test_a_reply_that_is_not_the_scripts_is_store_unavailable(settings, reply) -
 
 def test_memory_store_drops_full_buckets_and_does_not_sweep_live_keys_on_every_decision(
         monkeypatch) -> None:
-    from resilience_crm.stores import ratelimit_memory
+    from resilience_crm.ratelimit.stores import memory as ratelimit_memory
 
     monkeypatch.setattr(ratelimit_memory, "SWEEP_AT", 4)
     clock = Clock(NOW / US)

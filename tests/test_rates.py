@@ -9,7 +9,7 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from resilience_crm.models import Tier, TierAssignment
-from resilience_crm.rates import (
+from resilience_crm.ratelimit.rates import (
     INVALID_RATE,
     UNKNOWN_OP_CLASS,
     Rate,

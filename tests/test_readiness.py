@@ -13,10 +13,12 @@ from django.contrib.auth.models import User
 from django.urls import reverse
 from django.utils import timezone
 
-from resilience_crm import core, limiter, registry
-from resilience_crm.clients import Principal
+from resilience_crm.breakers import machine as core
+from resilience_crm.breakers import registry
 from resilience_crm.models import Circuit, QueuedWrite
-from resilience_crm.views import PENALTIES
+from resilience_crm.observability.health import PENALTIES
+from resilience_crm.ratelimit import limiter
+from resilience_crm.ratelimit.principals import Principal
 from tests.databases import default_database_through
 from tests.proxy import Proxy
 

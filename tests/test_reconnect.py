@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 from django.db import connections
 
-from resilience_crm import core, get_breaker, metrics
-from resilience_crm.provider import Provider
+from resilience_crm import get_breaker, metrics
+from resilience_crm.breakers import machine as core
+from resilience_crm.provider.facade import Provider
 from tests.databases import PROXIED_ALIAS, PROXIED_POOL
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]

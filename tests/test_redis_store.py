@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 from redis import exceptions as redis_exceptions
 
-from resilience_crm import core
+from resilience_crm.breakers import machine as core
+from resilience_crm.breakers.stores.redis import STATE_TTL_MS, RedisStore
 from resilience_crm.exceptions import StoreUnavailable
-from resilience_crm.stores.redis import STATE_TTL_MS, RedisStore
 from tests.services import require_service
 
 ALIAS = "resilience_redis_store_test"

@@ -16,8 +16,8 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from crm_demo.crm.authentication import cache_key
-from resilience_crm import fallback
-from resilience_crm.provider import protected
+from resilience_crm.provider import reads as fallback
+from resilience_crm.provider.facade import protected
 from tests.clock import Clock
 from tests.databases import CLOSED_PORT
 from tests.demo_api import force_open

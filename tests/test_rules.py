@@ -9,8 +9,11 @@ import pytest
 from django.db import connections
 from django.utils import timezone
 
-from resilience_crm import checks, core, registry, rules
+from resilience_crm import checks
+from resilience_crm.breakers import machine as core
+from resilience_crm.breakers import registry
 from resilience_crm.models import Circuit, CircuitEvent, CircuitMetric
+from resilience_crm.observability import rules
 from tests.processes import ctx, run_processes
 from tests.sentry_server import received
 

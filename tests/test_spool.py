@@ -1,5 +1,6 @@
 """What the flusher cannot write while the database is down waits in the shared store
-(``resilience_crm.spool``): a process that ends during the outage leaves its events and
+(``resilience_crm.spool``): a process that ends during the outage leaves its events
+and
 metrics there, within a short bound even when the database hangs, and they reach the
 database exactly once, however many processes write them at once."""
 
@@ -18,7 +19,8 @@ from django.core.management import call_command
 from django.db import connection, connections
 from django.db.models import Sum
 
-from resilience_crm import events, flusher, metrics, spool
+from resilience_crm import flusher, metrics, spool
+from resilience_crm.breakers import events
 from resilience_crm.models import CircuitEvent, CircuitMetric
 from tests.databases import CLOSED_PORT, database_url
 from tests.gunicorn_server import ROOT
@@ -33,7 +35,8 @@ RECORDS = textwrap.dedent("""
     django.setup()
     from django.test.utils import override_settings
     override_settings(RESILIENCE_CRM={"STORE": "memory", "CACHE_ALIAS": "redis"}).enable()
-    from resilience_crm import events, metrics
+    from resilience_crm.breakers import events
+    from resilience_crm import metrics
     metrics.inc("calls", 3, circuit="crm.read", outcome="failure")
     events.record_transition("crm.read", "closed", "open", 7, reason="the database left")
     events.record_transition("crm.read", "open", "closed", 3, source="local")

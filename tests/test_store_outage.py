@@ -12,15 +12,17 @@ import time
 
 import pytest
 
-from resilience_crm import core, events, metrics, registry
-from resilience_crm.breaker import Breaker
+from resilience_crm import metrics
+from resilience_crm.breakers import events, registry
+from resilience_crm.breakers import machine as core
+from resilience_crm.breakers.breaker import Breaker
+from resilience_crm.breakers.machine import Config
+from resilience_crm.breakers.stores.failover import FailoverStore
+from resilience_crm.breakers.stores.redis import RedisStore
 from resilience_crm.conf import settings as conf
-from resilience_crm.core import Config
 from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.models import CircuitEvent
-from resilience_crm.stores.failover import FailoverStore
-from resilience_crm.stores.redis import RedisStore
-from resilience_crm.views import PENALTIES
+from resilience_crm.observability.health import PENALTIES
 from tests.clock import Clock
 from tests.waiting import wait_until
 

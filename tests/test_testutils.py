@@ -1,6 +1,7 @@
 import pytest
 
-from resilience_crm import core, get_breaker
+from resilience_crm import get_breaker
+from resilience_crm.breakers import machine as core
 from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.testutils import override_circuit
 

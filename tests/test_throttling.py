@@ -11,10 +11,11 @@ from asgiref.sync import async_to_sync
 from django.core.cache import caches
 from django.test import AsyncClient, TestCase
 
-from resilience_crm import get_breaker, metrics, tiers
+from resilience_crm import get_breaker, metrics
+from resilience_crm.breakers.stores.redis import SCRIPT as breaker_script
 from resilience_crm.models import Tier, TierAssignment
-from resilience_crm.stores.ratelimit_redis import SCRIPT as limiter_script
-from resilience_crm.stores.redis import SCRIPT as breaker_script
+from resilience_crm.ratelimit import tiers
+from resilience_crm.ratelimit.stores.redis import SCRIPT as limiter_script
 from tests.ratelimit_helpers import on_clock, set_tier, structured
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.ratelimit_urls")]

@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 
 from crm_demo.crm.models import Agent, Contact, Conversation, Message
 from resilience_crm.drf import FallbackHeadersMixin
-from resilience_crm.provider import protected
+from resilience_crm.provider.facade import protected
 
 #: Days of ``messages_per_day`` in the analytics summary, today included.
 SUMMARY_DAYS = 7

@@ -31,7 +31,7 @@ from crm_demo.crm.serializers import (
     PlatformSerializer,
 )
 from resilience_crm.drf import FallbackHeadersMixin
-from resilience_crm.provider import protected
+from resilience_crm.provider.facade import protected
 
 
 class ProtectedViewSet(FallbackHeadersMixin, viewsets.GenericViewSet):

@@ -17,7 +17,7 @@ from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
 from rest_framework.exceptions import AuthenticationFailed
 
-from resilience_crm.provider import protected
+from resilience_crm.provider.facade import protected
 
 #: Key space of cached token checks.
 SPACE = "authtokens"

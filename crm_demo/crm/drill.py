@@ -37,13 +37,16 @@ from crm_demo.crm import client
 from crm_demo.crm.client import Reply
 from crm_demo.crm.faults import FaultProxy
 from crm_demo.crm.models import Contact
-from resilience_crm import alerts, core, events, queue
+from resilience_crm.breakers import events
+from resilience_crm.breakers import machine as core
+from resilience_crm.breakers.registry import get_breaker
 from resilience_crm.conf import cache_is_redis
 from resilience_crm.conf import settings as resilience_settings
 from resilience_crm.exceptions import ResilienceError
-from resilience_crm.fallback import FALLBACK_HEADER, STALE
 from resilience_crm.models import QueuedWrite
-from resilience_crm.registry import get_breaker
+from resilience_crm.observability import alerts
+from resilience_crm.provider import queue
+from resilience_crm.provider.reads import FALLBACK_HEADER, STALE
 from resilience_crm.signals import circuit_transition
 
 logger = logging.getLogger("crm_demo.drill")

@@ -26,7 +26,7 @@ from rest_framework.views import APIView
 from crm_demo.crm.schema import IDEMPOTENCY_KEY, idempotency_key
 from crm_demo.crm.serializers import ContactSerializer
 from resilience_crm.exceptions import ResilienceError
-from resilience_crm.provider import protected
+from resilience_crm.provider.facade import protected
 from resilience_crm.throttling import bulk, endpoint
 
 #: Bytes read from a body at a time.

@@ -18,7 +18,7 @@ from crm_demo.crm.serializers import (
     MessageSerializer,
     PlatformSerializer,
 )
-from resilience_crm.provider import protected
+from resilience_crm.provider.facade import protected
 
 
 def _require(model: Any, field: str, pk: Any) -> None:

@@ -1,39 +1,7 @@
-"""The interface every rate-limit store implements: one atomic GCRA decision per request."""
+"""Deprecated alias of :mod:`resilience_crm.ratelimit.stores.base`."""
 
-from __future__ import annotations
+import sys
 
-from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from resilience_crm.stores import alias
 
-from resilience_crm.gcra import Limit, Outcome
-
-
-class BaseLimiterStore(ABC):
-    """Keeps each limit's TAT and applies :func:`resilience_crm.gcra.evaluate` atomically."""
-
-    #: Whether every process sees the same counts (False for the in-process store).
-    shared = True
-
-    def key(self, principal: str, suffix: str) -> str:
-        """The key of one limit of ``principal``: the principal is a hash tag, so every key
-        one request touches lives in the same Redis Cluster slot."""
-        return f"rl:{{{principal}}}:{suffix}"
-
-    @abstractmethod
-    def evaluate(self, limits: Sequence[Limit], cost: int = 1,
-                 now_us: int | None = None) -> tuple[bool, list[Outcome]]:
-        """Decide and charge every limit in one atomic step; ``now_us`` is for tests only.
-
-        Raises :class:`resilience_crm.exceptions.StoreUnavailable` when the store cannot be
-        reached.
-        """
-
-    def peek(self, limits: Sequence[Limit], cost: int = 1,
-             now_us: int | None = None) -> tuple[bool, list[Outcome]]:
-        """What :meth:`evaluate` would answer now, charging nothing (for refusing a client
-        whose failures are spent before anything is looked up); ``now_us`` is for tests.
-
-        Raises ``StoreUnavailable`` like :meth:`evaluate`. Stores that cannot tell raise
-        ``NotImplementedError``: set ``AUTH_FAILURES`` to ``None`` with them.
-        """
-        raise NotImplementedError(f"{type(self).__name__} cannot peek at its limits.")
+sys.modules[__name__] = alias(__name__, "resilience_crm.ratelimit.stores.base")

@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from resilience_crm.control import PENDING, STEERABLE, known_circuits, steer
+from resilience_crm.breakers.control import PENDING, STEERABLE, known_circuits, steer
 from resilience_crm.exceptions import ManualChangeRefused
 
 DURATION = re.compile(r"^(\d+)([smhd])$")

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from resilience_crm import queue
+from resilience_crm.provider import queue
 
 
 class Command(BaseCommand):

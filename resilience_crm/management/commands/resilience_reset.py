@@ -2,8 +2,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from resilience_crm import core
-from resilience_crm.control import PENDING, known_circuits, steer
+from resilience_crm.breakers import machine
+from resilience_crm.breakers.control import PENDING, known_circuits, steer
 from resilience_crm.exceptions import ManualChangeRefused
 
 
@@ -28,7 +28,8 @@ class Command(BaseCommand):
                                f"Known: {', '.join(known)}.")
         for name in names:
             try:
-                outcome = steer(name, core.CLOSED, reason=options["reason"] or "reset by command",
+                reason = options["reason"] or "reset by command"
+                outcome = steer(name, machine.CLOSED, reason=reason,
                                 source="command")
             except ManualChangeRefused as err:
                 raise CommandError(err.message) from err

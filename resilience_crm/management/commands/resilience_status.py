@@ -5,10 +5,11 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError
 
-from resilience_crm import core, events, metrics, registry, spool
-from resilience_crm.control import known_circuits
+from resilience_crm import metrics, spool
+from resilience_crm.breakers import events, machine, registry
+from resilience_crm.breakers.control import known_circuits
 
-REJECTING = (core.OPEN, core.FORCED_OPEN)
+REJECTING = (machine.OPEN, machine.FORCED_OPEN)
 #: Kinds of records the spool keeps while the database is down (-1: Redis did not answer).
 SPOOLED = (events.KIND, metrics.KIND)
 

@@ -8,13 +8,12 @@ once, carrying the successes counted since the last step, so one store call does
 The store reports every transition to the one caller whose step made it; that caller sends
 ``circuit_transition``, so each transition is announced once across the cluster. What
 happens when the shared store fails is the store's business: the registry hands breakers a
-:class:`~resilience_crm.stores.failover.FailoverStore`, whose results say whether a step
+:class:`~resilience_crm.breakers.stores.failover.FailoverStore`, whose results say whether a step
 was taken on the worker's own breaker (``local``).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import random
@@ -26,12 +25,14 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
 
-from resilience_crm import core, metrics
+from resilience_crm import metrics
+from resilience_crm.breakers import machine
+from resilience_crm.breakers.config import exception_classes, exception_errors
+from resilience_crm.breakers.stores.base import BaseStore
 from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.signals import circuit_transition
-from resilience_crm.stores.base import BaseStore
 
-logger = logging.getLogger("resilience_crm.breaker")
+logger = logging.getLogger("resilience_crm.breakers.breaker")
 
 T = TypeVar("T")
 
@@ -44,14 +45,14 @@ class Permit(NamedTuple):
 
     generation: int
     id: str = ""
-    state: str = core.CLOSED
+    state: str = machine.CLOSED
 
 
 class Breaker:
     def __init__(
         self,
         name: str,
-        config: core.Config,
+        config: machine.Config,
         store: BaseStore,
         *,
         snapshot_ttl: float = 0.5,
@@ -80,7 +81,7 @@ class Breaker:
         self._pending_total = 0
         self._counters = {
             outcome: metrics.key("calls", circuit=name, outcome=outcome)
-            for outcome in (*core.OUTCOMES, "rejected")
+            for outcome in (*machine.OUTCOMES, "rejected")
         }
         self._latency = metrics.key("latency_us", circuit=name)
 
@@ -94,9 +95,9 @@ class Breaker:
         view = self._view
         if view is not None and self._monotonic() - self._fetched < self.snapshot_ttl:
             state = view["state"]
-            if state in core.PASSING:
+            if state in machine.PASSING:
                 return Permit(view["gen"], "", state)
-            if state in (core.OPEN, core.FORCED_OPEN):
+            if state in (machine.OPEN, machine.FORCED_OPEN):
                 wait_ms = view["until"] - self._server_now_ms()
                 if view["until"] == 0 or wait_ms > 0:
                     metrics.add(self._counters["rejected"])
@@ -111,9 +112,9 @@ class Breaker:
     def record(self, permit: Permit, outcome: str) -> None:
         """Count the outcome of a call made under ``permit``."""
         metrics.add(self._counters[outcome])
-        if permit.state == core.DISABLED:
+        if permit.state == machine.DISABLED:
             return
-        if outcome == core.SUCCESS and not permit.id:
+        if outcome == machine.SUCCESS and not permit.id:
             with self._lock:
                 self._pending[permit.generation] = self._pending.get(permit.generation, 0) + 1
                 self._pending_total += 1
@@ -132,7 +133,7 @@ class Breaker:
             value = fn(*args, **kwargs)
         except Exception as exc:
             self.settle(permit, self._monotonic() - started,
-                        core.FAILURE if self.is_failure(exc) else core.SUCCESS)
+                        machine.FAILURE if self.is_failure(exc) else machine.SUCCESS)
             raise
         self.settle(permit, self._monotonic() - started)
         return value
@@ -141,7 +142,7 @@ class Breaker:
         """Time and record a call that ran for ``elapsed`` seconds; ``None``: a success, or
         slow. Never raises: the caller's own result or exception is what the caller gets."""
         if outcome is None:
-            outcome = core.SLOW if elapsed >= self.config.slow_call_duration else core.SUCCESS
+            outcome = machine.SLOW if elapsed >= self.config.slow_call_duration else machine.SUCCESS
         try:
             metrics.observe_latency(self._latency, elapsed)
             self.record(permit, outcome)
@@ -168,7 +169,7 @@ class Breaker:
         """The state as this worker last saw it, however old, with no store call at all:
         for work on every request (the rate limiter's adaptive limits)."""
         view = self._view
-        return core.CLOSED if view is None else str(view["state"])
+        return machine.CLOSED if view is None else str(view["state"])
 
     def peek(self) -> str:
         """The state, read without stepping the store (no write anywhere): for probes."""
@@ -176,14 +177,16 @@ class Breaker:
         if view is not None and self._monotonic() - self._fetched < self.snapshot_ttl:
             return str(view["state"])
         stored = self.store.read(self.name)
-        return core.CLOSED if stored is None else core.current_state(stored, self._server_now_ms())
+        if stored is None:
+            return machine.CLOSED
+        return machine.current_state(stored, self._server_now_ms())
 
     def snapshot(self) -> dict[str, Any]:
         """The circuit as the store has it now (one store call)."""
         view = self._step(self._take_pending())
         calls, failures = view["calls"], view["failures"]
         retry_after = None
-        if view["state"] in (core.OPEN, core.FORCED_OPEN) and view["until"]:
+        if view["state"] in (machine.OPEN, machine.FORCED_OPEN) and view["until"]:
             retry_after = _seconds(view["until"] - view["now"])
         return {
             "name": self.name,
@@ -205,13 +208,15 @@ class Breaker:
         ``actor`` and ``source`` (``"admin"``, ``"command"``) go into the audit trail. Raises
         :class:`~resilience_crm.exceptions.StoreUnavailable` when the shared store cannot take
         it: a change that only this worker would see is no change at all."""
-        self._set(core.CLOSED, actor, reason or "reset", None, source)
+        self._set(machine.CLOSED, actor, reason or "reset", None, source)
 
     def force(self, state: str, actor: Any = None, reason: str = "",
               until: datetime | None = None, *, source: str = "") -> None:
-        """Hold the circuit in ``state`` (one of ``core.FORCEABLE``), until ``until`` if given."""
-        if state not in core.FORCEABLE:
-            raise ValueError(f"Cannot force {state!r}; choose one of {', '.join(core.FORCEABLE)}.")
+        """Hold the circuit in ``state`` (one of ``machine.FORCEABLE``), until ``until`` if
+        given."""
+        if state not in machine.FORCEABLE:
+            choices = ", ".join(machine.FORCEABLE)
+            raise ValueError(f"Cannot force {state!r}; choose one of {choices}.")
         self._set(state, actor, reason or f"forced {state}", until, source)
 
     def configure(self, overrides: Mapping[str, Any]) -> None:
@@ -222,7 +227,7 @@ class Breaker:
         problems = exception_errors(overrides)
         if problems:
             raise ValueError("; ".join(f"{key} {message}" for key, message in problems))
-        core.Config.from_mapping(self._base_config | dict(overrides))
+        machine.Config.from_mapping(self._base_config | dict(overrides))
         self._step(self._take_pending(), "config", {"config": json.dumps(dict(overrides))},
                    shared_only=True)
 
@@ -233,7 +238,7 @@ class Breaker:
 
     # Internals.
 
-    def _use(self, config: core.Config) -> None:
+    def _use(self, config: machine.Config) -> None:
         self.config = config
         self._step_config = config.as_step_config()
         self._record_on = exception_classes(config.record_exceptions, self.name) or (Exception,)
@@ -252,7 +257,7 @@ class Breaker:
             problems = exception_errors(overrides)
             if problems:
                 raise ValueError("; ".join(f"{key} {message}" for key, message in problems))
-            self._use(core.Config.from_mapping(self._base_config | overrides))
+            self._use(machine.Config.from_mapping(self._base_config | overrides))
         except (TypeError, ValueError) as err:
             logger.error("Circuit %s: ignoring invalid overrides %r (%s)", self.name, text, err)
             return
@@ -275,7 +280,7 @@ class Breaker:
             if not self._pending_total:
                 return []
             pending, self._pending, self._pending_total = self._pending, {}, 0
-        return [[gen, core.SUCCESS, count, ""] for gen, count in pending.items()]
+        return [[gen, machine.SUCCESS, count, ""] for gen, count in pending.items()]
 
     def _server_now_ms(self) -> int:
         return int(self._clock() * 1000) + self._offset_ms
@@ -307,7 +312,8 @@ class Breaker:
     def _announce(self, change: Mapping[str, Any], actor: Any, local: bool,
                   source: str = "") -> None:
         logger.log(
-            logging.WARNING if change["to"] in (core.OPEN, core.FORCED_OPEN) else logging.INFO,
+            (logging.WARNING if change["to"] in (machine.OPEN, machine.FORCED_OPEN)
+             else logging.INFO),
             "Circuit %s: %s -> %s (generation %s, %s)%s", self.name, change["from"],
             change["to"], change["gen"], change["reason"], " [local]" if local else "",
         )
@@ -321,51 +327,6 @@ class Breaker:
             if isinstance(response, Exception):
                 logger.error("circuit_transition receiver %r failed", receiver,
                              exc_info=(type(response), response, response.__traceback__))
-
-
-def import_exception(path: str) -> type[BaseException]:
-    """The exception class at the dotted ``path``; ``ImportError`` or ``TypeError`` says why
-    there is none."""
-    module, _, attr = path.rpartition(".")
-    if not module:
-        raise ImportError(f"{path!r} is not a dotted path")
-    try:
-        value = getattr(importlib.import_module(module), attr)
-    except AttributeError as err:
-        raise ImportError(f"module {module!r} has no attribute {attr!r}") from err
-    if not (isinstance(value, type) and issubclass(value, BaseException)):
-        raise TypeError(f"{path!r} is not an exception class")
-    return value
-
-
-def exception_errors(values: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """``(key, message)`` for each path in ``record_exceptions`` / ``ignore_exceptions`` that
-    does not name an exception class (the shapes are :func:`core.config_errors`' job)."""
-    errors = []
-    for key in ("record_exceptions", "ignore_exceptions"):
-        paths = values.get(key)
-        if not isinstance(paths, list | tuple):
-            continue
-        for path in paths:
-            if not isinstance(path, str):
-                continue
-            try:
-                import_exception(path)
-            except Exception as err:  # importing user code may raise anything
-                errors.append((key, f"cannot use {path!r}: {err}"))
-    return errors
-
-
-def exception_classes(paths: Sequence[str], circuit: str = "") -> tuple[type[BaseException], ...]:
-    """The classes ``paths`` name. One that cannot be imported is left out, with an error in
-    the log: a bad path never makes a circuit raise (the checks report it at start-up)."""
-    classes = []
-    for path in paths:
-        try:
-            classes.append(import_exception(path))
-        except Exception as err:  # importing user code may raise anything
-            logger.error("Circuit %s: ignoring exception path %r (%s).", circuit, path, err)
-    return tuple(classes)
 
 
 def _seconds(ms: float) -> float | None:

@@ -1,4 +1,4 @@
--- One breaker step, applied atomically: a line-for-line port of resilience_crm/core.py's
+-- One breaker step, applied atomically: a line-for-line port of resilience_crm/breakers/machine.py's
 -- ``step`` and its helpers (Lua 5.1 + cjson, as Redis runs it). Keep the two in lockstep:
 -- tests/test_redis_store.py drives both with the same inputs and compares every result and
 -- every stored state.

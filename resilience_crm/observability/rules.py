@@ -1,4 +1,5 @@
-"""Alert rules beyond a circuit opening and recovering (those are :mod:`resilience_crm.alerts`).
+"""Alert rules beyond a circuit opening and recovering (those are
+:mod:`resilience_crm.observability.alerts`).
 
 Each rule looks at the whole cluster's record, not one worker's: the per-minute
 ``CircuitMetric`` rows every worker adds to, the ``CircuitEvent`` audit trail, and the
@@ -33,11 +34,12 @@ from django.core.cache import caches
 from django.db.models import Count, Sum
 from django.utils import timezone
 
-from resilience_crm import core, flusher, registry
+from resilience_crm import flusher
+from resilience_crm.breakers import machine, registry
 from resilience_crm.conf import settings
 from resilience_crm.models import CircuitEvent, CircuitMetric
 
-logger = logging.getLogger("resilience_crm.rules")
+logger = logging.getLogger("resilience_crm.observability.rules")
 
 DEFAULT_RULES: dict[str, dict[str, float]] = {
     "failure_rate": {"threshold": 0.10, "window": 300, "min_calls": 20},
@@ -51,7 +53,7 @@ INCIDENT_TTL = 6 * 3600
 EVALUATE_INTERVAL = 30.0
 
 _next_evaluation = 0.0
-REJECTING = (core.OPEN, core.FORCED_OPEN)
+REJECTING = (machine.OPEN, machine.FORCED_OPEN)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """``/resilience/metrics``: the whole cluster's counters in OpenMetrics text.
 
-Every worker counts in memory (:mod:`resilience_crm.metrics`). :func:`push` adds what this
+Every worker counts in memory (:mod:`resilience_crm.metrics`). :func:`push` adds what
+this
 process counted since its previous push to one Redis hash per family, in one pipelined round
 trip; the background flusher runs it with its other writes, and the endpoint runs it for its
 own process before it reads. So the endpoint reports the sum over every process, each at most
@@ -25,11 +26,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.openmetrics.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from resilience_crm import conf, core, flusher, metrics, registry
+from resilience_crm import conf, flusher, metrics
+from resilience_crm.breakers import machine, registry
 from resilience_crm.conf import settings
 from resilience_crm.models import QueuedWrite
 
-logger = logging.getLogger("resilience_crm.exposition")
+logger = logging.getLogger("resilience_crm.observability.exposition")
 
 #: Counter families: our counter name -> (exposed name, labels, help).
 COUNTERS = {
@@ -45,8 +47,6 @@ COUNTERS = {
     "store_errors": ("resilience_store_errors", ("circuit",),
                      "Steps the shared breaker store failed, by circuit."),
 }
-#: Seconds a push may wait on Redis.
-PUSH_TIMEOUT = 1.0
 
 _lock = threading.Lock()
 _pushed: dict[tuple[Any, ...], int] = {}  # what this process has added to the shared hashes
@@ -157,7 +157,7 @@ class ClusterCollector(Collector):
             except Exception:  # a store that cannot be read: no state rather than a 500
                 logger.exception("Metrics: circuit %s could not be read.", name)
                 current = ""
-            for state in core.STATES:
+            for state in machine.STATES:
                 family.add_metric((name, state), 1 if state == current else 0)
         yield family
 

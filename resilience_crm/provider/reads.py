@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 
 from resilience_crm.conf import settings
 
-logger = logging.getLogger("resilience_crm.fallback")
+logger = logging.getLogger("resilience_crm.provider.reads")
 
 #: Seconds an entry is kept in the per-process layer.
 LOCAL_TTL = 1.0

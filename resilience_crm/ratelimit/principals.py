@@ -22,11 +22,11 @@ from django.db import DatabaseError
 from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
-from resilience_crm import tiers
 from resilience_crm.conf import settings
 from resilience_crm.constants import SETTING_NAME
+from resilience_crm.ratelimit import tiers
 
-logger = logging.getLogger("resilience_crm.clients")
+logger = logging.getLogger("resilience_crm.ratelimit.principals")
 
 
 @dataclass(frozen=True)
@@ -120,4 +120,4 @@ def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
         _options = None
 
 
-setting_changed.connect(_on_setting_changed, dispatch_uid="resilience_crm.clients")
+setting_changed.connect(_on_setting_changed, dispatch_uid="resilience_crm.ratelimit.principals")

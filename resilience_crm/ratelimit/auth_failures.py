@@ -3,7 +3,8 @@
 DRF authenticates before any throttle runs, so a flood of made-up tokens costs one lookup
 each and is never limited. ``AUTH_FAILURES`` (``"30/min"`` by default, ``None`` turns it off)
 is a GCRA rate of failures per client address, grouped as the limiter groups addresses
-(:func:`resilience_crm.clients.client_ip`). A failure is a ``401`` to a request that sent
+(:func:`resilience_crm.ratelimit.principals.client_ip`). A failure is a ``401`` to a request that
+sent
 ``Authorization`` (whichever authenticator refused it) or a failed password login
 (Django's ``user_login_failed``, which ``authenticate()`` sends: the demo's token endpoint,
 the admin's login). Successes are never counted.
@@ -23,11 +24,11 @@ from typing import Any
 
 from django.http import HttpRequest
 
-from resilience_crm import limiter
-from resilience_crm.clients import client_ip
 from resilience_crm.conf import settings
-from resilience_crm.gcra import Decision, Limit
-from resilience_crm.stores.ratelimit_base import BaseLimiterStore
+from resilience_crm.ratelimit import limiter
+from resilience_crm.ratelimit.gcra import Decision, Limit
+from resilience_crm.ratelimit.principals import client_ip
+from resilience_crm.ratelimit.stores.base import BaseLimiterStore
 
 #: The op class the decisions are reported under (headers and problem bodies name the policy).
 OP_CLASS = "auth"

@@ -42,7 +42,7 @@ from django.dispatch import receiver
 from django.utils import timezone
 from django_redis import get_redis_connection
 
-from resilience_crm import core, errors, fallback
+from resilience_crm.breakers import machine
 from resilience_crm.conf import cache_is_redis, settings
 from resilience_crm.constants import OP_CIRCUITS
 from resilience_crm.exceptions import (
@@ -55,14 +55,15 @@ from resilience_crm.exceptions import (
     QueueUnavailable,
     RetriesExhausted,
 )
+from resilience_crm.lua import LuaScript
 from resilience_crm.models import QueuedWrite
+from resilience_crm.provider import classify, reads
 from resilience_crm.signals import circuit_transition
-from resilience_crm.stores.lua import LuaScript
 
 if TYPE_CHECKING:
-    from resilience_crm.provider import Provider
+    from resilience_crm.provider.facade import Provider
 
-logger = logging.getLogger("resilience_crm.queue")
+logger = logging.getLogger("resilience_crm.provider.queue")
 
 SCRIPT = LuaScript(Path(__file__).with_name("enqueue.lua").read_text(encoding="utf-8"))
 #: Failed attempts after which a queued write becomes a dead letter.
@@ -345,7 +346,7 @@ def drain() -> int:
                 try:
                     _store_row(data)
                 except Exception as err:
-                    if not errors.is_permanent(err):
+                    if not classify.is_permanent(err):
                         raise
                     _store_dead_letter(_text(entry_id), data, err)
                 client.xdel(stream, entry_id)
@@ -354,7 +355,7 @@ def drain() -> int:
     except QueueUnavailable:
         raise
     except Exception as err:
-        if errors.classify(err).dependency and not _is_database_error(err):
+        if classify.classify(err).dependency and not _is_database_error(err):
             raise QueueUnavailable() from err
         raise
 
@@ -445,7 +446,7 @@ def apply(row: QueuedWrite, owner: str) -> str:
         _invalidate(found.key)
         return "applied"
     except Exception as exc:
-        if _is_database_error(exc) and errors.classify(exc).dependency:
+        if _is_database_error(exc) and classify.classify(exc).dependency:
             logger.warning("Write queue: database failed while replaying %s: %s",
                            row.idempotency_key, exc)
             return "stop"
@@ -454,7 +455,7 @@ def apply(row: QueuedWrite, owner: str) -> str:
 
 def _record_failure(row: QueuedWrite, exc: Exception) -> str:
     """A failed attempt: a dead letter when no attempt can succeed or this was the last."""
-    dead = errors.is_permanent(exc) or row.attempts >= MAX_ATTEMPTS
+    dead = classify.is_permanent(exc) or row.attempts >= MAX_ATTEMPTS
     state = QueuedWrite.State.DEAD if dead else QueuedWrite.State.FAILED
     logger.warning("Write queue: %s %s failed (attempt %s): %r", row.name,
                    row.idempotency_key, row.attempts, exc)
@@ -466,8 +467,8 @@ def _record_failure(row: QueuedWrite, exc: Exception) -> str:
 
 def _invalidate(key: str) -> None:
     """Make reads in ``key``'s space stale everywhere (other processes' own layers within
-    ``fallback.LOCAL_TTL``)."""
-    fallback.ReadCache().invalidate(fallback.space_of(key))
+    ``reads.LOCAL_TTL``)."""
+    reads.ReadCache().invalidate(reads.space_of(key))
 
 
 def _is_database_error(exc: BaseException) -> bool:
@@ -499,11 +500,11 @@ def replay_in_background() -> bool:
     return True
 
 
-@receiver(circuit_transition, dispatch_uid="resilience_crm.queue.replay_on_close")
+@receiver(circuit_transition, dispatch_uid="resilience_crm.provider.queue.replay_on_close")
 def replay_on_close(sender: Any, name: str, to_state: str, local: bool = False,
                     **kwargs: Any) -> None:
     """A write circuit that closes again means the database is back: replay the queue."""
-    if to_state == core.CLOSED and any(h.circuit == name for h in _handlers.values()):
+    if to_state == machine.CLOSED and any(h.circuit == name for h in _handlers.values()):
         replay_in_background()
 
 

@@ -30,8 +30,9 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
-from resilience_crm import core, dashboard, registry
-from resilience_crm.control import steer
+from resilience_crm.admin import dashboard
+from resilience_crm.breakers import machine, registry
+from resilience_crm.breakers.control import steer
 from resilience_crm.exceptions import ManualChangeRefused
 from resilience_crm.models import (
     Circuit,
@@ -42,20 +43,20 @@ from resilience_crm.models import (
     TierAssignment,
 )
 
-logger = logging.getLogger("resilience_crm.admin")
+logger = logging.getLogger("resilience_crm.admin.modeladmins")
 
 #: Seconds between the dashboard's reloads of itself.
 DASHBOARD_REFRESH = 15
 
 #: Badge colours per state: green passes calls, red rejects them, amber is trying or overridden.
 STATE_COLOURS = {
-    core.CLOSED: "#1e7e34",
-    core.OPEN: "#b52a1c",
-    core.HALF_OPEN: "#b36b00",
-    core.FORCED_OPEN: "#7a1010",
-    core.FORCED_CLOSED: "#35586c",
-    core.DISABLED: "#6c757d",
-    core.METRICS_ONLY: "#5a4a8a",
+    machine.CLOSED: "#1e7e34",
+    machine.OPEN: "#b52a1c",
+    machine.HALF_OPEN: "#b36b00",
+    machine.FORCED_OPEN: "#7a1010",
+    machine.FORCED_CLOSED: "#35586c",
+    machine.DISABLED: "#6c757d",
+    machine.METRICS_ONLY: "#5a4a8a",
 }
 
 
@@ -95,7 +96,7 @@ def _until(value: str) -> Any:
 def _steer(modeladmin: CircuitAdmin, request: HttpRequest, queryset: QuerySet[Circuit],
            state: str) -> None:
     try:
-        until = _until(request.POST.get("until", "")) if state != core.CLOSED else None
+        until = _until(request.POST.get("until", "")) if state != machine.CLOSED else None
     except forms.ValidationError as err:
         modeladmin.message_user(request, f"Nothing changed: {' '.join(err.messages)}",
                                 messages.ERROR)
@@ -110,7 +111,7 @@ def _steer(modeladmin: CircuitAdmin, request: HttpRequest, queryset: QuerySet[Ci
         except ManualChangeRefused as err:
             modeladmin.message_user(request, err.message, messages.ERROR)
             continue
-        if state == core.CLOSED:
+        if state == machine.CLOSED:
             message = f"Reset the circuit. {reason}"
         else:
             expiry = f" until {until:%Y-%m-%d %H:%M %Z}" if until else ""
@@ -119,7 +120,7 @@ def _steer(modeladmin: CircuitAdmin, request: HttpRequest, queryset: QuerySet[Ci
             message = f"Saved, pending the shared store: {message}"
         modeladmin.log_change(request, circuit, message.strip())
         (done if outcome.applied else pending).append(circuit.name)
-    verb = "Reset" if state == core.CLOSED else f"Set to {state.replace('_', ' ')}:"
+    verb = "Reset" if state == machine.CLOSED else f"Set to {state.replace('_', ' ')}:"
     if done:
         modeladmin.message_user(request, f"{verb} {', '.join(done)}.", messages.SUCCESS)
     if pending:
@@ -260,9 +261,9 @@ class CircuitAdmin(admin.ModelAdmin):
         if not snap:
             return "The store did not answer."
         rate = f"{snap['failure_rate']:.0%}"
-        if snap["state"] == core.OPEN and snap["retry_after"]:
+        if snap["state"] == machine.OPEN and snap["retry_after"]:
             retry = f", next trial in {snap['retry_after']:.1f}s"
-        elif snap["state"] in core.FORCEABLE and snap["until"]:
+        elif snap["state"] in machine.FORCEABLE and snap["until"]:
             retry = f", until {timezone.localtime(snap['until']):%Y-%m-%d %H:%M:%S %Z}"
         else:
             retry = ""
@@ -295,20 +296,20 @@ class CircuitAdmin(admin.ModelAdmin):
     @admin.action(description="Reset selected circuits (close, forget counts)",
                   permissions=["reset"])
     def reset(self, request: HttpRequest, queryset: QuerySet[Circuit]) -> None:
-        _steer(self, request, queryset, core.CLOSED)
+        _steer(self, request, queryset, machine.CLOSED)
 
     @admin.action(description="Force selected circuits open", permissions=["force_open"])
     def force_open(self, request: HttpRequest, queryset: QuerySet[Circuit]) -> None:
-        _steer(self, request, queryset, core.FORCED_OPEN)
+        _steer(self, request, queryset, machine.FORCED_OPEN)
 
     @admin.action(description="Force selected circuits closed", permissions=["force_closed"])
     def force_closed(self, request: HttpRequest, queryset: QuerySet[Circuit]) -> None:
-        _steer(self, request, queryset, core.FORCED_CLOSED)
+        _steer(self, request, queryset, machine.FORCED_CLOSED)
 
     @admin.action(description="Disable selected circuits (let every call through, count none)",
                   permissions=["disable"])
     def disable(self, request: HttpRequest, queryset: QuerySet[Circuit]) -> None:
-        _steer(self, request, queryset, core.DISABLED)
+        _steer(self, request, queryset, machine.DISABLED)
 
     def has_reset_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("resilience_crm.reset_circuit")

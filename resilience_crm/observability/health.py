@@ -32,10 +32,12 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from resilience_crm import core, exposition, metrics, registry
-from resilience_crm import queue as write_queue
+from resilience_crm import metrics
+from resilience_crm.breakers import machine, registry
 from resilience_crm.conf import settings
 from resilience_crm.models import Circuit, QueuedWrite
+from resilience_crm.observability import exposition
+from resilience_crm.provider import queue as write_queue
 
 logger = logging.getLogger("resilience_crm.health")
 
@@ -96,7 +98,7 @@ def ready(request: HttpRequest) -> JsonResponse:
     for name, circuit in circuits.items():
         if circuit.get("store") == "local":
             score -= PENALTIES["local_store"]
-        if circuit["state"] in (core.OPEN, core.FORCED_OPEN, "unknown"):
+        if circuit["state"] in (machine.OPEN, machine.FORCED_OPEN, "unknown"):
             score -= PENALTIES["open_circuit"]
         else:
             score -= _graded("failure_rate", rates["failure_rate"].get(name, 0.0))
@@ -154,10 +156,10 @@ def _rates_since_last_probe() -> dict[str, Any]:
             before = _seen.get(key, 0)
             delta, _seen[key] = value - before if value >= before else value, value
             # A timeout is also counted as a failure: it is not a call of its own.
-            if name == "calls" and labels.get("outcome") in core.OUTCOMES:
+            if name == "calls" and labels.get("outcome") in machine.OUTCOMES:
                 circuit = labels["circuit"]
                 calls[circuit] = calls.get(circuit, 0) + delta
-                if labels["outcome"] == core.FAILURE:
+                if labels["outcome"] == machine.FAILURE:
                     failed[circuit] = failed.get(circuit, 0) + delta
             elif name == "ratelimit_decisions":
                 decided += delta

@@ -1,4 +1,4 @@
-"""One :class:`~resilience_crm.breaker.Breaker` per circuit name in each process."""
+"""One :class:`~resilience_crm.breakers.breaker.Breaker` per circuit name in each process."""
 
 from __future__ import annotations
 
@@ -13,15 +13,15 @@ from django.core.signals import setting_changed
 from django.db import connections
 
 from resilience_crm import flusher
-from resilience_crm.breaker import Breaker
+from resilience_crm.breakers.breaker import Breaker
+from resilience_crm.breakers.machine import Config
+from resilience_crm.breakers.stores.base import BaseStore
+from resilience_crm.breakers.stores.failover import FailoverStore
 from resilience_crm.conf import settings
 from resilience_crm.constants import SETTING_NAME
-from resilience_crm.core import Config
 from resilience_crm.models import Circuit
-from resilience_crm.stores.base import BaseStore
-from resilience_crm.stores.failover import FailoverStore
 
-logger = logging.getLogger("resilience_crm.registry")
+logger = logging.getLogger("resilience_crm.breakers.registry")
 
 _breakers: dict[str, Breaker] = {}
 _store: BaseStore | None = None
@@ -142,7 +142,7 @@ def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
         clear()
 
 
-setting_changed.connect(_on_setting_changed, dispatch_uid="resilience_crm.registry")
+setting_changed.connect(_on_setting_changed, dispatch_uid="resilience_crm.breakers.registry")
 
 def _after_fork_in_child() -> None:
     """A forked worker must not share its parent's pending counts or snapshots. The lock is

@@ -33,7 +33,7 @@ from resilience_crm.conf import cache_backend, settings
 from resilience_crm.constants import SETTING_NAME
 from resilience_crm.models import Tier, TierAssignment
 
-logger = logging.getLogger("resilience_crm.tiers")
+logger = logging.getLogger("resilience_crm.ratelimit.tiers")
 
 #: The cache key of the version stamp (through the cache's ``make_key``).
 VERSION_KEY = "resilience:tiers:version"
@@ -165,4 +165,4 @@ def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
         clear()
 
 
-setting_changed.connect(_on_setting_changed, dispatch_uid="resilience_crm.tiers")
+setting_changed.connect(_on_setting_changed, dispatch_uid="resilience_crm.ratelimit.tiers")

@@ -2,7 +2,8 @@
 is down.
 
 :func:`record_transition` only puts the event in this process's buffer and wakes the
-background flusher (:mod:`resilience_crm.flusher`), which writes a ``CircuitEvent`` and moves
+background flusher (:mod:`resilience_crm.flusher`), which writes a ``CircuitEvent``
+and moves
 the circuit's durable row forward, on its own connection: so an event made inside a caller's
 transaction outlives that transaction rolling back. While the database cannot be reached
 the flusher moves the events into the shared store's spool (:func:`spill`,
@@ -38,11 +39,11 @@ from django.db import (
 from django.utils import timezone
 
 from resilience_crm import flusher, metrics, spool
-from resilience_crm.core import FORCEABLE
+from resilience_crm.breakers.machine import FORCEABLE
 from resilience_crm.exceptions import SpoolUnavailable
 from resilience_crm.models import Circuit, CircuitEvent
 
-logger = logging.getLogger("resilience_crm.events")
+logger = logging.getLogger("resilience_crm.breakers.events")
 
 #: Events kept while the database is down; past this the oldest are dropped, with an error.
 BUFFER_SIZE = 10_000

@@ -1,6 +1,7 @@
 """Rate-limit decisions: which limits apply to a request, and one store call to decide them.
 
-For a principal (a user or an IP, see :mod:`resilience_crm.clients`), an op class and an
+For a principal (a user or an IP, see :mod:`resilience_crm.ratelimit.principals`), an op class and
+an
 endpoint (the resolved URL name), the limits are: the tier's rates for the op class (or the
 user's own overrides), the endpoint's extra rates from ``ENDPOINTS``, and ``GLOBAL_LIMITS``.
 All of them go to the store in one atomic step: consumed from all or from none.
@@ -28,24 +29,26 @@ from django.core.signals import setting_changed
 from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
-from resilience_crm import core, gcra, metrics, registry, tiers
-from resilience_crm.clients import Principal, principal
+from resilience_crm import metrics
+from resilience_crm.breakers import machine, registry
 from resilience_crm.conf import DEFAULTS, cache_is_redis, settings
 from resilience_crm.constants import OP_CIRCUITS, SETTING_NAME
 from resilience_crm.exceptions import StoreUnavailable
-from resilience_crm.gcra import Decision, Limit, Outcome
-from resilience_crm.rates import Rate, parse_rates
-from resilience_crm.stores.ratelimit_base import BaseLimiterStore
-from resilience_crm.stores.ratelimit_memory import MemoryLimiterStore
+from resilience_crm.ratelimit import gcra, tiers
+from resilience_crm.ratelimit.gcra import Decision, Limit, Outcome
+from resilience_crm.ratelimit.principals import Principal, principal
+from resilience_crm.ratelimit.rates import Rate, parse_rates
+from resilience_crm.ratelimit.stores.base import BaseLimiterStore
+from resilience_crm.ratelimit.stores.memory import MemoryLimiterStore
 
-logger = logging.getLogger("resilience_crm.limiter")
+logger = logging.getLogger("resilience_crm.ratelimit.limiter")
 
 STORE_ALIASES = {
-    "redis": "resilience_crm.stores.ratelimit_redis.RedisLimiterStore",
-    "memory": "resilience_crm.stores.ratelimit_memory.MemoryLimiterStore",
+    "redis": "resilience_crm.ratelimit.stores.redis.RedisLimiterStore",
+    "memory": "resilience_crm.ratelimit.stores.memory.MemoryLimiterStore",
 }
 #: Circuit states in which an op class's limits shrink by ``ADAPTIVE_FACTOR``.
-STRUGGLING = (core.OPEN, core.HALF_OPEN, core.FORCED_OPEN)
+STRUGGLING = (machine.OPEN, machine.HALF_OPEN, machine.FORCED_OPEN)
 
 _lock = threading.Lock()
 _store: BaseLimiterStore | None = None
@@ -271,5 +274,5 @@ def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
         clear()  # tiers clears its own cache on the same settings
 
 
-setting_changed.connect(_on_setting_changed, dispatch_uid="resilience_crm.limiter")
+setting_changed.connect(_on_setting_changed, dispatch_uid="resilience_crm.ratelimit.limiter")
 os.register_at_fork(after_in_child=clear)

@@ -21,15 +21,15 @@ from django.db import DatabaseError, router, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from resilience_crm import core, events, registry
+from resilience_crm.breakers import events, machine, registry
 from resilience_crm.conf import settings
 from resilience_crm.exceptions import ManualChangeRefused, StoreUnavailable
 from resilience_crm.models import Circuit
 
-logger = logging.getLogger("resilience_crm.control")
+logger = logging.getLogger("resilience_crm.breakers.control")
 
 #: What an operator may set: ``closed`` resets, the rest hold the circuit in that state.
-STEERABLE = (core.CLOSED, *core.FORCEABLE)
+STEERABLE = (machine.CLOSED, *machine.FORCEABLE)
 #: What the commands say of a change saved while the shared store is unreachable.
 PENDING = ("{name}: {change} is saved but NOT yet in effect: the shared store is unreachable. "
            "It reaches every worker as soon as the store is back.")
@@ -61,7 +61,7 @@ def steer(name: str, state: str, *, actor: Any = None, reason: str = "",
     take the change: then nothing has changed anywhere."""
     if state not in STEERABLE:
         raise ValueError(f"Cannot set {state!r}; choose one of {', '.join(STEERABLE)}.")
-    reason = reason or f"{'reset' if state == core.CLOSED else state} from the {source or 'API'}"
+    reason = reason or f"{'reset' if state == machine.CLOSED else state} from the {source or 'API'}"
     forced = _forced_fields(state, actor, reason, until)
     try:
         _apply(name, state, actor=actor, reason=reason, until=until, source=source)
@@ -156,14 +156,14 @@ def known_circuits() -> list[str]:
 def _apply(name: str, state: str, *, actor: Any, reason: str, until: datetime | None,
            source: str) -> None:
     breaker = registry.get_breaker(name)
-    if state == core.CLOSED:
+    if state == machine.CLOSED:
         breaker.reset(actor=actor, reason=reason, source=source)
     else:
         breaker.force(state, actor=actor, reason=reason, until=until, source=source)
 
 
 def _forced_fields(state: str, actor: Any, reason: str, until: datetime | None) -> dict[str, Any]:
-    if state == core.CLOSED:
+    if state == machine.CLOSED:
         return {"forced_state": "", "forced_reason": "", "forced_by": None, "forced_until": None}
     return {"forced_state": state, "forced_reason": reason[:500],
             "forced_by": actor if getattr(actor, "pk", None) else None, "forced_until": until}

@@ -12,9 +12,11 @@ from typing import Any
 from django.utils import timezone
 from django.utils.safestring import SafeString
 
-from resilience_crm import charts, exposition, registry
-from resilience_crm.control import known_circuits
+from resilience_crm.admin import charts
+from resilience_crm.breakers import registry
+from resilience_crm.breakers.control import known_circuits
 from resilience_crm.models import CircuitEvent, CircuitMetric, QueuedWrite
+from resilience_crm.observability import exposition
 
 #: The two spans the charts cover: (name, slots, minutes per slot).
 SPANS = (("hour", 60, 1), ("day", 48, 30))

@@ -13,16 +13,16 @@ import logging
 import threading
 from typing import Any
 
-from resilience_crm import core
+from resilience_crm.breakers import machine
 from resilience_crm.conf import settings
 
-logger = logging.getLogger("resilience_crm.alerts")
+logger = logging.getLogger("resilience_crm.observability.alerts")
 
 #: Transitions into ``open`` from these states start an incident; ``half_open -> open`` is
 #: the same incident going on.
-INCIDENT_STARTS = (core.CLOSED, core.METRICS_ONLY, core.FORCED_CLOSED)
+INCIDENT_STARTS = (machine.CLOSED, machine.METRICS_ONLY, machine.FORCED_CLOSED)
 #: States of an incident under way, which a reset by an operator ends.
-IN_INCIDENT = (core.OPEN, core.HALF_OPEN)
+IN_INCIDENT = (machine.OPEN, machine.HALF_OPEN)
 #: The one fingerprint every alert from a worker's own breaker is grouped under.
 LOCAL_FINGERPRINT = ["resilience-circuit", "local-breaker"]
 
@@ -33,9 +33,9 @@ _local_sent = False  # this process sent its one local alert for the current sto
 def alert_for(from_state: str, to_state: str, manual: bool = False) -> str | None:
     """``"open"``, ``"recovered"`` or ``None``: which alert a transition calls for.
     ``manual``: an operator made it (a reset from an incident is its recovery)."""
-    if to_state == core.OPEN and from_state in INCIDENT_STARTS:
+    if to_state == machine.OPEN and from_state in INCIDENT_STARTS:
         return "open"
-    if to_state == core.CLOSED and (from_state == core.HALF_OPEN
+    if to_state == machine.CLOSED and (from_state == machine.HALF_OPEN
                                     or (manual and from_state in IN_INCIDENT)):
         return "recovered"
     return None

@@ -5,7 +5,7 @@ Every operation runs ``fn`` under its circuit's breaker and deadline (``call_tim
 retries transient errors within that deadline, and counts the outcome. Reads add the
 fallback chain: fresh cache, bounded stale cache, the caller's degraded ``fallback``, then
 the problem (see DESIGN.md). Writes invalidate their key space; ``submit`` applies a
-registered write now or queues it (``resilience_crm.queue``).
+registered write now or queues it (``resilience_crm.provider.queue``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from asgiref.sync import sync_to_async
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.models import Model
 
-from resilience_crm import core, deadlines, errors, fallback, metrics, queue, retries
+from resilience_crm import metrics
+from resilience_crm.breakers import machine
+from resilience_crm.breakers.registry import get_breaker
 from resilience_crm.conf import settings
 from resilience_crm.constants import OP_CIRCUITS
 from resilience_crm.exceptions import (
@@ -32,9 +34,9 @@ from resilience_crm.exceptions import (
     ResilienceError,
     RetriesExhausted,
 )
-from resilience_crm.registry import get_breaker
+from resilience_crm.provider import classify, deadlines, queue, reads, retries
 
-logger = logging.getLogger("resilience_crm.provider")
+logger = logging.getLogger("resilience_crm.provider.facade")
 
 T = TypeVar("T")
 
@@ -46,7 +48,7 @@ BATCH_SIZE = 100
 
 class Served(NamedTuple):
     value: Any
-    kind: str | None = None  # None, fallback.STALE or fallback.DEGRADED
+    kind: str | None = None  # None, reads.STALE or reads.DEGRADED
     age: float = 0.0
 
 
@@ -65,7 +67,7 @@ class Provider:
                  monotonic: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
                  rand: Callable[[], float] = random.random) -> None:
-        self.cache = fallback.ReadCache(clock, monotonic)
+        self.cache = reads.ReadCache(clock, monotonic)
         self._clock = clock
         self._monotonic = monotonic
         self._sleep = sleep
@@ -93,8 +95,8 @@ class Provider:
         longer fresh anywhere. Only serialization failures and deadlocks are retried: after
         a lost connection nobody knows whether the write was applied. A write that committed
         past its budget counts as a timeout but is returned, not turned into an error."""
-        value = self._call(circuit, fn, using, retry_if=errors.is_conflict,
-                           operation=fallback.space_of(key), committed_is_done=True)
+        value = self._call(circuit, fn, using, retry_if=classify.is_conflict,
+                           operation=reads.space_of(key), committed_is_done=True)
         self.invalidate(key, using=using)
         return value
 
@@ -105,7 +107,7 @@ class Provider:
 
     def auth(self, name: str, fn: Callable[[], T], *, circuit: str = OP_CIRCUITS["auth"],
              using: str | None = DEFAULT_DB_ALIAS) -> T:
-        """``fn()`` (a credential check) under the auth circuit, with no cached fallback."""
+        """``fn()`` (a credential check) under the auth circuit, with no cached reads."""
         return self._call(circuit, fn, using, operation=name)
 
     def load_many(self, key: str, ids: Iterable[Hashable],
@@ -121,7 +123,7 @@ class Provider:
         ttl, stale_ttl = self._ttl(ttl), self._stale_ttl(stale_ttl)
         unique = list(dict.fromkeys(ids))
         keys = {item: f"{key}:{item}" for item in unique}
-        entries, version = self.cache.get_many(keys.values(), fallback.space_of(key))
+        entries, version = self.cache.get_many(keys.values(), reads.space_of(key))
         now = self._clock()
         results: dict[Any, Any] = {}
         for item in unique:
@@ -133,14 +135,14 @@ class Provider:
             batch = missing[start:start + batch_size]
             try:
                 found = dict(self._call(circuit, partial(fetch_many, batch), using,
-                                        operation=fallback.space_of(key)))
+                                        operation=reads.space_of(key)))
             except ResilienceError as err:
                 for item in batch:
                     entry = entries.get(keys[item])
                     if entry is None or entry.age(now) >= ttl + stale_ttl:
                         raise err from err.__cause__
                     results[item] = entry.value
-                    _mark(Served(entry.value, fallback.STALE, entry.age(now)))
+                    _mark(Served(entry.value, reads.STALE, entry.age(now)))
                     metrics.inc("calls", circuit=circuit, outcome="fallback")
                 continue
             self.cache.set_many({keys[item]: value for item, value in found.items()},
@@ -151,7 +153,7 @@ class Provider:
     def invalidate(self, key: str, *, using: str | None = DEFAULT_DB_ALIAS) -> None:
         """Make every cached read in ``key``'s space stale (after the surrounding
         transaction on ``using`` commits, if there is one)."""
-        _after_commit(using, partial(self.cache.invalidate, fallback.space_of(key)))
+        _after_commit(using, partial(self.cache.invalidate, reads.space_of(key)))
 
     def revoke(self, key: str, *, using: str | None = DEFAULT_DB_ALIAS) -> None:
         """Take ``key``'s cached read away, fresh and stale, everywhere (after the surrounding
@@ -219,10 +221,10 @@ class Provider:
             try:
                 value = self._attempt(fn, using, deadline)
             except Exception as exc:
-                kind = errors.classify(exc)
+                kind = classify.classify(exc)
                 lost = _connection_lost(using)
                 if (kind.dependency and deadline.expired) or kind.error is OperationTimeout:
-                    self._finish(breaker, permit, core.FAILURE, deadline, timeout=True)
+                    self._finish(breaker, permit, machine.FAILURE, deadline, timeout=True)
                     raise _timeout(circuit) from exc
                 pause = retries.backoff(attempt, kind.retry_after, rand=self._rand)
                 took = self._monotonic() - started
@@ -239,14 +241,15 @@ class Provider:
                     self._sleep(pause)
                     continue
                 failed = kind.dependency and breaker.is_failure(exc)
-                self._finish(breaker, permit, core.FAILURE if failed else core.SUCCESS, deadline)
+                outcome = machine.FAILURE if failed else machine.SUCCESS
+                self._finish(breaker, permit, outcome, deadline)
                 if isinstance(exc, ResilienceError) or kind.error is None:
                     raise
                 if attempt > 1:
                     raise RetriesExhausted(retry_after=kind.retry_after, circuit=circuit) from exc
                 raise kind.error(retry_after=kind.retry_after, circuit=circuit) from exc
             if deadline.expired:
-                self._finish(breaker, permit, core.FAILURE, deadline, timeout=True)
+                self._finish(breaker, permit, machine.FAILURE, deadline, timeout=True)
                 if committed_is_done:  # a write that committed happened: no error for it
                     return value
                 raise _timeout(circuit)
@@ -298,7 +301,7 @@ class Provider:
 
     def _revalidate(self, key: str, fn: Callable[[], Any], circuit: str, ttl: float,
                     stale_ttl: float, fallback_fn: Callable[[], Any] | None,
-                    using: str | None, lookup: fallback.Lookup) -> Served:
+                    using: str | None, lookup: reads.Lookup) -> Served:
         """A stale entry is at hand: one process in the cluster refreshes it, the others
         serve it (stale-while-revalidate); nobody refreshes while the circuit is open."""
         entry = lookup.entry
@@ -309,7 +312,7 @@ class Provider:
         if not self.cache.take_lease(key, token, self._budget(circuit)):
             return self._stale(entry, circuit)
         try:
-            value = self._call(circuit, fn, using, operation=fallback.space_of(key))
+            value = self._call(circuit, fn, using, operation=reads.space_of(key))
             self.cache.set(key, value, ttl, stale_ttl, lookup)
         except ResilienceError as err:
             return self._fallback_or_raise(err, entry, circuit, ttl, stale_ttl, fallback_fn)
@@ -322,13 +325,13 @@ class Provider:
 
     def _fetch(self, key: str, fn: Callable[[], Any], circuit: str, ttl: float,
                stale_ttl: float, fallback_fn: Callable[[], Any] | None, using: str | None,
-               lookup: fallback.Lookup) -> Served:
+               lookup: reads.Lookup) -> Served:
         """Nothing servable is cached: the one process holding the lease queries, the others
         wait for its result or its error (after a negative answer, which is not shared,
         they ask ``fn`` themselves)."""
         if _is_open(circuit):  # fail fast: the breaker answers, no lease needed
             try:
-                value = self._call(circuit, fn, using, operation=fallback.space_of(key))
+                value = self._call(circuit, fn, using, operation=reads.space_of(key))
             except ResilienceError as err:
                 return self._fallback_or_raise(err, None, circuit, ttl, stale_ttl, fallback_fn)
             self.cache.set(key, value, ttl, stale_ttl, lookup)
@@ -349,7 +352,7 @@ class Provider:
                 if done.entry is not None and self._fresh(done.entry, done.space_version, ttl,
                                                           self._clock()):
                     return Served(done.entry.value)
-            value = self._call(circuit, fn, using, operation=fallback.space_of(key))
+            value = self._call(circuit, fn, using, operation=reads.space_of(key))
             self.cache.set(key, value, ttl, stale_ttl, lookup)
         except ResilienceError as err:
             if leader:
@@ -409,22 +412,22 @@ class Provider:
         assert flight.result is not None  # noqa: S101
         return flight.result
 
-    def _fallback_or_raise(self, err: ResilienceError, entry: fallback.Entry | None,
+    def _fallback_or_raise(self, err: ResilienceError, entry: reads.Entry | None,
                            circuit: str, ttl: float, stale_ttl: float,
                            fallback_fn: Callable[[], Any] | None) -> Served:
         if entry is not None and entry.age(self._clock()) < ttl + stale_ttl:
             return self._stale(entry, circuit)
         if fallback_fn is not None:
             metrics.inc("calls", circuit=circuit, outcome="fallback")
-            return Served(fallback_fn(), fallback.DEGRADED)
+            return Served(fallback_fn(), reads.DEGRADED)
         raise err
 
-    def _stale(self, entry: fallback.Entry, circuit: str) -> Served:
+    def _stale(self, entry: reads.Entry, circuit: str) -> Served:
         metrics.inc("calls", circuit=circuit, outcome="fallback")
-        return Served(entry.value, fallback.STALE, entry.age(self._clock()))
+        return Served(entry.value, reads.STALE, entry.age(self._clock()))
 
     @staticmethod
-    def _fresh(entry: fallback.Entry, space_version: int, ttl: float, now: float) -> bool:
+    def _fresh(entry: reads.Entry, space_version: int, ttl: float, now: float) -> bool:
         return entry.space_version == space_version and entry.age(now) < ttl
 
     @staticmethod
@@ -442,7 +445,7 @@ class Provider:
 
 def _is_open(circuit: str) -> bool:
     """This worker's view (no I/O while it is fresh) says the circuit rejects calls."""
-    return get_breaker(circuit).state in (core.OPEN, core.FORCED_OPEN)
+    return get_breaker(circuit).state in (machine.OPEN, machine.FORCED_OPEN)
 
 
 def _after_commit(using: str | None, action: Callable[[], None]) -> None:
@@ -455,7 +458,7 @@ def _after_commit(using: str | None, action: Callable[[], None]) -> None:
 
 def _mark(served: Served) -> None:
     if served.kind is not None:
-        fallback.mark(served.kind, served.age)
+        reads.mark(served.kind, served.age)
 
 
 def _never(exc: BaseException) -> bool:

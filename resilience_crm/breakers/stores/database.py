@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from django.db import DatabaseError, router
+from django.db.models import F
+
+from resilience_crm.breakers import machine
+from resilience_crm.breakers.stores.base import BaseStore
+from resilience_crm.exceptions import StoreUnavailable
+from resilience_crm.models import Circuit
+
+#: Compare-and-set attempts before a step gives up under contention.
+MAX_ATTEMPTS = 50
+
+
+class DatabaseStore(BaseStore):
+    """Live state in the ``Circuit`` row, for deployments without Redis.
+
+    A step reads the row, applies :func:`resilience_crm.breakers.machine.step` in Python and writes
+    the
+    result back with ``UPDATE ... WHERE version = %s AND generation = %s``; a concurrent
+    writer makes that update match nothing and the step is taken again on the fresh row.
+    A row with no live state starts from its own durable record (:meth:`Circuit.live_seed`).
+    Time is this process's clock.
+    """
+
+    def __init__(self, alias: str | None = None, clock: Any = time.time) -> None:
+        self.alias = alias
+        self._clock = clock
+
+    def _manager(self) -> Any:
+        return Circuit.objects.using(self.alias or router.db_for_write(Circuit))
+
+    def step(
+        self,
+        name: str,
+        config: Mapping[str, Any],
+        *,
+        rand: float,
+        entries: Sequence[Sequence[Any]] = (),
+        op: str | None = None,
+        arg: Mapping[str, Any] | None = None,
+        require_state: bool = False,
+        seed: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        try:
+            circuits = self._manager()
+            for _ in range(MAX_ATTEMPTS):
+                row = (
+                    circuits.filter(name=name).values_list("live", "version", "generation").first()
+                )
+                if row is None:
+                    circuits.get_or_create(name=name)  # safe when another worker races us
+                    continue
+                live, version, generation = row
+                state = live or circuits.live_seed(name)
+                state, result = machine.step(state, config, int(self._clock() * 1000), rand,
+                                          entries, op, arg)
+                updated = circuits.filter(name=name, version=version, generation=generation).update(
+                    live=state, version=version + 1, state=state["state"], generation=state["gen"]
+                )
+                if updated:
+                    return result
+        except DatabaseError as err:
+            raise StoreUnavailable(f"The database store failed: {err}") from err
+        raise StoreUnavailable(f"Circuit {name}: too much contention on the database store.")
+
+    def read(self, name: str) -> dict[str, Any] | None:
+        try:
+            live = self._manager().filter(name=name).values_list("live", flat=True).first()
+        except DatabaseError as err:
+            raise StoreUnavailable(f"The database store failed: {err}") from err
+        return live or None
+
+    def clear(self, name: str) -> None:
+        try:
+            self._manager().filter(name=name).update(live={}, version=F("version") + 1)
+        except DatabaseError as err:
+            raise StoreUnavailable(f"The database store failed: {err}") from err

@@ -1,0 +1,178 @@
+"""The shared store as a worker uses it: when it fails, this process's own breakers stand in.
+
+Every failure of the shared store, whatever it is (Redis unreachable or stalled, an error
+reply such as BUSY, MISCONF or WRONGTYPE, a malformed value, a database error), marks it
+down for ``retry_interval`` seconds for every circuit of this process, is counted in
+``store_errors`` and logged once per outage. Meanwhile each circuit steps a per-process
+:class:`~resilience_crm.breakers.stores.memory.MemoryStore`, seeded from the last state this process
+saw in the shared store. Its transitions are marked ``local`` in the results, so they are
+announced as a worker's own and never in the cluster's name. After the interval one caller
+tries the shared store again while the others stay local; the first step that succeeds
+ends the outage, drops the local states and sends
+:data:`~resilience_crm.signals.shared_store_recovered`.
+
+When the shared store has lost a circuit (a key evicted or expired, Redis restarted or
+flushed), the circuit is seeded from its durable record before it is stepped, so
+generations go on above the last one written and a saved forced state holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from resilience_crm import metrics
+from resilience_crm.breakers.stores.base import BaseStore, StateMissing
+from resilience_crm.breakers.stores.memory import MemoryStore
+from resilience_crm.exceptions import StoreUnavailable
+from resilience_crm.signals import shared_store_recovered
+
+logger = logging.getLogger("resilience_crm.stores")
+
+#: What a local breaker takes over from the last shared state it saw.
+CARRIED = ("state", "gen", "until", "opened_at")
+
+
+class FailoverStore(BaseStore):
+    shared = True
+    fails_over = True
+
+    def __init__(
+        self,
+        primary: BaseStore,
+        *,
+        retry_interval: float = 5.0,
+        seed: Callable[[str], Mapping[str, Any]] | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.primary = primary
+        self.retry_interval = retry_interval
+        self._seed = seed
+        self._clock = clock
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._local = MemoryStore(clock=clock)
+        self._last: dict[str, dict[str, Any]] = {}
+        self._down = False
+        self._retry_at = 0.0
+
+    def __repr__(self) -> str:
+        return f"<FailoverStore {self.primary!r}{' down' if self._down else ''}>"
+
+    @property
+    def available(self) -> bool:
+        """Whether the shared store answered the last time it was asked."""
+        return not self._down
+
+    def step(
+        self,
+        name: str,
+        config: Mapping[str, Any],
+        *,
+        rand: float,
+        entries: Sequence[Sequence[Any]] = (),
+        op: str | None = None,
+        arg: Mapping[str, Any] | None = None,
+        require_state: bool = False,
+        seed: Mapping[str, Any] | None = None,
+        shared_only: bool = False,
+    ) -> dict[str, Any]:
+        """A step on the shared store, or on this process's own one while the shared store is
+        down (``result["local"]`` says which). With ``shared_only`` a failure raises
+        :class:`StoreUnavailable` instead: for changes that must reach every worker."""
+        kwargs: dict[str, Any] = {"rand": rand, "entries": entries, "op": op, "arg": arg}
+        if shared_only or self._try_shared():
+            try:
+                result = self._step_shared(name, config, kwargs)
+            except Exception as err:  # any failure of the store degrades; none escapes
+                self._failed(name, err)
+                if shared_only:
+                    raise StoreUnavailable(circuit=name) from err
+            else:
+                self._succeeded(name, result)
+                return result
+        with self._lock:
+            carried = self._last.get(name)
+        result = self._local.step(name, config, seed=carried, **kwargs)
+        result["local"] = True
+        return result
+
+    def read(self, name: str) -> dict[str, Any] | None:
+        """The stored state without stepping it; this process's own while the store is down."""
+        if not self._down:
+            try:
+                return self.primary.read(name)
+            except Exception as err:  # degrade, as a step would
+                self._failed(name, err)
+        return self._local.read(name) or self._last.get(name)
+
+    def clear(self, name: str) -> None:
+        self.primary.clear(name)
+        self._local.clear(name)
+
+    # Internals.
+
+    def _try_shared(self) -> bool:
+        """Whether this call asks the shared store: always while it is up; while it is down,
+        one call per ``retry_interval``, so the others do not wait on it too."""
+        if not self._down:
+            return True
+        with self._lock:
+            now = self._monotonic()
+            if now < self._retry_at:
+                return False
+            self._retry_at = now + self.retry_interval
+        logger.info("Trying the shared store %r again.", self.primary)
+        return True
+
+    def _step_shared(self, name: str, config: Mapping[str, Any],
+                     kwargs: dict[str, Any]) -> dict[str, Any]:
+        if self._seed is None:
+            return self.primary.step(name, config, **kwargs)
+        try:
+            return self.primary.step(name, config, require_state=True, **kwargs)
+        except StateMissing:
+            seed = dict(self._seed(name))
+            with self._lock:
+                seen = self._last.get(name, {}).get("gen", 0)
+            seed["gen"] = max(seed.get("gen", 0), seen)
+            # A circuit that never moved is new to the store, not lost by it.
+            lost = seed["gen"] or seed.get("state", "closed") != "closed" or seed.get("cv")
+            logger.log(logging.WARNING if lost else logging.INFO,
+                       "Circuit %s: the shared store had no state for it; seeded from its "
+                       "durable record at generation %s (%s).", name, seed["gen"],
+                       seed.get("state", "closed"))
+            return self.primary.step(name, config, seed=seed, **kwargs)
+
+    def _failed(self, name: str, err: Exception) -> None:
+        metrics.inc("store_errors", circuit=name)
+        with self._lock:
+            self._retry_at = self._monotonic() + self.retry_interval
+            if self._down:
+                return
+            self._down = True
+        cause = err.__cause__ or err
+        logger.warning(
+            "The shared store is unavailable (%s: %s; noticed by circuit %s): this worker's "
+            "circuits use breakers of their own, and try it again every %.1fs.",
+            type(cause).__name__, cause, name, self.retry_interval,
+        )
+
+    def _succeeded(self, name: str, result: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._last[name] = {field: result[field] for field in CARRIED}
+            recovered, self._down = self._down, False
+            if recovered:
+                self._local = MemoryStore(clock=self._clock)
+        if recovered:
+            logger.info("The shared store %r answers again; circuits are back on it.",
+                        self.primary)
+            for receiver, response in shared_store_recovered.send_robust(sender=FailoverStore,
+                                                                           store=self):
+                if isinstance(response, Exception):
+                    logger.error("shared_store_recovered receiver %r failed", receiver,
+                                 exc_info=(type(response), response, response.__traceback__))

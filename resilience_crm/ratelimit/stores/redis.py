@@ -1,0 +1,67 @@
+"""Rate limits in Redis: one EVALSHA of ``gcra.lua`` per request decides every limit that
+applies, all or none, on the Redis server's clock.
+
+The connection is django-redis's for the cache alias ``CACHE_ALIAS`` names, so its socket
+timeouts bound every decision; keys go through that cache's ``make_key``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from django.core.cache import caches
+from django_redis import get_redis_connection
+
+from resilience_crm.breakers.stores.redis import FAILURES
+from resilience_crm.conf import settings
+from resilience_crm.exceptions import StoreUnavailable
+from resilience_crm.lua import LuaScript
+from resilience_crm.ratelimit import gcra
+from resilience_crm.ratelimit.gcra import Limit, Outcome
+from resilience_crm.ratelimit.stores.base import BaseLimiterStore
+
+SCRIPT = LuaScript(Path(__file__).with_name("gcra.lua").read_text(encoding="utf-8"))
+
+
+class RedisLimiterStore(BaseLimiterStore):
+    shared = True
+
+    def __init__(self, alias: str | None = None) -> None:
+        self.alias = alias or settings.CACHE_ALIAS
+        self._cache = caches[self.alias]
+        self.client = get_redis_connection(self.alias)
+
+    def key(self, principal: str, suffix: str) -> str:
+        return str(self._cache.make_key(super().key(principal, suffix)))
+
+    def evaluate(self, limits: Sequence[Limit], cost: int = 1,
+                 now_us: int | None = None) -> tuple[bool, list[Outcome]]:
+        args: list[int | str] = ["" if now_us is None else int(now_us), int(cost)]
+        for limit in limits:
+            args += (limit.interval_us, limit.tolerance_us, 1 if limit.shadow else 0)
+        try:
+            values = SCRIPT(self.client, [limit.key for limit in limits], args)
+            outcomes = [Outcome(values[i] == 1, values[i + 1], values[i + 2], values[i + 3])
+                        for i in range(1, 4 * len(limits), 4)]
+            allowed = values[0] == 1
+        except (*FAILURES, TypeError, IndexError) as err:
+            # Unreachable, an error reply, or a reply that is not the script's.
+            raise StoreUnavailable("The rate-limit store is unreachable.") from err
+        return allowed, outcomes
+
+    def peek(self, limits: Sequence[Limit], cost: int = 1,
+             now_us: int | None = None) -> tuple[bool, list[Outcome]]:
+        """The keys' TATs and the server's clock in one round trip, decided here."""
+        pipeline = self.client.pipeline(transaction=False)
+        for limit in limits:
+            pipeline.get(limit.key)
+        pipeline.time()
+        try:
+            *stored, (seconds, micros) = pipeline.execute()
+            tats = [None if tat is None else int(tat) for tat in stored]
+        except (*FAILURES, TypeError, ValueError) as err:
+            raise StoreUnavailable("The rate-limit store is unreachable.") from err
+        now = seconds * gcra.US + micros if now_us is None else now_us
+        allowed, outcomes, _ = gcra.evaluate(limits, tats, now, cost)
+        return allowed, outcomes
