@@ -184,27 +184,27 @@ class ReadCache:
         with self._lock:
             for key in [k for k in self._local if space_of(k) == space]:
                 del self._local[key]
-        version_key = self._version_key(space)
         try:
-            if not self.shared.add(version_key, 1, timeout=None):
-                self.shared.incr(version_key)
-        except ValueError:  # evicted between add and incr
-            self.shared.set(version_key, 1, timeout=None)
+            self._bump(self._version_key(space), None)
         except Exception as err:  # noqa: BLE001
             logger.warning("Read cache unavailable, %s not invalidated: %s", space, err)
 
     def remove(self, key: str) -> None:
         """Take ``key``'s entry away, fresh and stale, from the shared cache and this
         process's layer (other processes' layers drop it within ``LOCAL_TTL``)."""
-        removed = REMOVED_PREFIX + key
         try:
-            if not self.shared.add(removed, 1, timeout=REMOVED_TTL):
-                self.shared.incr(removed)
-        except ValueError:  # expired between add and incr
-            self.shared.set(removed, 1, timeout=REMOVED_TTL)
+            self._bump(REMOVED_PREFIX + key, REMOVED_TTL)
         except Exception as err:  # noqa: BLE001
             logger.warning("Read cache unavailable, %s not removed: %s", key, err)
         self._delete(key)
+
+    def _bump(self, key: str, timeout: float | None) -> None:
+        """Add one to the shared counter ``key``, starting it at 1."""
+        try:
+            if not self.shared.add(key, 1, timeout=timeout):
+                self.shared.incr(key)
+        except ValueError:  # expired or evicted between add and incr
+            self.shared.set(key, 1, timeout=timeout)
 
     def _delete(self, key: str) -> None:
         with self._lock:
