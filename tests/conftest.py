@@ -12,13 +12,7 @@ from django.core.cache import caches
 from django.db import connections
 from django_redis import get_redis_connection
 
-from resilience_crm import flusher, metrics
-from resilience_crm.breakers import events, registry
-from resilience_crm.observability import alerts
-from resilience_crm.observability import health as views
-from resilience_crm.provider import retries
-from resilience_crm.provider.facade import protected
-from resilience_crm.ratelimit import limiter, tiers
+from resilience_crm import flusher, testutils
 from tests.databases import (
     APP_ALIAS,
     CLOSED_PORT,
@@ -37,20 +31,16 @@ from tests.services import header, require_service
 
 @pytest.fixture(autouse=True)
 def _fresh_breakers():
-    """Every test starts with no breakers, store, counters or buffered events left by
-    another, and with no background flusher: a test's database changes live in its own
-    transaction, which the flusher's connection cannot see (``background_flusher`` turns it
-    on)."""
+    """Every test starts with nothing the process remembered from another
+    (``testutils.reset()``: breakers, counters, events, limits, tiers, cached reads), and
+    with no background flusher: a test's database changes live in its own transaction, which
+    the flusher's connection cannot see (``background_flusher`` turns it on)."""
     flusher.set_background(False)
-    registry.clear()
-    metrics.reset()
-    views.forget_rates()
-    alerts.store_recovered()  # no store outage carries over from another test
-    events.clear()
+    testutils.reset()
+    caches["default"].clear()  # reads cached by another (local memory lives as long as the run)
     yield
     flusher.set_background(False)
-    registry.clear()
-    events.clear()
+    testutils.reset()
 
 
 @pytest.fixture
@@ -70,26 +60,6 @@ def pytest_report_header(config):
 
 def _service(name: str):
     return next(s for s in django_settings.SERVICES if s.name == name)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_limits():
-    """Every test starts with no limiter store, fallback counts or cached tiers."""
-    limiter.clear()
-    tiers.clear()
-    yield
-    limiter.clear()
-    tiers.clear()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_reads():
-    """Nor with reads cached by another (the local-memory cache lives as long as the run)."""
-    caches["default"].clear()
-    protected.cache.forget_local()
-    retries.clear_budgets()
-    yield
-    protected.cache.forget_local()
 
 
 @pytest.fixture(scope="session")

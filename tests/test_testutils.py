@@ -1,9 +1,11 @@
 import pytest
 
-from resilience_crm import get_breaker
+from resilience_crm import get_breaker, metrics
 from resilience_crm.breakers import machine as core
 from resilience_crm.exceptions import CircuitOpenError
-from resilience_crm.testutils import override_circuit
+from resilience_crm.ratelimit import limiter
+from resilience_crm.ratelimit.stores.memory import MemoryLimiterStore
+from resilience_crm.testutils import override_circuit, reset
 
 
 @pytest.mark.django_db  # the real breaker after the block uses the database store
@@ -28,3 +30,19 @@ def test_decorator_form_and_config():
 def test_rejects_states_it_cannot_set():
     with pytest.raises(ValueError):
         override_circuit("crm.read", state="half_open")
+
+
+@pytest.mark.django_db
+def test_reset_forgets_what_the_process_remembered():
+    breaker = get_breaker("crm.read")
+    store = MemoryLimiterStore()
+    limiter.set_store(store)
+    metrics.inc("ratelimit_store_errors")
+    assert get_breaker("crm.read") is breaker and limiter.get_store() is store
+    assert metrics.collect()
+
+    reset()
+
+    assert get_breaker("crm.read") is not breaker
+    assert limiter.get_store() is not store
+    assert metrics.collect() == []
