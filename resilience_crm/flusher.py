@@ -4,7 +4,8 @@ Transition events (:mod:`resilience_crm.breakers.events`) and per-minute call me
 (:mod:`resilience_crm.metrics`) are kept in memory by the thread that makes them and
 written
 to the database here, so no request waits on the database for its bookkeeping, least of all
-on a database that is down. The modules register their writers with :func:`register`.
+on a database that is down. ``AppConfig.ready()`` registers their writers, in order, with
+:func:`register`.
 
 The thread starts on first need (:func:`start`, :func:`wake`), runs a round of writes when
 woken and every :data:`INTERVAL` seconds, and backs off (:data:`BACKOFF_START` doubling up to
@@ -52,7 +53,7 @@ Task = Callable[[], object]
 #: seconds for the module's writer (-1: as long as it takes); never raises for an outage.
 Spill = Callable[[float], object]
 
-_tasks: list[tuple[int, Task]] = []
+_tasks: list[Task] = []
 _spills: list[Spill] = []
 
 
@@ -73,11 +74,11 @@ _worker = _Worker()
 _background = True
 
 
-def register(task: Task, order: int = 0, *, spill: Spill | None = None) -> None:
-    """Run ``task`` in every round, lowest ``order`` first; ``spill`` when a round fails."""
-    if all(task is not registered for _, registered in _tasks):
-        _tasks.append((order, task))
-        _tasks.sort(key=lambda item: item[0])
+def register(task: Task, *, spill: Spill | None = None) -> None:
+    """Run ``task`` in every round, after the tasks registered before it; ``spill`` when a
+    round fails. ``ResilienceCrmConfig.ready()`` registers the app's tasks, in one list."""
+    if all(task is not registered for registered in _tasks):
+        _tasks.append(task)
     if spill is not None and all(spill is not registered for registered in _spills):
         _spills.append(spill)
 
@@ -140,7 +141,7 @@ def rounds() -> int:
 def run_tasks() -> None:
     """One round in the calling thread: every registered writer, in order. Raises one of
     :data:`UNREACHABLE` when the database cannot be reached."""
-    for _, task in list(_tasks):
+    for task in list(_tasks):
         task()
 
 

@@ -345,6 +345,4 @@ def _after_fork_in_child() -> None:
     _flush_lock = threading.Lock()
 
 
-# After the events: the audit trail comes first.
-flusher.register(write_buckets, order=10, spill=spill)
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -277,5 +277,4 @@ def _after_fork_in_child() -> None:
     _write_lock = threading.Lock()
 
 
-flusher.register(write_pending, spill=spill)
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -26,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.openmetrics.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from resilience_crm import conf, flusher, metrics
+from resilience_crm import conf, metrics
 from resilience_crm.breakers import machine, registry
 from resilience_crm.conf import settings
 from resilience_crm.models import QueuedWrite
@@ -189,4 +189,3 @@ def _forget() -> None:
 
 
 os.register_at_fork(after_in_child=_forget)
-flusher.register(push, order=20)

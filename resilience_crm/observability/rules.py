@@ -34,7 +34,6 @@ from django.core.cache import caches
 from django.db.models import Count, Sum
 from django.utils import timezone
 
-from resilience_crm import flusher
 from resilience_crm.breakers import machine, registry
 from resilience_crm.conf import settings
 from resilience_crm.models import CircuitEvent, CircuitMetric
@@ -194,6 +193,3 @@ def evaluate_due() -> None:
         return
     _next_evaluation = now + EVALUATE_INTERVAL
     evaluate()
-
-
-flusher.register(evaluate_due, order=30)  # after the metrics it reads have been written
