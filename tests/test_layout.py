@@ -51,7 +51,11 @@ def imports_of(path: Path, known: dict[str, Path]) -> set[str]:
             continue
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             targets = [f"{node.module}.{alias.name}" for alias in node.names]
-            targets = [t if t in known else node.module for t in targets]
+            # ``from package import module`` runs the package's ``__init__`` too: an arrow to
+            # the feature package (the top package's ``__init__`` is the public API, and
+            # every module imports the shared ones through it).
+            if node.module != "resilience_crm":
+                targets.append(node.module)
         elif isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         else:

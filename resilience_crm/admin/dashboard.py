@@ -12,7 +12,7 @@ from typing import Any
 from django.utils import timezone
 from django.utils.safestring import SafeString
 
-from resilience_crm.admin import charts
+import resilience_crm.admin.charts as charts
 from resilience_crm.breakers import registry
 from resilience_crm.breakers.control import known_circuits
 from resilience_crm.models import CircuitEvent, CircuitMetric, QueuedWrite

@@ -30,7 +30,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
-from resilience_crm.admin import dashboard
+import resilience_crm.admin.dashboard as dashboard
 from resilience_crm.breakers import machine, registry
 from resilience_crm.breakers.control import steer
 from resilience_crm.exceptions import ManualChangeRefused

@@ -23,6 +23,11 @@ from asgiref.sync import sync_to_async
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.models import Model
 
+import resilience_crm.provider.classify as classify
+import resilience_crm.provider.deadlines as deadlines
+import resilience_crm.provider.queue as queue
+import resilience_crm.provider.reads as reads
+import resilience_crm.provider.retries as retries
 from resilience_crm import metrics
 from resilience_crm.breakers import machine
 from resilience_crm.breakers.registry import get_breaker
@@ -34,7 +39,6 @@ from resilience_crm.exceptions import (
     ResilienceError,
     RetriesExhausted,
 )
-from resilience_crm.provider import classify, deadlines, queue, reads, retries
 
 logger = logging.getLogger("resilience_crm.provider.facade")
 

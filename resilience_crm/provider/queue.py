@@ -42,6 +42,8 @@ from django.dispatch import receiver
 from django.utils import timezone
 from django_redis import get_redis_connection
 
+import resilience_crm.provider.classify as classify
+import resilience_crm.provider.reads as reads
 from resilience_crm.breakers import machine
 from resilience_crm.conf import cache_is_redis, settings
 from resilience_crm.constants import OP_CIRCUITS
@@ -57,7 +59,6 @@ from resilience_crm.exceptions import (
 )
 from resilience_crm.lua import LuaScript
 from resilience_crm.models import QueuedWrite
-from resilience_crm.provider import classify, reads
 from resilience_crm.signals import circuit_transition
 
 if TYPE_CHECKING:
