@@ -10,7 +10,6 @@ from dataclasses import fields
 from typing import Any
 
 from django.conf import settings as django_settings
-from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
 from resilience_crm.breakers.machine import Config
@@ -163,11 +162,3 @@ def cache_is_redis(alias: str) -> bool:
 
 
 settings = ResilienceSettings()
-
-
-def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
-    if setting in (SETTING_NAME, "CACHES", "DATABASES"):
-        settings.reload()
-
-
-setting_changed.connect(_on_setting_changed, dispatch_uid="resilience_crm.conf")

@@ -18,9 +18,9 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
 from resilience_crm.exceptions import ResilienceError
-from resilience_crm.middleware import decision_of, rate_limit_headers, refusal
 from resilience_crm.problems import error_response
 from resilience_crm.provider import reads
+from resilience_crm.ratelimit.headers import decision_of, headers, refusal
 from resilience_crm.transactions import non_atomic
 
 
@@ -33,8 +33,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponseBa
     decision = decision_of(request) if request is not None else None
     if isinstance(exc, ResilienceError):
         set_rollback()
-        headers = rate_limit_headers(decision) if decision is not None else None
-        return error_response(exc, headers)
+        return error_response(exc, headers(decision) if decision is not None else None)
     if decision is not None and not decision.allowed and isinstance(exc, APIException):
         set_rollback()
         return refusal(decision)  # Throttled, or the store's 503 for a closed op class

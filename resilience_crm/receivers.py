@@ -5,17 +5,36 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth.signals import user_login_failed
-from django.core.signals import request_finished
+from django.core.signals import request_finished, setting_changed
 from django.db import router, transaction
 from django.db.models.signals import post_migrate, post_save
 from django.dispatch import receiver
 
 from resilience_crm import flusher
-from resilience_crm.breakers import control, events
+from resilience_crm.breakers import control, events, registry
 from resilience_crm.conf import settings
+from resilience_crm.constants import SETTING_NAME
 from resilience_crm.observability import alerts
-from resilience_crm.ratelimit import auth_failures
+from resilience_crm.ratelimit import auth_failures, limiter, principals, tiers
 from resilience_crm.signals import circuit_transition, shared_store_recovered
+
+
+def forget_settings() -> None:
+    """Forget everything this process built from settings: the settings themselves, the
+    breakers and their store, the limiter's store and plans, cached tiers and the principals'
+    options. Each is built again, from the settings of the moment, on its next use."""
+    settings.reload()
+    registry.clear()
+    limiter.clear()
+    tiers.clear()
+    principals.forget()
+
+
+@receiver(setting_changed, dispatch_uid="resilience_crm.settings_changed")
+def settings_changed(*, setting: str, **kwargs: Any) -> None:
+    """Tests' ``override_settings``: the app's settings, caches and databases are read anew."""
+    if setting in (SETTING_NAME, "CACHES", "DATABASES"):
+        forget_settings()
 
 
 @receiver(user_login_failed, dispatch_uid="resilience_crm.count_failed_login")

@@ -16,7 +16,7 @@ from __future__ import annotations
 from contextlib import ContextDecorator
 from typing import Any
 
-from resilience_crm import metrics
+from resilience_crm import metrics, receivers
 from resilience_crm.breakers import events, machine, registry
 from resilience_crm.breakers.breaker import Breaker
 from resilience_crm.breakers.stores.memory import MemoryStore
@@ -24,22 +24,20 @@ from resilience_crm.conf import settings
 from resilience_crm.observability import alerts, health
 from resilience_crm.provider import retries
 from resilience_crm.provider.facade import protected
-from resilience_crm.ratelimit import limiter, tiers
 
 
 def reset() -> None:
-    """Forget what this process remembers between tests: its breakers, counters and
-    buffered events, its limiter store and cached tiers, the read cache's local layer and the
-    retry budgets, readiness's rates and a remembered store outage. Neither Redis nor the
-    database is touched (clear those as your tests already do), and no thread is stopped:
+    """Forget what this process remembers between tests: everything built from settings
+    (:func:`resilience_crm.receivers.forget_settings`: breakers, limiter, tiers), its counters
+    and buffered events, the read cache's local layer and the retry budgets, readiness's rates
+    and a remembered store outage. Neither Redis nor the database is touched (clear those as
+    your tests already do), and no thread is stopped:
     ``resilience_crm.flusher.set_background(False)`` keeps the background writer off."""
-    registry.clear()
+    receivers.forget_settings()
     events.clear()
     metrics.reset()
     alerts.store_recovered()
     health.forget_rates()
-    limiter.clear()
-    tiers.clear()
     protected.cache.forget_local()
     retries.clear_budgets()
 

@@ -25,8 +25,7 @@ from rest_framework.throttling import BaseThrottle
 
 from resilience_crm.constants import OP_CLASSES
 from resilience_crm.exceptions import ResilienceError, StoreUnavailable
-from resilience_crm.middleware import remember
-from resilience_crm.ratelimit import limiter, principals
+from resilience_crm.ratelimit import headers, limiter, principals
 from resilience_crm.ratelimit.gcra import Decision
 from resilience_crm.ratelimit.principals import Principal
 
@@ -75,7 +74,7 @@ class TierRateThrottle(BaseThrottle):
     def allow_request(self, request: Any, view: Any) -> bool:
         decision = limiter.check(request, operation(request, view), endpoint(request))
         self.decision = decision
-        remember(request, decision)
+        headers.attach(request, decision)
         if decision.source == "unavailable":
             raise RateLimitUnavailable(decision.retry_after)
         return decision.allowed

@@ -9,13 +9,15 @@ from typing import Any
 import pytest
 from asgiref.sync import async_to_sync
 from django.core.cache import caches
-from django.test import AsyncClient, TestCase
+from django.test import AsyncClient, RequestFactory, TestCase
+from rest_framework.request import Request
 
 from resilience_crm import get_breaker, metrics
 from resilience_crm.breakers.stores.redis import SCRIPT as breaker_script
 from resilience_crm.models import Tier, TierAssignment
-from resilience_crm.ratelimit import tiers
+from resilience_crm.ratelimit import headers, tiers
 from resilience_crm.ratelimit.stores.redis import SCRIPT as limiter_script
+from resilience_crm.throttling import TierRateThrottle
 from tests.ratelimit_helpers import on_clock, set_tier, structured
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.ratelimit_urls")]
@@ -355,6 +357,19 @@ def test_middleware_works_under_asgi(limits) -> None:
     first, second = async_to_sync(two)()
     assert first.status_code == 200 and first["X-RateLimit-Remaining"] == "0"
     assert second.status_code == 429 and second["Content-Type"] == "application/problem+json"
+
+
+def test_the_decision_is_left_on_the_request_for_views_to_read(limits) -> None:
+    """``request.resilience_ratelimit`` is public: the Django request behind DRF's carries it."""
+    set_tier("anonymous", {"read": "2/min"})
+    django_request = RequestFactory().get("/things/")
+    request = Request(django_request)
+    throttle = TierRateThrottle()
+    assert headers.decision_of(request) is None
+    assert throttle.allow_request(request, object())
+    assert django_request.resilience_ratelimit is throttle.decision  # type: ignore[attr-defined]
+    assert headers.decision_of(request) is throttle.decision
+    assert throttle.decision is not None and throttle.decision.policies[0].remaining == 1
 
 
 def test_metrics_count_decisions(client, limits) -> None:

@@ -9,7 +9,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from django.core.signals import setting_changed
 from django.db import connections
 
 from resilience_crm import flusher
@@ -18,7 +17,6 @@ from resilience_crm.breakers.machine import Config
 from resilience_crm.breakers.stores.base import BaseStore
 from resilience_crm.breakers.stores.failover import FailoverStore
 from resilience_crm.conf import settings
-from resilience_crm.constants import SETTING_NAME
 from resilience_crm.models import Circuit
 
 logger = logging.getLogger("resilience_crm.breakers.registry")
@@ -136,13 +134,6 @@ def _overrides(name: str) -> dict[str, Any]:
         return {}
     return dict(config or {})
 
-
-def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
-    if setting in (SETTING_NAME, "CACHES", "DATABASES"):
-        clear()
-
-
-setting_changed.connect(_on_setting_changed, dispatch_uid="resilience_crm.breakers.registry")
 
 def _after_fork_in_child() -> None:
     """A forked worker must not share its parent's pending counts or snapshots. The lock is

@@ -25,14 +25,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from django.core.signals import setting_changed
 from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
 from resilience_crm import metrics
 from resilience_crm.breakers import machine, registry
 from resilience_crm.conf import DEFAULTS, cache_is_redis, settings
-from resilience_crm.constants import OP_CIRCUITS, SETTING_NAME
+from resilience_crm.constants import OP_CIRCUITS
 from resilience_crm.exceptions import StoreUnavailable
 from resilience_crm.ratelimit import gcra, tiers
 from resilience_crm.ratelimit.gcra import Decision, Limit, Outcome
@@ -269,10 +268,4 @@ def _counted(decision: Decision, tier: str) -> Decision:
     return decision
 
 
-def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
-    if setting in (SETTING_NAME, "CACHES"):
-        clear()  # tiers clears its own cache on the same settings
-
-
-setting_changed.connect(_on_setting_changed, dispatch_uid="resilience_crm.ratelimit.limiter")
 os.register_at_fork(after_in_child=clear)

@@ -17,13 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from django.core.signals import setting_changed
 from django.db import DatabaseError
 from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
 from resilience_crm.conf import settings
-from resilience_crm.constants import SETTING_NAME
 from resilience_crm.ratelimit import tiers
 
 logger = logging.getLogger("resilience_crm.ratelimit.principals")
@@ -103,6 +101,12 @@ def principal(request: HttpRequest) -> Principal:
     return Principal(key=f"ip:{client_ip(request)}", tier=chosen or options.anonymous_tier)
 
 
+def forget() -> None:
+    """Forget the options read from settings; the next request reads them again."""
+    global _options
+    _options = None
+
+
 def _has_permission(user: Any, permission: str | None) -> bool:
     """Whether ``user`` holds ``permission``; not while the database cannot say."""
     if not permission:
@@ -112,12 +116,3 @@ def _has_permission(user: Any, permission: str | None) -> bool:
     except DatabaseError as err:
         logger.warning("Could not check %s for rate-limit exemption (%s).", permission, err)
         return False
-
-
-def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
-    global _options
-    if setting == SETTING_NAME:
-        _options = None
-
-
-setting_changed.connect(_on_setting_changed, dispatch_uid="resilience_crm.ratelimit.principals")

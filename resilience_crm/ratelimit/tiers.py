@@ -24,13 +24,11 @@ from collections.abc import Callable
 from typing import Any
 
 from django.core.cache import caches
-from django.core.signals import setting_changed
 from django.db import DatabaseError, transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from resilience_crm.conf import cache_backend, settings
-from resilience_crm.constants import SETTING_NAME
 from resilience_crm.models import Tier, TierAssignment
 
 logger = logging.getLogger("resilience_crm.ratelimit.tiers")
@@ -158,11 +156,3 @@ def _all_tiers() -> dict[str, dict[str, Any]]:
 @receiver(post_delete, sender=TierAssignment, dispatch_uid="resilience_crm.tiers.unassigned")
 def _saved(sender: Any, using: str | None = None, **kwargs: Any) -> None:
     transaction.on_commit(changed, using=using)
-
-
-def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
-    if setting in (SETTING_NAME, "DATABASES", "CACHES"):
-        clear()
-
-
-setting_changed.connect(_on_setting_changed, dispatch_uid="resilience_crm.ratelimit.tiers")
