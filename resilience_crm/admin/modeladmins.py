@@ -16,9 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import PermissionDenied
 from django.db import router, transaction
 from django.db.models import Count, QuerySet
@@ -30,10 +28,9 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
+import resilience_crm.admin.actions as circuit_actions
 import resilience_crm.admin.dashboard as dashboard
 from resilience_crm.breakers import machine, registry
-from resilience_crm.breakers.control import steer
-from resilience_crm.exceptions import ManualChangeRefused
 from resilience_crm.models import (
     Circuit,
     CircuitEvent,
@@ -69,82 +66,6 @@ def state_badge(state: str) -> str:
     )
 
 
-class CircuitActionForm(ActionForm):
-    """The action bar, with the reason and expiry that forced states and resets carry.
-
-    ``until`` is parsed by the action itself, so a bad value is reported as such rather than
-    as "no action selected"."""
-
-    reason = forms.CharField(
-        required=False, label="Reason",
-        widget=forms.TextInput(attrs={"placeholder": "why (kept in the audit trail)"}),
-    )
-    until = forms.CharField(
-        required=False, label="Until",
-        widget=forms.TextInput(attrs={"placeholder": "until YYYY-MM-DD HH:MM (optional)"}),
-    )
-
-
-def _until(value: str) -> Any:
-    """The expiry typed in the action bar, in the current time zone; ``None`` when blank."""
-    until = forms.DateTimeField(required=False).clean(value.strip())
-    if until is not None and until <= timezone.now():
-        raise forms.ValidationError("Until must be in the future.")
-    return until
-
-
-def _steer(modeladmin: CircuitAdmin, request: HttpRequest, queryset: QuerySet[Circuit],
-           state: str) -> None:
-    try:
-        until = _until(request.POST.get("until", "")) if state != machine.CLOSED else None
-    except forms.ValidationError as err:
-        modeladmin.message_user(request, f"Nothing changed: {' '.join(err.messages)}",
-                                messages.ERROR)
-        return
-    reason = request.POST.get("reason", "").strip()[:200]
-    done: list[str] = []
-    pending: list[str] = []
-    for circuit in queryset:
-        try:
-            outcome = steer(circuit.name, state, actor=request.user, reason=reason, until=until,
-                            source="admin")
-        except ManualChangeRefused as err:
-            modeladmin.message_user(request, err.message, messages.ERROR)
-            continue
-        if state == machine.CLOSED:
-            message = f"Reset the circuit. {reason}"
-        else:
-            expiry = f" until {until:%Y-%m-%d %H:%M %Z}" if until else ""
-            message = f"Set the circuit to {state}{expiry}. {reason}"
-        if outcome.pending:
-            message = f"Saved, pending the shared store: {message}"
-        modeladmin.log_change(request, circuit, message.strip())
-        (done if outcome.applied else pending).append(circuit.name)
-    verb = "Reset" if state == machine.CLOSED else f"Set to {state.replace('_', ' ')}:"
-    if done:
-        modeladmin.message_user(request, f"{verb} {', '.join(done)}.", messages.SUCCESS)
-    if pending:
-        modeladmin.message_user(
-            request,
-            f"Pending: {', '.join(pending)}. The shared store is unreachable, so the change is "
-            f"saved and not yet in effect; it reaches every worker as soon as the store is back.",
-            messages.WARNING,
-        )
-
-
-def config_diff(before: dict[str, Any], after: dict[str, Any]) -> str:
-    """``"failure_threshold: 5 -> 10; window: (default) -> 30"`` for two override dicts."""
-    keys = sorted(set(before) | set(after))
-    return "; ".join(
-        f"{key}: {before.get(key, '(default)')!r} -> {after.get(key, '(default)')!r}"
-        .replace("'(default)'", "(default)")
-        for key in keys if before.get(key, _UNSET) != after.get(key, _UNSET)
-    )
-
-
-_UNSET = object()
-
-
 @admin.register(Circuit)
 class CircuitAdmin(admin.ModelAdmin):
     list_display = ["name", "live_state", "durable_state", "generation", "forced_state",
@@ -160,7 +81,7 @@ class CircuitAdmin(admin.ModelAdmin):
                                      "forced_until"]}),
         ("Timestamps", {"fields": ["created_at", "updated_at"], "classes": ["collapse"]}),
     ]
-    action_form = CircuitActionForm
+    action_form = circuit_actions.CircuitActionForm
     actions = ["reset", "force_open", "force_closed", "disable"]
     change_list_template = "admin/resilience_crm/circuit/change_list.html"
 
@@ -202,7 +123,7 @@ class CircuitAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: Circuit, form: Any, change: bool) -> None:
         before = Circuit.objects.filter(pk=obj.pk).values_list("config", flat=True).first()
         super().save_model(request, obj, form, change)
-        diff = config_diff(before or {}, obj.config or {})
+        diff = circuit_actions.config_diff(before or {}, obj.config or {})
         if not diff:
             return
         request._resilience_config_diff = diff  # type: ignore[attr-defined]  # for log_change
@@ -296,20 +217,20 @@ class CircuitAdmin(admin.ModelAdmin):
     @admin.action(description="Reset selected circuits (close, forget counts)",
                   permissions=["reset"])
     def reset(self, request: HttpRequest, queryset: QuerySet[Circuit]) -> None:
-        _steer(self, request, queryset, machine.CLOSED)
+        circuit_actions.steer_selected(self, request, queryset, machine.CLOSED)
 
     @admin.action(description="Force selected circuits open", permissions=["force_open"])
     def force_open(self, request: HttpRequest, queryset: QuerySet[Circuit]) -> None:
-        _steer(self, request, queryset, machine.FORCED_OPEN)
+        circuit_actions.steer_selected(self, request, queryset, machine.FORCED_OPEN)
 
     @admin.action(description="Force selected circuits closed", permissions=["force_closed"])
     def force_closed(self, request: HttpRequest, queryset: QuerySet[Circuit]) -> None:
-        _steer(self, request, queryset, machine.FORCED_CLOSED)
+        circuit_actions.steer_selected(self, request, queryset, machine.FORCED_CLOSED)
 
     @admin.action(description="Disable selected circuits (let every call through, count none)",
                   permissions=["disable"])
     def disable(self, request: HttpRequest, queryset: QuerySet[Circuit]) -> None:
-        _steer(self, request, queryset, machine.DISABLED)
+        circuit_actions.steer_selected(self, request, queryset, machine.DISABLED)
 
     def has_reset_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("resilience_crm.reset_circuit")
