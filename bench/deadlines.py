@@ -30,10 +30,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import dj_database_url  # noqa: E402
 import django  # noqa: E402
 from django.conf import settings  # noqa: E402
 
@@ -48,15 +48,7 @@ FAULTS = ("refused", "reset", "blackholed", "pool exhausted", "slow query")
 
 
 def setup(proxy_port: int, call_timeout: float) -> None:
-    target = urlparse(DATABASE_URL)
-    database = {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": target.path.lstrip("/") or "postgres",
-        "USER": target.username or "postgres",
-        "PASSWORD": target.password or "",
-        "HOST": "127.0.0.1",
-        "PORT": proxy_port,
-    }
+    database = {**dj_database_url.parse(DATABASE_URL), "HOST": "127.0.0.1", "PORT": proxy_port}
     settings.configure(
         INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "resilience_crm"],
         DATABASES={
@@ -182,9 +174,9 @@ def main() -> None:
                         help="seconds after which a read counts as hung")
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # the pool's and the app's complaints about the faults
-    target = urlparse(DATABASE_URL)
     budget = args.call_timeout
-    with FaultProxy(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
+    server = dj_database_url.parse(DATABASE_URL)
+    with FaultProxy(server["HOST"] or "127.0.0.1", int(server["PORT"] or 5432)) as proxy:
         setup(proxy.port, budget)
         print(f"protected.read, call_timeout {budget:.1f} s (limit {budget + SLACK:.1f} s), "
               f"{args.calls} reads per fault")

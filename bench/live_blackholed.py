@@ -25,10 +25,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import dj_database_url  # noqa: E402
 import django  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.urls import include, path  # noqa: E402
@@ -43,20 +43,12 @@ urlpatterns: list = []  # filled in by setup(): the views read DATABASES when im
 
 
 def setup(proxy_port: int) -> None:
-    target = urlparse(DATABASE_URL)
     settings.configure(
         INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "resilience_crm"],
         DATABASES={
             "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
-            "resilience": {
-                "ENGINE": "django.db.backends.postgresql",
-                "NAME": target.path.lstrip("/") or "postgres",
-                "USER": target.username or "postgres",
-                "PASSWORD": target.password or "",
-                "HOST": "127.0.0.1",
-                "PORT": proxy_port,
-                "OPTIONS": {"connect_timeout": 2},
-            },
+            "resilience": {**dj_database_url.parse(DATABASE_URL), "HOST": "127.0.0.1",
+                           "PORT": proxy_port, "OPTIONS": {"connect_timeout": 2}},
         },
         DATABASE_ROUTERS=["resilience_crm.routers.ResilienceRouter"],
         CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}},
@@ -127,8 +119,8 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.005,
                         help="seconds between requests (default: 1000 requests span ~5 s)")
     args = parser.parse_args()
-    target = urlparse(DATABASE_URL)
-    with FaultProxy(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
+    server = dj_database_url.parse(DATABASE_URL)
+    with FaultProxy(server["HOST"] or "127.0.0.1", int(server["PORT"] or 5432)) as proxy:
         proxy.stalled = True
         setup(proxy.port)
         from resilience_crm import flusher, get_breaker, metrics
