@@ -7,12 +7,7 @@ class ResilienceCrmConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from resilience_crm import (  # noqa: F401  (registers the system checks and receivers)
-            checks,
-            flusher,
-            metrics,
-            receivers,
-        )
+        from resilience_crm import flusher, metrics, receivers  # noqa: F401  (connects receivers)
         from resilience_crm.breakers import events
         from resilience_crm.observability import exposition, rules
         from resilience_crm.provider import queue  # noqa: F401  (replays when crm.write closes)
@@ -25,3 +20,12 @@ class ResilienceCrmConfig(AppConfig):
         flusher.register(metrics.write_buckets, spill=metrics.spill)
         flusher.register(exposition.push)
         flusher.register(rules.evaluate_due)
+
+        # The system checks, each registered as its module is imported: the shared ones, then
+        # each feature's. Imported here, in one place, since the shared module cannot import
+        # the features' (they import it for ``Check``, ``table`` and ``settings_check``).
+        from resilience_crm import checks, database_checks  # noqa: F401
+        from resilience_crm.breakers import checks as breaker_checks  # noqa: F401
+        from resilience_crm.observability import checks as observability_checks  # noqa: F401
+        from resilience_crm.provider import checks as provider_checks  # noqa: F401
+        from resilience_crm.ratelimit import checks as ratelimit_checks  # noqa: F401

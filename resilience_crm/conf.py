@@ -133,13 +133,20 @@ class ResilienceSettings:
         names += [name for name in circuits if name not in names]
         return names
 
+    def circuit_defaults(self) -> dict[str, Any]:
+        """Breaker settings every circuit starts from: defaults, then ``CIRCUIT_DEFAULTS``."""
+        config = dict(BREAKER_DEFAULTS)
+        if isinstance(self.CIRCUIT_DEFAULTS, dict):  # anything else is reported by check E007
+            config.update(self.CIRCUIT_DEFAULTS)
+        return config
+
     def circuit_config(self, name: str) -> dict[str, Any]:
         """Breaker settings for ``name``: defaults, then ``CIRCUIT_DEFAULTS``, then ``CIRCUITS``."""
-        config = dict(BREAKER_DEFAULTS)
+        config = self.circuit_defaults()
         circuits = self.CIRCUITS if isinstance(self.CIRCUITS, dict) else {}
-        for layer in (self.CIRCUIT_DEFAULTS, circuits.get(name)):
-            if isinstance(layer, dict):  # anything else is reported by check E007
-                config.update(layer)
+        overrides = circuits.get(name)
+        if isinstance(overrides, dict):  # anything else is reported by check E007
+            config.update(overrides)
         return config
 
     def store_path(self) -> str:

@@ -12,7 +12,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from resilience_crm.breakers import machine
-from resilience_crm.breakers.config import exception_errors
+from resilience_crm.breakers.config import breaker_errors
 from resilience_crm.constants import OP_CLASSES
 from resilience_crm.ratelimit.rates import INVALID_RATE, limits_errors
 
@@ -93,7 +93,7 @@ class Circuit(models.Model):
     def clean(self) -> None:
         if not isinstance(self.config, dict):
             raise ValidationError({"config": "Must be a JSON object of breaker settings."})
-        errors = machine.config_errors(self.config) or exception_errors(self.config)
+        errors = breaker_errors(self.config)
         if errors:
             raise ValidationError({"config": [f"{key} {message}" for key, message in errors]})
 

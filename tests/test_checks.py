@@ -14,6 +14,7 @@ from django.core.management.base import SystemCheckError
 
 from resilience_crm import checks, conf
 from resilience_crm.breakers.stores.memory import MemoryStore
+from resilience_crm.ratelimit import checks as ratelimit_checks
 from resilience_crm.ratelimit.stores.memory import MemoryLimiterStore
 
 LOCMEM = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
@@ -497,7 +498,7 @@ def test_e099_a_failing_check_is_reported(settings: Any, monkeypatch: pytest.Mon
     def boom(*args: Any) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(checks, "limits_errors", boom)
+    monkeypatch.setattr(ratelimit_checks, "limits_errors", boom)
     failed = [m for m in run(settings) if m.id == checks.Codes.CHECK_FAILED]
     assert {m.msg.split()[0] for m in failed} == {"check_rate_limits", "check_ratelimit_values"}
     assert all("boom" in m.msg for m in failed)

@@ -24,6 +24,7 @@ from resilience_crm.exceptions import (
     OperationTimeout,
     RateLimited,
 )
+from resilience_crm.provider import checks as provider_checks
 from resilience_crm.provider import queue
 from resilience_crm.provider import reads as fallback
 from resilience_crm.provider.facade import Provider
@@ -98,6 +99,16 @@ def test_w013_warns_when_redis_could_evict_the_queue(settings, eviction_policy, 
     eviction_policy(policy)
     found = deploy_ids(settings, STORE="redis", CACHE_ALIAS="redis")
     assert (checks.Codes.QUEUE_EVICTABLE in found) is warned
+
+
+@pytest.mark.redis
+def test_w011_and_w013_say_they_asked_redis(settings, eviction_policy):
+    """The only checks that talk to a server say so in their text."""
+    eviction_policy("allkeys-lru")
+    settings.RESILIENCE_CRM = {"STORE": "redis", "CACHE_ALIAS": "redis"}
+    found = [m for m in run_checks(tags=[checks.TAG], include_deployment_checks=True)
+             if m.id in (checks.Codes.QUEUE_NOT_PERSISTENT, checks.Codes.QUEUE_EVICTABLE)]
+    assert found and all("asked Redis with CONFIG GET" in m.msg for m in found)
 
 
 @pytest.mark.redis
@@ -183,7 +194,8 @@ def pooled(settings: Any, pool: Any) -> None:
 def test_w012_a_pool_wait_must_fit_in_the_call_budget(settings, pool, config, warned):
     pooled(settings, pool)
     settings.RESILIENCE_CRM = config
-    found = [m for m in checks.check_pool_timeout() if m.id == checks.Codes.POOL_WAIT_OVER_BUDGET]
+    found = [m for m in provider_checks.check_pool_timeout()
+             if m.id == checks.Codes.POOL_WAIT_OVER_BUDGET]
     assert bool(found) is warned
     if found:
         assert 'DATABASES["pooled"]' in found[0].msg

@@ -4,6 +4,6 @@
 ``stores/`` apply one step of it atomically (Redis, the database, memory, and the failover
 wrapper that falls back to a worker's own breaker), ``breaker.py`` is what callers hold,
 ``registry.py`` makes one per circuit and process, ``control.py`` is manual control (reset,
-force) and ``events.py`` the audit trail. Start with ``machine.py``. Breakers import no other
-feature.
+force) and ``events.py`` the audit trail; ``checks.py`` holds the system checks on their
+settings. Start with ``machine.py``. Breakers import no other feature.
 """

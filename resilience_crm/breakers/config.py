@@ -1,7 +1,8 @@
 """Breaker settings that name exception classes: importing and checking the dotted paths of
-``record_exceptions`` / ``ignore_exceptions``. A leaf (Django's settings aside), so the models
-and the checks can validate a circuit's overrides without importing the breaker itself; the
-numeric settings are :func:`resilience_crm.breakers.machine.config_errors`' job."""
+``record_exceptions`` / ``ignore_exceptions``, and :func:`breaker_errors`, the whole validation
+of a circuit's settings. A leaf (Django's settings and the pure state machine aside), so the
+models and the checks can validate a circuit's overrides without importing the breaker
+itself; the numeric settings are :func:`resilience_crm.breakers.machine.config_errors`' job."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import importlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import resilience_crm.breakers.machine as machine
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,13 @@ def exception_errors(values: Mapping[str, Any]) -> list[tuple[str, str]]:
             except Exception as err:  # importing user code may raise anything
                 errors.append((key, f"cannot use {path!r}: {err}"))
     return errors
+
+
+def breaker_errors(values: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(key, message)`` for each problem in a breaker settings mapping: its numbers and
+    shapes first, then, once those are sound, its exception paths. What the checks and
+    ``Circuit.clean`` both report."""
+    return machine.config_errors(values) or exception_errors(values)
 
 
 def exception_classes(paths: Sequence[str], circuit: str = "") -> tuple[type[BaseException], ...]:

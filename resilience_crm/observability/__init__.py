@@ -6,5 +6,6 @@ events when a circuit opens and recovers, and ``rules.py`` evaluates the alert r
 counters they read are written by every feature through the shared modules at the top of the
 package: ``resilience_crm.metrics`` (in-process counters and their per-minute rows),
 ``resilience_crm.flusher`` (the background writer) and ``resilience_crm.spool`` (what the
-database cannot take yet). Arrows: observability -> breakers and provider.
+database cannot take yet). ``checks.py`` checks their settings. Arrows: observability ->
+breakers and provider.
 """

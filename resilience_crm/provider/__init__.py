@@ -5,7 +5,7 @@ retries, error classes, cached read fallbacks and a durable queue for writes whi
 database is down. Open ``facade.py`` first (the ``Provider`` class and ``protected``), then
 ``reads.py`` (the read cache), ``classify.py`` (which errors are whose), ``retries.py`` and
 ``deadlines.py`` (the call's budget) and ``queue.py`` (writes kept while the database is down).
-Arrows: provider -> breakers, never the other way.
+``checks.py`` holds its system checks. Arrows: provider -> breakers, never the other way.
 """
 
 from __future__ import annotations

@@ -86,12 +86,18 @@ def connect_wait(using: str) -> float:
     options = connection.settings_dict.get("OPTIONS") or {}
     pool = options.get("pool")
     if pool:
-        return float(pool.get("timeout", PSYCOPG_POOL_DEFAULT_TIMEOUT)
-                     if isinstance(pool, dict) else PSYCOPG_POOL_DEFAULT_TIMEOUT)
+        return float(pool_timeout(pool))
     seconds = float(options.get("connect_timeout") or 0)
     if seconds <= 0:
         return PSYCOPG_DEFAULT_CONNECT_TIMEOUT
     return max(LIBPQ_MIN_CONNECT_TIMEOUT, float(int(seconds)))
+
+
+def pool_timeout(pool: Any) -> Any:
+    """How long psycopg_pool waits for a connection, by ``OPTIONS["pool"]`` (``True`` or a
+    dict of the pool's arguments): its ``timeout``, else psycopg_pool's default."""
+    return pool.get("timeout", PSYCOPG_POOL_DEFAULT_TIMEOUT) if isinstance(
+        pool, dict) else PSYCOPG_POOL_DEFAULT_TIMEOUT
 
 
 @contextlib.contextmanager

@@ -1,0 +1,111 @@
+"""System checks on the provider: where the write queue keeps writes while the database is
+down (the only checks that talk to a server: they ask Redis with ``CONFIG GET``, through
+:func:`~resilience_crm.provider.queue.redis_config`, and say so), and whether a pooled
+connection can arrive within a call's budget (:mod:`~resilience_crm.provider.deadlines`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core.checks import CheckMessage, Tags, register
+
+import resilience_crm.provider.deadlines as deadlines
+import resilience_crm.provider.queue as queue
+from resilience_crm import conf
+from resilience_crm.checks import (
+    CHECKS,
+    TAG,
+    Check,
+    is_number,
+    merged_settings,
+    pooled_databases,
+    settings_check,
+    table,
+)
+
+MESSAGES = table({
+    "QUEUE_WITHOUT_REDIS": Check(
+        "resilience_crm.W010",
+        (
+            'The cache {alias!r} that RESILIENCE_CRM["CACHE_ALIAS"] names is not Redis, so the '
+            "write queue has nowhere outside the database to keep writes: while the database is "
+            "down, protected.submit() refuses them with 503 QUEUE_UNAVAILABLE."
+        ),
+        (
+            'Point RESILIENCE_CRM["CACHE_ALIAS"] at a django-redis cache to queue writes during '
+            "outages, or silence this warning if refusing them is what you want."
+        ), warning=True,
+    ),
+    "QUEUE_NOT_PERSISTENT": Check(
+        "resilience_crm.W011",
+        (
+            "{problem} (this check asked Redis with CONFIG GET): writes queued during a database "
+            "outage are lost if Redis restarts before they are replayed."
+        ),
+        "Turn on appendonly (appendfsync everysec) or RDB snapshots in redis.conf.",
+        warning=True,
+    ),
+    "QUEUE_EVICTABLE": Check(
+        "resilience_crm.W013",
+        (
+            "{problem} (this check asked Redis with CONFIG GET): once Redis reaches maxmemory it "
+            "may evict the write queue's stream, losing every write queued during a database "
+            "outage."
+        ),
+        (
+            "Set maxmemory-policy to noeviction, or to a volatile-* policy (the stream has no "
+            "TTL, so those never evict it), or keep the queue on a Redis of its own."
+        ),
+        warning=True,
+    ),
+    "POOL_WAIT_OVER_BUDGET": Check(
+        "resilience_crm.W012",
+        (
+            'settings.DATABASES["{alias}"]["OPTIONS"]["pool"] waits up to {timeout}s for a '
+            "connection, not less than the {budget}s call_timeout of circuit {circuit!r}: on a "
+            "stalled database a request waits past its deadline."
+        ),
+        (
+            'Set "timeout" in the pool options below the shortest call_timeout, e.g. '
+            '{"pool": {"timeout": 1.0}}; psycopg_pool waits 30 s by default.'
+        ), warning=True,
+    ),
+})
+
+
+@register(TAG, Tags.caches, deploy=True)
+def check_write_queue(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Deployment check: where writes go while the database is down, and whether Redis
+    keeps them (persistence, eviction), asked of Redis itself."""
+    config = merged_settings()
+    if config is None or not isinstance(config["CACHE_ALIAS"], str):
+        return []
+    alias = config["CACHE_ALIAS"]
+    if alias not in django_settings.CACHES:
+        return []  # E011
+    if not conf.cache_is_redis(alias):
+        return [CHECKS["QUEUE_WITHOUT_REDIS"](alias=alias)]
+    return [CHECKS[key](problem=problem) for key, problem in (
+        ("QUEUE_NOT_PERSISTENT", queue.persistence_problem()),
+        ("QUEUE_EVICTABLE", queue.eviction_problem())) if problem is not None]
+
+
+@settings_check(Tags.database)
+def check_pool_timeout(config: dict[str, Any]) -> list[CheckMessage]:
+    """A request must not wait longer for a pooled connection than its call's budget."""
+    budgets = {}
+    for name in conf.settings.circuit_names():
+        timeout = conf.settings.circuit_config(name)["call_timeout"]
+        if is_number(timeout):
+            budgets[name] = timeout
+    if not budgets:
+        return []  # reported by check_circuits
+    circuit = min(budgets, key=budgets.__getitem__)
+    warnings: list[CheckMessage] = []
+    for alias, pool in pooled_databases():
+        timeout = deadlines.pool_timeout(pool)
+        if is_number(timeout) and timeout >= budgets[circuit]:
+            warnings.append(CHECKS["POOL_WAIT_OVER_BUDGET"](
+                alias=alias, timeout=timeout, budget=budgets[circuit], circuit=circuit))
+    return warnings
