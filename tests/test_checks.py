@@ -12,10 +12,11 @@ from django.core.checks import ERROR, CheckMessage, run_checks
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
-from resilience_crm import checks, conf
+from resilience_crm import checks, conf, drf
 from resilience_crm.breakers.stores.memory import MemoryStore
 from resilience_crm.ratelimit import checks as ratelimit_checks
 from resilience_crm.ratelimit.stores.memory import MemoryLimiterStore
+from resilience_crm.throttling import TierRateThrottle
 
 LOCMEM = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 DUMMY = {"default": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}}
@@ -694,6 +695,43 @@ def test_e030_known_limiter_stores_pass(settings: Any, store: str) -> None:
 def test_e031_redis_limiter_store_without_redis_cache(settings: Any) -> None:
     only(run(settings, **{"RATELIMIT_STORE": "redis"}),
          checks.Codes.RATELIMIT_STORE_REDIS_WITHOUT_REDIS_CACHE)
+
+
+class OwnThrottle(TierRateThrottle):
+    pass
+
+
+MIDDLEWARE_PATH = "resilience_crm.middleware.ResilienceMiddleware"
+
+
+@pytest.mark.parametrize("throttle", ["resilience_crm.throttling.TierRateThrottle",
+                                      "tests.test_checks.OwnThrottle", OwnThrottle])
+def test_w024_a_refusal_without_the_middleware_nor_the_handler(settings: Any,
+                                                               throttle: Any) -> None:
+    settings.MIDDLEWARE = [name for name in settings.MIDDLEWARE if name != MIDDLEWARE_PATH]
+    settings.REST_FRAMEWORK = {"DEFAULT_THROTTLE_CLASSES": [throttle]}
+    warning = only(run(settings), checks.Codes.REFUSAL_WITHOUT_SHAPE)
+    assert "plain 429" in warning.msg and MIDDLEWARE_PATH in warning.hint
+
+
+@pytest.mark.parametrize(("middleware", "rest"), [
+    (True, {}),  # the middleware answers the refusal
+    (False, {"EXCEPTION_HANDLER": "resilience_crm.drf.exception_handler"}),
+    (False, {"EXCEPTION_HANDLER": drf.exception_handler}),
+])
+def test_w024_either_one_keeps_the_shape(settings: Any, middleware: bool,
+                                         rest: dict[str, Any]) -> None:
+    settings.MIDDLEWARE = [name for name in settings.MIDDLEWARE if name != MIDDLEWARE_PATH] + (
+        [MIDDLEWARE_PATH] if middleware else [])
+    settings.REST_FRAMEWORK = {
+        "DEFAULT_THROTTLE_CLASSES": ["resilience_crm.throttling.TierRateThrottle"], **rest}
+    assert checks.Codes.REFUSAL_WITHOUT_SHAPE not in ids(run(settings))
+
+
+def test_w024_not_without_the_throttle(settings: Any) -> None:
+    settings.MIDDLEWARE = [name for name in settings.MIDDLEWARE if name != MIDDLEWARE_PATH]
+    settings.REST_FRAMEWORK = {"DEFAULT_THROTTLE_CLASSES": ["nowhere.Throttle"]}
+    assert checks.Codes.REFUSAL_WITHOUT_SHAPE not in ids(run(settings))
 
 
 @pytest.mark.parametrize(("resolver", "reason"), [

@@ -144,6 +144,19 @@ MESSAGES = table({
         ),
         "Implement peek() on the store, or set AUTH_FAILURES to None.", warning=True,
     ),
+    "REFUSAL_WITHOUT_SHAPE": Check(
+        "resilience_crm.W024",
+        (
+            "REST_FRAMEWORK's DEFAULT_THROTTLE_CLASSES has TierRateThrottle, but neither "
+            "resilience_crm.middleware.ResilienceMiddleware is in MIDDLEWARE nor "
+            "resilience_crm.drf.exception_handler is EXCEPTION_HANDLER: a refusal is DRF's "
+            "plain 429, without the problem body or the rate-limit headers."
+        ),
+        (
+            'Add "resilience_crm.middleware.ResilienceMiddleware" to MIDDLEWARE (headers on '
+            "every answer), or set EXCEPTION_HANDLER to resilience_crm.drf.exception_handler."
+        ), warning=True,
+    ),
 })
 
 #: Hints that replace a check's usual one where there is something closer to say.
@@ -289,6 +302,33 @@ def check_ratelimit_store(config: dict[str, Any]) -> list[CheckMessage]:
             path=setting_path("RATELIMIT_STORE"), store=store,
         ))
     return errors
+
+
+@settings_check(Tags.compatibility)
+def check_refusals_keep_their_shape(config: dict[str, Any]) -> list[CheckMessage]:
+    """The throttle leaves its decision on the request; the middleware or the DRF handler
+    turns a refusal into the problem answer (:mod:`resilience_crm.ratelimit.headers`)."""
+    rest = getattr(django_settings, "REST_FRAMEWORK", None)
+    rest = rest if isinstance(rest, dict) else {}
+    throttled = any(_is_a(entry, "resilience_crm.throttling", "TierRateThrottle")
+                    for entry in rest.get("DEFAULT_THROTTLE_CLASSES") or ())
+    if not throttled or _is_a(rest.get("EXCEPTION_HANDLER"), "resilience_crm.drf",
+                              "exception_handler") or any(
+            _is_a(entry, "resilience_crm.middleware", "ResilienceMiddleware")
+            for entry in django_settings.MIDDLEWARE):
+        return []
+    return [CHECKS["REFUSAL_WITHOUT_SHAPE"]()]
+
+
+def _is_a(entry: Any, module: str, name: str) -> bool:
+    """Whether ``entry`` (a dotted path or the object) is ``module.name`` or a subclass."""
+    try:
+        found = import_string(entry) if isinstance(entry, str) else entry
+        ours = import_string(f"{module}.{name}")
+    except ImportError:
+        return False
+    return found is ours or (isinstance(found, type) and isinstance(ours, type)
+                             and issubclass(found, ours))
 
 
 def _resolver_problem(resolver: Any) -> str:
