@@ -27,7 +27,7 @@ from resilience_crm.breakers import machine
 from resilience_crm.breakers.config import exception_errors
 from resilience_crm.breakers.stores.base import BaseStore
 from resilience_crm.observability.rules import DEFAULT_RULES
-from resilience_crm.provider import deadlines, queue
+from resilience_crm.provider import deadlines, probe
 from resilience_crm.ratelimit.rates import UNKNOWN_OP_CLASS, limits_errors, parse_rate
 from resilience_crm.ratelimit.stores.base import BaseLimiterStore
 from resilience_crm.routers import ResilienceRouter, same_database
@@ -1007,8 +1007,8 @@ def check_write_queue(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
     if not conf.cache_is_redis(alias):
         return [CHECKS["QUEUE_WITHOUT_REDIS"](alias=alias)]
     found = [CHECKS[key](problem=problem) for key, problem in (
-        ("QUEUE_NOT_PERSISTENT", queue.persistence_problem()),
-        ("QUEUE_EVICTABLE", queue.eviction_problem())) if problem is not None]
+        ("QUEUE_NOT_PERSISTENT", probe.persistence_problem()),
+        ("QUEUE_EVICTABLE", probe.eviction_problem())) if problem is not None]
     return found
 
 
