@@ -10,7 +10,6 @@ class ResilienceCrmConfig(AppConfig):
         from resilience_crm import flusher, metrics, receivers  # noqa: F401  (connects receivers)
         from resilience_crm.breakers import events
         from resilience_crm.observability import exposition, rules
-        from resilience_crm.provider import queue  # noqa: F401  (replays when crm.write closes)
         from resilience_crm.ratelimit import tiers  # noqa: F401  (announces tier edits)
 
         # The background flusher's rounds, in this order: the audit trail first, then the

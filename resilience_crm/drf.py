@@ -19,7 +19,7 @@ from rest_framework.views import set_rollback
 
 from resilience_crm.exceptions import ResilienceError
 from resilience_crm.problems import error_response
-from resilience_crm.provider import reads
+from resilience_crm.provider import labels
 from resilience_crm.ratelimit.headers import decision_of, headers, refusal
 from resilience_crm.transactions import non_atomic
 
@@ -50,13 +50,13 @@ class FallbackHeadersMixin:
         return non_atomic(super().as_view(*args, **kwargs))  # type: ignore[misc]
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
-        reads.begin()
+        labels.begin()
         super().initial(request, *args, **kwargs)  # type: ignore[misc]
 
     def finalize_response(self, request: Request, response: Response, *args: Any,
                           **kwargs: Any) -> Response:
         response = super().finalize_response(  # type: ignore[misc]
             request, response, *args, **kwargs)
-        for name, value in reads.headers().items():
+        for name, value in labels.headers().items():
             response[name] = value
         return response

@@ -11,10 +11,11 @@ from django.db.models.signals import post_migrate, post_save
 from django.dispatch import receiver
 
 from resilience_crm import flusher
-from resilience_crm.breakers import control, events, registry
+from resilience_crm.breakers import control, events, machine, registry
 from resilience_crm.conf import settings
 from resilience_crm.constants import SETTING_NAME
 from resilience_crm.observability import alerts
+from resilience_crm.provider import handlers, replay
 from resilience_crm.ratelimit import auth_failures, limiter, principals, tiers
 from resilience_crm.signals import circuit_transition, shared_store_recovered
 
@@ -43,6 +44,15 @@ def count_failed_login(sender: Any, credentials: Any, request: Any = None,
     """A failed password login spends one of its address's ``AUTH_FAILURES``."""
     if request is not None:
         auth_failures.failed(request)
+
+
+@receiver(circuit_transition, dispatch_uid="resilience_crm.replay_on_close")
+def replay_on_close(sender: Any, name: str, to_state: str, local: bool = False,
+                    **kwargs: Any) -> None:
+    """A write circuit that closes again means the database is back: replay the write queue
+    in the background."""
+    if to_state == machine.CLOSED and name in handlers.circuits():
+        replay.replay_in_background()
 
 
 @receiver(circuit_transition, dispatch_uid="resilience_crm.record_event")

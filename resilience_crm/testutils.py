@@ -1,5 +1,6 @@
-"""Helpers for projects' own tests: :class:`override_circuit`, and :func:`reset` to start
-each test with nothing the process remembered from another.
+"""Helpers for projects' own tests: :class:`override_circuit`, :func:`reset` to start each
+test with nothing the process remembered from another, and :func:`readers_waiting` for tests
+of concurrent reads.
 
     from resilience_crm.testutils import override_circuit
 
@@ -23,7 +24,7 @@ from resilience_crm.breakers.stores.memory import MemoryStore
 from resilience_crm.conf import settings
 from resilience_crm.observability import alerts, health
 from resilience_crm.provider import retries
-from resilience_crm.provider.facade import protected
+from resilience_crm.provider.facade import Provider, protected
 
 
 def reset() -> None:
@@ -40,6 +41,13 @@ def reset() -> None:
     health.forget_rates()
     protected.cache.forget_local()
     retries.clear_budgets()
+
+
+def readers_waiting(key: str, provider: Provider = protected) -> int:
+    """How many threads of this process wait, right now, for another thread's read of
+    ``key`` (identical reads share one call): a test that holds the first read back waits
+    for this to reach its count before it lets the read finish, so every thread has joined."""
+    return provider.flights.waiting(key)
 
 
 class override_circuit(ContextDecorator):  # noqa: N801  (used like a function, as in Django)

@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 from crm_demo.crm.models import Agent, Contact, Conversation, Message
 from resilience_crm import get_breaker
 from resilience_crm.models import QueuedWrite
-from resilience_crm.provider import queue
+from resilience_crm.provider import probe, queue
 from resilience_crm.provider.facade import protected
 from tests.demo_api import PASSWORD, STALE_TTL, TTL, force_open, problem
 
@@ -162,7 +162,7 @@ def test_a_message_the_database_could_not_store_is_a_400_up_or_down(api, databas
                         HTTP_IDEMPOTENCY_KEY="m1")
     body = problem(response, 400, "INVALID_WRITE")  # never a 202 replay cannot apply
     assert "entity" in body["detail"] and "conversation_id" in body["detail"]
-    assert queue.stream_length() == 0 and not QueuedWrite.objects.exists()
+    assert probe.stream_length() == 0 and not QueuedWrite.objects.exists()
 
 
 def test_an_authenticated_client_keeps_reading_while_the_database_is_down(api):

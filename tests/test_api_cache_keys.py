@@ -14,8 +14,8 @@ from rest_framework.pagination import PageNumberPagination
 from rest_framework.test import APIClient
 
 from crm_demo.crm.models import Contact
+from resilience_crm.provider.cache import PREFIX
 from resilience_crm.provider.facade import protected
-from resilience_crm.provider.reads import PREFIX
 from tests.demo_api import problem
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]

@@ -19,7 +19,7 @@ from rest_framework.test import APIClient
 import crm_demo.settings
 from crm_demo.crm.authentication import cache_key
 from crm_demo.crm.models import Agent, Contact
-from resilience_crm.provider import reads as fallback
+from resilience_crm.provider import cache as fallback
 from resilience_crm.provider.facade import protected
 from resilience_crm.ratelimit import tiers
 from tests.demo_api import TTL, force_open

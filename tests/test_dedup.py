@@ -12,6 +12,7 @@ from django.db import connection, connections
 
 from resilience_crm.exceptions import RetriesExhausted
 from resilience_crm.provider.facade import Provider, protected
+from resilience_crm.testutils import readers_waiting
 from tests.processes import ctx, run_processes
 from tests.waiting import wait_until
 
@@ -106,7 +107,7 @@ def test_waiting_threads_get_the_leaders_error(settings, redis_cache, postgres,
     waiters = [threading.Thread(target=read) for _ in range(5)]
     for waiter in waiters:
         waiter.start()
-    wait_until(lambda: protected.waiting("contacts:failing") >= len(waiters),
+    wait_until(lambda: readers_waiting("contacts:failing") >= len(waiters),
                "the waiters joining the leader's read")
     release.set()
     for thread in [leader, *waiters]:

@@ -14,7 +14,7 @@ from django.db import connection
 from crm_demo.crm.imports import CHUNK, ContactImport, CSVParser, PayloadTooLarge
 from crm_demo.crm.models import Contact
 from resilience_crm.models import TierAssignment
-from resilience_crm.provider import queue
+from resilience_crm.provider import probe
 from resilience_crm.ratelimit import tiers
 from tests.demo_api import force_open, problem
 from tests.ratelimit_helpers import on_clock, set_tier
@@ -152,7 +152,7 @@ def test_an_idempotency_key_too_long_to_keep_is_a_400_with_the_database_up_or_do
         assert response.status_code == 400, response.content
         assert "Idempotency-Key" in response.json()
         force_open("crm.write")
-    assert queue.stream_length() == 0 and not Contact.objects.exists()
+    assert probe.stream_length() == 0 and not Contact.objects.exists()
 
 
 @pytest.fixture

@@ -31,8 +31,7 @@ from resilience_crm.exceptions import (
     RetriesExhausted,
 )
 from resilience_crm.models import CircuitMetric
-from resilience_crm.provider import reads as fallback
-from resilience_crm.provider import retries
+from resilience_crm.provider import cache, labels, retries
 from resilience_crm.provider.classify import classify, is_conflict, is_permanent
 from resilience_crm.provider.facade import Provider
 from tests.clock import Clock
@@ -55,7 +54,7 @@ def provider(settings, redis_cache):
     pauses: list[float] = []
     made = Provider(clock=clock, sleep=pauses.append, rand=lambda: 1.0)
     made.clock, made.pauses = clock, pauses  # type: ignore[attr-defined]
-    fallback.begin()
+    labels.begin()
     return made
 
 
@@ -85,7 +84,7 @@ def test_a_fresh_read_comes_from_the_cache(provider):
     provider.cache.forget_local()  # from Redis, not just this process's layer
     assert provider.read("contacts:list", source, using=None) == "fresh"
     assert source.calls == 1
-    assert fallback.served() is None
+    assert labels.headers() == {}
 
 
 def test_an_open_circuit_serves_stale_data_labelled_with_its_age(provider):
@@ -95,8 +94,7 @@ def test_an_open_circuit_serves_stale_data_labelled_with_its_age(provider):
     source = Source("v2")
     assert provider.read("contacts:list", source, using=None) == "v1"
     assert source.calls == 0
-    assert fallback.served() == (fallback.STALE, TTL + 30)
-    assert fallback.headers() == {"X-Resilience-Fallback": "stale", "Age": str(TTL + 30)}
+    assert labels.headers() == {"X-Resilience-Fallback": "stale", "Age": str(TTL + 30)}
     assert metrics.value("calls", circuit="crm.read", outcome="fallback") == 1
 
 
@@ -107,13 +105,13 @@ def test_stale_data_is_never_served_past_the_bound(provider):
     with pytest.raises(CircuitOpenError) as raised:
         provider.read("contacts:list", Source(), using=None)
     assert raised.value.code == "CIRCUIT_OPEN"
-    assert fallback.served() is None
+    assert labels.headers() == {}
 
 
 def test_a_degraded_fallback_answers_when_nothing_cached_is_usable(provider):
     open_circuit()
     assert provider.read("contacts:list", Source(), fallback=list, using=None) == []
-    assert fallback.headers() == {"X-Resilience-Fallback": "degraded"}
+    assert labels.headers() == {"X-Resilience-Fallback": "degraded"}
 
 
 def test_a_failing_call_serves_stale_data_after_its_retries(provider):
@@ -122,7 +120,7 @@ def test_a_failing_call_serves_stale_data_after_its_retries(provider):
     source = Source(failures=99)
     assert provider.read("contacts:list", source, using=None) == "v1"
     assert source.calls == retries.MAX_ATTEMPTS
-    assert fallback.served()[0] == fallback.STALE
+    assert labels.headers()[labels.FALLBACK_HEADER] == labels.STALE
 
 
 def test_a_write_makes_its_key_space_stale_everywhere(provider):
@@ -143,7 +141,7 @@ def test_one_process_refreshes_a_stale_key_while_the_others_serve_it(provider, r
     assert provider.cache.take_lease("contacts:list", "another process", 5)
     source = Source("v2")
     assert provider.read("contacts:list", source, using=None) == "v1"
-    assert source.calls == 0 and fallback.served()[0] == fallback.STALE
+    assert source.calls == 0 and labels.headers()[labels.FALLBACK_HEADER] == labels.STALE
     provider.cache.release_lease("contacts:list", "another process")
     provider.cache.forget_local()
     assert provider.read("contacts:list", source, using=None) == "v2"
@@ -175,7 +173,7 @@ def test_a_refusal_takes_the_stale_entry_away(provider):
     open_circuit()
     with pytest.raises(CircuitOpenError):
         provider.read("authtokens:abc", Source("ada"), using=None)
-    assert fallback.served() is None
+    assert labels.headers() == {}
 
 
 def test_refusals_of_keys_never_cached_leave_nothing_in_the_shared_cache(provider,
@@ -185,7 +183,7 @@ def test_refusals_of_keys_never_cached_leave_nothing_in_the_shared_cache(provide
         with pytest.raises(Refused):
             provider.read(f"authtokens:{guess}", Source(failures=1, error=Refused()),
                           using=None)
-    for prefix in (fallback.PREFIX, fallback.REMOVED_PREFIX):
+    for prefix in (cache.PREFIX, cache.REMOVED_PREFIX):
         assert redis_cache.keys(prefix + "*") == []
 
 
@@ -244,7 +242,7 @@ def test_a_read_in_flight_when_its_key_is_revoked_stores_nothing(provider, redis
     reader.join(30)
     provider.cache.forget_local()
     assert provider.cache.get("authtokens:abc").entry is None
-    redis_cache.delete(fallback.REMOVED_PREFIX + "authtokens:abc")  # its version expires
+    redis_cache.delete(cache.REMOVED_PREFIX + "authtokens:abc")  # its version expires
     assert provider.cache.get("authtokens:abc").entry is None  # the result itself is gone
     open_circuit()
     with pytest.raises(CircuitOpenError):
@@ -273,7 +271,7 @@ def test_load_many_serves_stale_items_when_the_circuit_is_open(provider):
     provider.clock.now += TTL + 1
     open_circuit()
     assert provider.load_many("numbers", [1, 2], dict, using=None) == {1: 1, 2: 2}
-    assert fallback.served()[0] == fallback.STALE
+    assert labels.headers()[labels.FALLBACK_HEADER] == labels.STALE
     with pytest.raises(CircuitOpenError):
         provider.load_many("numbers", [1, 3], dict, using=None)
 
@@ -411,7 +409,7 @@ def test_the_classifier_on_real_database_errors(postgres, db):
     (IdempotencyInFlight(), False),
     (RateLimited(), False),
     (DependencyUnavailable(), False),
-    (ValueError("anything else"), False),  # tried again, up to queue.MAX_ATTEMPTS
+    (ValueError("anything else"), False),  # tried again, up to replay.MAX_ATTEMPTS
 ])
 def test_what_no_attempt_can_fix(error, permanent):
     assert is_permanent(error) is permanent

@@ -25,8 +25,7 @@ from resilience_crm.exceptions import (
     RateLimited,
 )
 from resilience_crm.provider import checks as provider_checks
-from resilience_crm.provider import queue
-from resilience_crm.provider import reads as fallback
+from resilience_crm.provider import labels, probe
 from resilience_crm.provider.facade import Provider
 
 LOCMEM = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
@@ -71,7 +70,7 @@ def test_ready_warns_when_redis_would_lose_queued_writes(settings, redis_cache, 
     settings.RESILIENCE_CRM = {"STORE": "redis", "CACHE_ALIAS": "redis"}
     body = client.get("/resilience/health/ready").json()
     assert ("warnings" in body) is not redis_persistent()
-    assert (queue.persistence_problem() is None) is redis_persistent()
+    assert (probe.persistence_problem() is None) is redis_persistent()
 
 
 @pytest.fixture
@@ -83,7 +82,7 @@ def eviction_policy(redis_cache):
 
     def set_policy(policy: str) -> None:
         client.config_set("maxmemory-policy", policy)
-        queue.forget_redis_config()
+        probe.forget_redis_config()
 
     yield set_policy
     set_policy(before)
@@ -138,7 +137,7 @@ def test_w014_warns_when_the_redis_cache_pickles(settings, redis_cache):
     (IdempotencyConflict(), 422, "IDEMPOTENCY_CONFLICT"),
 ])
 def test_every_resilience_error_is_a_problem_response(error, status, code):
-    fallback.begin()
+    labels.begin()
     response = exception_handler(error, {})
     assert response.status_code == status
     assert response["Content-Type"] == "application/problem+json"
@@ -167,12 +166,12 @@ def test_the_async_variants(settings, redis_cache):
 
     async def main():
         value = await protected.aread("numbers:one", lambda: 1, using=None)
-        fallback.begin()
+        labels.begin()
         get_breaker("crm.read").force("forced_open")
         return value, await protected.aread("numbers:two", lambda: 2, fallback=lambda: 0,
-                                            using=None), fallback.served()
+                                            using=None), labels.headers()
 
-    assert asyncio.run(main()) == (1, 0, (fallback.DEGRADED, 0.0))
+    assert asyncio.run(main()) == (1, 0, {labels.FALLBACK_HEADER: labels.DEGRADED})
 
 
 

@@ -24,7 +24,7 @@ from resilience_crm.exceptions import (
     QueueUnavailable,
 )
 from resilience_crm.models import QueuedWrite
-from resilience_crm.provider import queue
+from resilience_crm.provider import handlers, probe, queue, replay, stream
 from resilience_crm.provider.facade import protected
 from tests.waiting import wait_until
 
@@ -134,12 +134,12 @@ def test_writes_during_an_outage_are_queued_then_applied_exactly_once(queued):
     assert all(receipt.queued for receipt in receipts)
     with pytest.raises(IdempotencyConflict):
         protected.submit("test.contact", contact(99), idempotency_key="k3")
-    assert queue.stream_length() == 20 and not Contact.objects.exists()
+    assert probe.stream_length() == 20 and not Contact.objects.exists()
     recovery()
     assert protected.submit("test.contact", contact(3), idempotency_key="k3").queued
     report = queue.replay()
     assert (report.moved, report.applied, report.failed) == (20, 20, 0)
-    assert queue.stream_length() == 0
+    assert probe.stream_length() == 0
     assert sorted(Contact.objects.values_list("email", flat=True)) == sorted(
         f"c{n}@example.com" for n in range(20))
     assert queue.replay().applied == 0
@@ -152,12 +152,12 @@ def test_writes_of_one_entity_replay_in_the_order_submitted(queued):
     for n in range(5):
         protected.submit("test.contact", contact(n), idempotency_key=f"k{n}", entity="acme")
     recovery()
-    queue.drain()
+    replay.drain()
     # A replayer elsewhere holds the first one: the others of the entity must wait for it.
-    first = queue.claim("elsewhere", lease=60)
+    first = replay.claim("elsewhere", lease=60)
     assert first.idempotency_key == "k0"
-    assert queue.claim("here") is None
-    assert queue.apply(first, "elsewhere") == "applied"
+    assert replay.claim("here") is None
+    assert replay.apply(first, "elsewhere") == "applied"
     queue.replay()
     assert attempts == [f"c{n}@example.com" for n in range(5)]
 
@@ -170,7 +170,7 @@ def replay_and_hang(started):
         started.set()
         time.sleep(60)  # killed long before
 
-    queue.register("test.contact", key="contacts")(hang)
+    handlers.register("test.contact", key="contacts")(hang)
     queue.replay(lease=1.0)
 
 
@@ -207,8 +207,8 @@ def test_writes_that_keep_failing_become_dead_letters_the_admin_can_requeue(queu
     outage()
     protected.submit("test.broken", {"n": 1}, idempotency_key="doomed")
     recovery()
-    queue.drain()
-    for attempt in range(1, queue.MAX_ATTEMPTS + 1):  # one attempt per replay
+    replay.drain()
+    for attempt in range(1, replay.MAX_ATTEMPTS + 1):  # one attempt per replay
         queue.replay()
         row = QueuedWrite.objects.get(idempotency_key="doomed")
         assert row.attempts == attempt
@@ -263,7 +263,7 @@ def test_a_write_the_database_would_refuse_is_refused_before_it_is_queued(
         protected.submit(name, payload, idempotency_key=key, entity=entity)
     assert (raised.value.status, raised.value.code) == (400, "INVALID_WRITE")
     assert list(raised.value.errors) == [field]
-    assert queue.stream_length() == 0 and not QueuedWrite.objects.exists()
+    assert probe.stream_length() == 0 and not QueuedWrite.objects.exists()
     assert not Contact.objects.exists()
 
 
@@ -272,14 +272,14 @@ def test_a_stream_entry_the_table_cannot_hold_is_a_dead_letter_and_the_rest_appl
     protected.submit("test.contact", contact(1), idempotency_key="k1")
     # An entry queued before writes were checked: a key longer than the column.
     cache = caches["redis"]
-    get_redis_connection("redis").xadd(cache.make_key(queue.STREAM_KEY), {
+    get_redis_connection("redis").xadd(cache.make_key(stream.STREAM_KEY), {
         "name": "test.contact", "key": "k" * 300, "payload": '{"name": "Poison"}',
         "hash": "0" * 64, "entity": ""})
     protected.submit("test.contact", contact(2), idempotency_key="k2")
     recovery()
     report = queue.replay()
     assert (report.moved, report.applied) == (3, 2)
-    assert queue.stream_length() == 0
+    assert probe.stream_length() == 0
     assert sorted(Contact.objects.values_list("email", flat=True)) == [
         "c1@example.com", "c2@example.com"]
     dead = QueuedWrite.objects.get(state="dead")

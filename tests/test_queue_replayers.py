@@ -13,7 +13,7 @@ from django.db import connections, transaction
 from crm_demo.crm.models import Contact
 from resilience_crm import get_breaker
 from resilience_crm.models import QueuedWrite
-from resilience_crm.provider import queue
+from resilience_crm.provider import probe, queue, replay
 from resilience_crm.provider.facade import protected
 from tests.processes import ctx, run_processes
 from tests.waiting import PATIENCE
@@ -53,7 +53,7 @@ def queued(settings, redis_cache, postgres, transactional_db):
                                    idempotency_key=f"k{n}")
         assert receipt.queued
     get_breaker("crm.write").force("forced_closed", reason="database back")
-    assert queue.stream_length() == WRITES
+    assert probe.stream_length() == WRITES
 
 
 def test_two_replayers_at_once_apply_each_write_exactly_once(queued):
@@ -61,7 +61,7 @@ def test_two_replayers_at_once_apply_each_write_exactly_once(queued):
 
     run_processes(replayer, ctx.Barrier(2), ctx.Barrier(2), count=2)
 
-    assert queue.stream_length() == 0
+    assert probe.stream_length() == 0
     rows = QueuedWrite.objects.filter(name="test.replayed")
     assert rows.count() == WRITES
     assert set(rows.values_list("state", flat=True)) == {QueuedWrite.State.APPLIED}, list(
@@ -76,12 +76,12 @@ def claimer(index: int, holding: Any, done: Any) -> None:
     claims meanwhile."""
     if index == 0:
         with transaction.atomic():  # the claim's own transaction, kept open
-            assert queue.claim("first").idempotency_key == "k0"
+            assert replay.claim("first").idempotency_key == "k0"
             holding.wait(PATIENCE)
             done.wait(PATIENCE)
     else:
         holding.wait(PATIENCE)
-        row = queue.claim("second")
+        row = replay.claim("second")
         done.wait(PATIENCE)
         assert row is not None, "the second replayer found nothing to do"
         assert row.idempotency_key == "k1"
@@ -89,6 +89,6 @@ def claimer(index: int, holding: Any, done: Any) -> None:
 
 
 def test_a_replayer_claiming_while_another_claims_takes_the_next_write(queued):
-    assert queue.drain() == WRITES
+    assert replay.drain() == WRITES
     connections.close_all()
     run_processes(claimer, ctx.Barrier(2), ctx.Barrier(2), count=2)

@@ -16,7 +16,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from crm_demo.crm.authentication import cache_key
-from resilience_crm.provider import reads as fallback
+from resilience_crm.provider import cache as fallback
 from resilience_crm.provider.facade import protected
 from tests.clock import Clock
 from tests.databases import CLOSED_PORT

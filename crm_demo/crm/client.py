@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from resilience_crm.provider.reads import FALLBACK_HEADER
+from resilience_crm.provider.labels import FALLBACK_HEADER
 
 
 @dataclass

@@ -46,7 +46,7 @@ from resilience_crm.exceptions import ResilienceError
 from resilience_crm.models import QueuedWrite
 from resilience_crm.observability import alerts
 from resilience_crm.provider import queue
-from resilience_crm.provider.reads import FALLBACK_HEADER, STALE
+from resilience_crm.provider.labels import FALLBACK_HEADER, STALE
 from resilience_crm.signals import circuit_transition
 
 logger = logging.getLogger("crm_demo.drill")

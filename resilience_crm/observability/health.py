@@ -37,7 +37,7 @@ from resilience_crm.breakers import machine, registry
 from resilience_crm.conf import settings
 from resilience_crm.models import Circuit, QueuedWrite
 from resilience_crm.observability import exposition
-from resilience_crm.provider import queue as write_queue
+from resilience_crm.provider import probe as queue_probe
 
 logger = logging.getLogger("resilience_crm.health")
 
@@ -223,10 +223,10 @@ def _probe_cache() -> dict[str, Any]:
         logger.warning("Readiness: cache %s failed: %s", settings.CACHE_ALIAS, err)
         return {"ok": False, "error": err.__class__.__name__, "ms": _ms_since(started)}
     result: dict[str, Any] = {"ok": True, "ms": _ms_since(started),
-                              "in_redis": write_queue.stream_length()}
+                              "in_redis": queue_probe.stream_length()}
     warnings = [f"{problem}: {loss}" for problem, loss in (
-        (write_queue.persistence_problem(), "queued writes would not survive a Redis restart."),
-        (write_queue.eviction_problem(), "a full Redis could evict the queued writes."),
+        (queue_probe.persistence_problem(), "queued writes would not survive a Redis restart."),
+        (queue_probe.eviction_problem(), "a full Redis could evict the queued writes."),
     ) if problem]
     if warnings:
         result["warnings"] = warnings

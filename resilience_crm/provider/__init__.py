@@ -2,10 +2,23 @@
 
 ``protected.read / write / rpc / auth`` run a call under its circuit's deadline, with
 retries, error classes, cached read fallbacks and a durable queue for writes while the
-database is down. Open ``facade.py`` first (the ``Provider`` class and ``protected``), then
-``reads.py`` (the read cache), ``classify.py`` (which errors are whose), ``retries.py`` and
-``deadlines.py`` (the call's budget) and ``queue.py`` (writes kept while the database is down).
-``checks.py`` holds its system checks. Arrows: provider -> breakers, never the other way.
+database is down. Open ``facade.py`` first (``protected`` and the ``Provider`` class, the
+public API), then:
+
+- ``calls.py``: the call engine, one call under its breaker and deadline, with retries;
+- ``deadlines.py``, ``retries.py``: the call's budget, its backoff and retry budget;
+- ``classify.py``: which errors are whose, and the error class a client gets;
+- ``reads.py``: the read path, stale-while-revalidate and single-flight;
+- ``cache.py``: the read cache, its per-process layer, leases and shared errors;
+- ``labels.py``: the ``X-Resilience-Fallback`` label of a response served from a fallback;
+- ``queue.py``: ``submit`` and ``validate``, writes applied now or queued;
+- ``handlers.py``: the registered write handlers, and what their rows can hold;
+- ``stream.py``: the Redis stream queued writes wait in (``enqueue.lua``);
+- ``replay.py``: replaying queued writes exactly once, under leases;
+- ``probe.py``: the queue's depth and whether its Redis would keep it;
+- ``checks.py``: the system checks on the provider's settings.
+
+Arrows: provider -> breakers, never the other way.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """System checks on the provider: where the write queue keeps writes while the database is
 down (the only checks that talk to a server: they ask Redis with ``CONFIG GET``, through
-:func:`~resilience_crm.provider.queue.redis_config`, and say so), and whether a pooled
+:func:`~resilience_crm.provider.probe.redis_config`, and say so), and whether a pooled
 connection can arrive within a call's budget (:mod:`~resilience_crm.provider.deadlines`)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Tags, register
 
 import resilience_crm.provider.deadlines as deadlines
-import resilience_crm.provider.queue as queue
+import resilience_crm.provider.probe as probe
 from resilience_crm import conf
 from resilience_crm.checks import (
     CHECKS,
@@ -87,8 +87,8 @@ def check_write_queue(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
     if not conf.cache_is_redis(alias):
         return [CHECKS["QUEUE_WITHOUT_REDIS"](alias=alias)]
     return [CHECKS[key](problem=problem) for key, problem in (
-        ("QUEUE_NOT_PERSISTENT", queue.persistence_problem()),
-        ("QUEUE_EVICTABLE", queue.eviction_problem())) if problem is not None]
+        ("QUEUE_NOT_PERSISTENT", probe.persistence_problem()),
+        ("QUEUE_EVICTABLE", probe.eviction_problem())) if problem is not None]
 
 
 @settings_check(Tags.database)

@@ -2,13 +2,16 @@
 
 :func:`classify` says whether an error is worth retrying, whether it counts against the
 circuit (the dependency failed, rather than the caller's request), and which
-:class:`~resilience_crm.exceptions.ResilienceError` stands for it when it reaches a client.
-It looks at classes and SQLSTATEs, never at message text, so it needs no driver imported.
+:class:`~resilience_crm.exceptions.ResilienceError` stands for it when it reaches a client
+(:func:`error_for`; :func:`rebuild` makes the same error again from what another process
+published). It looks at classes and SQLSTATEs, never at message text, so it needs no driver
+imported.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any, NamedTuple
 
@@ -22,6 +25,7 @@ from resilience_crm.exceptions import (
     OperationTimeout,
     RateLimited,
     ResilienceError,
+    RetriesExhausted,
 )
 
 #: SQLSTATEs of errors that a new attempt can get past: serialization failure, deadlock.
@@ -66,6 +70,27 @@ def classify(exc: BaseException) -> Classification:
     if isinstance(exc, ConnectionError) or _is_redis_connection_error(exc):
         return Classification(True, True, DependencyUnavailable)
     return Classification(False, False, None)
+
+
+def error_for(exc: BaseException, kind: Classification, circuit: str, *,
+              retried: bool) -> ResilienceError | None:
+    """What a call that failed with ``exc`` (classified as ``kind``) raises, chained from
+    ``exc``; ``None`` when ``exc`` itself propagates (it is the library's own, or the
+    caller's). After retries it is :class:`RetriesExhausted`."""
+    if isinstance(exc, ResilienceError) or kind.error is None:
+        return None
+    if retried:
+        return RetriesExhausted(retry_after=kind.retry_after, circuit=circuit)
+    return kind.error(retry_after=kind.retry_after, circuit=circuit)
+
+
+def rebuild(error: Mapping[str, Any], circuit: str) -> ResilienceError:
+    """The error another process met (``{"code", "message", "retry_after"}``, as
+    ``ReadCache.publish_error`` shares it), as the same class."""
+    cls = _ERROR_CLASSES.get(str(error.get("code")), ResilienceError)
+    if cls is CircuitOpenError:
+        return CircuitOpenError(retry_after=error.get("retry_after"), circuit=circuit)
+    return cls(error.get("message"), retry_after=error.get("retry_after"), circuit=circuit)
 
 
 def is_permanent(exc: BaseException) -> bool:
@@ -163,3 +188,13 @@ def retry_after_seconds(value: Any) -> float | None:
         when = parsedate_to_datetime(str(value))
         return max(0.0, (when - timezone.now()).total_seconds())
     return None
+
+
+def _subclasses(cls: type[ResilienceError]) -> list[type[ResilienceError]]:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found += _subclasses(sub)
+    return found
+
+
+_ERROR_CLASSES = {cls.code: cls for cls in _subclasses(ResilienceError)}

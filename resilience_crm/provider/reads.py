@@ -1,323 +1,268 @@
-"""Cached read results: a small per-process layer in front of the shared cache, and the label
-a response carries when it was served from them.
+"""The read path: what a read serves, fresh from the cache, refreshed by one process for the
+whole cluster, stale while the dependency fails, or the caller's degraded fallback.
 
-An entry is ``{"v": value, "t": stored_at, "s": space_version, "k": key_version}`` under
-the key the caller gave. A read is fresh while it is younger than its ``ttl`` and no write
-touched its key space since (the space's version, one more cache key, is read in the same
-round trip); after that it may still be served when the dependency fails, up to
-``stale_ttl`` past its freshness, and never later: the shared cache drops it then, and so
-does the check here.
-
-:meth:`ReadCache.remove` takes one key's entry away, stale copy included, and bumps the
-key's own version (read in the same round trip as the entry). A read that started before
-stores its result with the version it saw, so nobody takes that result for the key's, and
-takes it away again: an answer from before a removal never outlives it.
-
-The per-process layer keeps an entry for ``LOCAL_TTL`` seconds at most, so a write or a
-removal made in another process is seen everywhere within that time.
+A fresh entry is served as it is. A stale one still within ``stale_ttl`` is served while one
+process, holding the key's lease, refreshes it (stale-while-revalidate); nobody refreshes
+while the circuit is open. With nothing servable cached, the threads of a process reading one
+key share one call (:class:`Flights`), and the processes share one through the lease: the
+others wait for its holder's result, or its error (:meth:`ReadCache.publish_error
+<resilience_crm.provider.cache.ReadCache.publish_error>`). A negative answer (``fn`` raised
+something not a :class:`ResilienceError`) is never shared and takes the cached entry away, so
+nothing cached stands in for a "no".
 """
 
 from __future__ import annotations
 
-import contextvars
-import logging
-import math
+import random
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from functools import partial
 from typing import Any, NamedTuple
 
-from django.core.cache import caches
-from django_redis.exceptions import ConnectionInterrupted
-from redis.exceptions import RedisError
+import resilience_crm.provider.cache as cache
+import resilience_crm.provider.calls as calls
+import resilience_crm.provider.classify as classify
+import resilience_crm.provider.deadlines as deadlines
+import resilience_crm.provider.labels as labels
+from resilience_crm import metrics
+from resilience_crm.breakers import machine
+from resilience_crm.breakers.registry import get_breaker
+from resilience_crm.exceptions import OperationTimeout, ResilienceError
 
-from resilience_crm.conf import settings
-
-logger = logging.getLogger("resilience_crm.provider.reads")
-
-#: Seconds an entry is kept in the per-process layer.
-LOCAL_TTL = 1.0
-#: Entries the per-process layer holds at most (least recently used go first).
-LOCAL_MAX_ENTRIES = 1024
-#: Prefix of every key this module writes to the shared cache.
-PREFIX = "resilience:read:"
-#: Prefix of the per-key versions :meth:`ReadCache.remove` bumps.
-REMOVED_PREFIX = "resilience:removed:"
-#: Seconds a key's removal version is kept: longer than any read in flight can take (a read
-#: ends within its circuit's ``call_timeout``; one that outlived this would find no version
-#: where it saw one, and take its result away too).
-REMOVED_TTL = 300
-#: Prefix of the leases that let one process refresh a key for the whole cluster.
-LEASE_PREFIX = "resilience:lease:"
-#: Prefix of the errors a refreshing process leaves for the processes waiting on it.
-ERROR_PREFIX = "resilience:error:"
-#: Seconds such an error is kept.
-ERROR_TTL = 5
-#: Header names of the label.
-FALLBACK_HEADER = "X-Resilience-Fallback"
-STALE, DEGRADED = "stale", "degraded"
+#: Seconds between looks at the shared cache while another process refreshes a key.
+WAIT_POLL_INTERVAL = 0.01
 
 
-class Entry(NamedTuple):
+class Served(NamedTuple):
     value: Any
-    stored_at: float  # wall-clock seconds
-    space_version: int
-
-    def age(self, now: float) -> float:
-        return max(0.0, now - self.stored_at)
+    kind: str | None = None  # None, labels.STALE or labels.DEGRADED
+    age: float = 0.0
 
 
-class Lookup(NamedTuple):
-    entry: Entry | None
-    space_version: int
-    key_version: int = 0  # bumped by each removal of the key
+class _Flight:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: Served | None = None
+        self.error: BaseException | None = None
+        self.waiters = 0
 
 
-def space_of(key: str) -> str:
-    """The key space a key belongs to: the part before the first ``:``."""
-    return key.split(":", 1)[0]
+class Flights:
+    """Reads of one key by several threads of this process at once: the first runs it, the
+    others wait for its result or its error (single-flight)."""
 
-
-class SharedCacheDown(Exception):
-    """The shared cache failed moments ago: left alone until ``STORE_RETRY_INTERVAL`` ends."""
-
-
-#: What a cache call raises when the shared cache cannot be reached (django-redis wraps
-#: redis-py's errors in ``ConnectionInterrupted``).
-OUTAGES = (ConnectionInterrupted, RedisError, OSError)
-
-
-class _Guarded:
-    """The shared cache, not called for ``STORE_RETRY_INTERVAL`` after it failed to answer:
-    an outage costs a read one socket timeout, not one for each cache call it makes."""
-
-    def __init__(self, cache: Any, owner: ReadCache) -> None:
-        self._cache = cache
-        self._owner = owner
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self._cache, name)
-        owner = self._owner
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            if owner._monotonic() < owner._down_until:
-                raise SharedCacheDown()
-            try:
-                return method(*args, **kwargs)
-            except OUTAGES:
-                owner._down_until = owner._monotonic() + settings.STORE_RETRY_INTERVAL
-                raise
-
-        return call
-
-
-class ReadCache:
-    def __init__(self, clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self._monotonic = monotonic
-        self._local: OrderedDict[str, tuple[float, Lookup]] = OrderedDict()
+    def __init__(self) -> None:
+        self._flights: dict[str, _Flight] = {}
         self._lock = threading.Lock()
-        self._down_until = 0.0
 
-    @property
-    def shared(self) -> Any:
-        return _Guarded(caches[settings.CACHE_ALIAS], self)
-
-    def get(self, key: str) -> Lookup:
+    def run(self, key: str, fn: Callable[[], Served], circuit: str, timeout: float) -> Served:
         with self._lock:
-            held = self._local.get(key)
-            if held is not None and self._monotonic() - held[0] < LOCAL_TTL:
-                self._local.move_to_end(key)
-                return held[1]
-        lookup = self.get_shared(key)
-        if lookup.entry is not None:
-            self._remember(key, lookup)
-        return lookup
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+            else:
+                flight.waiters += 1
+        if leader:
+            try:
+                flight.result = fn()
+            except BaseException as exc:
+                flight.error = exc
+                raise
+            finally:
+                with self._lock:
+                    self._flights.pop(key, None)
+                flight.done.set()
+            return flight.result
+        if not flight.done.wait(timeout):
+            raise OperationTimeout(circuit=circuit)  # we give up; the leader carries on
+        if flight.error is not None:
+            raise flight.error
+        assert flight.result is not None  # noqa: S101
+        return flight.result
 
-    def get_many(self, keys: Iterable[str], space: str) -> tuple[dict[str, Entry], int]:
-        """Entries for ``keys`` from the shared cache, whatever their age, and the version of
-        their key ``space`` (for batches; one round trip)."""
-        keys = list(keys)
-        version_key = self._version_key(space)
-        try:
-            found = self.shared.get_many([PREFIX + key for key in keys] + [version_key])
-        except Exception as err:  # noqa: BLE001  (an unreachable cache is a miss)
-            logger.warning("Read cache unavailable: %s", err)
-            return {}, -1
-        entries = {}
-        for key in keys:
-            raw = found.get(PREFIX + key)
-            if isinstance(raw, dict):
-                entries[key] = Entry(raw["v"], raw["t"], raw.get("s", 0))
-        return entries, int(found.get(version_key) or 0)
-
-    def set(self, key: str, value: Any, ttl: float, stale_ttl: float,
-            lookup: Lookup) -> Entry:
-        """Store ``value``, read after ``lookup``; take it away again when the key was
-        removed since ``lookup`` (the removal may have come between the read and now)."""
-        entry = Entry(value, self.clock(), lookup.space_version)
-        self.set_many({key: value}, ttl, stale_ttl, lookup.space_version, lookup.key_version)
-        try:
-            removed = self.shared.get(REMOVED_PREFIX + key) or 0
-        except Exception:  # noqa: BLE001  (nothing was stored either)
-            removed = lookup.key_version
-        if int(removed) != lookup.key_version:
-            self._delete(key)
-            return entry
-        self._remember(key, lookup._replace(entry=entry))
-        return entry
-
-    def set_many(self, values: dict[str, Any], ttl: float, stale_ttl: float,
-                 space_version: int, key_version: int = 0) -> None:
-        now = self.clock()
-        data = {PREFIX + key: {"v": value, "t": now, "s": space_version, "k": key_version}
-                for key, value in values.items()}
-        try:
-            self.shared.set_many(data, timeout=max(1, int(ttl + stale_ttl + 1)))
-        except Exception as err:  # noqa: BLE001
-            logger.warning("Read cache unavailable, result not stored: %s", err)
-
-    def invalidate(self, space: str) -> None:
-        """Mark every entry of ``space`` as no longer fresh (they stay as stale fallbacks)."""
+    def waiting(self, key: str) -> int:
+        """How many threads wait for another's read of ``key`` right now (for tests:
+        :func:`resilience_crm.testutils.readers_waiting`)."""
         with self._lock:
-            for key in [k for k in self._local if space_of(k) == space]:
-                del self._local[key]
+            flight = self._flights.get(key)
+            return 0 if flight is None else flight.waiters
+
+
+class Reads(calls.Engine):
+    """The read path of :class:`~resilience_crm.provider.facade.Provider`, on its call engine
+    and its read cache; the wall clock is injectable for tests."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep,
+                 rand: Callable[[], float] = random.random) -> None:
+        super().__init__(monotonic=monotonic, sleep=sleep, rand=rand)
+        self.cache = cache.ReadCache(clock, monotonic)
+        self.flights = Flights()
+        self._clock = clock
+
+    def _read(self, key: str, fn: Callable[[], Any], circuit: str, ttl: float,
+              stale_ttl: float, fallback_fn: Callable[[], Any] | None,
+              using: str | None) -> Served:
+        lookup = self.cache.get(key)
+        entry, now = lookup.entry, self._clock()
+        if entry is not None and _fresh(entry, lookup.space_version, ttl, now):
+            return Served(entry.value)
+        if entry is not None and entry.age(now) < ttl + stale_ttl:
+            return self._revalidate(key, fn, circuit, ttl, stale_ttl, fallback_fn, using,
+                                    lookup)
+        return self.flights.run(
+            key, lambda: self._fetch(key, fn, circuit, ttl, stale_ttl, fallback_fn, using,
+                                     lookup),
+            circuit, _budget(circuit))
+
+    def _load_many(self, key: str, ids: Iterable[Hashable],
+                   fetch_many: Callable[[list[Any]], Mapping[Any, Any]], circuit: str,
+                   ttl: float, stale_ttl: float, batch_size: int,
+                   using: str | None) -> dict[Any, Any]:
+        """Cached values first; the rest in batches, each batch's ids served stale (and
+        labelled) when it fails and they have a servable entry."""
+        unique = list(dict.fromkeys(ids))
+        keys = {item: f"{key}:{item}" for item in unique}
+        entries, version = self.cache.get_many(keys.values(), cache.space_of(key))
+        now = self._clock()
+        results: dict[Any, Any] = {}
+        for item in unique:
+            entry = entries.get(keys[item])
+            if entry is not None and _fresh(entry, version, ttl, now):
+                results[item] = entry.value
+        missing = [item for item in unique if item not in results]
+        for start in range(0, len(missing), batch_size):
+            batch = missing[start:start + batch_size]
+            try:
+                found = dict(self._call(circuit, partial(fetch_many, batch), using,
+                                        operation=cache.space_of(key)))
+            except ResilienceError as err:
+                for item in batch:
+                    entry = entries.get(keys[item])
+                    if entry is None or entry.age(now) >= ttl + stale_ttl:
+                        raise err from err.__cause__
+                    results[item] = entry.value
+                    labels.mark(labels.STALE, entry.age(now))
+                    metrics.inc("calls", circuit=circuit, outcome="fallback")
+                continue
+            self.cache.set_many({keys[item]: value for item, value in found.items()},
+                                ttl, stale_ttl, version)
+            results.update((item, found[item]) for item in batch if item in found)
+        return results
+
+    def _revalidate(self, key: str, fn: Callable[[], Any], circuit: str, ttl: float,
+                    stale_ttl: float, fallback_fn: Callable[[], Any] | None,
+                    using: str | None, lookup: cache.Lookup) -> Served:
+        """A stale entry is at hand: one process in the cluster refreshes it, the others
+        serve it (stale-while-revalidate); nobody refreshes while the circuit is open."""
+        entry = lookup.entry
+        assert entry is not None  # noqa: S101  (the caller checked)
+        if _is_open(circuit):  # no refresh while open, and no lease to take for it
+            return self._stale(entry, circuit)
+        token = uuid.uuid4().hex
+        if not self.cache.take_lease(key, token, _budget(circuit)):
+            return self._stale(entry, circuit)
         try:
-            self._bump(self._version_key(space), None)
-        except Exception as err:  # noqa: BLE001
-            logger.warning("Read cache unavailable, %s not invalidated: %s", space, err)
+            value = self._call(circuit, fn, using, operation=cache.space_of(key))
+            self.cache.set(key, value, ttl, stale_ttl, lookup)
+        except ResilienceError as err:
+            return self._fallback_or_raise(err, entry, circuit, ttl, stale_ttl, fallback_fn)
+        except Exception:  # a negative answer: the stale entry must not stand in for it
+            self.cache.remove(key)
+            raise
+        finally:  # after the result is stored, so nobody sees neither lease nor result
+            self.cache.release_lease(key, token)
+        return Served(value)
 
-    def remove(self, key: str) -> None:
-        """Take ``key``'s entry away, fresh and stale, from the shared cache and this
-        process's layer (other processes' layers drop it within ``LOCAL_TTL``)."""
+    def _fetch(self, key: str, fn: Callable[[], Any], circuit: str, ttl: float,
+               stale_ttl: float, fallback_fn: Callable[[], Any] | None, using: str | None,
+               lookup: cache.Lookup) -> Served:
+        """Nothing servable is cached: the one process holding the lease queries, the others
+        wait for its result or its error (after a negative answer, which is not shared,
+        they ask ``fn`` themselves)."""
+        if _is_open(circuit):  # fail fast: the breaker answers, no lease needed
+            try:
+                value = self._call(circuit, fn, using, operation=cache.space_of(key))
+            except ResilienceError as err:
+                return self._fallback_or_raise(err, None, circuit, ttl, stale_ttl, fallback_fn)
+            self.cache.set(key, value, ttl, stale_ttl, lookup)
+            return Served(value)
+        token = uuid.uuid4().hex
+        leader = self.cache.take_lease(key, token, _budget(circuit))
+        if not leader:
+            try:
+                waited = self._await_leader(key, circuit, ttl)
+            except ResilienceError as err:
+                return self._fallback_or_raise(err, None, circuit, ttl, stale_ttl, fallback_fn)
+            if waited is not None:
+                return waited
+            leader = self.cache.take_lease(key, token, _budget(circuit))
         try:
-            self._bump(REMOVED_PREFIX + key, REMOVED_TTL)
-        except Exception as err:  # noqa: BLE001
-            logger.warning("Read cache unavailable, %s not removed: %s", key, err)
-        self._delete(key)
+            if leader:  # the previous leader may have stored its result just before
+                done = self.cache.get_shared(key)
+                if done.entry is not None and _fresh(done.entry, done.space_version, ttl,
+                                                     self._clock()):
+                    return Served(done.entry.value)
+            value = self._call(circuit, fn, using, operation=cache.space_of(key))
+            self.cache.set(key, value, ttl, stale_ttl, lookup)
+        except ResilienceError as err:
+            if leader:
+                self.cache.publish_error(key, err.code, err.message, err.retry_after)
+            return self._fallback_or_raise(err, None, circuit, ttl, stale_ttl, fallback_fn)
+        except Exception:  # a negative answer: what was cached must not stand in for it
+            if lookup.entry is not None:  # (a never-cached key leaves nothing behind)
+                self.cache.remove(key)
+            raise
+        finally:  # after the result is stored, so nobody sees neither lease nor result
+            if leader:
+                self.cache.release_lease(key, token)
+        return Served(value)
 
-    def _bump(self, key: str, timeout: float | None) -> None:
-        """Add one to the shared counter ``key``, starting it at 1."""
-        try:
-            if not self.shared.add(key, 1, timeout=timeout):
-                self.shared.incr(key)
-        except ValueError:  # expired or evicted between add and incr
-            self.shared.set(key, 1, timeout=timeout)
+    def _await_leader(self, key: str, circuit: str, ttl: float) -> Served | None:
+        """The leader's value, its error raised, or ``None`` when it vanished (its lease
+        expired or was released without a result) or took longer than our deadline."""
+        since = self._clock()
+        deadline = deadlines.Deadline(_budget(circuit), self._monotonic)
+        while not deadline.expired:
+            self._sleep(WAIT_POLL_INTERVAL)
+            lookup = self.cache.get_shared(key)
+            entry = lookup.entry
+            if entry is not None and _fresh(entry, lookup.space_version, ttl, self._clock()):
+                return Served(entry.value)
+            error = self.cache.get_error(key, since)
+            if error is not None:
+                raise classify.rebuild(error, circuit)
+            if not self.cache.lease_held(key):
+                return None
+        raise OperationTimeout(circuit=circuit)
 
-    def _delete(self, key: str) -> None:
-        with self._lock:
-            self._local.pop(key, None)
-        try:
-            self.shared.delete(PREFIX + key)
-        except Exception as err:  # noqa: BLE001
-            logger.warning("Read cache unavailable, %s not removed: %s", key, err)
+    def _fallback_or_raise(self, err: ResilienceError, entry: cache.Entry | None,
+                           circuit: str, ttl: float, stale_ttl: float,
+                           fallback_fn: Callable[[], Any] | None) -> Served:
+        if entry is not None and entry.age(self._clock()) < ttl + stale_ttl:
+            return self._stale(entry, circuit)
+        if fallback_fn is not None:
+            metrics.inc("calls", circuit=circuit, outcome="fallback")
+            return Served(fallback_fn(), labels.DEGRADED)
+        raise err
 
-    def forget_local(self) -> None:
-        with self._lock:
-            self._local.clear()
-
-    def take_lease(self, key: str, token: str, timeout: float) -> bool:
-        """Claim the one refresh of ``key`` across the cluster (``SET NX`` on Redis); ``True``
-        also when the cache is unreachable, as then every process is on its own."""
-        try:
-            seconds = max(1, math.ceil(timeout))
-            return bool(self.shared.add(LEASE_PREFIX + key, token, timeout=seconds))
-        except Exception as err:  # noqa: BLE001
-            logger.warning("Read cache unavailable, refreshing %s without a lease: %s", key, err)
-            return True
-
-    def lease_held(self, key: str) -> bool:
-        try:
-            return self.shared.get(LEASE_PREFIX + key) is not None
-        except Exception:  # noqa: BLE001
-            return False
-
-    def release_lease(self, key: str, token: str) -> None:
-        try:
-            if self.shared.get(LEASE_PREFIX + key) == token:
-                self.shared.delete(LEASE_PREFIX + key)
-        except Exception as err:  # noqa: BLE001  (the lease expires on its own)
-            logger.warning("Read cache unavailable, lease on %s left to expire: %s", key, err)
-
-    def publish_error(self, key: str, code: str, message: str,
-                      retry_after: float | None) -> None:
-        """Tell processes waiting for the leader's result that it failed, and how."""
-        error = {"code": code, "message": message, "retry_after": retry_after,
-                 "at": self.clock()}
-        try:
-            self.shared.set(ERROR_PREFIX + key, error, timeout=ERROR_TTL)
-        except Exception:  # noqa: BLE001  (waiters then give up at their deadline)
-            logger.warning("Read cache unavailable, error on %s not shared.", key)
-
-    def get_error(self, key: str, since: float) -> dict[str, Any] | None:
-        try:
-            error = self.shared.get(ERROR_PREFIX + key)
-        except Exception:  # noqa: BLE001
-            return None
-        return error if isinstance(error, dict) and error.get("at", 0) >= since else None
-
-    def get_shared(self, key: str) -> Lookup:
-        version_key = self._version_key(space_of(key))
-        try:
-            found = self.shared.get_many([PREFIX + key, version_key, REMOVED_PREFIX + key])
-        except Exception as err:  # noqa: BLE001  (an unreachable cache is a miss)
-            logger.warning("Read cache unavailable: %s", err)
-            return Lookup(None, -1)
-        raw = found.get(PREFIX + key)
-        version = int(found.get(version_key) or 0)
-        removed = int(found.get(REMOVED_PREFIX + key) or 0)
-        entry = None
-        if isinstance(raw, dict) and raw.get("k", 0) == removed:  # else: from before a removal
-            entry = Entry(raw["v"], raw["t"], raw.get("s", 0))
-        return Lookup(entry, version, removed)
-
-    def _remember(self, key: str, lookup: Lookup) -> None:
-        with self._lock:
-            self._local[key] = (self._monotonic(), lookup)
-            self._local.move_to_end(key)
-            while len(self._local) > LOCAL_MAX_ENTRIES:
-                self._local.popitem(last=False)
-
-    @staticmethod
-    def _version_key(space: str) -> str:
-        return f"resilience:space:{space}"
+    def _stale(self, entry: cache.Entry, circuit: str) -> Served:
+        metrics.inc("calls", circuit=circuit, outcome="fallback")
+        return Served(entry.value, labels.STALE, entry.age(self._clock()))
 
 
-# What the current request was served from ------------------------------------------------
-
-_served: contextvars.ContextVar[tuple[str, float] | None] = contextvars.ContextVar(
-    "resilience_crm_served", default=None)
+def _fresh(entry: cache.Entry, space_version: int, ttl: float, now: float) -> bool:
+    return entry.space_version == space_version and entry.age(now) < ttl
 
 
-def begin() -> None:
-    """Forget earlier labels; call at the start of each request."""
-    _served.set(None)
+def _budget(circuit: str) -> float:
+    return float(get_breaker(circuit).config.call_timeout)
 
 
-def mark(kind: str, age: float = 0.0) -> None:
-    """Record that part of the current answer came from a fallback: ``degraded`` (no real
-    data) outranks ``stale``; of stale parts the oldest age is kept."""
-    current = _served.get()
-    if current is None or (kind == DEGRADED and current[0] != DEGRADED):
-        _served.set((kind, age))
-    elif kind == current[0]:
-        _served.set((kind, max(age, current[1])))
-
-
-def served() -> tuple[str, float] | None:
-    """``(kind, age)`` when the current request used a fallback: ``kind`` is ``stale`` or
-    ``degraded``; ``age`` is the oldest stale entry's age in seconds."""
-    return _served.get()
-
-
-def headers() -> dict[str, str]:
-    """The response headers that label the current request's fallback, if any."""
-    current = _served.get()
-    if current is None:
-        return {}
-    kind, age = current
-    if kind == STALE:
-        return {FALLBACK_HEADER: kind, "Age": str(int(age))}
-    return {FALLBACK_HEADER: kind}
+def _is_open(circuit: str) -> bool:
+    """This worker's view (no I/O while it is fresh) says the circuit rejects calls."""
+    return get_breaker(circuit).state in (machine.OPEN, machine.FORCED_OPEN)

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from resilience_crm.provider import queue
+from resilience_crm.provider import replay
 
 
 class Command(BaseCommand):
@@ -16,11 +16,11 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--limit", type=int, default=None,
                             help="apply at most this many writes")
-        parser.add_argument("--lease", type=float, default=queue.LEASE_SECONDS,
+        parser.add_argument("--lease", type=float, default=replay.LEASE_SECONDS,
                             help="seconds a row stays leased to this run (default %(default)s)")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        report = queue.replay(lease=options["lease"], limit=options["limit"])
+        report = replay.replay(lease=options["lease"], limit=options["limit"])
         self.stdout.write(
             f"Moved {report.moved} from Redis, applied {report.applied}, failed "
             f"{report.failed}, dead letters {report.dead}." +

@@ -1,0 +1,145 @@
+"""One call under its circuit's breaker and deadline: the engine under every ``protected``
+operation.
+
+:meth:`Engine._call` takes a permit from the breaker (an open circuit refuses at once and the
+call never runs), runs ``fn`` in a transaction under the circuit's ``call_timeout``
+(``statement_timeout``, and a watchdog that cuts the connection when the budget ends), retries
+what may be retried while the deadline and the circuit's retry budget allow, settles the
+permit with the outcome, and raises what failed as the library's error class
+(:func:`~resilience_crm.provider.classify.error_for`).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from django.db import connections, transaction
+
+import resilience_crm.provider.classify as classify
+import resilience_crm.provider.deadlines as deadlines
+import resilience_crm.provider.retries as retries
+from resilience_crm import metrics
+from resilience_crm.breakers import machine
+from resilience_crm.breakers.registry import get_breaker
+from resilience_crm.exceptions import OperationTimeout
+
+logger = logging.getLogger("resilience_crm.provider.calls")
+
+T = TypeVar("T")
+
+
+class Engine:
+    """Runs calls; the monotonic clock, sleep and randomness are injectable for tests."""
+
+    def __init__(self, *, monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep,
+                 rand: Callable[[], float] = random.random) -> None:
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._rand = rand
+
+    def _call(self, circuit: str, fn: Callable[[], T], using: str | None,
+              *, retry_if: Callable[[BaseException], bool] | None = None,
+              operation: str = "", committed_is_done: bool = False) -> T:
+        metrics.inc("operations", circuit=circuit, operation=operation)
+        breaker = get_breaker(circuit)
+        permit = breaker.allow()  # CircuitOpenError: never run, never retried
+        deadline = deadlines.Deadline(breaker.config.call_timeout, self._monotonic)
+        budget = retries.budget_for(circuit)
+        budget.deposit()
+        attempt = 0
+        while True:
+            attempt += 1
+            started = self._monotonic()
+            try:
+                value = self._attempt(fn, using, deadline)
+            except Exception as exc:
+                kind = classify.classify(exc)
+                lost = _connection_lost(using)
+                if (kind.dependency and deadline.expired) or kind.error is OperationTimeout:
+                    _finish(breaker, permit, machine.FAILURE, deadline, timeout=True)
+                    raise OperationTimeout(circuit=circuit) from exc
+                pause = retries.backoff(attempt, kind.retry_after, rand=self._rand)
+                took = self._monotonic() - started
+                # A retry on a lost connection first waits for a new one: it starts only if
+                # that wait, at its longest, fits in what is left too.
+                wait = max(took, deadlines.connect_wait(using) if lost and using else 0.0)
+                if (kind.retryable and (retry_if is None or retry_if(exc))
+                        and attempt < retries.MAX_ATTEMPTS
+                        and deadline.remaining() > pause + wait
+                        and _may_retry(using) and budget.withdraw()):
+                    metrics.inc("retries", circuit=circuit, operation=operation)
+                    logger.info("%s %s: retrying after %r (attempt %s)", circuit, operation,
+                                exc, attempt + 1)
+                    self._sleep(pause)
+                    continue
+                failed = kind.dependency and breaker.is_failure(exc)
+                outcome = machine.FAILURE if failed else machine.SUCCESS
+                _finish(breaker, permit, outcome, deadline)
+                error = classify.error_for(exc, kind, circuit, retried=attempt > 1)
+                if error is None:
+                    raise
+                raise error from exc
+            if deadline.expired:
+                _finish(breaker, permit, machine.FAILURE, deadline, timeout=True)
+                if committed_is_done:  # a write that committed happened: no error for it
+                    return value
+                raise OperationTimeout(circuit=circuit)
+            breaker.settle(permit, deadline.elapsed())  # a success, or slow
+            return value
+
+    def _attempt(self, fn: Callable[[], T], using: str | None,
+                 deadline: deadlines.Deadline) -> T:
+        if using is None:
+            return fn()
+        outer = connections[using].in_atomic_block
+        with deadlines.cut_off(using, deadline), transaction.atomic(using=using):
+            try:
+                previous = deadlines.set_statement_timeout(using, deadline.remaining())
+                value = fn()
+            except Exception:
+                # Let go of a broken connection inside the block: leaving it to Django,
+                # the block's end would open a new one (to restore autocommit) with no
+                # regard to the deadline.
+                if not outer and _connection_lost(using):
+                    _discard_lost_connections(using)
+                raise
+            if outer and previous is not None:
+                deadlines.restore_statement_timeout(using, previous)
+            return value
+
+
+def _finish(breaker: Any, permit: Any, outcome: str, deadline: deadlines.Deadline,
+            *, timeout: bool = False) -> None:
+    if timeout:
+        metrics.inc("calls", circuit=breaker.name, outcome="timeout")
+    breaker.settle(permit, deadline.elapsed(), outcome)
+
+
+def _may_retry(using: str | None) -> bool:
+    """A retry inside the caller's own transaction would run in a broken transaction."""
+    return using is None or not connections[using].in_atomic_block
+
+
+def _connection_lost(using: str | None) -> bool:
+    """This thread has no working connection to ``using`` (it was never made, or it broke),
+    so another attempt must first get a new one."""
+    if using is None:
+        return False
+    connection = connections[using].connection
+    return connection is None or bool(getattr(connection, "closed", False))
+
+
+def _discard_lost_connections(using: str) -> None:
+    """Let go of this thread's broken connection to ``using``. In a pool, the others made
+    before it most likely broke with it (a restart, a failover): the pool replaces them all
+    (``drain``), rather than hand them out one by one to fail the calls that get them."""
+    connection = connections[using]
+    connection.close()
+    pool = getattr(connection, "pool", None)  # PostgreSQL with OPTIONS["pool"]
+    if pool is not None:
+        pool.drain()
