@@ -97,7 +97,7 @@ class Breaker:
             state = view["state"]
             if state in machine.PASSING:
                 return Permit(view["gen"], "", state)
-            if state in (machine.OPEN, machine.FORCED_OPEN):
+            if state in machine.REJECTING:
                 wait_ms = view["until"] - self._server_now_ms()
                 if view["until"] == 0 or wait_ms > 0:
                     metrics.add(self._counters["rejected"])
@@ -186,7 +186,7 @@ class Breaker:
         view = self._step(self._take_pending())
         calls, failures = view["calls"], view["failures"]
         retry_after = None
-        if view["state"] in (machine.OPEN, machine.FORCED_OPEN) and view["until"]:
+        if view["state"] in machine.REJECTING and view["until"]:
             retry_after = _seconds(view["until"] - view["now"])
         return {
             "name": self.name,
@@ -312,8 +312,7 @@ class Breaker:
     def _announce(self, change: Mapping[str, Any], actor: Any, local: bool,
                   source: str = "") -> None:
         logger.log(
-            (logging.WARNING if change["to"] in (machine.OPEN, machine.FORCED_OPEN)
-             else logging.INFO),
+            logging.WARNING if change["to"] in machine.REJECTING else logging.INFO,
             "Circuit %s: %s -> %s (generation %s, %s)%s", self.name, change["from"],
             change["to"], change["gen"], change["reason"], " [local]" if local else "",
         )
