@@ -16,12 +16,11 @@ from typing import Any
 
 from django.core.cache import caches
 from django_redis import get_redis_connection
-from redis import exceptions as redis_exceptions
 
 from resilience_crm.breakers.stores.base import BaseStore, StateMissing
 from resilience_crm.conf import settings
 from resilience_crm.exceptions import StoreUnavailable
-from resilience_crm.lua import LuaScript
+from resilience_crm.lua import REDIS_DOWN, LuaScript
 
 SCRIPT = LuaScript(Path(__file__).with_name("step.lua").read_text(encoding="utf-8"))
 
@@ -29,14 +28,8 @@ SCRIPT = LuaScript(Path(__file__).with_name("step.lua").read_text(encoding="utf-
 #: step seeds it again from the durable ``Circuit`` row.
 STATE_TTL_MS = 7 * 24 * 3600 * 1000
 
-#: Errors that make a step fail. Every one of them degrades to the worker's own breaker: not
-#: only an unreachable Redis but one that answers with an error (BUSY, MISCONF, OOM, a
-#: replica's READONLY, WRONGTYPE on the key, a script error on a malformed value).
-FAILURES = (
-    redis_exceptions.RedisError,
-    OSError,
-    ValueError,  # a reply that is not the JSON the script writes
-)
+#: Errors that make a step fail; each degrades to the worker's own breaker.
+FAILURES = (*REDIS_DOWN, ValueError)  # ValueError: a reply that is not the script's JSON
 
 
 class RedisStore(BaseStore):
