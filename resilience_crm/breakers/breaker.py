@@ -28,7 +28,7 @@ from typing import Any, NamedTuple, TypeVar
 from resilience_crm import metrics
 from resilience_crm.breakers import machine
 from resilience_crm.breakers.config import exception_classes, exception_errors
-from resilience_crm.breakers.stores.base import BaseStore
+from resilience_crm.breakers.stores.base import BaseStore, Step
 from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.signals import circuit_transition
 
@@ -288,11 +288,8 @@ class Breaker:
     def _step(self, entries: Sequence[Sequence[Any]], op: str | None = None,
               arg: Mapping[str, Any] | None = None, *, actor: Any = None,
               source: str = "", shared_only: bool = False) -> dict[str, Any]:
-        options: dict[str, Any] = {}
-        if shared_only and self.store.fails_over:
-            options["shared_only"] = True
-        result = self.store.step(self.name, self._step_config, rand=self._rand(),
-                                 entries=entries, op=op, arg=arg, **options)
+        result = self.store.step(Step(self.name, self._step_config, self._rand(), entries, op,
+                                      arg, shared_only=shared_only))
         local = bool(result.get("local"))
         with self._lock:
             # Threads step concurrently; a slower answer must not replace a newer view.
