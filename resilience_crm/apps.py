@@ -8,9 +8,9 @@ class ResilienceCrmConfig(AppConfig):
 
     def ready(self) -> None:
         from resilience_crm import (  # noqa: F401  (registers the system checks and receivers)
+            buckets,
             checks,
             flusher,
-            metrics,
             receivers,
         )
         from resilience_crm.breakers import events
@@ -22,6 +22,6 @@ class ResilienceCrmConfig(AppConfig):
         # per-minute metrics, this worker's counts for /resilience/metrics, and the alert
         # rules last, since they read the metrics just written.
         flusher.register(events.write_pending, spill=events.spill)
-        flusher.register(metrics.write_buckets, spill=metrics.spill)
+        flusher.register(buckets.write_buckets, spill=buckets.spill)
         flusher.register(exposition.push)
         flusher.register(rules.evaluate_due)

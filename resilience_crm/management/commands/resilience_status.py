@@ -5,12 +5,12 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError
 
-from resilience_crm import metrics, spool
+from resilience_crm import buckets, spool
 from resilience_crm.breakers import events, machine, registry
 from resilience_crm.breakers.control import known_circuits
 
 #: Kinds of records the spool keeps while the database is down (-1: Redis did not answer).
-SPOOLED = (events.KIND, metrics.KIND)
+SPOOLED = (events.KIND, buckets.KIND)
 
 
 class Command(BaseCommand):
