@@ -7,7 +7,7 @@ class ResilienceCrmConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from resilience_crm import flusher, metrics, receivers  # noqa: F401  (connects receivers)
+        from resilience_crm import buckets, flusher, receivers  # noqa: F401  (connects receivers)
         from resilience_crm.breakers import events
         from resilience_crm.observability import exposition, rules
         from resilience_crm.ratelimit import tiers  # noqa: F401  (announces tier edits)
@@ -16,7 +16,7 @@ class ResilienceCrmConfig(AppConfig):
         # per-minute metrics, this worker's counts for /resilience/metrics, and the alert
         # rules last, since they read the metrics just written.
         flusher.register(events.write_pending, spill=events.spill)
-        flusher.register(metrics.write_buckets, spill=metrics.spill)
+        flusher.register(buckets.write_buckets, spill=buckets.spill)
         flusher.register(exposition.push)
         flusher.register(rules.evaluate_due)
 

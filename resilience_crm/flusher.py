@@ -1,11 +1,10 @@
 """One background thread per process that writes what the request path only buffers.
 
 Transition events (:mod:`resilience_crm.breakers.events`) and per-minute call metrics
-(:mod:`resilience_crm.metrics`) are kept in memory by the thread that makes them and
-written
-to the database here, so no request waits on the database for its bookkeeping, least of all
-on a database that is down. ``AppConfig.ready()`` registers their writers, in order, with
-:func:`register`.
+(:mod:`resilience_crm.metrics`, written by :mod:`resilience_crm.buckets`) are kept in memory
+by the thread that makes them and written to the database here, so no request waits on the
+database for its bookkeeping, least of all on a database that is down. ``AppConfig.ready()``
+registers their writers, in order, with :func:`register`.
 
 The thread starts on first need (:func:`start`, :func:`wake`), runs a round of writes when
 woken and every :data:`INTERVAL` seconds, and backs off (:data:`BACKOFF_START` doubling up to
@@ -85,7 +84,7 @@ def register(task: Task, *, spill: Spill | None = None) -> None:
 
 def set_background(enabled: bool) -> None:
     """Whether the thread runs (the default). When off, buffered events and metrics stay in
-    this process until ``events.flush()`` / ``metrics.flush_buckets()`` are called: for test
+    this process until ``events.flush()`` / ``buckets.flush_buckets()`` are called: for test
     suites whose database changes live in the test's own transaction."""
     global _background
     _background = enabled

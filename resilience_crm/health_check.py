@@ -26,8 +26,6 @@ from health_check.exceptions import ServiceUnavailable, ServiceWarning
 from resilience_crm.breakers import machine, registry
 from resilience_crm.conf import settings
 
-REJECTING = (machine.OPEN, machine.FORCED_OPEN)
-
 
 @dataclasses.dataclass
 class Circuits(HealthCheck):
@@ -46,9 +44,9 @@ class Circuits(HealthCheck):
         for name in settings.circuit_names():
             breaker = registry.get_breaker(name)
             state = breaker.peek()
-            if state in REJECTING and (not self.critical or name in self.critical):
+            if state in machine.REJECTING and (not self.critical or name in self.critical):
                 raise ServiceUnavailable(f"circuit {name} is {state.replace('_', ' ')}")
-            if state in (*REJECTING, machine.HALF_OPEN) or breaker.using_fallback:
+            if state in machine.STRUGGLING or breaker.using_fallback:
                 troubled[name] = "local breaker" if breaker.using_fallback else state
         if troubled:
             raise ServiceWarning(", ".join(f"{name}: {what}" for name, what in troubled.items()))

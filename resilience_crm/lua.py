@@ -1,4 +1,5 @@
-"""Lua scripts run by EVALSHA, once each."""
+"""Redis as every feature talks to it: what counts as it being down (:data:`REDIS_DOWN`), and
+Lua scripts run by EVALSHA, once each."""
 
 from __future__ import annotations
 
@@ -6,7 +7,17 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from redis.exceptions import NoScriptError
+from django_redis.exceptions import ConnectionInterrupted
+from redis.exceptions import NoScriptError, RedisError
+
+#: What a call to Redis raises when Redis is unavailable: not only unreachable or stalled
+#: (a refused or cut connection, a socket timeout) but answering with an error (BUSY,
+#: MISCONF, OOM, a replica's READONLY, WRONGTYPE on a key, a failing script): redis-py's
+#: ``RedisError``, the ``OSError`` of a socket it did not wrap, and django-redis's
+#: ``ConnectionInterrupted``, which wraps redis-py's errors in cache calls. Each user
+#: degrades on these; a reply of the wrong shape is the caller's own extra (``ValueError``
+#: for JSON that is not the script's, ``TypeError``/``IndexError`` for a short reply).
+REDIS_DOWN = (RedisError, ConnectionInterrupted, OSError)
 
 
 class LuaScript:

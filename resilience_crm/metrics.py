@@ -4,13 +4,10 @@ store errors.
 Exact and cheap enough for the hot path: each thread counts into its own dictionary (no
 lock, no lost increments between threads), under the minute of the call. The status
 command, the readiness endpoint and the metrics exposition read the totals with
-:func:`collect` / :func:`value`. :func:`flush_buckets` adds what was counted since its last
-run to the ``CircuitMetric`` row of the minute each call was made in; the background flusher
-(:mod:`resilience_crm.flusher`) calls it every ``flusher.INTERVAL`` seconds. While the
-database cannot be reached the flusher moves the unwritten counts into the shared store's
-spool (:func:`spill`, :mod:`resilience_crm.spool`), and any process's
-:func:`write_buckets`
-adds them once it is back. A forked child starts with empty counters.
+:func:`collect` / :func:`value`. :mod:`resilience_crm.buckets` writes the counts into the
+per-minute ``CircuitMetric`` rows (:func:`unwritten`, :func:`mark_written`), and
+:func:`retire` folds written minutes into the totals. A forked child starts with empty
+counters.
 """
 
 from __future__ import annotations
@@ -24,27 +21,18 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import DatabaseError, IntegrityError, router, transaction
-from django.db.models import F, Value
-from django.db.models.functions import Greatest
-
-from resilience_crm import flusher, spool
-from resilience_crm.exceptions import SpoolUnavailable
+from resilience_crm import flusher
 
 logger = logging.getLogger("resilience_crm.metrics")
 
 #: ``CircuitMetric`` column for each outcome counted under ``calls``.
 COLUMNS = {"success": "successes", "slow": "slow", "failure": "failures",
            "timeout": "timeouts", "rejected": "rejected", "fallback": "fallbacks"}
-#: Outcomes of calls that ran (the rest never reached the dependency). A call that ran out of
-#: time is also a failure: ``timeouts`` is a part of ``failures``, not added to the calls.
-RAN = ("successes", "slow", "failures")
 #: Minutes of counts one thread keeps while the database is down; older ones are dropped
 #: unwritten (with an error, counted as ``metric_minutes_dropped``).
 MAX_MINUTES = 24 * 60
+#: The counter (and column) of the slowest call of a minute: kept as the maximum, not added.
 PEAK = "latency_max"
-#: The spool (:mod:`resilience_crm.spool`) counts wait in while the database is down.
-KIND = "metrics"
 
 #: The wall clock that decides a call's minute (tests put their own clock here).
 clock: Callable[[], float] = time.time
@@ -81,7 +69,7 @@ class _Shard:
         self.start = self.end = 0.0  # the current minute, as clock() times
         self.counts: defaultdict[Key, Any] = defaultdict(int)
         self.minutes: dict[float, defaultdict[Key, Any]] = {}  # minute (epoch // 60) -> counts
-        self.written: dict[float, dict[Key, Any]] = {}  # what flush_buckets wrote of each
+        self.written: dict[float, dict[Key, Any]] = {}  # what was written of each
         self.thread = threading.current_thread()
 
 
@@ -90,7 +78,6 @@ _local = threading.local()
 _shards: list[_Shard] = []
 _retired: dict[Key, int] = {}  # totals of minutes written and forgotten
 _state_lock = threading.Lock()  # shards, written and retired; never held across I/O
-_flush_lock = threading.Lock()  # one flush at a time
 
 
 def key(name: str, **labels: str) -> Key:
@@ -153,69 +140,6 @@ def reset() -> None:
         _retired.clear()
 
 
-def flush_buckets() -> int:
-    """Add what this process counted since the last flush to the ``CircuitMetric`` row of
-    each circuit and minute; returns how many rows it wrote. When the database fails the
-    counts stay here, under their minutes, and go with the next flush."""
-    try:
-        return write_buckets(blocking=False)
-    except DatabaseError as err:
-        logger.warning("Could not write call metrics (%s); they wait for the next flush.", err)
-        return 0
-
-
-def write_buckets(blocking: bool = True) -> int:
-    """:func:`flush_buckets`, raising the database's error; the flusher's task."""
-    if not _flush_lock.acquire(blocking=blocking):
-        return 0  # another thread is flushing
-    written = 0
-    try:
-        buckets, seen = _unwritten()
-        for minute, circuit in sorted(buckets):
-            columns = buckets[minute, circuit]
-            _add_to_bucket(circuit, datetime.fromtimestamp(minute * 60, tz=UTC), columns)
-            with _state_lock:
-                for shard, counts in seen[minute, circuit]:
-                    shard.written.setdefault(minute, {}).update(counts)
-            written += 1
-    finally:
-        _retire()  # also when the database failed: that is when MAX_MINUTES matters
-        _flush_lock.release()
-    return written + spool.drain(KIND, _write_spooled)
-
-
-def spill(timeout: float = -1) -> int:
-    """Move the counts not yet written into the shared store's spool, where they outlive
-    this process and any process adds them to their buckets once the database is back;
-    returns how many (minute, circuit) buckets moved. Without a shared store (or when it
-    fails) they stay here."""
-    if not _flush_lock.acquire(timeout=timeout):
-        return 0
-    try:
-        buckets, seen = _unwritten()
-        records = [{"minute": minute, "circuit": circuit, "columns": buckets[minute, circuit]}
-                   for minute, circuit in sorted(buckets)]
-        try:
-            spool.keep(KIND, records)
-        except SpoolUnavailable as err:
-            logger.debug("Call metrics stay in this process (%s).", err)
-            return 0
-        with _state_lock:  # in the spool they are as good as written
-            for (minute, _), counted in seen.items():
-                for shard, counts in counted:
-                    shard.written.setdefault(minute, {}).update(counts)
-        return len(records)
-    finally:
-        _retire()
-        _flush_lock.release()
-
-
-def _write_spooled(records: list[dict[str, Any]]) -> None:
-    for record in records:
-        _add_to_bucket(record["circuit"], datetime.fromtimestamp(record["minute"] * 60, tz=UTC),
-                       dict(record["columns"]))
-
-
 def _new_shard() -> _Shard:
     shard = _Shard()
     with _state_lock:
@@ -235,11 +159,16 @@ def _turn(shard: _Shard, now: float) -> None:
     shard.end = shard.start + 60
 
 
-def _unwritten() -> tuple[dict[tuple[float, str], dict[str, Any]],
-                          dict[tuple[float, str], list[tuple[_Shard, dict[Key, Any]]]]]:
-    """Per (minute, circuit): the columns to add, and per shard the counts they came from."""
+#: Per shard, the counts (as they stood) that one (minute, circuit) bucket's columns came from.
+Counted = list[tuple[_Shard, dict[Key, Any]]]
+
+
+def unwritten() -> tuple[dict[tuple[float, str], dict[str, Any]],
+                         dict[tuple[float, str], Counted]]:
+    """Per (minute, circuit): the ``CircuitMetric`` columns to add (what was counted since
+    the last :func:`mark_written`), and what to pass :func:`mark_written` once they are."""
     buckets: dict[tuple[float, str], dict[str, Any]] = {}
-    seen: dict[tuple[float, str], list[tuple[_Shard, dict[Key, Any]]]] = {}
+    seen: dict[tuple[float, str], Counted] = {}
     with _state_lock:
         shards = list(_shards)
     for shard in shards:
@@ -264,8 +193,17 @@ def _unwritten() -> tuple[dict[tuple[float, str], dict[str, Any]],
     return buckets, seen
 
 
-def _retire() -> None:
-    """Fold minutes that are over and written into the totals; forget finished threads."""
+def mark_written(minute: float, counted: Counted) -> None:
+    """The counts of ``minute`` in ``counted`` (from :func:`unwritten`) are in the database,
+    or in the spool: the next :func:`unwritten` leaves them out."""
+    with _state_lock:
+        for shard, counts in counted:
+            shard.written.setdefault(minute, {}).update(counts)
+
+
+def retire() -> None:
+    """Fold minutes that are over and written into the totals, dropping the oldest unwritten
+    ones past ``MAX_MINUTES``; forget finished threads. The writer calls it after each try."""
     now = clock() // 60
     with _state_lock:
         for shard in list(_shards):
@@ -306,43 +244,14 @@ def _totals() -> dict[Key, int]:
     return totals
 
 
-def _add_to_bucket(name: str, bucket: datetime, columns: dict[str, Any]) -> None:
-    from resilience_crm.models import Circuit, CircuitMetric
-
-    slowest = columns.pop(PEAK, 0.0)
-    latency_sum_ms = columns.pop("latency_us", 0) / 1000
-    calls = sum(columns.get(column, 0) for column in RAN)
-    db = router.db_for_write(CircuitMetric)
-    with transaction.atomic(using=db):
-        circuit, _ = Circuit.objects.using(db).get_or_create(name=name)
-        rows = CircuitMetric.objects.using(db).filter(circuit=circuit, bucket=bucket)
-        increments: dict[str, Any] = {column: F(column) + n for column, n in columns.items()}
-        increments.update(
-            calls=F("calls") + calls,
-            latency_sum_ms=F("latency_sum_ms") + latency_sum_ms,
-            latency_max_ms=Greatest("latency_max_ms", Value(slowest * 1000)),
-        )
-        if rows.update(**increments):
-            return
-        try:
-            with transaction.atomic(using=db):
-                CircuitMetric.objects.using(db).create(
-                    circuit=circuit, bucket=bucket, calls=calls, latency_sum_ms=latency_sum_ms,
-                    latency_max_ms=slowest * 1000, **columns,
-                )
-        except IntegrityError:  # another process made the row first
-            rows.update(**increments)
-
-
 def _after_fork_in_child() -> None:
-    """The parent writes its own counts: the child starts from zero, with new locks (the
+    """The parent writes its own counts: the child starts from zero, with a new lock (the
     parent's may have been held by another thread at the fork)."""
-    global _local, _shards, _retired, _state_lock, _flush_lock
+    global _local, _shards, _retired, _state_lock
     _local = threading.local()
     _shards = []
     _retired = {}
     _state_lock = threading.Lock()
-    _flush_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -30,11 +30,11 @@ from django.apps import apps
 from django.core.cache import caches
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, router, transaction
 from django_redis import get_redis_connection
-from redis.exceptions import RedisError
 
 from resilience_crm.conf import cache_is_redis, settings
 from resilience_crm.exceptions import SpoolUnavailable
 from resilience_crm.flusher import UNREACHABLE
+from resilience_crm.lua import REDIS_DOWN
 
 logger = logging.getLogger("resilience_crm.spool")
 
@@ -89,7 +89,7 @@ def drain(kind: str, write: Writer) -> int:
                     logger.exception("Dropping a batch of %s from the spool: the database "
                                      "refuses it: %s", kind, body)
                 client.xdel(stream, entry_id)
-    except RedisError as err:
+    except REDIS_DOWN as err:
         logger.warning("The spool of %s cannot be read (%s); it waits.", kind, err)
     if written:
         logger.info("Wrote %d %s kept in the shared store while the database was down.",

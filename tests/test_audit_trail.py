@@ -23,7 +23,7 @@ from django.test import override_settings
 from rest_framework.authtoken.models import Token
 
 from crm_demo.crm.models import Contact
-from resilience_crm import flusher, get_breaker, metrics, spool
+from resilience_crm import buckets, flusher, get_breaker, spool
 from resilience_crm.breakers import events as events_module
 from resilience_crm.breakers import machine as core
 from resilience_crm.models import Circuit, CircuitEvent, CircuitMetric
@@ -141,4 +141,4 @@ def test_the_audit_trail_reaches_the_database_after_the_workers_stop(incident):
     assert (counted["failures"] or 0) >= BREAKER["failure_threshold"], figures
     assert (counted["rejected"] or 0) >= rejected, figures
     assert (counted["successes"] or 0) >= served, figures
-    assert spool.length(events_module.KIND) == spool.length(metrics.KIND) == 0
+    assert spool.length(events_module.KIND) == spool.length(buckets.KIND) == 0

@@ -10,6 +10,7 @@ import pytest
 from resilience_crm import metrics
 from resilience_crm.breakers import machine as core
 from resilience_crm.breakers.breaker import SUCCESS_BATCH, Breaker
+from resilience_crm.breakers.stores.base import Step
 from resilience_crm.breakers.stores.failover import FailoverStore
 from resilience_crm.breakers.stores.memory import MemoryStore
 from resilience_crm.exceptions import CircuitOpenError, StoreUnavailable
@@ -25,11 +26,11 @@ class CountingStore(MemoryStore):
         self.steps = 0
         self.down = False
 
-    def step(self, *args, **kwargs):
+    def step(self, step):
         self.steps += 1
         if self.down:
             raise StoreUnavailable("down for the test")
-        return super().step(*args, **kwargs)
+        return super().step(step)
 
 
 @pytest.fixture
@@ -84,7 +85,7 @@ def test_successes_flush_in_batches(store, clock):
     for _ in range(SUCCESS_BATCH):
         breaker.call(lambda: 1)
     assert store.steps == 2  # first fetch + one batch
-    assert store.step("test.circuit", breaker._step_config, rand=0.5)["calls"] == SUCCESS_BATCH
+    assert store.step(Step("test.circuit", breaker._step_config, 0.5))["calls"] == SUCCESS_BATCH
 
 
 def test_failures_are_recorded_at_once_and_trip(store, clock, transitions):

@@ -10,6 +10,7 @@ import pytest
 from django.db import connections
 
 from resilience_crm.breakers import machine as core
+from resilience_crm.breakers.stores.base import Step
 from resilience_crm.breakers.stores.database import DatabaseStore
 from resilience_crm.models import Circuit
 
@@ -23,14 +24,14 @@ CONFIG = core.Config.from_mapping(
 def test_steps_live_in_the_circuit_row():
     store = DatabaseStore()
     for _ in range(5):
-        result = store.step("db.circuit", CONFIG, rand=0.5, entries=[[0, core.FAILURE, 1, ""]])
+        result = store.step(Step("db.circuit", CONFIG, 0.5, [[0, core.FAILURE, 1, ""]]))
     assert result["state"] == core.OPEN
     row = Circuit.objects.get(name="db.circuit")
     assert (row.state, row.generation, row.live["state"]) == (core.OPEN, 1, core.OPEN)
     assert row.version == 5
 
     store.clear("db.circuit")
-    result = store.step("db.circuit", CONFIG, rand=0.5)
+    result = store.step(Step("db.circuit", CONFIG, 0.5))
     assert (result["state"], result["gen"]) == (core.CLOSED, 1)
 
 
@@ -40,7 +41,7 @@ def _hammer(index, barrier, errors):
         store = DatabaseStore()
         barrier.wait()
         for _ in range(10):
-            store.step("db.race", CONFIG, rand=0.5, entries=[[0, core.FAILURE, 1, ""]])
+            store.step(Step("db.race", CONFIG, 0.5, [[0, core.FAILURE, 1, ""]]))
     except BaseException:
         errors.put(traceback.format_exc())
         os._exit(1)
@@ -51,7 +52,7 @@ def _hammer(index, barrier, errors):
 def test_compare_and_set_counts_exactly_under_concurrency(postgres, transactional_db):
     """Four processes race 40 failures; the trip counts exactly five and no step is lost."""
     ctx = multiprocessing.get_context("fork")
-    DatabaseStore().step("db.race", CONFIG, rand=0.5)  # create the row
+    DatabaseStore().step(Step("db.race", CONFIG, 0.5))  # create the row
     connections.close_all()
     barrier, errors = ctx.Barrier(4), ctx.Queue()
     processes = [ctx.Process(target=_hammer, args=(i, barrier, errors)) for i in range(4)]

@@ -213,10 +213,10 @@ class Unforeseen(MemoryStore):
         super().__init__(clock=clock)
         self.fail_records = fail_records
 
-    def step(self, name, config, *, entries=(), **kwargs):
-        if entries or not self.fail_records:
+    def step(self, step):
+        if step.entries or not self.fail_records:
             raise KeyError("a bug in a custom store")
-        return super().step(name, config, entries=entries, **kwargs)
+        return super().step(step)
 
 
 def test_any_exception_of_a_custom_shared_store_degrades():

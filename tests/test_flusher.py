@@ -13,7 +13,7 @@ import time
 import pytest
 from django.db import connections
 
-from resilience_crm import flusher, get_breaker, metrics
+from resilience_crm import buckets, flusher, get_breaker, metrics
 from resilience_crm.breakers import events
 from resilience_crm.models import CircuitEvent, CircuitMetric
 from tests.databases import APP_ALIAS
@@ -96,7 +96,7 @@ def test_a_forked_child_starts_empty_and_never_waits_on_its_parents_locks(postgr
     postgres_proxy.stalled = True
     before = postgres_proxy.connections
     stuck = [threading.Thread(target=events.flush, kwargs={"timeout": 60}),
-             threading.Thread(target=metrics.flush_buckets)]
+             threading.Thread(target=buckets.flush_buckets)]
     for thread in stuck:
         thread.start()
     wait_until(lambda: postgres_proxy.connections >= before + 2,
@@ -111,12 +111,12 @@ def test_a_forked_child_starts_empty_and_never_waits_on_its_parents_locks(postgr
         mine = get_breaker(CIRCUIT)
         churn(mine)
         assert events.flush(timeout=10) == 2
-        assert metrics.flush_buckets() == 1
+        assert buckets.flush_buckets() == 1
         flusher.set_background(True)  # and a thread of its own, started on first need
         churn(mine)
         wait_until(lambda: events.pending_count() == 0, "the child's flusher wrote")
         assert flusher.stop()
-        metrics.flush_buckets()
+        buckets.flush_buckets()
         connections.close_all()
 
     run_processes(child, count=1)

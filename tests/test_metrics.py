@@ -1,5 +1,5 @@
 """Per-minute call metrics: counted in the process, under the minute of the call, added to
-CircuitMetric buckets by the flusher (or ``metrics.flush_buckets()``)."""
+CircuitMetric buckets by the flusher (or ``buckets.flush_buckets()``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from django.db import connections
 from django.db.models import Max, Sum
 
-from resilience_crm import flusher, get_breaker, metrics
+from resilience_crm import buckets, flusher, get_breaker, metrics
 from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.models import CircuitMetric
 from tests.clock import Clock
@@ -60,7 +60,7 @@ def test_calls_land_in_the_minute_bucket(settings):
     with pytest.raises(CircuitOpenError):
         breaker.call(lambda: "never runs")
 
-    assert metrics.flush_buckets() == 1
+    assert buckets.flush_buckets() == 1
 
     row = CircuitMetric.objects.get(circuit__name="crm.read")  # one flush: one bucket
     assert (row.calls, row.successes, row.failures, row.rejected) == (8, 5, 3, 1)
@@ -71,11 +71,11 @@ def test_calls_land_in_the_minute_bucket(settings):
 def test_later_flushes_add_to_the_bucket_and_skip_what_was_written():
     breaker = get_breaker("crm.write")
     make_calls(breaker, successes=2)
-    metrics.flush_buckets()
+    buckets.flush_buckets()
 
-    assert metrics.flush_buckets() == 0
+    assert buckets.flush_buckets() == 0
     make_calls(breaker, successes=3, failures=1)
-    assert metrics.flush_buckets() == 1
+    assert buckets.flush_buckets() == 1
 
     row = totals("crm.write")
     assert (row.calls, row.successes, row.failures) == (6, 5, 1)
@@ -88,7 +88,7 @@ def test_a_bucket_carries_the_minute_of_the_call_not_of_the_flush(clock):
     make_calls(breaker, successes=2, failures=1)
     clock.now += 600
 
-    assert metrics.flush_buckets() == 2
+    assert buckets.flush_buckets() == 2
 
     rows = list(CircuitMetric.objects.filter(circuit__name="crm.read").order_by("bucket")
                 .values_list("bucket", "successes", "failures"))
@@ -102,10 +102,10 @@ def test_the_slowest_call_of_each_minute_is_kept(clock):
     metrics.observe_latency(key, 0.2)
     metrics.observe_latency(key, 0.05)
     metrics.add(metrics.key("calls", circuit=CIRCUIT, outcome="success"), 2)
-    metrics.flush_buckets()
+    buckets.flush_buckets()
     metrics.observe_latency(key, 0.1)  # same minute, slower than nothing written
     metrics.add(metrics.key("calls", circuit=CIRCUIT, outcome="success"))
-    metrics.flush_buckets()
+    buckets.flush_buckets()
 
     row = CircuitMetric.objects.get(circuit__name=CIRCUIT)
     assert row.successes == 3
@@ -134,7 +134,7 @@ def test_threads_lose_no_increments(settings, clock):
         start.wait(timeout=30)
         while counting.is_set():
             clock.now += 20  # a new minute every third pass
-            flushes.append(metrics.flush_buckets())
+            flushes.append(buckets.flush_buckets())
         connections.close_all()
 
     previous = sys.getswitchinterval()
@@ -151,7 +151,7 @@ def test_threads_lose_no_increments(settings, clock):
         flushing.join()
     finally:
         sys.setswitchinterval(previous)
-    metrics.flush_buckets()
+    buckets.flush_buckets()
 
     total = threads * per_thread
     assert len(flushes) > 1 and sum(flushes) > 1  # it did flush while they counted
@@ -182,7 +182,7 @@ def test_processes_flushing_together_add_up(postgres):
     def worker(index):
         make_calls(get_breaker("crm.auth"), successes=10 + index)
         barrier.wait(timeout=30)
-        assert metrics.flush_buckets() == 1
+        assert buckets.flush_buckets() == 1
         connections.close_all()
 
     run_processes(worker, count=8)
@@ -194,10 +194,10 @@ def test_processes_flushing_together_add_up(postgres):
 def test_counts_wait_in_the_process_while_the_database_is_down(database_down, caplog):
     make_calls(get_breaker("crm.read"), successes=3, failures=1)
 
-    assert metrics.flush_buckets() == 0
+    assert buckets.flush_buckets() == 0
     assert "Could not write call metrics" in caplog.text
     database_down.end()
-    assert metrics.flush_buckets() == 1
+    assert buckets.flush_buckets() == 1
 
     row = totals("crm.read")
     assert (row.calls, row.successes, row.failures) == (4, 3, 1)
@@ -210,7 +210,7 @@ def test_minutes_kept_while_the_database_is_down_are_bounded(database_down, cloc
     for _ in range(6):  # six minutes with calls, none of them written
         make_calls(breaker, successes=1)
         clock.now += 60
-        assert metrics.flush_buckets() == 0
+        assert buckets.flush_buckets() == 0
 
     dropped = [r for r in caplog.records if r.getMessage().startswith("Dropped the unwritten")]
     assert len(dropped) == 3  # the three oldest; the three newest wait
@@ -218,5 +218,5 @@ def test_minutes_kept_while_the_database_is_down_are_bounded(database_down, cloc
     assert metrics.value("calls", circuit="crm.read", outcome="success") == 6  # totals keep all
 
     database_down.end()
-    assert metrics.flush_buckets() == 3
+    assert buckets.flush_buckets() == 3
     assert totals("crm.read").successes == 3

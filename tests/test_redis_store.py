@@ -23,6 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_sta
 from redis import exceptions as redis_exceptions
 
 from resilience_crm.breakers import machine as core
+from resilience_crm.breakers.stores.base import Step
 from resilience_crm.breakers.stores.redis import STATE_TTL_MS, RedisStore
 from resilience_crm.exceptions import StoreUnavailable
 from tests.services import require_service
@@ -105,8 +106,7 @@ class StepMachine(RuleBasedStateMachine):
              arg: dict[str, Any] | None = None) -> dict[str, Any]:
         _, expected = core.step(self.model, self.cfg, self.now, rand, copy.deepcopy(entries),
                                 op, copy.deepcopy(arg))
-        got = self.store.step(self.name, self.cfg, rand=rand, entries=entries, op=op, arg=arg,
-                              now=self.now)
+        got = self.store.step(Step(self.name, self.cfg, rand, entries, op, arg, now=self.now))
         _same(got, expected)
         stored = self.store.read(self.name)
         assert stored is not None
@@ -244,7 +244,7 @@ class Circuit:
         self.gen = 0
 
     def step(self, *, rand: float = 0.5, **kwargs: Any) -> dict[str, Any]:
-        result = self.store.step(self.name, self.cfg, rand=rand, now=self.now, **kwargs)
+        result = self.store.step(Step(self.name, self.cfg, rand, now=self.now, **kwargs))
         self.gen = result["gen"]
         return result
 
@@ -460,7 +460,7 @@ def test_time_comes_from_the_redis_server(store: RedisStore) -> None:
     cfg = core.Config(failure_threshold=1, reset_timeout=30).as_step_config()
     name = f"clock-{uuid.uuid4().hex}"
     before = int(time.time() * 1000)
-    result = store.step(name, cfg, rand=0.5, entries=[[0, F, 1, ""]])
+    result = store.step(Step(name, cfg, 0.5, [[0, F, 1, ""]]))
     after = int(time.time() * 1000)
     assert isinstance(result["now"], int)
     assert before - 1_000 <= result["now"] <= after + 1_000  # Redis runs on this host
@@ -487,7 +487,7 @@ def test_unreachable_redis_raises_store_unavailable_quickly(down_store: RedisSto
     cfg = core.Config().as_step_config()
     started = time.monotonic()
     with pytest.raises(StoreUnavailable) as caught:
-        down_store.step("crm.read", cfg, rand=0.5, op="acquire", arg={"permit": "p"})
+        down_store.step(Step("crm.read", cfg, 0.5, op="acquire", arg={"permit": "p"}))
     assert time.monotonic() - started < 1.0
     assert caught.value.code == "STORE_UNAVAILABLE"
     assert caught.value.circuit == "crm.read"

@@ -19,7 +19,7 @@ from django.core.management import call_command
 from django.db import connection, connections
 from django.db.models import Sum
 
-from resilience_crm import flusher, metrics, spool
+from resilience_crm import buckets, flusher, spool
 from resilience_crm.breakers import events
 from resilience_crm.models import CircuitEvent, CircuitMetric
 from tests.databases import CLOSED_PORT, database_url
@@ -86,7 +86,7 @@ def test_a_process_ending_while_the_database_is_down_leaves_its_records_to_the_n
     flusher.run_tasks()  # this process finds the database answering
 
     assert_written_once()
-    assert spool.length(events.KIND) == spool.length(metrics.KIND) == 0
+    assert spool.length(events.KIND) == spool.length(buckets.KIND) == 0
 
 
 def test_processes_writing_the_spool_at_once_write_each_batch_once(spooled):
@@ -102,14 +102,14 @@ def test_processes_writing_the_spool_at_once_write_each_batch_once(spooled):
     run_processes(write, ctx.Barrier(PROCESSES), count=PROCESSES)
 
     assert_written_once()
-    assert spool.length(events.KIND) == spool.length(metrics.KIND) == 0
+    assert spool.length(events.KIND) == spool.length(buckets.KIND) == 0
 
 
 def test_a_batch_the_database_refuses_does_not_hold_up_the_others(spooled, caplog):
     minute = time.time() // 60
     too_many = {"minute": minute, "circuit": "crm.read", "columns": {"failures": 2**70}}
-    spool.keep(metrics.KIND, [too_many])
-    spool.keep(metrics.KIND, [{"minute": minute, "circuit": "crm.read",
+    spool.keep(buckets.KIND, [too_many])
+    spool.keep(buckets.KIND, [{"minute": minute, "circuit": "crm.read",
                                "columns": {"failures": 3}}])
 
     flusher.run_tasks()
@@ -117,5 +117,5 @@ def test_a_batch_the_database_refuses_does_not_hold_up_the_others(spooled, caplo
     counted = CircuitMetric.objects.filter(circuit__name="crm.read").aggregate(
         failures=Sum("failures"))
     assert counted == {"failures": 3}
-    assert spool.length(metrics.KIND) == 0
+    assert spool.length(buckets.KIND) == 0
     assert "Dropping a batch of metrics from the spool" in caplog.text

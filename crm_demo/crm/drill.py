@@ -227,7 +227,7 @@ class Drill:
                      f"in {reply.seconds:.2f}s")
             if reply.status == 200 and reply.headers.get(FALLBACK_HEADER.lower()) == STALE:
                 self._pass("stale", f"200 with {FALLBACK_HEADER}: stale")
-            if get_breaker("crm.read").state in (core.OPEN, core.HALF_OPEN):
+            if get_breaker("crm.read").state in core.IN_INCIDENT:
                 self._pass("opened", "open in the shared store (opened by another process)")
             if not wrote:
                 wrote = True
@@ -315,7 +315,7 @@ class Drill:
             self.say(f"removed the drill's {count} contacts, its user and token")
         for name in CIRCUITS:  # closed when the drill began (run() made sure)
             breaker = get_breaker(name)
-            if breaker.state in (core.OPEN, core.HALF_OPEN):
+            if breaker.state in core.IN_INCIDENT:
                 try:
                     breaker.reset(reason="resilience_drill finished", source="command")
                 except ResilienceError as err:

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple, TypeVar
 from resilience_crm import metrics
 from resilience_crm.breakers import machine
 from resilience_crm.breakers.config import exception_classes, exception_errors
-from resilience_crm.breakers.stores.base import BaseStore
+from resilience_crm.breakers.stores.base import BaseStore, Step
 from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.signals import circuit_transition
 
@@ -97,7 +97,7 @@ class Breaker:
             state = view["state"]
             if state in machine.PASSING:
                 return Permit(view["gen"], "", state)
-            if state in (machine.OPEN, machine.FORCED_OPEN):
+            if state in machine.REJECTING:
                 wait_ms = view["until"] - self._server_now_ms()
                 if view["until"] == 0 or wait_ms > 0:
                     metrics.add(self._counters["rejected"])
@@ -186,7 +186,7 @@ class Breaker:
         view = self._step(self._take_pending())
         calls, failures = view["calls"], view["failures"]
         retry_after = None
-        if view["state"] in (machine.OPEN, machine.FORCED_OPEN) and view["until"]:
+        if view["state"] in machine.REJECTING and view["until"]:
             retry_after = _seconds(view["until"] - view["now"])
         return {
             "name": self.name,
@@ -288,11 +288,8 @@ class Breaker:
     def _step(self, entries: Sequence[Sequence[Any]], op: str | None = None,
               arg: Mapping[str, Any] | None = None, *, actor: Any = None,
               source: str = "", shared_only: bool = False) -> dict[str, Any]:
-        options: dict[str, Any] = {}
-        if shared_only and self.store.fails_over:
-            options["shared_only"] = True
-        result = self.store.step(self.name, self._step_config, rand=self._rand(),
-                                 entries=entries, op=op, arg=arg, **options)
+        result = self.store.step(Step(self.name, self._step_config, self._rand(), entries, op,
+                                      arg, shared_only=shared_only))
         local = bool(result.get("local"))
         with self._lock:
             # Threads step concurrently; a slower answer must not replace a newer view.
@@ -312,8 +309,7 @@ class Breaker:
     def _announce(self, change: Mapping[str, Any], actor: Any, local: bool,
                   source: str = "") -> None:
         logger.log(
-            (logging.WARNING if change["to"] in (machine.OPEN, machine.FORCED_OPEN)
-             else logging.INFO),
+            logging.WARNING if change["to"] in machine.REJECTING else logging.INFO,
             "Circuit %s: %s -> %s (generation %s, %s)%s", self.name, change["from"],
             change["to"], change["gen"], change["reason"], " [local]" if local else "",
         )

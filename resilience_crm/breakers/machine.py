@@ -34,6 +34,12 @@ FORCEABLE = (FORCED_OPEN, FORCED_CLOSED, DISABLED, METRICS_ONLY)
 PASSING = (CLOSED, FORCED_CLOSED, DISABLED, METRICS_ONLY)
 #: States that count outcomes into the window.
 COUNTING = (CLOSED, FORCED_CLOSED, METRICS_ONLY)
+#: States in which calls are rejected without running.
+REJECTING = (OPEN, FORCED_OPEN)
+#: States of an incident under way: tripped, or trying its way back (a reset ends it).
+IN_INCIDENT = (OPEN, HALF_OPEN)
+#: States in which the dependency is not known to be well: rejecting, or on trial.
+STRUGGLING = (OPEN, HALF_OPEN, FORCED_OPEN)
 
 SUCCESS = "success"
 SLOW = "slow"  # a success that took longer than slow_call_duration

@@ -99,11 +99,6 @@ def existing(name: str) -> Breaker | None:
     return _breakers.get(name)
 
 
-def all_breakers() -> list[Breaker]:
-    """A breaker for every configured circuit, in settings order."""
-    return [get_breaker(name) for name in settings.circuit_names()]
-
-
 def swap_breaker(name: str, breaker: Breaker | None) -> Breaker | None:
     """Put ``breaker`` in place for ``name`` (``None``: forget it); returns the one it
     replaces. For test helpers such as :class:`resilience_crm.testutils.override_circuit`."""

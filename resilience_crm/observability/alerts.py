@@ -21,8 +21,6 @@ logger = logging.getLogger("resilience_crm.observability.alerts")
 #: Transitions into ``open`` from these states start an incident; ``half_open -> open`` is
 #: the same incident going on.
 INCIDENT_STARTS = (machine.CLOSED, machine.METRICS_ONLY, machine.FORCED_CLOSED)
-#: States of an incident under way, which a reset by an operator ends.
-IN_INCIDENT = (machine.OPEN, machine.HALF_OPEN)
 #: The one fingerprint every alert from a worker's own breaker is grouped under.
 LOCAL_FINGERPRINT = ["resilience-circuit", "local-breaker"]
 
@@ -36,7 +34,7 @@ def alert_for(from_state: str, to_state: str, manual: bool = False) -> str | Non
     if to_state == machine.OPEN and from_state in INCIDENT_STARTS:
         return "open"
     if to_state == machine.CLOSED and (from_state == machine.HALF_OPEN
-                                    or (manual and from_state in IN_INCIDENT)):
+                                    or (manual and from_state in machine.IN_INCIDENT)):
         return "recovered"
     return None
 

@@ -98,7 +98,7 @@ def ready(request: HttpRequest) -> JsonResponse:
     for name, circuit in circuits.items():
         if circuit.get("store") == "local":
             score -= PENALTIES["local_store"]
-        if circuit["state"] in (machine.OPEN, machine.FORCED_OPEN, "unknown"):
+        if circuit["state"] in (*machine.REJECTING, "unknown"):
             score -= PENALTIES["open_circuit"]
         else:
             score -= _graded("failure_rate", rates["failure_rate"].get(name, 0.0))

@@ -52,7 +52,6 @@ INCIDENT_TTL = 6 * 3600
 EVALUATE_INTERVAL = 30.0
 
 _next_evaluation = 0.0
-REJECTING = (machine.OPEN, machine.FORCED_OPEN)
 
 
 @dataclass(frozen=True)
@@ -175,7 +174,7 @@ def _many_open(config: dict[str, float]) -> Iterator[Finding]:
     rejecting = []
     for name in settings.circuit_names():
         try:
-            if registry.get_breaker(name).peek() in REJECTING:
+            if registry.get_breaker(name).peek() in machine.REJECTING:
                 rejecting.append(name)
         except Exception:  # a store that cannot be read proves nothing either way
             logger.exception("Alert rules: circuit %s could not be read.", name)

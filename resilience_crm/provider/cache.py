@@ -29,10 +29,9 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from django.core.cache import caches
-from django_redis.exceptions import ConnectionInterrupted
-from redis.exceptions import RedisError
 
 from resilience_crm.conf import settings
+from resilience_crm.lua import REDIS_DOWN
 
 logger = logging.getLogger("resilience_crm.provider.cache")
 
@@ -80,11 +79,6 @@ class SharedCacheDown(Exception):
     """The shared cache failed moments ago: left alone until ``STORE_RETRY_INTERVAL`` ends."""
 
 
-#: What a cache call raises when the shared cache cannot be reached (django-redis wraps
-#: redis-py's errors in ``ConnectionInterrupted``).
-OUTAGES = (ConnectionInterrupted, RedisError, OSError)
-
-
 class _Guarded:
     """The shared cache, not called for ``STORE_RETRY_INTERVAL`` after it failed to answer:
     an outage costs a read one socket timeout, not one for each cache call it makes."""
@@ -102,7 +96,7 @@ class _Guarded:
                 raise SharedCacheDown()
             try:
                 return method(*args, **kwargs)
-            except OUTAGES:
+            except REDIS_DOWN:
                 owner._down_until = owner._monotonic() + settings.STORE_RETRY_INTERVAL
                 raise
 

@@ -265,4 +265,4 @@ def _budget(circuit: str) -> float:
 
 def _is_open(circuit: str) -> bool:
     """This worker's view (no I/O while it is fresh) says the circuit rejects calls."""
-    return get_breaker(circuit).state in (machine.OPEN, machine.FORCED_OPEN)
+    return get_breaker(circuit).state in machine.REJECTING

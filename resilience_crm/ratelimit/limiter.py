@@ -46,8 +46,6 @@ STORE_ALIASES = {
     "redis": "resilience_crm.ratelimit.stores.redis.RedisLimiterStore",
     "memory": "resilience_crm.ratelimit.stores.memory.MemoryLimiterStore",
 }
-#: Circuit states in which an op class's limits shrink by ``ADAPTIVE_FACTOR``.
-STRUGGLING = (machine.OPEN, machine.HALF_OPEN, machine.FORCED_OPEN)
 
 _lock = threading.Lock()
 _store: BaseLimiterStore | None = None
@@ -116,7 +114,8 @@ def rates(value: Any) -> tuple[Rate, ...]:
 
 
 def adaptive_factor(op_class: str) -> float:
-    """``ADAPTIVE_FACTOR`` while the op class's circuit is open or half-open, else 1.
+    """``ADAPTIVE_FACTOR`` while the op class's circuit struggles (open, forced open or
+    half-open), else 1.
 
     The state is this worker's own last view of the circuit: no store call, and no breaker
     built (a worker that never called through the circuit has not seen it struggle)."""
@@ -125,7 +124,7 @@ def adaptive_factor(op_class: str) -> float:
     if circuit is None or factor >= 1:
         return 1.0
     breaker = registry.existing(circuit)
-    if breaker is None or breaker.local_state() not in STRUGGLING:
+    if breaker is None or breaker.local_state() not in machine.STRUGGLING:
         return 1.0
     return float(factor)
 

@@ -1,14 +1,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 from django.db import DatabaseError, router
 from django.db.models import F
 
 from resilience_crm.breakers import machine
-from resilience_crm.breakers.stores.base import BaseStore
+from resilience_crm.breakers.stores.base import BaseStore, Step
 from resilience_crm.exceptions import StoreUnavailable
 from resilience_crm.models import Circuit
 
@@ -34,18 +33,8 @@ class DatabaseStore(BaseStore):
     def _manager(self) -> Any:
         return Circuit.objects.using(self.alias or router.db_for_write(Circuit))
 
-    def step(
-        self,
-        name: str,
-        config: Mapping[str, Any],
-        *,
-        rand: float,
-        entries: Sequence[Sequence[Any]] = (),
-        op: str | None = None,
-        arg: Mapping[str, Any] | None = None,
-        require_state: bool = False,
-        seed: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    def step(self, step: Step) -> dict[str, Any]:
+        name = step.name
         try:
             circuits = self._manager()
             for _ in range(MAX_ATTEMPTS):
@@ -57,8 +46,9 @@ class DatabaseStore(BaseStore):
                     continue
                 live, version, generation = row
                 state = live or circuits.live_seed(name)
-                state, result = machine.step(state, config, int(self._clock() * 1000), rand,
-                                          entries, op, arg)
+                now = int(self._clock() * 1000) if step.now is None else step.now
+                state, result = machine.step(state, step.config, now, step.rand, step.entries,
+                                             step.op, step.arg)
                 updated = circuits.filter(name=name, version=version, generation=generation).update(
                     live=state, version=version + 1, state=state["state"], generation=state["gen"]
                 )

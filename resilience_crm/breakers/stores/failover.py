@@ -21,11 +21,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from resilience_crm import metrics
-from resilience_crm.breakers.stores.base import BaseStore, StateMissing
+from resilience_crm.breakers.stores.base import BaseStore, StateMissing, Step
 from resilience_crm.breakers.stores.memory import MemoryStore
 from resilience_crm.exceptions import StoreUnavailable
 from resilience_crm.signals import shared_store_recovered
@@ -38,7 +38,6 @@ CARRIED = ("state", "gen", "until", "opened_at")
 
 class FailoverStore(BaseStore):
     shared = True
-    fails_over = True
 
     def __init__(
         self,
@@ -68,36 +67,23 @@ class FailoverStore(BaseStore):
         """Whether the shared store answered the last time it was asked."""
         return not self._down
 
-    def step(
-        self,
-        name: str,
-        config: Mapping[str, Any],
-        *,
-        rand: float,
-        entries: Sequence[Sequence[Any]] = (),
-        op: str | None = None,
-        arg: Mapping[str, Any] | None = None,
-        require_state: bool = False,
-        seed: Mapping[str, Any] | None = None,
-        shared_only: bool = False,
-    ) -> dict[str, Any]:
+    def step(self, step: Step) -> dict[str, Any]:
         """A step on the shared store, or on this process's own one while the shared store is
-        down (``result["local"]`` says which). With ``shared_only`` a failure raises
+        down (``result["local"]`` says which). With ``step.shared_only`` a failure raises
         :class:`StoreUnavailable` instead: for changes that must reach every worker."""
-        kwargs: dict[str, Any] = {"rand": rand, "entries": entries, "op": op, "arg": arg}
-        if shared_only or self._try_shared():
+        if step.shared_only or self._try_shared():
             try:
-                result = self._step_shared(name, config, kwargs)
+                result = self._step_shared(step)
             except Exception as err:  # any failure of the store degrades; none escapes
-                self._failed(name, err)
-                if shared_only:
-                    raise StoreUnavailable(circuit=name) from err
+                self._failed(step.name, err)
+                if step.shared_only:
+                    raise StoreUnavailable(circuit=step.name) from err
             else:
-                self._succeeded(name, result)
+                self._succeeded(step.name, result)
                 return result
         with self._lock:
-            carried = self._last.get(name)
-        result = self._local.step(name, config, seed=carried, **kwargs)
+            carried = self._last.get(step.name)
+        result = self._local.step(step._replace(seed=carried))
         result["local"] = True
         return result
 
@@ -129,13 +115,13 @@ class FailoverStore(BaseStore):
         logger.info("Trying the shared store %r again.", self.primary)
         return True
 
-    def _step_shared(self, name: str, config: Mapping[str, Any],
-                     kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _step_shared(self, step: Step) -> dict[str, Any]:
         if self._seed is None:
-            return self.primary.step(name, config, **kwargs)
+            return self.primary.step(step)
         try:
-            return self.primary.step(name, config, require_state=True, **kwargs)
+            return self.primary.step(step._replace(require_state=True))
         except StateMissing:
+            name = step.name
             seed = dict(self._seed(name))
             with self._lock:
                 seen = self._last.get(name, {}).get("gen", 0)
@@ -146,7 +132,7 @@ class FailoverStore(BaseStore):
                        "Circuit %s: the shared store had no state for it; seeded from its "
                        "durable record at generation %s (%s).", name, seed["gen"],
                        seed.get("state", "closed"))
-            return self.primary.step(name, config, seed=seed, **kwargs)
+            return self.primary.step(step._replace(seed=seed))
 
     def _failed(self, name: str, err: Exception) -> None:
         metrics.inc("store_errors", circuit=name)

@@ -3,11 +3,11 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from resilience_crm.breakers import machine
-from resilience_crm.breakers.stores.base import BaseStore, StateMissing
+from resilience_crm.breakers.stores.base import BaseStore, StateMissing, Step
 
 
 class MemoryStore(BaseStore):
@@ -21,27 +21,17 @@ class MemoryStore(BaseStore):
         self._states: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
-    def step(
-        self,
-        name: str,
-        config: Mapping[str, Any],
-        *,
-        rand: float,
-        entries: Sequence[Sequence[Any]] = (),
-        op: str | None = None,
-        arg: Mapping[str, Any] | None = None,
-        require_state: bool = False,
-        seed: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        now = int(self._clock() * 1000)
+    def step(self, step: Step) -> dict[str, Any]:
+        now = int(self._clock() * 1000) if step.now is None else step.now
         with self._lock:
-            state = self._states.get(name)
+            state = self._states.get(step.name)
             if state is None:
-                if seed is None and require_state:
-                    raise StateMissing(name)
-                state = machine.new_state() | copy.deepcopy(dict(seed or {}))
-                self._states[name] = state
-            _, result = machine.step(state, config, now, rand, entries, op, arg)
+                if step.seed is None and step.require_state:
+                    raise StateMissing(step.name)
+                state = machine.new_state() | copy.deepcopy(dict(step.seed or {}))
+                self._states[step.name] = state
+            _, result = machine.step(state, step.config, now, step.rand, step.entries, step.op,
+                                     step.arg)
         return result
 
     def read(self, name: str) -> dict[str, Any] | None:

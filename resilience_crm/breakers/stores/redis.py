@@ -10,18 +10,16 @@ from the Redis server, so workers with skewed clocks still agree on when a circu
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from django.core.cache import caches
 from django_redis import get_redis_connection
-from redis import exceptions as redis_exceptions
 
-from resilience_crm.breakers.stores.base import BaseStore, StateMissing
+from resilience_crm.breakers.stores.base import BaseStore, StateMissing, Step
 from resilience_crm.conf import settings
 from resilience_crm.exceptions import StoreUnavailable
-from resilience_crm.lua import LuaScript
+from resilience_crm.lua import REDIS_DOWN, LuaScript
 
 SCRIPT = LuaScript(Path(__file__).with_name("step.lua").read_text(encoding="utf-8"))
 
@@ -29,14 +27,8 @@ SCRIPT = LuaScript(Path(__file__).with_name("step.lua").read_text(encoding="utf-
 #: step seeds it again from the durable ``Circuit`` row.
 STATE_TTL_MS = 7 * 24 * 3600 * 1000
 
-#: Errors that make a step fail. Every one of them degrades to the worker's own breaker: not
-#: only an unreachable Redis but one that answers with an error (BUSY, MISCONF, OOM, a
-#: replica's READONLY, WRONGTYPE on the key, a script error on a malformed value).
-FAILURES = (
-    redis_exceptions.RedisError,
-    OSError,
-    ValueError,  # a reply that is not the JSON the script writes
-)
+#: Errors that make a step fail; each degrades to the worker's own breaker.
+FAILURES = (*REDIS_DOWN, ValueError)  # ValueError: a reply that is not the script's JSON
 
 
 class RedisStore(BaseStore):
@@ -52,40 +44,25 @@ class RedisStore(BaseStore):
     def key(self, name: str) -> str:
         return str(self._cache.make_key(f"resilience:circuit:{name}"))
 
-    def step(
-        self,
-        name: str,
-        config: Mapping[str, Any],
-        *,
-        rand: float,
-        entries: Sequence[Sequence[Any]] = (),
-        op: str | None = None,
-        arg: Mapping[str, Any] | None = None,
-        require_state: bool = False,
-        seed: Mapping[str, Any] | None = None,
-        now: int | None = None,
-    ) -> dict[str, Any]:
-        """One atomic :func:`resilience_crm.breakers.machine.step` in one round trip.
-
-        ``now`` (ms) replaces the Redis server's clock: for tests only.
-        """
+    def step(self, step: Step) -> dict[str, Any]:
+        """One atomic :func:`resilience_crm.breakers.machine.step` in one round trip."""
         argv = [
-            json.dumps(dict(config)),
-            repr(float(rand)),
-            json.dumps([list(entry) for entry in entries]),
-            op or "",
-            json.dumps(dict(arg or {})),
-            "" if now is None else str(int(now)),
+            json.dumps(dict(step.config)),
+            repr(float(step.rand)),
+            json.dumps([list(entry) for entry in step.entries]),
+            step.op or "",
+            json.dumps(dict(step.arg or {})),
+            "" if step.now is None else str(int(step.now)),
             str(STATE_TTL_MS),
-            "1" if require_state else "",
-            "" if seed is None else json.dumps(dict(seed)),
+            "1" if step.require_state else "",
+            "" if step.seed is None else json.dumps(dict(step.seed)),
         ]
         try:
-            result = _ints(json.loads(SCRIPT(self._client, [self.key(name)], argv)))
+            result = _ints(json.loads(SCRIPT(self._client, [self.key(step.name)], argv)))
         except FAILURES as err:
-            raise StoreUnavailable(circuit=name) from err
+            raise StoreUnavailable(circuit=step.name) from err
         if result.get("missing"):
-            raise StateMissing(name)
+            raise StateMissing(step.name)
         # cjson encodes an empty Lua table as an object.
         result["transitions"] = list(result["transitions"] or [])
         return result

@@ -5,13 +5,12 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError
 
-from resilience_crm import metrics, spool
+from resilience_crm import buckets, spool
 from resilience_crm.breakers import events, machine, registry
 from resilience_crm.breakers.control import known_circuits
 
-REJECTING = (machine.OPEN, machine.FORCED_OPEN)
 #: Kinds of records the spool keeps while the database is down (-1: Redis did not answer).
-SPOOLED = (events.KIND, metrics.KIND)
+SPOOLED = (events.KIND, buckets.KIND)
 
 
 class Command(BaseCommand):
@@ -49,7 +48,7 @@ class Command(BaseCommand):
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         for row in rows:
             line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-            style = self.style.ERROR if row[1] in REJECTING else (lambda text: text)
+            style = self.style.ERROR if row[1] in machine.REJECTING else (lambda text: text)
             self.stdout.write(style(line.rstrip()))
         if events.pending_count():
             self.stdout.write(self.style.WARNING(

@@ -13,10 +13,9 @@ from pathlib import Path
 from django.core.cache import caches
 from django_redis import get_redis_connection
 
-from resilience_crm.breakers.stores.redis import FAILURES
 from resilience_crm.conf import settings
 from resilience_crm.exceptions import StoreUnavailable
-from resilience_crm.lua import LuaScript
+from resilience_crm.lua import REDIS_DOWN, LuaScript
 from resilience_crm.ratelimit import gcra
 from resilience_crm.ratelimit.gcra import Limit, Outcome
 from resilience_crm.ratelimit.stores.base import BaseLimiterStore
@@ -45,7 +44,7 @@ class RedisLimiterStore(BaseLimiterStore):
             outcomes = [Outcome(values[i] == 1, values[i + 1], values[i + 2], values[i + 3])
                         for i in range(1, 4 * len(limits), 4)]
             allowed = values[0] == 1
-        except (*FAILURES, TypeError, IndexError) as err:
+        except (*REDIS_DOWN, ValueError, TypeError, IndexError) as err:
             # Unreachable, an error reply, or a reply that is not the script's.
             raise StoreUnavailable("The rate-limit store is unreachable.") from err
         return allowed, outcomes
@@ -60,7 +59,7 @@ class RedisLimiterStore(BaseLimiterStore):
         try:
             *stored, (seconds, micros) = pipeline.execute()
             tats = [None if tat is None else int(tat) for tat in stored]
-        except (*FAILURES, TypeError, ValueError) as err:
+        except (*REDIS_DOWN, TypeError, ValueError) as err:
             raise StoreUnavailable("The rate-limit store is unreachable.") from err
         now = seconds * gcra.US + micros if now_us is None else now_us
         allowed, outcomes, _ = gcra.evaluate(limits, tats, now, cost)
