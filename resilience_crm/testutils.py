@@ -1,6 +1,8 @@
-"""Helpers for projects' own tests: :class:`override_circuit`, :func:`reset` to start each
-test with nothing the process remembered from another, and :func:`readers_waiting` for tests
-of concurrent reads.
+"""Helpers for projects' own tests (docs/testing.md): :class:`override_circuit`, :func:`reset`
+to start each test with nothing the process remembered from another, :func:`set_background`
+and :func:`write_now` for suites whose rows live in the test's transaction,
+:func:`use_limiter_store` to put the rate limits on a clock the test moves, and
+:func:`readers_waiting` for tests of concurrent reads.
 
     from resilience_crm.testutils import override_circuit
 
@@ -17,14 +19,19 @@ from __future__ import annotations
 from contextlib import ContextDecorator
 from typing import Any
 
-from resilience_crm import metrics, receivers
+from resilience_crm import buckets, metrics, receivers
 from resilience_crm.breakers import events, machine, registry
 from resilience_crm.breakers.breaker import Breaker
 from resilience_crm.breakers.stores.memory import MemoryStore
 from resilience_crm.conf import settings
+from resilience_crm.flusher import set_background
 from resilience_crm.observability import alerts, health
 from resilience_crm.provider import retries
 from resilience_crm.provider.facade import Provider, protected
+from resilience_crm.ratelimit.limiter import set_store as use_limiter_store
+
+__all__ = ["override_circuit", "readers_waiting", "reset", "set_background", "use_limiter_store",
+           "write_now"]
 
 
 def reset() -> None:
@@ -32,8 +39,8 @@ def reset() -> None:
     (:func:`resilience_crm.receivers.forget_settings`: breakers, limiter, tiers), its counters
     and buffered events, the read cache's local layer and the retry budgets, readiness's rates
     and a remembered store outage. Neither Redis nor the database is touched (clear those as
-    your tests already do), and no thread is stopped:
-    ``resilience_crm.flusher.set_background(False)`` keeps the background writer off."""
+    your tests already do), and no thread is stopped: :func:`set_background` ``(False)`` keeps
+    the background writer off."""
     receivers.forget_settings()
     events.clear()
     metrics.reset()
@@ -41,6 +48,14 @@ def reset() -> None:
     health.forget_rates()
     protected.cache.forget_local()
     retries.clear_budgets()
+
+
+def write_now() -> None:
+    """Write the buffered transition events and per-minute metrics now, from this thread, as
+    the background writer would; with :func:`set_background` ``(False)``, call it where a test
+    expects the ``CircuitEvent`` or ``CircuitMetric`` rows."""
+    events.flush()
+    buckets.flush_buckets()
 
 
 def readers_waiting(key: str, provider: Provider = protected) -> int:

@@ -35,11 +35,11 @@ def _fresh_breakers():
     (``testutils.reset()``: breakers, counters, events, limits, tiers, cached reads), and
     with no background flusher: a test's database changes live in its own transaction, which
     the flusher's connection cannot see (``background_flusher`` turns it on)."""
-    flusher.set_background(False)
+    testutils.set_background(False)
     testutils.reset()
     caches["default"].clear()  # reads cached by another (local memory lives as long as the run)
     yield
-    flusher.set_background(False)
+    testutils.set_background(False)
     testutils.reset()
 
 
@@ -48,10 +48,10 @@ def background_flusher(request):
     """The process's background flusher, running as in production (so the test is a
     transactional one); stopped again before the test's tables are emptied."""
     transactional(request)
-    flusher.set_background(True)
+    testutils.set_background(True)
     yield flusher
     assert flusher.stop(timeout=30), "the flusher did not stop"
-    flusher.set_background(False)
+    testutils.set_background(False)
 
 
 def pytest_report_header(config):

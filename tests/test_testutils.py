@@ -5,7 +5,8 @@ from resilience_crm.breakers import machine as core
 from resilience_crm.exceptions import CircuitOpenError
 from resilience_crm.ratelimit import limiter
 from resilience_crm.ratelimit.stores.memory import MemoryLimiterStore
-from resilience_crm.testutils import override_circuit, reset
+from resilience_crm.models import CircuitEvent, CircuitMetric
+from resilience_crm.testutils import override_circuit, reset, use_limiter_store, write_now
 
 
 @pytest.mark.django_db  # the real breaker after the block uses the database store
@@ -36,7 +37,7 @@ def test_rejects_states_it_cannot_set():
 def test_reset_forgets_what_the_process_remembered():
     breaker = get_breaker("crm.read")
     store = MemoryLimiterStore()
-    limiter.set_store(store)
+    use_limiter_store(store)
     metrics.inc("ratelimit_store_errors")
     assert get_breaker("crm.read") is breaker and limiter.get_store() is store
     assert metrics.collect()
@@ -46,3 +47,18 @@ def test_reset_forgets_what_the_process_remembered():
     assert get_breaker("crm.read") is not breaker
     assert limiter.get_store() is not store
     assert metrics.collect() == []
+
+
+@pytest.mark.django_db
+def test_write_now_writes_the_buffered_events_and_metrics():
+    """The suite's background writer is off (conftest): rows appear only when asked for."""
+    breaker = get_breaker("crm.read")
+    breaker.force(core.FORCED_OPEN, reason="drill")
+    with pytest.raises(CircuitOpenError):
+        breaker.call(lambda: 1)
+    assert not CircuitEvent.objects.exists() and not CircuitMetric.objects.exists()
+
+    write_now()
+
+    assert list(CircuitEvent.objects.values_list("to_state", flat=True)) == [core.FORCED_OPEN]
+    assert CircuitMetric.objects.filter(circuit__name="crm.read", rejected=1).exists()
