@@ -123,7 +123,7 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["resilience_crm.throttling.TierRateThrottle"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 25,
-    "EXCEPTION_HANDLER": "resilience_crm.drf.exception_handler",
+    "EXCEPTION_HANDLER": "resilience_crm.drf.problem_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 

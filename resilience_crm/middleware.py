@@ -20,8 +20,9 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpRequest, HttpResponseBase
 
-from resilience_crm.ratelimit import auth_failures
-from resilience_crm.ratelimit.headers import apply, refusal
+from resilience_crm.ratelimit import auth_failures, headers
+from resilience_crm.ratelimit.gcra import Decision
+from resilience_crm.ratelimit.headers import refusal
 
 
 class ResilienceMiddleware:
@@ -41,14 +42,25 @@ class ResilienceMiddleware:
         if locked_out is not None:
             return refusal(locked_out)
         response = self.get_response(request)
-        auth_failures.observe(request, response.status_code)
-        return apply(request, response)
+        return _answer(request, response, auth_failures.observe(request, response.status_code))
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         locked_out = await sync_to_async(auth_failures.refused)(request)
         if locked_out is not None:
             return refusal(locked_out)
         response = await self.get_response(request)
-        await sync_to_async(auth_failures.observe)(request, response.status_code)
-        return apply(request, response)
+        spent = await sync_to_async(auth_failures.observe)(request, response.status_code)
+        return _answer(request, response, spent)
+
+
+def _answer(request: HttpRequest, response: HttpResponseBase,
+            spent: Decision | None) -> HttpResponseBase:
+    """``response`` with the rate-limit headers of the request's decision; a ``401`` that
+    spent one of the address's ``AUTH_FAILURES`` says how many are left, when no throttle
+    decided the request (DRF authenticates before it throttles)."""
+    if spent is not None and headers.decision_of(request) is None:
+        for name, value in headers.headers(spent).items():
+            if name != "Retry-After":
+                response[name] = value
+    return headers.apply(request, response)
 

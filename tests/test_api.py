@@ -99,7 +99,7 @@ def test_conversations_and_their_messages(api):
     assert Message.objects.get().conversation_id == pk
     missing = api.post("/api/conversations/", {"contact": 999999, "subject": "x"},
                        format="json")
-    assert missing.status_code == 400 and "contact" in missing.json()
+    assert missing.status_code == 400 and "contact" in missing.json()["errors"]
     assert not Conversation.objects.filter(subject="x").exists()
 
 

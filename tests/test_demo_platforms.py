@@ -38,11 +38,11 @@ def test_a_platform_name_is_taken_once(api):
     baker.make(Platform, name="Support inbox", kind="email")
     again = api.post("/api/platforms/", {"name": "Support inbox", "kind": "email"},
                      format="json")
-    assert again.status_code == 400 and "name" in again.json()
+    assert again.status_code == 400 and "name" in again.json()["errors"]
     other = baker.make(Platform, name="Sales", kind="email")
     renamed = api.patch(f"/api/platforms/{other.pk}/", {"name": "Support inbox"},
                         format="json")
-    assert renamed.status_code == 400 and "name" in renamed.json()
+    assert renamed.status_code == 400 and "name" in renamed.json()["errors"]
     assert api.patch(f"/api/platforms/{other.pk}/", {"status": "error"},
                      format="json").json()["status"] == "error"
 

@@ -6,19 +6,23 @@ their creates with :data:`IDEMPOTENCY_KEY` (``extend_schema``), and the postproc
 :func:`document_resilience` adds, once for every operation:
 
 - ``429`` (``RATE_LIMITED`` problem, ``Retry-After``) and the rate-limit headers
-  (``RateLimit``, ``RateLimit-Policy``, ``X-RateLimit-*``) on every answer;
+  (``RateLimit``, ``RateLimit-Policy``, ``X-RateLimit-*``) on the success answers and the 429
+  (every answer carries them; repeating five headers on each error made one operation
+  thousands of pixels tall in Swagger UI);
 - ``503`` (``CIRCUIT_OPEN`` and the other unavailable problems, ``Retry-After``) and ``504``
   (``TIMEOUT``);
 - ``X-Resilience-Fallback`` and ``Age`` on reads, which may come from the fallback cache;
 - on creates, ``202`` (the queued-write receipt), ``409`` and ``422`` (idempotency);
-- the client errors DRF answers: ``400`` where there is input (on a list also the
-  ``UNKNOWN_PARAMETER`` problem for a query parameter it does not declare), ``401``/``403``
-  where a token is needed, ``404`` where a path names an object or a list is paged.
+- the client errors, problems too (``resilience_crm.drf.problem_exception_handler``):
+  ``400`` where there is input (on a list also ``UNKNOWN_PARAMETER`` for a query parameter it
+  does not declare), ``401``/``403`` where a token is needed, ``404`` where a path names an
+  object or a list is paged. Every response has one example per code it can carry.
 """
 
 from __future__ import annotations
 
 import uuid
+from http import HTTPStatus
 from typing import Any
 
 from drf_spectacular.utils import OpenApiParameter
@@ -61,17 +65,25 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "description": "RFC 9457 problem details from the resilience layer.",
         "required": ["type", "title", "status", "detail", "code"],
         "properties": {
-            "type": {**_STRING, "example": "urn:resilience-crm:problem:circuit-open"},
+            "type": {**_STRING, "description": "urn:resilience-crm:problem: and the code in"
+                                                " lower case, _ as -."},
             "title": _STRING,
             "status": _INTEGER,
             "detail": _STRING,
-            "code": {**_STRING, "example": "CIRCUIT_OPEN",
+            "code": {**_STRING,
                      "description": "CIRCUIT_OPEN, RATE_LIMITED, TIMEOUT, RETRIES_EXHAUSTED,"
                                     " UNAVAILABLE, STORE_UNAVAILABLE, QUEUE_UNAVAILABLE,"
                                     " IDEMPOTENCY_CONFLICT, IDEMPOTENCY_IN_FLIGHT,"
-                                    " INVALID_WRITE, PAYLOAD_TOO_LARGE or UNKNOWN_PARAMETER."},
+                                    " INVALID_WRITE, PAYLOAD_TOO_LARGE, UNKNOWN_PARAMETER;"
+                                    " and DRF's own in upper case: INVALID (with errors),"
+                                    " PARSE_ERROR, NOT_AUTHENTICATED, AUTHENTICATION_FAILED,"
+                                    " PERMISSION_DENIED, NOT_FOUND, METHOD_NOT_ALLOWED,"
+                                    " NOT_ACCEPTABLE, UNSUPPORTED_MEDIA_TYPE."},
             "circuit": {**_STRING, "description": "The circuit that refused the call."},
             "retry_after": {**_INTEGER, "description": "Seconds to wait before retrying."},
+            "errors": {"type": "object", "additionalProperties": {},
+                       "description": "INVALID: field name (or non_field_errors) -> what is"
+                                      " wrong with it."},
         },
     },
     "RateLimitedProblem": {
@@ -93,16 +105,6 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "status": {"type": "string", "enum": ["queued"]},
             "idempotency_key": _STRING,
         },
-    },
-    "Error": {
-        "type": "object",
-        "required": ["detail"],
-        "properties": {"detail": _STRING},
-    },
-    "ValidationError": {
-        "type": "object",
-        "description": "Field name (or non_field_errors, detail) -> what is wrong.",
-        "additionalProperties": {},
     },
 }
 
@@ -134,51 +136,100 @@ def _ref(kind: str, name: str) -> dict[str, str]:
     return {"$ref": f"#/components/{kind}/{name}"}
 
 
+def _example(status: int, code: str, detail: str, **extra: Any) -> dict[str, Any]:
+    """A problem body as the app writes it (:mod:`resilience_crm.problems`)."""
+    return {"summary": code, "value": {
+        "type": "urn:resilience-crm:problem:" + code.lower().replace("_", "-"),
+        "title": HTTPStatus(status).phrase, "status": status, "detail": detail, "code": code,
+        **extra}}
+
+
 def _response(description: str, schema: str, media_type: str = PROBLEM,
-              headers: tuple[str, ...] = ()) -> dict[str, Any]:
+              headers: tuple[str, ...] = (),
+              examples: tuple[dict[str, Any], ...] = ()) -> dict[str, Any]:
+    """A component response: ``headers`` are its own (the rate-limit headers are on the
+    success answers and the 429, not repeated on every error); one example per code."""
+    content: dict[str, Any] = {"schema": _ref("schemas", schema)}
+    if examples:
+        content["examples"] = {example["summary"]: example for example in examples}
     return {
         "description": description,
-        "headers": {name: _ref("headers", name) for name in (*headers, *RATE_LIMIT_HEADERS)},
-        "content": {media_type: {"schema": _ref("schemas", schema)}},
+        "headers": {name: _ref("headers", name) for name in headers},
+        "content": {media_type: content},
     }
 
 
-def _invalid_create() -> dict[str, Any]:
-    """A create's 400: a field that fails validation (JSON), or a value the database could
-    not store though it passed (``INVALID_WRITE`` problem), the same with it up or down."""
-    response = _response("The request is invalid, or has values the database cannot store"
-                         " (INVALID_WRITE).", "ValidationError", JSON)
-    response["content"][PROBLEM] = {"schema": _ref("schemas", "Problem")}
-    return response
-
+_INVALID = _example(400, "INVALID", "The request has invalid values.",
+                    errors={"email": ["This field is required."]})
+_RETRY = {"retry_after": 30}
 
 RESPONSES: dict[str, dict[str, Any]] = {
-    "BadRequest": _response("The request is invalid.", "ValidationError", JSON),
-    "BadQuery": {**_response("A filter's value is invalid, or the query names a parameter"
-                             " the list does not declare (UNKNOWN_PARAMETER).",
-                             "ValidationError", JSON),
-                 "content": {JSON: {"schema": _ref("schemas", "ValidationError")},
-                             PROBLEM: {"schema": _ref("schemas", "Problem")}}},
-    "InvalidCreate": _invalid_create(),
+    "BadRequest": _response("The request is invalid (INVALID, with errors), or its body cannot"
+                            " be parsed (PARSE_ERROR).", "Problem", examples=(
+                                _INVALID, _example(400, "PARSE_ERROR", "JSON parse error."))),
+    "BadQuery": _response("A filter's value is invalid (INVALID), or the query names a"
+                          " parameter the list does not declare (UNKNOWN_PARAMETER).",
+                          "Problem", examples=(
+                              _example(400, "INVALID", "The request has invalid values.",
+                                       errors={"contact": ["Enter a whole number."]}),
+                              _example(400, "UNKNOWN_PARAMETER",
+                                       "Unknown query parameter: colour."))),
+    "InvalidCreate": _response("The request is invalid (INVALID), or has values the database"
+                               " cannot store (INVALID_WRITE), the same with it up or down.",
+                               "Problem", examples=(_INVALID, _example(
+                                   400, "INVALID_WRITE", "email: value too long."))),
     "PayloadTooLarge": _response("The body is over the upload limit (PAYLOAD_TOO_LARGE);"
-                                 " nothing of it was read.", "Problem"),
-    "Unauthorized": _response("No valid token (send `Authorization: Token <token>`).",
-                              "Error", JSON),
-    "Forbidden": _response("Not allowed (a session without its CSRF token).", "Error", JSON),
-    "NotFound": _response("No such object, or no such page.", "Error", JSON),
+                                 " nothing of it was read.", "Problem", examples=(_example(
+                                     413, "PAYLOAD_TOO_LARGE",
+                                     "The upload is over 1048576 bytes."),)),
+    "Unauthorized": _response("No valid token (send `Authorization: Token <token>`); each"
+                              " refused token spends one of the address's failures, which"
+                              " the rate-limit headers count.", "Problem", examples=(
+                                  _example(401, "NOT_AUTHENTICATED",
+                                           "Authentication credentials were not provided."),
+                                  _example(401, "AUTHENTICATION_FAILED", "Invalid token."))),
+    "Forbidden": _response("Not allowed (a session without its CSRF token).", "Problem",
+                           examples=(_example(403, "PERMISSION_DENIED",
+                                              "CSRF Failed: CSRF token missing."),)),
+    "NotFound": _response("No such object, or no such page.", "Problem",
+                          examples=(_example(404, "NOT_FOUND", "No Contact matches the given"
+                                             " query."),)),
     "RateLimited": _response("Rate limited: a limit of the client's tier or this endpoint"
                              " is used up.", "RateLimitedProblem",
-                             headers=("Retry-After",)),
+                             headers=("Retry-After", *RATE_LIMIT_HEADERS), examples=(_example(
+                                 429, "RATE_LIMITED", "Too many requests. Try again in 30 s.",
+                                 violated_policies=["free.read.60s"], **_RETRY),)),
     "Unavailable": _response("The circuit is open and nothing cached can serve"
                              " (CIRCUIT_OPEN), or the database or a backing store is failing.",
-                             "Problem", headers=("Retry-After",)),
-    "Timeout": _response("The operation went over its deadline (TIMEOUT).", "Problem"),
+                             "Problem", headers=("Retry-After",), examples=(
+                                 _example(503, "CIRCUIT_OPEN", "The service is temporarily"
+                                          " unavailable.", circuit="crm.read", **_RETRY),
+                                 _example(503, "UNAVAILABLE", "The database is unavailable.",
+                                          circuit="crm.read"),
+                                 _example(503, "RETRIES_EXHAUSTED", "Gave up after 3"
+                                          " attempts.", circuit="crm.read"),
+                                 _example(503, "QUEUE_UNAVAILABLE", "The write could neither"
+                                          " be applied nor queued.", circuit="crm.write"),
+                                 _example(503, "STORE_UNAVAILABLE", "Requests of this kind are"
+                                          " refused while the rate-limit store is"
+                                          " unreachable. Try again in 1 s.",
+                                          retry_after=1))),
+    "Timeout": _response("The operation went over its deadline (TIMEOUT).", "Problem",
+                         examples=(_example(504, "TIMEOUT", "The operation timed out.",
+                                            circuit="crm.read"),)),
     "Queued": _response("Accepted: the database is unavailable and the create is queued;"
-                        " it is applied exactly once when it is back.", "QueuedWrite", JSON),
+                        " it is applied exactly once when it is back.", "QueuedWrite", JSON,
+                        headers=RATE_LIMIT_HEADERS),
     "IdempotencyInFlight": _response("A create with this Idempotency-Key is still being"
-                                     " applied (IDEMPOTENCY_IN_FLIGHT).", "Problem"),
+                                     " applied (IDEMPOTENCY_IN_FLIGHT).", "Problem",
+                                     examples=(_example(409, "IDEMPOTENCY_IN_FLIGHT",
+                                                        "A request with this key is still"
+                                                        " being processed."),)),
     "IdempotencyConflict": _response("This Idempotency-Key was used with another body"
-                                     " (IDEMPOTENCY_CONFLICT).", "Problem"),
+                                     " (IDEMPOTENCY_CONFLICT).", "Problem",
+                                     examples=(_example(422, "IDEMPOTENCY_CONFLICT",
+                                                        "This key was used with another"
+                                                        " body."),)),
 }
 
 METHODS = ("get", "put", "post", "patch", "delete")
@@ -249,7 +300,7 @@ def document_resilience(result: dict[str, Any], generator: Any, request: Any, pu
                 if "$ref" in response:
                     continue  # a component response, whose headers are its own
                 headers = response.setdefault("headers", {})
-                names: tuple[str, ...] = RATE_LIMIT_HEADERS
+                names: tuple[str, ...] = RATE_LIMIT_HEADERS if code.startswith("2") else ()
                 if method == "get" and code == "200":
                     names += FALLBACK_HEADERS
                 if _is_create(operation) and code == "201":

@@ -70,14 +70,17 @@ def refused(request: HttpRequest) -> Decision | None:
     return None if decision.allowed else decision
 
 
-def failed(request: Any) -> None:
-    """Count one failed authentication of ``request``'s address (a Django or DRF request)."""
-    if settings.AUTH_FAILURES:
-        request = getattr(request, "_request", request)
-        limiter.decide_limits(_limits(client_ip(request)), op_class=OP_CLASS)
+def failed(request: Any) -> Decision | None:
+    """Count one failed authentication of ``request``'s address (a Django or DRF request);
+    the decision says how many failures the address has left."""
+    if not settings.AUTH_FAILURES:
+        return None
+    request = getattr(request, "_request", request)
+    return limiter.decide_limits(_limits(client_ip(request)), op_class=OP_CLASS)
 
 
-def observe(request: HttpRequest, status: int) -> None:
+def observe(request: HttpRequest, status: int) -> Decision | None:
     """Count the answer to ``request`` as a failure if an authenticator refused it."""
     if status == 401 and "HTTP_AUTHORIZATION" in request.META:
-        failed(request)
+        return failed(request)
+    return None

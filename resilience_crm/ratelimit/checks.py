@@ -312,8 +312,8 @@ def check_refusals_keep_their_shape(config: dict[str, Any]) -> list[CheckMessage
     rest = rest if isinstance(rest, dict) else {}
     throttled = any(_is_a(entry, "resilience_crm.throttling", "TierRateThrottle")
                     for entry in rest.get("DEFAULT_THROTTLE_CLASSES") or ())
-    if not throttled or _is_a(rest.get("EXCEPTION_HANDLER"), "resilience_crm.drf",
-                              "exception_handler") or any(
+    if not throttled or any(_is_a(rest.get("EXCEPTION_HANDLER"), "resilience_crm.drf", name)
+                            for name in ("exception_handler", "problem_exception_handler")) or any(
             _is_a(entry, "resilience_crm.middleware", "ResilienceMiddleware")
             for entry in django_settings.MIDDLEWARE):
         return []
