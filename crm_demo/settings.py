@@ -115,6 +115,19 @@ else:
 
 RESILIENCE_CRM: dict = {}
 
+# A streaming replica of the database, asked when the primary fails before the stale cache
+# is (docs/provider.md, "Read replicas"). The router sends no write there.
+DATABASE_REPLICA_URL = os.environ.get("DATABASE_REPLICA_URL", "")
+if DATABASE_REPLICA_URL:
+    DATABASES["replica"] = {
+        **dj_database_url.parse(DATABASE_REPLICA_URL, conn_max_age=0),
+        "OPTIONS": {key: value for key, value in DATABASES["default"].get("OPTIONS", {}).items()
+                    if key != "pool"},
+        "TEST": {"MIRROR": "default"},
+    }
+    DATABASE_ROUTERS = ["resilience_crm.routers.ResilienceRouter"]
+    RESILIENCE_CRM["READ_REPLICAS"] = ["replica"]
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "crm_demo.crm.authentication.ProtectedTokenAuthentication",

@@ -33,8 +33,8 @@ SETTING = conf.SETTING_NAME
 
 #: Settings that take a number of seconds (or days) and must not be negative.
 DURATION_KEYS = (
-    "FALLBACK_TTL", "FALLBACK_STALE_TTL", "METRICS_RETENTION_DAYS", "SNAPSHOT_TTL",
-    "STORE_RETRY_INTERVAL", "TIER_CACHE_TTL",
+    "FALLBACK_TTL", "FALLBACK_STALE_TTL", "MAX_REPLICA_LAG", "METRICS_RETENTION_DAYS",
+    "SNAPSHOT_TTL", "STORE_RETRY_INTERVAL", "TIER_CACHE_TTL",
 )
 #: Cache backends whose contents one process cannot share with another.
 PER_PROCESS_CACHES = {

@@ -48,6 +48,11 @@ DEFAULTS: dict[str, Any] = {
     "FAIL_OPEN": {"read": True, "write": True, "rpc": True, "auth": True},
     "FALLBACK_TTL": 60,
     "FALLBACK_STALE_TTL": 3600,
+    # Database aliases of streaming replicas a read may fall back to before its stale cache
+    # (docs/provider.md, "Read replicas"), each behind a circuit of its own; a replica
+    # further behind than MAX_REPLICA_LAG seconds is skipped.
+    "READ_REPLICAS": [],
+    "MAX_REPLICA_LAG": 30,
     "METRICS_RETENTION_DAYS": 30,
     "SENTRY_ALERTS": True,
     # How long a worker trusts its local view of a circuit before asking the store again.

@@ -8,6 +8,10 @@ says so.
 The supported layout is a second alias to the same database (docs/settings.md): the app's
 writes then go through a connection of their own, outside the requests' transactions
 (``ATOMIC_REQUESTS``), while its foreign keys to the user model stay in one database.
+
+With ``READ_REPLICAS``, the router also sends a read that falls back to a replica there
+(:mod:`resilience_crm.provider.replicas`); put it first in ``DATABASE_ROUTERS`` when the
+project has routers of its own.
 """
 
 from __future__ import annotations
@@ -18,12 +22,20 @@ from django.conf import settings as django_settings
 from django.db.models import Model
 
 from resilience_crm.conf import settings
+from resilience_crm.provider import replicas
 
 APP_LABEL = "resilience_crm"
 
 
 class ResilienceRouter:
+    """The app's tables on ``DATABASE_ALIAS``; while a read falls back to a replica
+    (``READ_REPLICAS``), every other model's reads on that replica; no write, and no
+    migration, ever on a replica."""
+
     def db_for_read(self, model: type[Model], **hints: Any) -> str | None:
+        replica = replicas.reading_from()
+        if replica is not None and model._meta.app_label != APP_LABEL:
+            return replica
         return self._alias(model)
 
     def db_for_write(self, model: type[Model], **hints: Any) -> str | None:
@@ -39,6 +51,8 @@ class ResilienceRouter:
 
     def allow_migrate(self, db: str, app_label: str, model_name: str | None = None,
                       **hints: Any) -> bool | None:
+        if db in (settings.READ_REPLICAS or ()):
+            return False  # read-only: its primary's migrations reach it by replication
         alias = settings.DATABASE_ALIAS
         if alias is None or app_label != APP_LABEL:
             return None

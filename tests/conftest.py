@@ -13,6 +13,7 @@ from django.db import connections
 from django_redis import get_redis_connection
 
 from resilience_crm import flusher, testutils
+from tests import replica
 from tests.databases import (
     APP_ALIAS,
     CLOSED_PORT,
@@ -94,6 +95,18 @@ def postgres():
         "PostgreSQL", engine == "django.db.backends.postgresql",
         postgres.why if not postgres.url else "DATABASE_URL does not name a PostgreSQL database",
     )
+
+
+@pytest.fixture(scope="session")
+def streaming_replica():
+    """A PostgreSQL primary and its streaming replica of its own (:mod:`tests.replica`),
+    once per session."""
+    require_service("A streaming replica", replica.missing() is None, str(replica.missing()))
+    servers = replica.Servers()
+    try:
+        yield servers.start()
+    finally:
+        servers.stop()
 
 
 @pytest.fixture

@@ -88,13 +88,14 @@ class _Known(dict):
 
     def __init__(self, listed: dict, alias: str, settings_dict: dict) -> None:
         super().__init__(listed)
-        self.alias, self.settings_dict = alias, settings_dict
+        # Asked, not copied: an extra alias inside another keeps the outer one.
+        self.listed, self.alias, self.settings_dict = listed, alias, settings_dict
 
     def __contains__(self, key: object) -> bool:
-        return key == self.alias or super().__contains__(key)
+        return key == self.alias or key in self.listed
 
     def __getitem__(self, key: Any) -> Any:
-        return self.settings_dict if key == self.alias else super().__getitem__(key)
+        return self.settings_dict if key == self.alias else self.listed[key]
 
 
 @contextlib.contextmanager

@@ -869,3 +869,29 @@ def test_auth_failures_must_be_one_rate_or_none(settings, value) -> None:
         'RESILIENCE_CRM["AUTH_FAILURES"] is not a valid rate')
     assert not error_ids(run(settings, AUTH_FAILURES=None))
     assert not error_ids(run(settings, AUTH_FAILURES="5/10s"))
+
+
+# E050, W050: read replicas -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("replicas", "reason"), [
+    ("replica", "it is a str"), (["nowhere"], "nowhere is not one"),
+])
+def test_e050_read_replicas_must_name_databases(settings: Any, replicas: Any,
+                                                reason: str) -> None:
+    error = only(run(settings, READ_REPLICAS=replicas), checks.Codes.READ_REPLICAS_INVALID)
+    assert reason in error.msg and "default" in error.hint
+
+
+def test_w050_read_replicas_need_the_router_first(settings: Any) -> None:
+    replica = ["resilience"]  # the suite's second alias (tests/settings.py)
+    settings.DATABASE_ROUTERS = ["tests.test_replicas.OnTheTestPrimary",
+                                 "resilience_crm.routers.ResilienceRouter"]
+    only(run(settings, READ_REPLICAS=replica), checks.Codes.READ_REPLICAS_WITHOUT_ROUTER)
+    settings.DATABASE_ROUTERS = ["resilience_crm.routers.ResilienceRouter"]
+    assert checks.Codes.READ_REPLICAS_WITHOUT_ROUTER not in ids(
+        run(settings, READ_REPLICAS=replica))
+
+
+def test_e015_max_replica_lag_is_a_duration(settings: Any) -> None:
+    only(run(settings, MAX_REPLICA_LAG=-1), checks.Codes.DURATION_INVALID)

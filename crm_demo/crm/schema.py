@@ -118,11 +118,14 @@ HEADERS: dict[str, dict[str, Any]] = {
     "X-RateLimit-Limit": {"schema": _INTEGER, "description": "The tightest limit."},
     "X-RateLimit-Remaining": {"schema": _INTEGER, "description": "What is left of it."},
     "X-RateLimit-Reset": {"schema": _INTEGER, "description": "Seconds until it is full again."},
-    "X-Resilience-Fallback": {"schema": {"type": "string", "enum": ["stale", "degraded"]},
-                              "description": "Present when the data came from the fallback"
-                                             " cache (stale) or a degraded fallback."},
+    "X-Resilience-Fallback": {"schema": {"type": "string",
+                                         "enum": ["replica", "stale", "degraded"]},
+                              "description": "Present when the data came from a read"
+                                             " replica, the fallback cache (stale) or a"
+                                             " degraded fallback."},
     "Age": {"schema": {**_INTEGER, "minimum": 0},
-            "description": "Seconds since stale data was read from the database."},
+            "description": "Seconds since stale data was read from the database, or how far"
+                           " the replica was behind its primary."},
     "Idempotency-Key": {"schema": _STRING,
                         "description": "The key this create was applied under."},
 }

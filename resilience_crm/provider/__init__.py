@@ -11,6 +11,7 @@ public API), then:
 - ``reads.py``: the read path, stale-while-revalidate and single-flight;
 - ``cache.py``: the read cache, its per-process layer, leases and shared errors;
 - ``labels.py``: the ``X-Resilience-Fallback`` label of a response served from a fallback;
+- ``replicas.py``: read replicas as a fallback tier, their lag and the router's hint;
 - ``queue.py``: ``submit`` and ``validate``, writes applied now or queued;
 - ``handlers.py``: the registered write handlers, and what their rows can hold;
 - ``stream.py``: the Redis stream queued writes wait in (``enqueue.lua``);

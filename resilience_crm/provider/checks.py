@@ -18,11 +18,15 @@ from resilience_crm.checks import (
     TAG,
     Check,
     is_number,
+    listing,
     merged_settings,
     pooled_databases,
+    setting_path,
     settings_check,
     table,
+    type_name,
 )
+from resilience_crm.routers import ResilienceRouter
 
 MESSAGES = table({
     "QUEUE_WITHOUT_REDIS": Check(
@@ -71,6 +75,20 @@ MESSAGES = table({
             '{"pool": {"timeout": 1.0}}; psycopg_pool waits 30 s by default.'
         ), warning=True,
     ),
+    "READ_REPLICAS_INVALID": Check(
+        "resilience_crm.E050",
+        "{path} must be a list of aliases in settings.DATABASES; {problem}.",
+        "Databases: {valid}.",
+    ),
+    "READ_REPLICAS_WITHOUT_ROUTER": Check(
+        "resilience_crm.W050",
+        (
+            "{path} names replicas but resilience_crm.routers.ResilienceRouter is not the first "
+            "of DATABASE_ROUTERS: a read that falls back to a replica still asks the primary."
+        ),
+        'Put "resilience_crm.routers.ResilienceRouter" first in DATABASE_ROUTERS.',
+        warning=True,
+    ),
 })
 
 
@@ -109,3 +127,27 @@ def check_pool_timeout(config: dict[str, Any]) -> list[CheckMessage]:
             warnings.append(CHECKS["POOL_WAIT_OVER_BUDGET"](
                 alias=alias, timeout=timeout, budget=budgets[circuit], circuit=circuit))
     return warnings
+
+
+@settings_check(Tags.database)
+def check_read_replicas(config: dict[str, Any]) -> list[CheckMessage]:
+    """``READ_REPLICAS`` names databases, and the router that sends reads there is first."""
+    replicas, path = config["READ_REPLICAS"], setting_path("READ_REPLICAS")
+    check = CHECKS["READ_REPLICAS_INVALID"]
+    hint = check.hint_for(valid=listing(django_settings.DATABASES))
+    if not isinstance(replicas, (list, tuple)):
+        return [check(path=path, problem=f"it is a {type_name(replicas)}", hint=hint)]
+    unknown = [alias for alias in replicas if alias not in django_settings.DATABASES]
+    if unknown:
+        return [check(path=path, problem=f"{listing(unknown)} is not one", hint=hint)]
+    routers = list(django_settings.DATABASE_ROUTERS)
+    if replicas and not (routers and _is_router(routers[0])):
+        return [CHECKS["READ_REPLICAS_WITHOUT_ROUTER"](path=path)]
+    return []
+
+
+def _is_router(entry: Any) -> bool:
+    if isinstance(entry, str):
+        return entry == "resilience_crm.routers.ResilienceRouter"
+    return isinstance(entry, ResilienceRouter) or (
+        isinstance(entry, type) and issubclass(entry, ResilienceRouter))

@@ -43,11 +43,14 @@ class Provider(reads.Reads):
     def read(self, key: str, fn: Callable[[], T], *, circuit: str = OP_CIRCUITS["read"],
              ttl: float | None = None, stale_ttl: float | None = None,
              fallback: Callable[[], T] | None = None,
-             using: str | None = DEFAULT_DB_ALIAS) -> T:
+             using: str | None = DEFAULT_DB_ALIAS,
+             replicas: list[str] | tuple[str, ...] | None = None) -> T:
         """``fn()``'s value, from the cache while it is fresh. ``key`` names the result; the
-        part before the first ``:`` is its key space, which writes invalidate."""
-        served = self._read(key, fn, circuit, _ttl(ttl), _stale_ttl(stale_ttl), fallback,
-                            using)
+        part before the first ``:`` is its key space, which writes invalidate. When the
+        primary fails, a replica of ``replicas`` (default ``READ_REPLICAS``) answers before
+        the stale entry does."""
+        served = self._read(reads.Read(key, fn, circuit, _ttl(ttl), _stale_ttl(stale_ttl),
+                                       fallback, using, replicas))
         if served.kind is not None:  # in this thread: waiters share the leader's result
             labels.mark(served.kind, served.age)
         return served.value  # type: ignore[no-any-return]

@@ -26,10 +26,11 @@ import resilience_crm.provider.calls as calls
 import resilience_crm.provider.classify as classify
 import resilience_crm.provider.deadlines as deadlines
 import resilience_crm.provider.labels as labels
+import resilience_crm.provider.replicas as replicas
 from resilience_crm import metrics
 from resilience_crm.breakers import machine
 from resilience_crm.breakers.registry import get_breaker
-from resilience_crm.exceptions import OperationTimeout, ResilienceError
+from resilience_crm.exceptions import CircuitOpenError, OperationTimeout, ResilienceError
 
 #: Seconds between looks at the shared cache while another process refreshes a key.
 WAIT_POLL_INTERVAL = 0.01
@@ -37,8 +38,22 @@ WAIT_POLL_INTERVAL = 0.01
 
 class Served(NamedTuple):
     value: Any
-    kind: str | None = None  # None, labels.STALE or labels.DEGRADED
+    kind: str | None = None  # None, labels.REPLICA, labels.STALE or labels.DEGRADED
     age: float = 0.0
+
+
+class Read(NamedTuple):
+    """One ``protected.read``: what it asks, under which circuit, how long its answer stays
+    fresh and servable, and where it may fall back."""
+
+    key: str
+    fn: Callable[[], Any]
+    circuit: str
+    ttl: float
+    stale_ttl: float
+    fallback_fn: Callable[[], Any] | None
+    using: str | None
+    replicas: list[str] | tuple[str, ...] | None = None
 
 
 class _Flight:
@@ -104,20 +119,15 @@ class Reads(calls.Engine):
         self.flights = Flights()
         self._clock = clock
 
-    def _read(self, key: str, fn: Callable[[], Any], circuit: str, ttl: float,
-              stale_ttl: float, fallback_fn: Callable[[], Any] | None,
-              using: str | None) -> Served:
-        lookup = self.cache.get(key)
+    def _read(self, read: Read) -> Served:
+        lookup = self.cache.get(read.key)
         entry, now = lookup.entry, self._clock()
-        if entry is not None and _fresh(entry, lookup.space_version, ttl, now):
+        if entry is not None and _fresh(entry, lookup.space_version, read.ttl, now):
             return Served(entry.value)
-        if entry is not None and entry.age(now) < ttl + stale_ttl:
-            return self._revalidate(key, fn, circuit, ttl, stale_ttl, fallback_fn, using,
-                                    lookup)
-        return self.flights.run(
-            key, lambda: self._fetch(key, fn, circuit, ttl, stale_ttl, fallback_fn, using,
-                                     lookup),
-            circuit, _budget(circuit))
+        if entry is not None and entry.age(now) < read.ttl + read.stale_ttl:
+            return self._revalidate(read, lookup)
+        return self.flights.run(read.key, lambda: self._fetch(read, lookup), read.circuit,
+                                _budget(read.circuit))
 
     def _load_many(self, key: str, ids: Iterable[Hashable],
                    fetch_many: Callable[[list[Any]], Mapping[Any, Any]], circuit: str,
@@ -154,23 +164,22 @@ class Reads(calls.Engine):
             results.update((item, found[item]) for item in batch if item in found)
         return results
 
-    def _revalidate(self, key: str, fn: Callable[[], Any], circuit: str, ttl: float,
-                    stale_ttl: float, fallback_fn: Callable[[], Any] | None,
-                    using: str | None, lookup: cache.Lookup) -> Served:
+    def _revalidate(self, read: Read, lookup: cache.Lookup) -> Served:
         """A stale entry is at hand: one process in the cluster refreshes it, the others
-        serve it (stale-while-revalidate); nobody refreshes while the circuit is open."""
-        entry = lookup.entry
+        serve it (stale-while-revalidate); nobody refreshes while the circuit is open, when
+        a healthy replica answers before the stale entry does."""
+        entry, key, circuit = lookup.entry, read.key, read.circuit
         assert entry is not None  # noqa: S101  (the caller checked)
         if _is_open(circuit):  # no refresh while open, and no lease to take for it
-            return self._stale(entry, circuit)
+            return self._fallback_or_raise(CircuitOpenError(circuit=circuit), entry, read)
         token = uuid.uuid4().hex
         if not self.cache.take_lease(key, token, _budget(circuit)):
             return self._stale(entry, circuit)
         try:
-            value = self._call(circuit, fn, using, operation=cache.space_of(key))
-            self.cache.set(key, value, ttl, stale_ttl, lookup)
+            value = self._call(circuit, read.fn, read.using, operation=cache.space_of(key))
+            self.cache.set(key, value, read.ttl, read.stale_ttl, lookup)
         except ResilienceError as err:
-            return self._fallback_or_raise(err, entry, circuit, ttl, stale_ttl, fallback_fn)
+            return self._fallback_or_raise(err, entry, read)
         except Exception:  # a negative answer: the stale entry must not stand in for it
             self.cache.remove(key)
             raise
@@ -178,18 +187,17 @@ class Reads(calls.Engine):
             self.cache.release_lease(key, token)
         return Served(value)
 
-    def _fetch(self, key: str, fn: Callable[[], Any], circuit: str, ttl: float,
-               stale_ttl: float, fallback_fn: Callable[[], Any] | None, using: str | None,
-               lookup: cache.Lookup) -> Served:
+    def _fetch(self, read: Read, lookup: cache.Lookup) -> Served:
         """Nothing servable is cached: the one process holding the lease queries, the others
         wait for its result or its error (after a negative answer, which is not shared,
         they ask ``fn`` themselves)."""
+        key, circuit, ttl = read.key, read.circuit, read.ttl
         if _is_open(circuit):  # fail fast: the breaker answers, no lease needed
             try:
-                value = self._call(circuit, fn, using, operation=cache.space_of(key))
+                value = self._call(circuit, read.fn, read.using, operation=cache.space_of(key))
             except ResilienceError as err:
-                return self._fallback_or_raise(err, None, circuit, ttl, stale_ttl, fallback_fn)
-            self.cache.set(key, value, ttl, stale_ttl, lookup)
+                return self._fallback_or_raise(err, None, read)
+            self.cache.set(key, value, ttl, read.stale_ttl, lookup)
             return Served(value)
         token = uuid.uuid4().hex
         leader = self.cache.take_lease(key, token, _budget(circuit))
@@ -197,7 +205,7 @@ class Reads(calls.Engine):
             try:
                 waited = self._await_leader(key, circuit, ttl)
             except ResilienceError as err:
-                return self._fallback_or_raise(err, None, circuit, ttl, stale_ttl, fallback_fn)
+                return self._fallback_or_raise(err, None, read)
             if waited is not None:
                 return waited
             leader = self.cache.take_lease(key, token, _budget(circuit))
@@ -207,12 +215,12 @@ class Reads(calls.Engine):
                 if done.entry is not None and _fresh(done.entry, done.space_version, ttl,
                                                      self._clock()):
                     return Served(done.entry.value)
-            value = self._call(circuit, fn, using, operation=cache.space_of(key))
-            self.cache.set(key, value, ttl, stale_ttl, lookup)
+            value = self._call(circuit, read.fn, read.using, operation=cache.space_of(key))
+            self.cache.set(key, value, ttl, read.stale_ttl, lookup)
         except ResilienceError as err:
             if leader:
                 self.cache.publish_error(key, err.code, err.message, err.retry_after)
-            return self._fallback_or_raise(err, None, circuit, ttl, stale_ttl, fallback_fn)
+            return self._fallback_or_raise(err, None, read)
         except Exception:  # a negative answer: what was cached must not stand in for it
             if lookup.entry is not None:  # (a never-cached key leaves nothing behind)
                 self.cache.remove(key)
@@ -241,14 +249,38 @@ class Reads(calls.Engine):
         raise OperationTimeout(circuit=circuit)
 
     def _fallback_or_raise(self, err: ResilienceError, entry: cache.Entry | None,
-                           circuit: str, ttl: float, stale_ttl: float,
-                           fallback_fn: Callable[[], Any] | None) -> Served:
-        if entry is not None and entry.age(self._clock()) < ttl + stale_ttl:
-            return self._stale(entry, circuit)
-        if fallback_fn is not None:
-            metrics.inc("calls", circuit=circuit, outcome="fallback")
-            return Served(fallback_fn(), labels.DEGRADED)
+                           read: Read) -> Served:
+        """The primary failed: a healthy replica's answer, else the stale entry, else the
+        caller's fallback, else ``err``."""
+        served = self._from_replica(read)
+        if served is not None:
+            return served
+        if entry is not None and entry.age(self._clock()) < read.ttl + read.stale_ttl:
+            return self._stale(entry, read.circuit)
+        if read.fallback_fn is not None:
+            metrics.inc("calls", circuit=read.circuit, outcome="fallback")
+            return Served(read.fallback_fn(), labels.DEGRADED)
         raise err
+
+    def _from_replica(self, read: Read) -> Served | None:
+        """The first replica close enough behind its primary that answers, each under its
+        own circuit; ``None`` when none does. Its answer is not cached: it is labelled, with
+        its lag as its age, and the next read asks the primary again."""
+        space = cache.space_of(read.key)
+        for alias in replicas.candidates(read.replicas):
+            circuit = replicas.circuit_of(alias)
+            try:
+                with replicas.reading(alias):
+                    lag = self._call(circuit, partial(replicas.checked, alias), alias,
+                                     operation=space)
+                    value = self._call(circuit, read.fn, alias, operation=space)
+            except replicas.TooFarBehind:
+                continue
+            except ResilienceError:
+                continue
+            metrics.inc("calls", circuit=read.circuit, outcome="fallback")
+            return Served(value, labels.REPLICA, lag)
+        return None
 
     def _stale(self, entry: cache.Entry, circuit: str) -> Served:
         metrics.inc("calls", circuit=circuit, outcome="fallback")
