@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import io
 import json
 from datetime import timedelta
@@ -11,8 +12,8 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 from model_bakery import baker
 
+from resilience_crm.breakers import control, registry
 from resilience_crm.breakers import machine as core
-from resilience_crm.breakers import registry
 from resilience_crm.models import Circuit, CircuitEvent, CircuitMetric, SpoolReceipt
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -47,8 +48,8 @@ def test_status_json_carries_state_counts_and_who_forced():
     assert body["pending_events"] == 0
     auth = body["circuits"]["crm.auth"]
     assert (auth["state"], auth["generation"], auth["store"]) == ("forced_closed", 1, "shared")
-    assert auth["forced"] == {"state": "forced_closed", "reason": "login storm", "by": "",
-                              "until": None}
+    assert auth["forced"] == {"state": "forced_closed", "reason": "login storm",
+                              "by": f"{getpass.getuser()} (command)", "until": None}
     assert body["circuits"]["crm.read"]["forced"] is None
 
 
@@ -73,16 +74,45 @@ def test_reset_closes_named_circuits_and_audits_as_command():
     assert (event.source, event.reason, event.actor) == ("command", "db back", None)
 
 
-def test_reset_all():
+def test_reset_all_closes_what_is_not_closed_and_leaves_the_rest_alone():
     for name in ("crm.read", "crm.auth"):
         registry.get_breaker(name).force(core.DISABLED)
+    generations = {name: registry.get_breaker(name).snapshot()["generation"]
+                   for name in ("crm.write", "crm.rpc")}
 
-    run("resilience_reset", "--all")
+    out = run("resilience_reset", "--all")
 
     circuits = ["crm.read", "crm.write", "crm.rpc", "crm.auth"]
     assert {name: registry.get_breaker(name).state for name in circuits} == dict.fromkeys(
         circuits, core.CLOSED)
-    assert CircuitEvent.objects.filter(source="command", to_state=core.CLOSED).count() == 4
+    closed = CircuitEvent.objects.filter(source="command", to_state=core.CLOSED)
+    assert sorted(closed.values_list("circuit__name", flat=True)) == ["crm.auth", "crm.read"]
+    assert not CircuitEvent.objects.filter(from_state=core.CLOSED, to_state=core.CLOSED).exists()
+    assert {name: registry.get_breaker(name).snapshot()["generation"]
+            for name in generations} == generations
+    assert "Already closed, left alone: crm.write, crm.rpc." in out
+
+
+def test_reset_by_name_resets_a_closed_circuit_too():
+    """Named, a closed circuit is reset: its counts are forgotten, as asked."""
+    breaker = registry.get_breaker("crm.write")
+    breaker.record(breaker.allow(), core.FAILURE)
+
+    run("resilience_reset", "crm.write")
+
+    assert registry.get_breaker("crm.write").snapshot()["failures"] == 0
+
+
+def test_status_names_who_forced_a_circuit():
+    run("resilience_force", "crm.read", "forced_open", "--reason", "migration")
+    control.steer("crm.rpc", core.FORCED_OPEN, reason="from code")
+
+    lines = run("resilience_status").splitlines()
+
+    rows = {line.split()[0]: line for line in lines[2:]}
+    assert rows["crm.read"].endswith(f"by {getpass.getuser()} (command): migration")
+    assert rows["crm.rpc"].endswith("by code: from code")
+    assert "?" not in "".join(lines)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -45,6 +45,15 @@ def test_the_drill_rides_out_a_real_outage(postgres, redis_settings, sentry):
     messages = [event.get("message") or event.get("logentry", {}).get("message", "")
                 for event in received(sentry, at_least=1)]
     assert any(message.startswith("Circuit crm.read opened") for message in messages), messages
+    # It said it was a drill: its transitions and its alerts are tagged with its run.
+    run_id = write.idempotency_key.split(":")[-1].removesuffix("-queued")
+    assert f"this is drill {run_id}" in text
+    opened = CircuitEvent.objects.filter(circuit__name="crm.read", to_state=core.OPEN).first()
+    assert opened.reason.endswith(f"[drill {run_id}]")
+    tags = [event.get("tags") or {} for event in received(sentry, at_least=1)]
+    read_opened = [t for t in tags if (t.get("circuit"), t.get("circuit_state")) == (
+        "crm.read", core.OPEN)]
+    assert read_opened and all(t.get("drill") == run_id for t in read_opened), tags
     # The drill's API token does not outlive it.
     assert not Token.objects.filter(user__username=USERNAME).exists()
 

@@ -44,7 +44,7 @@ from resilience_crm.conf import cache_is_redis
 from resilience_crm.conf import settings as resilience_settings
 from resilience_crm.exceptions import ResilienceError
 from resilience_crm.models import QueuedWrite
-from resilience_crm.observability import alerts
+from resilience_crm.observability import alerts, drills
 from resilience_crm.provider import queue
 from resilience_crm.provider.labels import FALLBACK_HEADER, STALE
 from resilience_crm.signals import circuit_transition
@@ -112,9 +112,11 @@ class Drill:
     """Run with :meth:`run`; ``say`` gets each line of narration."""
 
     def __init__(self, seconds: float, say: Callable[[str], None], *,
-                 keep: bool = False) -> None:
+                 keep: bool = False, page: bool = False) -> None:
         self.seconds = seconds
         self.keep = keep
+        #: Let the alert rules page for this drill (by default they stay quiet).
+        self.page = page
         self._say = say
         self.run_id = uuid.uuid4().hex[:12]
         self.started = time.monotonic()
@@ -175,6 +177,11 @@ class Drill:
         db = connections[DEFAULT_DB_ALIAS].settings_dict
         target = (db["HOST"] or "127.0.0.1", int(db["PORT"] or 5432))
         circuit_transition.connect(self._on_transition, dispatch_uid=self.run_id, weak=False)
+        drills.begin(self.run_id, page=self.page)
+        self.say(f"this is drill {self.run_id}: its circuit events are tagged "
+                 f"[drill {self.run_id}] and its alerts carry the tag drill={self.run_id}; "
+                 + ("the alert rules page for it (--page)" if self.page else
+                    "the alert rules do not page for it (--page to let them)"))
         try:
             with (_quieter(QUIETER), FaultProxy(*target) as proxy, _database_through(proxy),
                   override_settings(RESILIENCE_CRM=drill_settings()), self._server()):
@@ -192,6 +199,7 @@ class Drill:
                     self._clean_up()
         finally:
             circuit_transition.disconnect(dispatch_uid=self.run_id)
+            drills.end(self.run_id)
         return self.outcome
 
     def _create_client(self) -> None:

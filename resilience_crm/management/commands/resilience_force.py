@@ -6,7 +6,13 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from resilience_crm.breakers.control import PENDING, STEERABLE, known_circuits, steer
+from resilience_crm.breakers.control import (
+    PENDING,
+    STEERABLE,
+    command_actor,
+    known_circuits,
+    steer,
+)
 from resilience_crm.exceptions import ManualChangeRefused
 
 DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -34,7 +40,7 @@ class Command(BaseCommand):
         until = parse_until(options["until"]) if options["until"] else None
         try:
             outcome = steer(name, state, reason=options["reason"] or f"{state} by command",
-                            until=until, source="command")
+                            until=until, actor=command_actor(), source="command")
         except ManualChangeRefused as err:
             raise CommandError(err.message) from err
         expiry = f" until {until.isoformat()}" if until else ""
