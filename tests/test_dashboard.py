@@ -65,7 +65,8 @@ def test_the_dashboard_shows_circuits_charts_transitions_and_the_queue(client):
     assert f"<title>{minute}: 4.2 ms</title>" in html  # its mean latency
     assert "db failover" in html and "ops-lead" in html
     assert '<strong id="queue-dead">1</strong>' in html
-    assert 'name="reset"' not in html  # no permission, no button
+    assert 'data-action="reset"' not in html  # no permission, no button
+    assert 'data-action="force_open"' not in html
 
 
 def test_the_dashboard_needs_the_view_permission(client):
@@ -77,7 +78,19 @@ def test_the_reset_button_runs_the_audited_action(client):
     user = staff(client, "view_circuit", "reset_circuit")
     steer("crm.rpc", core.FORCED_OPEN, reason="vendor down", source="command")
     circuit = Circuit.objects.get(name="crm.rpc")
-    assert 'name="reset"' in client.get(DASHBOARD).content.decode()
+    html = client.get(DASHBOARD).content.decode()
+    card = html[html.index('data-circuit="crm.rpc"'):]
+    card = card[:card.index("</section>")]
+    # A forced card says who holds it, why and until when, and offers Release.
+    assert "Forced open: held by <strong>command</strong>, “vendor down”, until released." in card
+    assert '<summary class="button">Release</summary>' in card
+    assert 'name="reason" required' in card
+    assert "Confirm: release crm.rpc" in card
+
+    refused = client.post(DASHBOARD, {"action": "reset", "_selected_action": circuit.pk,
+                                      "index": 0, "reason": " ", "until": ""}, follow=True)
+    assert "Nothing changed: give a reason" in refused.content.decode()
+    assert registry.get_breaker("crm.rpc").state == core.FORCED_OPEN
 
     response = client.post(DASHBOARD, {"action": "reset", "_selected_action": circuit.pk,
                                        "index": 0, "reason": "vendor back", "until": ""})

@@ -13,6 +13,7 @@ from django.utils import timezone
 from django.utils.safestring import SafeString
 
 import resilience_crm.admin.charts as charts
+import resilience_crm.admin.incidents as incidents
 from resilience_crm.breakers import registry
 from resilience_crm.breakers.control import known_circuits
 from resilience_crm.models import CircuitEvent, CircuitMetric, QueuedWrite
@@ -22,6 +23,7 @@ from resilience_crm.observability import exposition
 SPANS = (("hour", 60, 1), ("day", 48, 30))
 COLOURS = {"calls": "#417690", "failure_rate": "#b52a1c", "latency": "#b36b00"}
 RECENT_EVENTS = 15
+RECENT_INCIDENTS = 10
 
 
 @dataclass
@@ -38,6 +40,8 @@ class CircuitPanel:
     spans: list[Span] = field(default_factory=list)
     pk: int | None = None
     badge: str = ""
+    hold: Any = None
+    buttons: list[dict[str, Any]] = field(default_factory=list)
 
 
 def context(now: datetime | None = None) -> dict[str, Any]:
@@ -60,7 +64,7 @@ def context(now: datetime | None = None) -> dict[str, Any]:
               .order_by("-created_at", "-pk")[:RECENT_EVENTS])
     queue = QueuedWrite.counts()
     return {"panels": panels, "events": list(events), "queue": queue, "now": now,
-            "tiers": tier_decisions()}
+            "tiers": tier_decisions(), "incidents": incidents.recent(names, RECENT_INCIDENTS)}
 
 
 def tier_decisions() -> list[dict[str, Any]]:
