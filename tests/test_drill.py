@@ -8,6 +8,7 @@ import logging
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db.models import Sum
 from rest_framework.authtoken.models import Token
 
 from crm_demo.crm import drill
@@ -15,7 +16,7 @@ from crm_demo.crm.drill import CIRCUITS, USERNAME
 from crm_demo.crm.models import Contact
 from resilience_crm import get_breaker
 from resilience_crm.breakers import machine as core
-from resilience_crm.models import CircuitEvent, QueuedWrite
+from resilience_crm.models import CircuitEvent, CircuitMetric, QueuedWrite
 from tests.sentry_server import received
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
@@ -54,6 +55,12 @@ def test_the_drill_rides_out_a_real_outage(postgres, redis_settings, sentry):
     read_opened = [t for t in tags if (t.get("circuit"), t.get("circuit_state")) == (
         "crm.read", core.OPEN)]
     assert read_opened and all(t.get("drill") == run_id for t in read_opened), tags
+    # Its call metrics are written as it ends, failures included: the dashboard's charts
+    # and the metric rows show the outage without waiting for the background writer.
+    assert "wrote the drill's circuit events and call metrics" in text
+    counted = CircuitMetric.objects.filter(circuit__name="crm.read").aggregate(
+        failures=Sum("failures"), rejected=Sum("rejected"))
+    assert counted["failures"] and counted["failures"] > 0, counted
     # The drill's API token does not outlive it.
     assert not Token.objects.filter(user__username=USERNAME).exists()
 

@@ -37,7 +37,7 @@ from crm_demo.crm import client
 from crm_demo.crm.client import Reply
 from crm_demo.crm.faults import FaultProxy
 from crm_demo.crm.models import Contact
-from resilience_crm.breakers import events
+from resilience_crm import flusher
 from resilience_crm.breakers import machine as core
 from resilience_crm.breakers.registry import get_breaker
 from resilience_crm.conf import cache_is_redis
@@ -309,8 +309,6 @@ class Drill:
 
     def _clean_up(self) -> None:
         connections[DEFAULT_DB_ALIAS].close()
-        with contextlib.suppress(Exception):
-            events.flush()
         made = Contact.objects.filter(email__endswith=f"@{self.run_id}.drill.invalid")
         if self.keep:
             self.say(f"kept the drill's {made.count()} contacts (emails @{self.run_id}"
@@ -330,6 +328,20 @@ class Drill:
                     self.say(f"could not reset circuit {name}: {err}")
                 else:
                     self.say(f"reset circuit {name}")
+        self._write_records()
+
+    def _write_records(self) -> None:
+        """Write now what this process counted, as its background writer would in a while:
+        the transitions, the per-minute call metrics (the dashboard's charts) and the
+        counters ``/resilience/metrics`` sums, so a running demo server shows the outage at
+        once rather than after this process is gone."""
+        try:
+            flusher.run_tasks()
+        except Exception as err:  # the records wait in this process, then the shared store
+            self.say(f"could not write the drill's events and call metrics yet ({err})")
+        else:
+            self.say("wrote the drill's circuit events and call metrics (the dashboard's "
+                     "charts and /resilience/metrics count them now)")
 
     # Plumbing ---------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from resilience_crm.breakers import registry
 from resilience_crm.breakers.control import known_circuits
 from resilience_crm.models import CircuitEvent, CircuitMetric, QueuedWrite
 from resilience_crm.observability import exposition
+from resilience_crm.provider import probe
 
 #: The two spans the charts cover: (name, slots, minutes per slot).
 SPANS = (("hour", 60, 1), ("day", 48, 30))
@@ -62,7 +63,7 @@ def context(now: datetime | None = None) -> dict[str, Any]:
         panels.append(panel)
     events = (CircuitEvent.objects.select_related("circuit", "actor")
               .order_by("-created_at", "-pk")[:RECENT_EVENTS])
-    queue = QueuedWrite.counts()
+    queue = probe.waiting(QueuedWrite.counts())
     return {"panels": panels, "events": list(events), "queue": queue, "now": now,
             "tiers": tier_decisions(), "incidents": incidents.recent(names, RECENT_INCIDENTS)}
 
