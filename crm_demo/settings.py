@@ -71,7 +71,7 @@ TEMPLATES = [
 
 DATABASES = {
     "default": dj_database_url.parse(
-        os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+        os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
         conn_max_age=0,
     )
 }
@@ -114,6 +114,10 @@ else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 RESILIENCE_CRM: dict = {}
+# The token monitoring sends to /resilience/metrics and /resilience/health/ready for their
+# details (``Authorization: Bearer <token>``); ``make demo`` makes one and prints it.
+if os.environ.get("RESILIENCE_MONITORING_TOKEN"):
+    RESILIENCE_CRM["MONITORING_TOKEN"] = os.environ["RESILIENCE_MONITORING_TOKEN"]
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

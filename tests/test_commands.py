@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import io
 import json
@@ -14,15 +15,21 @@ from model_bakery import baker
 
 from resilience_crm.breakers import control, registry
 from resilience_crm.breakers import machine as core
+from resilience_crm.management import where
 from resilience_crm.models import Circuit, CircuitEvent, CircuitMetric, SpoolReceipt
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def run(*args: str) -> str:
-    out = io.StringIO()
-    call_command(*args, stdout=out)
-    return out.getvalue()
+    """The command's output after its first line, which says where it works."""
+    out, err = io.StringIO(), io.StringIO()
+    call_command(*args, stdout=out, stderr=err)
+    first, _, rest = out.getvalue().partition("\n")
+    if "--json" in args:  # the line goes to stderr, the JSON stays parseable
+        first, rest = err.getvalue().strip(), out.getvalue()
+    assert first == where.line()
+    return rest
 
 
 def test_status_lists_every_circuit_with_its_live_state():
@@ -32,8 +39,8 @@ def test_status_lists_every_circuit_with_its_live_state():
 
     lines = run("resilience_status").splitlines()
 
-    assert lines[0] == "Store: DatabaseStore"
-    rows = {line.split()[0]: line.split() for line in lines[2:]}
+    assert lines[0].startswith("CIRCUIT")
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert {"crm.read", "crm.write", "crm.rpc", "crm.auth"} <= set(rows)
     assert rows["crm.write"][1:6] == ["closed", "0", "1", "1", "100%"]
     assert rows["crm.rpc"][1] == "forced_open"
@@ -109,7 +116,7 @@ def test_status_names_who_forced_a_circuit():
 
     lines = run("resilience_status").splitlines()
 
-    rows = {line.split()[0]: line for line in lines[2:]}
+    rows = {line.split()[0]: line for line in lines[1:]}
     assert rows["crm.read"].endswith(f"by {getpass.getuser()} (command): migration")
     assert rows["crm.rpc"].endswith("by code: from code")
     assert "?" not in "".join(lines)
@@ -218,3 +225,26 @@ def test_cleanup_dry_run_and_days_option(aged_records):
 def test_cleanup_refuses_a_retention_below_one_day():
     with pytest.raises(CommandError, match="whole number of days >= 1"):
         run("resilience_cleanup", "--days", "0")
+
+
+@pytest.mark.parametrize("command", ["resilience_status", "resilience_cleanup",
+                                     "resilience_replay", "seed_demo"])
+def test_every_command_says_first_which_database_and_store(command, settings):
+    out = io.StringIO()
+    args = (["--no-progress", "--contacts", "0", "--conversations", "0"]
+            if command == "seed_demo" else [])
+    with contextlib.suppress(CommandError, SystemExit):
+        call_command(command, *args, stdout=out)
+    db = settings.DATABASES["default"]
+    assert out.getvalue().splitlines()[0] == (
+        f"Database: postgresql {db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']} "
+        "· store: DatabaseStore")
+
+
+def test_the_first_line_names_redis_without_its_password(settings):
+    settings.CACHES = {**settings.CACHES, "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": "redis://:s3cret@127.0.0.1:1/0"}}
+    settings.RESILIENCE_CRM = {"STORE": "memory"}
+
+    assert where.store() == "MemoryStore (redis://:***@127.0.0.1:1/0)"

@@ -14,6 +14,7 @@ from resilience_crm.breakers.control import (
     steer,
 )
 from resilience_crm.exceptions import ManualChangeRefused
+from resilience_crm.management import where
 
 DURATION = re.compile(r"^(\d+)([smhd])$")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -33,6 +34,7 @@ class Command(BaseCommand):
         parser.add_argument("--reason", default="", help="kept in the audit trail")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        self.stdout.write(where.line())
         name, state = options["name"], options["state"]
         known = known_circuits()
         if name not in known:

@@ -6,6 +6,7 @@ from django.db import DatabaseError
 from resilience_crm.breakers import machine, registry
 from resilience_crm.breakers.control import PENDING, command_actor, known_circuits, steer
 from resilience_crm.exceptions import ManualChangeRefused
+from resilience_crm.management import where
 from resilience_crm.models import Circuit
 
 
@@ -20,6 +21,7 @@ class Command(BaseCommand):
         parser.add_argument("--reason", default="", help="kept in the audit trail")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        self.stdout.write(where.line())
         names = tuple(options["names"])
         known = known_circuits()
         if options["all"] == bool(names):

@@ -8,6 +8,7 @@ from django.db import DatabaseError
 from resilience_crm import buckets, spool
 from resilience_crm.breakers import events, machine, registry
 from resilience_crm.breakers.control import forced_by, known_circuits
+from resilience_crm.management import where
 
 #: Kinds of records the spool keeps while the database is down (-1: Redis did not answer).
 SPOOLED = (events.KIND, buckets.KIND)
@@ -20,6 +21,8 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # The JSON stays parseable: the line goes to stderr then.
+        (self.stderr if options["json"] else self.stdout).write(where.line())
         forced = _forced_rows()
         circuits = {}
         for name in known_circuits():
@@ -34,7 +37,6 @@ class Command(BaseCommand):
                     "spooled": {kind: spool.length(kind) for kind in SPOOLED}}
             self.stdout.write(json.dumps(body, cls=DjangoJSONEncoder, indent=2))
             return
-        self.stdout.write(f"Store: {store.__qualname__}")
         rows = [("CIRCUIT", "STATE", "GEN", "CALLS", "FAILURES", "RATE", "RETRY IN", "STORE",
                  "FORCED")]
         for name, snap in circuits.items():

@@ -3,6 +3,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from crm_demo.crm.drill import Drill, DrillUnavailable
+from resilience_crm.management import where
 
 
 class Command(BaseCommand):
@@ -23,6 +24,7 @@ class Command(BaseCommand):
                             help="print only the summary, not each step")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        self.stdout.write(where.line())
         if options["seconds"] < 3:
             raise CommandError("--seconds must be at least 3: the circuits need that long to "
                                "open and show stale reads.")
