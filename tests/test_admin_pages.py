@@ -172,6 +172,10 @@ def test_a_reset_ends_an_incident_and_a_drill_says_so(admin_client):
     assert (incident.drill, incident.outcome) == ("ab12", "reset: admin (admin): db back")
     html = admin_client.get(page(circuit)).content.decode()
     assert 'data-circuit="crm.auth" data-drill="ab12"' in html
+    timeline = html[html.index('class="incident-timeline"'):]
+    assert "<summary>2 transitions</summary>" in timeline
+    assert "closed → open: 2 consecutive failures [drill ab12]</li>" in timeline
+    assert "open → closed: admin (admin): db back</li>" in timeline
     dashboard = admin_client.get(reverse("admin:resilience_crm_dashboard")).content.decode()
     assert 'id="last-incidents"' in dashboard and 'data-drill="ab12"' in dashboard
 

@@ -475,13 +475,12 @@ def test_e017_pool_without_psycopg_pool(settings: Any, monkeypatch: pytest.Monke
 
 def test_e050_a_postgresql_alias_without_a_driver(settings: Any,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    settings.DATABASES = {**settings.DATABASES, "reports": {
-        "ENGINE": "django.db.backends.postgresql", "NAME": "reports"}}
+    pooled_databases(settings)  # a PostgreSQL alias "pooled"
     assert database_checks.check_postgres_driver() == []  # psycopg is installed here
     for driver in ("psycopg", "psycopg2"):
         monkeypatch.setitem(sys.modules, driver, None)  # makes the import fail
     messages = [m for m in database_checks.check_postgres_driver()
-                if 'DATABASES["reports"]' in m.msg]
+                if 'DATABASES["pooled"]' in m.msg]
     assert ids(messages) == {checks.Codes.POSTGRES_WITHOUT_DRIVER}
     assert "[postgres]" in messages[0].hint
 

@@ -15,6 +15,7 @@ from crm_demo.crm import drill
 from crm_demo.crm.drill import CIRCUITS, USERNAME
 from crm_demo.crm.models import Contact
 from resilience_crm import get_breaker
+from resilience_crm.admin import incidents
 from resilience_crm.breakers import machine as core
 from resilience_crm.models import CircuitEvent, CircuitMetric, QueuedWrite
 from tests.sentry_server import received
@@ -51,6 +52,10 @@ def test_the_drill_rides_out_a_real_outage(postgres, redis_settings, sentry):
     assert f"this is drill {run_id}" in text
     opened = CircuitEvent.objects.filter(circuit__name="crm.read", to_state=core.OPEN).first()
     assert opened.reason.endswith(f"[drill {run_id}]")
+    # One drill reads as one incident per circuit that opened, marked as the drill's.
+    found = incidents.recent(CIRCUITS, limit=20)
+    assert found and sorted(i.circuit for i in found) == sorted({i.circuit for i in found})
+    assert {i.drill for i in found} == {run_id} and not any(i.ongoing for i in found)
     tags = [event.get("tags") or {} for event in received(sentry, at_least=1)]
     read_opened = [t for t in tags if (t.get("circuit"), t.get("circuit_state")) == (
         "crm.read", core.OPEN)]

@@ -87,6 +87,11 @@ class Incident:
         return f"{verb}: {who(last)}"
 
     @property
+    def timeline(self) -> list[tuple[datetime, str, str, str]]:
+        """Each transition: when, from, to, and who or why."""
+        return [(e.created_at, e.from_state, e.to_state, who(e)) for e in self.events]
+
+    @property
     def drill(self) -> str:
         """The drill's run id when the incident was a drill's, else ``""``."""
         for event in self.events:
