@@ -130,6 +130,10 @@ def test_the_dashboard_shows_a_real_outage_and_its_confirmed_release(live_server
         call = functools.partial(fails_through, proxy, live_server)
         for _ in range(3):
             get_breaker("crm.rpc").call(call)
+        write_now()
+        log_in(page, live_server, "/admin/resilience_crm/circuit/dashboard/")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-before-light.png"), full_page=True)
         proxy.cut()
         for name in ("crm.rpc", "crm.write"):  # each opens after its failures
             wait_until(lambda name=name: _fails(name, call), f"{name} open", timeout=30)
@@ -137,7 +141,7 @@ def test_the_dashboard_shows_a_real_outage_and_its_confirmed_release(live_server
         assert receipt.queued
         write_now()  # this process's events and call metrics, as its flusher would
 
-        log_in(page, live_server, "/admin/resilience_crm/circuit/dashboard/")
+        page.reload()
         rpc = page.locator('.resilience-circuit[data-circuit="crm.rpc"]')
         assert rpc.get_attribute("data-state") == core.OPEN
         assert rpc.locator(".resilience-state").inner_text().strip() == "open"
@@ -147,7 +151,6 @@ def test_the_dashboard_shows_a_real_outage_and_its_confirmed_release(live_server
         assert rate.endswith("%") and int(rate[:-1]) > 0, rate
         assert page.locator("#queue-in-redis").inner_text().strip() == "1"
         assert int(page.locator("#queue-pending").inner_text()) >= 1
-        ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "dashboard-outage-light.png"), full_page=True)
 
         # The admin's dark theme: the charts' text follows it.

@@ -29,6 +29,7 @@ def test_the_drill_rides_out_a_real_outage(postgres, redis_settings, sentry):
     call_command("resilience_drill", "--seconds", "4", "--keep", stdout=out)
     text = out.getvalue()
 
+    assert text.splitlines()[0].startswith("Database: postgresql ")  # where it works
     assert "CUT: the proxy closed every database connection" in text
     assert "GET /api/contacts/ -> 200 stale" in text
     assert "-> 202" in text
