@@ -162,6 +162,16 @@ def test_the_dashboard_shows_a_real_outage_and_its_confirmed_release(live_server
         page.screenshot(path=str(ARTIFACTS / "dashboard-outage-dark.png"), full_page=True)
         page.emulate_media(color_scheme="light")
 
+        # States update in place, without a reload: another operator forces crm.auth.
+        page.evaluate("window.notReloaded = true")
+        steer("crm.auth", core.FORCED_OPEN, reason="login storm", source="command")
+        auth = page.locator('.resilience-circuit[data-circuit="crm.auth"]')
+        page.wait_for_function(
+            "document.querySelector('.resilience-circuit[data-circuit=\"crm.auth\"]')"
+            ".dataset.state === 'forced_open'", timeout=15_000)
+        assert auth.locator("h2 .resilience-state").inner_text().strip() == "forced open"
+        assert page.evaluate("window.notReloaded === true")
+
         # Reset asks for a reason first, and acts only on Confirm.
         proxy.restore()
         page.reload()

@@ -174,3 +174,22 @@ def test_the_dashboard_shows_rate_limit_decisions_by_tier(client, settings):
                                           (1_200_000, "1.2M")])
 def test_scale_labels_are_short(value, label):
     assert charts.number(value) == label
+
+
+def test_the_live_endpoint_gives_states_and_the_queue(client):
+    live = reverse("admin:resilience_crm_dashboard_live")
+    staff(client)
+    assert client.get(live).status_code == 403
+    client.logout()
+    User.objects.all().delete()
+    staff(client, "view_circuit")
+    steer("crm.rpc", core.FORCED_OPEN, reason="vendor down", source="command")
+    QueuedWrite.objects.create(name="contact.create", idempotency_key="k1", payload={},
+                               payload_hash="x", state="pending")
+
+    body = client.get(live).json()
+
+    assert body["circuits"]["crm.rpc"] == {"state": "forced_open", "generation": 1,
+                                           "retry_after": None}
+    assert body["circuits"]["crm.read"]["state"] == "closed"
+    assert body["queue"] == {"waiting": 1, "in_redis": 0, "dead": 0}

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.db import DatabaseError
 from django.utils import timezone
 from django.utils.safestring import SafeString
 
@@ -96,6 +97,22 @@ def _open_periods(names: list[str], since: datetime,
     for incident in incidents.group(found):
         periods[incident.circuit].append((incident.start, incident.end))
     return periods
+
+
+def live() -> dict[str, Any]:
+    """The figures the dashboard updates in place: each circuit's state, generation and
+    seconds to its next trial, and the queue's depth."""
+    circuits = {}
+    for name in known_circuits():
+        snap = _snapshot(name)
+        circuits[name] = {"state": snap["state"], "generation": snap.get("generation"),
+                          "retry_after": snap.get("retry_after")}
+    try:
+        queue = probe.waiting(QueuedWrite.counts())
+    except DatabaseError:  # the database is down: the states still tell
+        queue = {}
+    return {"at": timezone.now().isoformat(), "circuits": circuits,
+            "queue": {key: queue.get(key) for key in ("waiting", "in_redis", "dead")}}
 
 
 def tier_decisions() -> list[dict[str, Any]]:
