@@ -25,6 +25,7 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",")
 
 INSTALLED_APPS = [
+    "resilience_crm",  # before the admin: its admin/index.html adds the dashboard link
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -35,7 +36,6 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI and Redoc served from static files, no CDN
-    "resilience_crm",
     "crm_demo.crm",
 ]
 
@@ -71,7 +71,7 @@ TEMPLATES = [
 
 DATABASES = {
     "default": dj_database_url.parse(
-        os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+        os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
         conn_max_age=0,
     )
 }
@@ -114,6 +114,10 @@ else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 RESILIENCE_CRM: dict = {}
+# The token monitoring sends to /resilience/metrics and /resilience/health/ready for their
+# details (``Authorization: Bearer <token>``); ``make demo`` makes one and prints it.
+if os.environ.get("RESILIENCE_MONITORING_TOKEN"):
+    RESILIENCE_CRM["MONITORING_TOKEN"] = os.environ["RESILIENCE_MONITORING_TOKEN"]
 
 # A streaming replica of the database, asked when the primary fails before the stale cache
 # is (docs/provider.md, "Read replicas"). The router sends no write there.

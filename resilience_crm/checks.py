@@ -120,7 +120,7 @@ MESSAGES = table({
             'settings.DATABASES["{alias}"]["OPTIONS"]["pool"] is set but psycopg_pool cannot be '
             "imported."
         ),
-        'Install psycopg with the pool extra: pip install "psycopg[pool]".',
+        'pip install "django-resilience-crm[postgres]" (psycopg[pool] and psycopg-pool).',
     ),
     "CHECK_FAILED": Check(
         "resilience_crm.E099",

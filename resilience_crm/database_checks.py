@@ -1,17 +1,27 @@
-"""System checks on the app's databases: ``DATABASE_ALIAS`` and its router, and views that
-call ``protected`` inside the transaction ``ATOMIC_REQUESTS`` opens (``transactions``)."""
+"""System checks on the app's databases: ``DATABASE_ALIAS`` and its router, views that call
+``protected`` inside the transaction ``ATOMIC_REQUESTS`` opens (``transactions``), and a
+PostgreSQL database without its driver (the ``[postgres]`` extra)."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from django.conf import settings as django_settings
-from django.core.checks import CheckMessage, Tags
+from django.core.checks import CheckMessage, Tags, register
 from django.db import DEFAULT_DB_ALIAS
 from django.utils.module_loading import import_string
 
 from resilience_crm import transactions
-from resilience_crm.checks import CHECKS, Check, setting_path, settings_check, table
+from resilience_crm.checks import (
+    CHECKS,
+    POSTGRES_ENGINES,
+    TAG,
+    Check,
+    setting_path,
+    settings_check,
+    table,
+)
 from resilience_crm.routers import ResilienceRouter, same_database
 
 MESSAGES = table({
@@ -47,7 +57,43 @@ MESSAGES = table({
         ),
         'Add "resilience_crm.routers.ResilienceRouter" to DATABASE_ROUTERS.', warning=True,
     ),
+    "POSTGRES_WITHOUT_DRIVER": Check(
+        "resilience_crm.E050",
+        (
+            'settings.DATABASES["{alias}"] uses PostgreSQL but no driver can be imported '
+            "(psycopg: {error})."
+        ),
+        (
+            'pip install "django-resilience-crm[postgres]" with "psycopg[c]" (built against '
+            'your libpq) or "psycopg[binary]" (wheels, for development).'
+        ),
+    ),
 })
+
+
+#: The PostgreSQL drivers Django can use, the one the app is tested with first.
+POSTGRES_DRIVERS = ("psycopg", "psycopg2")
+
+
+@register(TAG)
+def check_postgres_driver(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """A PostgreSQL database needs psycopg, which the package does not install itself (its
+    ``[postgres]`` extra does). Django refuses to start without the default database's
+    driver; for another alias it would say so only at the first query."""
+    aliases = [alias for alias, database in django_settings.DATABASES.items()
+               if isinstance(database, dict)
+               and any(name in str(database.get("ENGINE", "")) for name in POSTGRES_ENGINES)]
+    if not aliases:
+        return []
+    errors = []
+    for driver in POSTGRES_DRIVERS:
+        try:
+            importlib.import_module(driver)
+        except ImportError as err:  # not installed, or installed without a libpq to load
+            errors.append(str(err))
+        else:
+            return []
+    return [CHECKS["POSTGRES_WITHOUT_DRIVER"](alias=alias, error=errors[0]) for alias in aliases]
 
 
 @settings_check(Tags.database)

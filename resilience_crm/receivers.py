@@ -14,7 +14,7 @@ from resilience_crm import flusher
 from resilience_crm.breakers import control, events, machine, registry
 from resilience_crm.conf import settings
 from resilience_crm.constants import SETTING_NAME
-from resilience_crm.observability import alerts
+from resilience_crm.observability import alerts, drills
 from resilience_crm.provider import handlers, replay
 from resilience_crm.ratelimit import auth_failures, limiter, principals, tiers
 from resilience_crm.signals import circuit_transition, shared_store_recovered
@@ -61,6 +61,8 @@ def record_event(sender: Any, name: str, from_state: str, to_state: str, generat
     # A local breaker's transition is always recorded as local, manual or not: its
     # generation is the worker's own, not the cluster's.
     source = events.LOCAL if local else kwargs.get("source") or ("admin" if actor else "breaker")
+    if not local:  # a local breaker's store is down: no drill record to read
+        reason = drills.tag(reason)
     events.record_transition(name, from_state, to_state, generation, reason,
                              actor=actor if getattr(actor, "pk", None) else None,
                              at=kwargs.get("at"), source=source)

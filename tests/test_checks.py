@@ -12,7 +12,7 @@ from django.core.checks import ERROR, CheckMessage, run_checks
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
-from resilience_crm import checks, conf, drf
+from resilience_crm import checks, conf, database_checks, drf
 from resilience_crm.breakers.stores.memory import MemoryStore
 from resilience_crm.ratelimit import checks as ratelimit_checks
 from resilience_crm.ratelimit.stores.memory import MemoryLimiterStore
@@ -471,6 +471,25 @@ def test_e017_pool_without_psycopg_pool(settings: Any, monkeypatch: pytest.Monke
     assert ids(messages) == {checks.Codes.POOL_WITHOUT_PSYCOPG_POOL}
     assert 'settings.DATABASES["pooled"]["OPTIONS"]["pool"] is set' in messages[0].msg
     assert "psycopg[pool]" in messages[0].hint
+
+
+def test_e050_a_postgresql_alias_without_a_driver(settings: Any,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    pooled_databases(settings)  # a PostgreSQL alias "pooled"
+    assert database_checks.check_postgres_driver() == []  # psycopg is installed here
+    for driver in ("psycopg", "psycopg2"):
+        monkeypatch.setitem(sys.modules, driver, None)  # makes the import fail
+    messages = [m for m in database_checks.check_postgres_driver()
+                if 'DATABASES["pooled"]' in m.msg]
+    assert ids(messages) == {checks.Codes.POSTGRES_WITHOUT_DRIVER}
+    assert "[postgres]" in messages[0].hint
+
+
+def test_w050_sentry_alerts_asked_for_without_sentry_sdk(settings: Any,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "sentry_sdk", None)  # as if not installed
+    assert checks.Codes.SENTRY_WITHOUT_SDK not in ids(run(settings))  # the default just logs
+    assert checks.Codes.SENTRY_WITHOUT_SDK in ids(run(settings, SENTRY_ALERTS=True))
 
 
 def test_e017_pool_with_psycopg_pool(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:

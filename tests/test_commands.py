@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import io
 import json
 from datetime import timedelta
@@ -11,17 +13,23 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 from model_bakery import baker
 
+from resilience_crm.breakers import control, registry
 from resilience_crm.breakers import machine as core
-from resilience_crm.breakers import registry
+from resilience_crm.management import where
 from resilience_crm.models import Circuit, CircuitEvent, CircuitMetric, SpoolReceipt
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def run(*args: str) -> str:
-    out = io.StringIO()
-    call_command(*args, stdout=out)
-    return out.getvalue()
+    """The command's output after its first line, which says where it works."""
+    out, err = io.StringIO(), io.StringIO()
+    call_command(*args, stdout=out, stderr=err)
+    first, _, rest = out.getvalue().partition("\n")
+    if "--json" in args:  # the line goes to stderr, the JSON stays parseable
+        first, rest = err.getvalue().strip(), out.getvalue()
+    assert first == where.line()
+    return rest
 
 
 def test_status_lists_every_circuit_with_its_live_state():
@@ -31,8 +39,8 @@ def test_status_lists_every_circuit_with_its_live_state():
 
     lines = run("resilience_status").splitlines()
 
-    assert lines[0] == "Store: DatabaseStore"
-    rows = {line.split()[0]: line.split() for line in lines[2:]}
+    assert lines[0].startswith("CIRCUIT")
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert {"crm.read", "crm.write", "crm.rpc", "crm.auth"} <= set(rows)
     assert rows["crm.write"][1:6] == ["closed", "0", "1", "1", "100%"]
     assert rows["crm.rpc"][1] == "forced_open"
@@ -47,8 +55,8 @@ def test_status_json_carries_state_counts_and_who_forced():
     assert body["pending_events"] == 0
     auth = body["circuits"]["crm.auth"]
     assert (auth["state"], auth["generation"], auth["store"]) == ("forced_closed", 1, "shared")
-    assert auth["forced"] == {"state": "forced_closed", "reason": "login storm", "by": "",
-                              "until": None}
+    assert auth["forced"] == {"state": "forced_closed", "reason": "login storm",
+                              "by": f"{getpass.getuser()} (command)", "until": None}
     assert body["circuits"]["crm.read"]["forced"] is None
 
 
@@ -73,16 +81,45 @@ def test_reset_closes_named_circuits_and_audits_as_command():
     assert (event.source, event.reason, event.actor) == ("command", "db back", None)
 
 
-def test_reset_all():
+def test_reset_all_closes_what_is_not_closed_and_leaves_the_rest_alone():
     for name in ("crm.read", "crm.auth"):
         registry.get_breaker(name).force(core.DISABLED)
+    generations = {name: registry.get_breaker(name).snapshot()["generation"]
+                   for name in ("crm.write", "crm.rpc")}
 
-    run("resilience_reset", "--all")
+    out = run("resilience_reset", "--all")
 
     circuits = ["crm.read", "crm.write", "crm.rpc", "crm.auth"]
     assert {name: registry.get_breaker(name).state for name in circuits} == dict.fromkeys(
         circuits, core.CLOSED)
-    assert CircuitEvent.objects.filter(source="command", to_state=core.CLOSED).count() == 4
+    closed = CircuitEvent.objects.filter(source="command", to_state=core.CLOSED)
+    assert sorted(closed.values_list("circuit__name", flat=True)) == ["crm.auth", "crm.read"]
+    assert not CircuitEvent.objects.filter(from_state=core.CLOSED, to_state=core.CLOSED).exists()
+    assert {name: registry.get_breaker(name).snapshot()["generation"]
+            for name in generations} == generations
+    assert "Already closed, left alone: crm.write, crm.rpc." in out
+
+
+def test_reset_by_name_resets_a_closed_circuit_too():
+    """Named, a closed circuit is reset: its counts are forgotten, as asked."""
+    breaker = registry.get_breaker("crm.write")
+    breaker.record(breaker.allow(), core.FAILURE)
+
+    run("resilience_reset", "crm.write")
+
+    assert registry.get_breaker("crm.write").snapshot()["failures"] == 0
+
+
+def test_status_names_who_forced_a_circuit():
+    run("resilience_force", "crm.read", "forced_open", "--reason", "migration")
+    control.steer("crm.rpc", core.FORCED_OPEN, reason="from code")
+
+    lines = run("resilience_status").splitlines()
+
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert rows["crm.read"].endswith(f"by {getpass.getuser()} (command): migration")
+    assert rows["crm.rpc"].endswith("by code: from code")
+    assert "?" not in "".join(lines)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -188,3 +225,26 @@ def test_cleanup_dry_run_and_days_option(aged_records):
 def test_cleanup_refuses_a_retention_below_one_day():
     with pytest.raises(CommandError, match="whole number of days >= 1"):
         run("resilience_cleanup", "--days", "0")
+
+
+@pytest.mark.parametrize("command", ["resilience_status", "resilience_cleanup",
+                                     "resilience_replay", "seed_demo"])
+def test_every_command_says_first_which_database_and_store(command, settings):
+    out = io.StringIO()
+    args = (["--no-progress", "--contacts", "0", "--conversations", "0"]
+            if command == "seed_demo" else [])
+    with contextlib.suppress(CommandError, SystemExit):
+        call_command(command, *args, stdout=out)
+    db = settings.DATABASES["default"]
+    assert out.getvalue().splitlines()[0] == (
+        f"Database: postgresql {db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']} "
+        "· store: DatabaseStore")
+
+
+def test_the_first_line_names_redis_without_its_password(settings):
+    settings.CACHES = {**settings.CACHES, "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": "redis://:s3cret@127.0.0.1:1/0"}}
+    settings.RESILIENCE_CRM = {"STORE": "memory"}
+
+    assert where.store() == "MemoryStore (redis://:***@127.0.0.1:1/0)"

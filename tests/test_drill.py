@@ -8,14 +8,16 @@ import logging
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db.models import Sum
 from rest_framework.authtoken.models import Token
 
 from crm_demo.crm import drill
 from crm_demo.crm.drill import CIRCUITS, USERNAME
 from crm_demo.crm.models import Contact
 from resilience_crm import get_breaker
+from resilience_crm.admin import incidents
 from resilience_crm.breakers import machine as core
-from resilience_crm.models import CircuitEvent, QueuedWrite
+from resilience_crm.models import CircuitEvent, CircuitMetric, QueuedWrite
 from tests.sentry_server import received
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
@@ -27,6 +29,7 @@ def test_the_drill_rides_out_a_real_outage(postgres, redis_settings, sentry):
     call_command("resilience_drill", "--seconds", "4", "--keep", stdout=out)
     text = out.getvalue()
 
+    assert text.splitlines()[0].startswith("Database: postgresql ")  # where it works
     assert "CUT: the proxy closed every database connection" in text
     assert "GET /api/contacts/ -> 200 stale" in text
     assert "-> 202" in text
@@ -45,6 +48,25 @@ def test_the_drill_rides_out_a_real_outage(postgres, redis_settings, sentry):
     messages = [event.get("message") or event.get("logentry", {}).get("message", "")
                 for event in received(sentry, at_least=1)]
     assert any(message.startswith("Circuit crm.read opened") for message in messages), messages
+    # It said it was a drill: its transitions and its alerts are tagged with its run.
+    run_id = write.idempotency_key.split(":")[-1].removesuffix("-queued")
+    assert f"this is drill {run_id}" in text
+    opened = CircuitEvent.objects.filter(circuit__name="crm.read", to_state=core.OPEN).first()
+    assert opened.reason.endswith(f"[drill {run_id}]")
+    # One drill reads as one incident per circuit that opened, marked as the drill's.
+    found = incidents.recent(CIRCUITS, limit=20)
+    assert found and sorted(i.circuit for i in found) == sorted({i.circuit for i in found})
+    assert {i.drill for i in found} == {run_id} and not any(i.ongoing for i in found)
+    tags = [event.get("tags") or {} for event in received(sentry, at_least=1)]
+    read_opened = [t for t in tags if (t.get("circuit"), t.get("circuit_state")) == (
+        "crm.read", core.OPEN)]
+    assert read_opened and all(t.get("drill") == run_id for t in read_opened), tags
+    # Its call metrics are written as it ends, failures included: the dashboard's charts
+    # and the metric rows show the outage without waiting for the background writer.
+    assert "wrote the drill's circuit events and call metrics" in text
+    counted = CircuitMetric.objects.filter(circuit__name="crm.read").aggregate(
+        failures=Sum("failures"), rejected=Sum("rejected"))
+    assert counted["failures"] and counted["failures"] > 0, counted
     # The drill's API token does not outlive it.
     assert not Token.objects.filter(user__username=USERNAME).exists()
 

@@ -74,11 +74,20 @@ def test_the_metadata_names_the_library_and_its_dependencies_only(dist):
         meta = Parser().parsestr(archive.read(meta_name).decode())
     assert meta["Name"] == "django-resilience-crm"
     assert meta["License-Expression"] == "BSD-3-Clause"
-    requires = " ".join(meta.get_all("Requires-Dist"))
-    for dependency in ("Django", "djangorestframework", "django-redis", "psycopg", "sentry-sdk"):
-        assert dependency in requires
+    requires = meta.get_all("Requires-Dist")
+    unconditional = " ".join(r for r in requires if "extra ==" not in r)
+    for dependency in ("Django", "djangorestframework", "django-redis", "redis",
+                       "prometheus-client"):
+        assert dependency in unconditional
+    # The project chooses its PostgreSQL driver build and whether it uses Sentry.
+    for optional in ("psycopg", "sentry-sdk"):
+        assert optional not in unconditional
+    assert set(meta.get_all("Provides-Extra")) >= {"postgres", "sentry"}
+    assert any(r.startswith("psycopg[pool]") and 'extra == "postgres"' in r for r in requires)
+    assert not any("binary" in r for r in requires)
+    assert any(r.startswith("sentry-sdk") and 'extra == "sentry"' in r for r in requires)
     for demo_only in ("dj-database-url", "gunicorn", "pytest"):
-        assert demo_only not in requires
+        assert demo_only not in " ".join(requires)
     (sdist,) = dist.glob("*.tar.gz")
     assert sdist.name.startswith("django_resilience_crm-")
 
@@ -105,3 +114,22 @@ def test_a_clean_project_using_the_wheel_passes_django_check(dist, tmp_path):
     assert check.returncode == 0, check.stderr
     assert "System check identified no issues" in check.stdout + check.stderr
     assert str(env_dir) in where.stdout  # the installed wheel, not this checkout
+
+    # Without the extras: no driver, no Sentry; settings that need them are told so.
+    missing = subprocess.run(
+        [str(python), "-c", "import importlib.util as u; "
+         "print([m for m in ('psycopg', 'psycopg2', 'sentry_sdk') if u.find_spec(m)])"],
+        cwd=project, capture_output=True, text=True, check=True)
+    assert missing.stdout.strip() == "[]"
+    (project / "settings_needs_extras.py").write_text(
+        "from settings import *\n"
+        # Django refuses to start without a driver for the default database itself; for
+        # another alias it would say so only at the first query: the check says it now.
+        'DATABASES["reports"] = {"ENGINE": "django.db.backends.postgresql", "NAME": "crm"}\n'
+        'RESILIENCE_CRM = {"SENTRY_ALERTS": True}\n')
+    told = subprocess.run(
+        [str(python), "-m", "django", "check", "--settings=settings_needs_extras",
+         "--pythonpath=."], cwd=project, capture_output=True, text=True, timeout=300)
+    assert told.returncode == 1, told.stdout + told.stderr
+    assert "resilience_crm.E050" in told.stderr and "[postgres]" in told.stderr
+    assert "resilience_crm.W050" in told.stderr and "[sentry]" in told.stderr

@@ -13,7 +13,9 @@ import time
 import pytest
 from django.core.cache import caches
 from django.db import connections
+from django.urls import reverse
 from django_redis import get_redis_connection
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from crm_demo.crm.models import Contact
 from resilience_crm import get_breaker
@@ -317,3 +319,22 @@ def test_a_database_that_fails_during_replay_stops_it_and_keeps_the_write(
     row = QueuedWrite.objects.get(idempotency_key="k1")
     assert row.state == "applying" and row.lease_owner  # taken over when its lease ends
     assert QueuedWrite.objects.get(idempotency_key="k2").state == "pending"
+
+
+def test_writes_still_in_redis_count_wherever_the_queue_depth_shows(queued, admin_client):
+    outage()
+    for n in range(3):
+        protected.submit("test.contact", contact(n), idempotency_key=f"k{n}")
+    QueuedWrite.objects.create(name="test.contact", idempotency_key="old", payload={},
+                               payload_hash="x", state=QueuedWrite.State.FAILED)
+
+    html = admin_client.get(reverse("admin:resilience_crm_dashboard")).content.decode()
+    assert ('Queued writes: <strong id="queue-pending">4</strong> waiting\n      '
+            '(<span id="queue-in-redis">3</span> still in Redis, not yet in the database)'
+            in html)
+    text = admin_client.get(reverse("resilience:metrics")).content.decode()
+    found = {(s.name, s.labels.get("state")): s.value
+             for family in text_string_to_metric_families(text) for s in family.samples
+             if s.name == "resilience_queued_writes"}
+    assert (found[("resilience_queued_writes", "in_redis")],
+            found[("resilience_queued_writes", "failed")]) == (3, 1)

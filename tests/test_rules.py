@@ -10,10 +10,11 @@ from django.db import connections
 from django.utils import timezone
 
 from resilience_crm import checks
+from resilience_crm.breakers import events as audit
 from resilience_crm.breakers import machine as core
 from resilience_crm.breakers import registry
 from resilience_crm.models import Circuit, CircuitEvent, CircuitMetric
-from resilience_crm.observability import rules
+from resilience_crm.observability import drills, rules
 from tests.processes import ctx, run_processes
 from tests.sentry_server import received
 
@@ -145,3 +146,49 @@ def test_one_alert_per_incident_across_worker_processes(sentry, redis_settings):
     events = received(sentry, at_least=1)
     assert [e["fingerprint"] for e in events] == [["resilience-rule", "failure_rate",
                                                    "crm.read"]]
+
+
+def flapped(name: str, transitions: int = 7) -> None:
+    circuit = Circuit.objects.get_or_create(name=name)[0]
+    for generation in range(1, transitions + 1):
+        CircuitEvent.objects.create(circuit=circuit, generation=generation, from_state="closed",
+                                    to_state="open" if generation % 2 else "closed")
+
+
+def test_a_drill_pages_nobody_while_it_runs_nor_after_within_the_look_back(sentry):
+    drills.begin("run1")
+    flapped("crm.auth")
+    assert rules.evaluate() == []
+    drills.end("run1")
+    assert rules.evaluate() == []  # the flapping look-back (an hour) still covers the drill
+    # An hour and a minute on, the drill is out of the look-back: the same record would page.
+    later = timezone.now() + timedelta(minutes=61)
+    assert not drills.silenced(later - timedelta(hours=1), later)
+    assert drills.silenced(timezone.now() - timedelta(hours=1))
+    assert received(sentry) == []
+
+
+def test_a_drill_asked_to_page_pages(sentry):
+    drills.begin("run2", page=True)
+    flapped("crm.auth")
+    try:
+        (finding,) = rules.evaluate()
+    finally:
+        drills.end("run2")
+    assert (finding.rule, finding.subject) == ("flapping", "crm.auth")
+    assert len(received(sentry, at_least=1)) == 1
+
+
+def test_a_drill_tags_the_transitions_recorded_while_it_runs(settings):
+    settings.RESILIENCE_CRM = {"STORE": "memory"}
+    drills.begin("run3")
+    try:
+        registry.get_breaker("crm.read").force(core.FORCED_OPEN, reason="game day")
+    finally:
+        drills.end("run3")
+    registry.get_breaker("crm.read").reset(reason="over")
+    audit.flush()
+    reasons = list(CircuitEvent.objects.filter(circuit__name="crm.read")
+                   .order_by("generation").values_list("reason", flat=True))
+    assert reasons == ["game day [drill run3]", "over"]
+    assert drills.current() is None

@@ -37,14 +37,14 @@ from crm_demo.crm import client
 from crm_demo.crm.client import Reply
 from crm_demo.crm.faults import FaultProxy
 from crm_demo.crm.models import Contact
-from resilience_crm.breakers import events
+from resilience_crm import flusher
 from resilience_crm.breakers import machine as core
 from resilience_crm.breakers.registry import get_breaker
 from resilience_crm.conf import cache_is_redis
 from resilience_crm.conf import settings as resilience_settings
 from resilience_crm.exceptions import ResilienceError
 from resilience_crm.models import QueuedWrite
-from resilience_crm.observability import alerts
+from resilience_crm.observability import alerts, drills
 from resilience_crm.provider import queue
 from resilience_crm.provider.labels import FALLBACK_HEADER, STALE
 from resilience_crm.signals import circuit_transition
@@ -112,9 +112,11 @@ class Drill:
     """Run with :meth:`run`; ``say`` gets each line of narration."""
 
     def __init__(self, seconds: float, say: Callable[[str], None], *,
-                 keep: bool = False) -> None:
+                 keep: bool = False, page: bool = False) -> None:
         self.seconds = seconds
         self.keep = keep
+        #: Let the alert rules page for this drill (by default they stay quiet).
+        self.page = page
         self._say = say
         self.run_id = uuid.uuid4().hex[:12]
         self.started = time.monotonic()
@@ -175,6 +177,11 @@ class Drill:
         db = connections[DEFAULT_DB_ALIAS].settings_dict
         target = (db["HOST"] or "127.0.0.1", int(db["PORT"] or 5432))
         circuit_transition.connect(self._on_transition, dispatch_uid=self.run_id, weak=False)
+        drills.begin(self.run_id, page=self.page)
+        self.say(f"this is drill {self.run_id}: its circuit events are tagged "
+                 f"[drill {self.run_id}] and its alerts carry the tag drill={self.run_id}; "
+                 + ("the alert rules page for it (--page)" if self.page else
+                    "the alert rules do not page for it (--page to let them)"))
         try:
             with (_quieter(QUIETER), FaultProxy(*target) as proxy, _database_through(proxy),
                   override_settings(RESILIENCE_CRM=drill_settings()), self._server()):
@@ -192,6 +199,7 @@ class Drill:
                     self._clean_up()
         finally:
             circuit_transition.disconnect(dispatch_uid=self.run_id)
+            drills.end(self.run_id)
         return self.outcome
 
     def _create_client(self) -> None:
@@ -301,8 +309,6 @@ class Drill:
 
     def _clean_up(self) -> None:
         connections[DEFAULT_DB_ALIAS].close()
-        with contextlib.suppress(Exception):
-            events.flush()
         made = Contact.objects.filter(email__endswith=f"@{self.run_id}.drill.invalid")
         if self.keep:
             self.say(f"kept the drill's {made.count()} contacts (emails @{self.run_id}"
@@ -322,6 +328,20 @@ class Drill:
                     self.say(f"could not reset circuit {name}: {err}")
                 else:
                     self.say(f"reset circuit {name}")
+        self._write_records()
+
+    def _write_records(self) -> None:
+        """Write now what this process counted, as its background writer would in a while:
+        the transitions, the per-minute call metrics (the dashboard's charts) and the
+        counters ``/resilience/metrics`` sums, so a running demo server shows the outage at
+        once rather than after this process is gone."""
+        try:
+            flusher.run_tasks()
+        except Exception as err:  # the records wait in this process, then the shared store
+            self.say(f"could not write the drill's events and call metrics yet ({err})")
+        else:
+            self.say("wrote the drill's circuit events and call metrics (the dashboard's "
+                     "charts and /resilience/metrics count them now)")
 
     # Plumbing ---------------------------------------------------------------------------
 

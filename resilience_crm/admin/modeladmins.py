@@ -20,7 +20,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db import router, transaction
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -29,47 +29,31 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 
 import resilience_crm.admin.actions as circuit_actions
+import resilience_crm.admin.circuit_page as circuit_page
 import resilience_crm.admin.dashboard as dashboard
+import resilience_crm.admin.incidents as incidents
+from resilience_crm.admin.badges import STATE_COLOURS, state_badge
 from resilience_crm.breakers import machine, registry
+from resilience_crm.conf import settings
 from resilience_crm.models import (
     Circuit,
     CircuitEvent,
     CircuitMetric,
-    QueuedWrite,
     Tier,
     TierAssignment,
 )
 
 logger = logging.getLogger("resilience_crm.admin.modeladmins")
 
-#: Seconds between the dashboard's reloads of itself.
-DASHBOARD_REFRESH = 15
-
-#: Badge colours per state: green passes calls, red rejects them, amber is trying or overridden.
-STATE_COLOURS = {
-    machine.CLOSED: "#1e7e34",
-    machine.OPEN: "#b52a1c",
-    machine.HALF_OPEN: "#b36b00",
-    machine.FORCED_OPEN: "#7a1010",
-    machine.FORCED_CLOSED: "#35586c",
-    machine.DISABLED: "#6c757d",
-    machine.METRICS_ONLY: "#5a4a8a",
-}
-
-
-def state_badge(state: str) -> str:
-    colour = STATE_COLOURS.get(state, "#6c757d")
-    return format_html(
-        '<span class="resilience-state resilience-state-{}" style="background:{};color:#fff;'
-        'padding:2px 8px;border-radius:10px;font-weight:600;white-space:nowrap">{}</span>',
-        state, colour, state.replace("_", " "),
-    )
-
+#: Seconds between the dashboard's reloads of itself (its charts), and between its updates
+#: in place of the circuits' states and the queue.
+DASHBOARD_REFRESH = 60
+DASHBOARD_LIVE = 3
 
 @admin.register(Circuit)
 class CircuitAdmin(admin.ModelAdmin):
-    list_display = ["name", "live_state", "durable_state", "generation", "forced_state",
-                    "forced_until", "overridden", "pending_change", "updated_at"]
+    list_display = ["name", "live_state", "forced", "overridden", "pending_change",
+                    "durable_state", "updated_at"]
     list_filter = ["state", "forced_state"]
     search_fields = ["name"]
     readonly_fields = ["live_panel", "state", "generation", "forced_state", "forced_reason",
@@ -84,11 +68,60 @@ class CircuitAdmin(admin.ModelAdmin):
     action_form = circuit_actions.CircuitActionForm
     actions = ["reset", "force_open", "force_closed", "disable"]
     change_list_template = "admin/resilience_crm/circuit/change_list.html"
+    change_form_template = "admin/resilience_crm/circuit/change_form.html"
+
+    # Rows come from settings (post_migrate) and from code that names a circuit; their
+    # events (PROTECT) are the audit trail. Only a row with neither may be deleted.
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if obj is None or obj.name in settings.circuit_names() or obj.events.exists():
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
+                    extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        """The form, and under it the configuration in force, the buttons and the incidents;
+        a button's POST runs its audited action on this circuit and comes back here."""
+        obj = self.get_object(request, object_id)
+        if obj is None:
+            return super().change_view(request, object_id, form_url, extra_context)
+        if request.method == "POST" and request.POST.get("action"):
+            self.steer_one(request, obj.pk)
+            return redirect(request.get_full_path())
+        live = self._snapshot(obj).get("state", "unknown")
+        extra = {
+            "config_in_force": circuit_page.config_in_force(obj.name, obj.config),
+            "hold": circuit_page.hold(obj.name, obj, live),
+            "buttons": circuit_page.buttons(set(self.get_actions(request)), live),
+            "incidents": incidents.recent([obj.name], limit=20),
+            **(extra_context or {}),
+        }
+        return super().change_view(request, object_id, form_url, extra)
+
+    def steer_one(self, request: HttpRequest, pk: Any) -> None:
+        """A button on a circuit's page or card: the audited action, with a reason required."""
+        if not request.POST.get("reason", "").strip():
+            self.message_user(request, "Nothing changed: give a reason (it is kept in the "
+                              "audit trail).", messages.ERROR)
+            return
+        self.response_action(request, queryset=self.get_queryset(request).filter(pk=pk))
 
     def get_urls(self) -> list[Any]:
         dashboard = path("dashboard/", self.admin_site.admin_view(self.dashboard_view),
                          name="resilience_crm_dashboard")
-        return [dashboard, *super().get_urls()]
+        live = path("dashboard/live.json", self.admin_site.admin_view(self.dashboard_live),
+                    name="resilience_crm_dashboard_live")
+        return [dashboard, live, *super().get_urls()]
+
+    def dashboard_live(self, request: HttpRequest) -> HttpResponse:
+        """What the dashboard updates in place between reloads: each circuit's state and
+        the queue (a GET with no parameters; the view permission)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        return JsonResponse(dashboard.live())
 
     def dashboard_view(self, request: HttpRequest) -> HttpResponse:
         """Every circuit at a glance, with charts, transitions, queued writes and the
@@ -96,19 +129,22 @@ class CircuitAdmin(admin.ModelAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
         if request.method == "POST":
-            response = self.response_action(request, queryset=self.get_queryset(request))
-            return response or redirect(request.get_full_path())
-        actions = self.get_actions(request)
+            self.steer_one(request, request.POST.get("_selected_action"))
+            return redirect(request.get_full_path())
+        allowed = set(self.get_actions(request))
         data = dashboard.context()
-        rows = dict(Circuit.objects.values_list("name", "pk"))
+        rows = {c.name: c for c in Circuit.objects.select_related("forced_by")}
         for panel in data["panels"]:
-            panel.pk = rows.get(panel.name)
-            panel.badge = state_badge(panel.snapshot["state"])
+            row, state = rows.get(panel.name), panel.snapshot["state"]
+            panel.pk = row.pk if row else None
+            panel.badge = state_badge(state)
+            panel.hold = circuit_page.hold(panel.name, row, state)
+            panel.buttons = circuit_page.buttons(allowed, state)
         context = {
             **self.admin_site.each_context(request), **data,
             "title": "Resilience dashboard", "opts": self.model._meta,
-            "can_reset": "reset" in actions, "can_force_open": "force_open" in actions,
-            "refresh_seconds": DASHBOARD_REFRESH, "state_colours": STATE_COLOURS,
+            "refresh_seconds": DASHBOARD_REFRESH, "live_seconds": DASHBOARD_LIVE,
+            "state_colours": STATE_COLOURS,
         }
         return TemplateResponse(request, "admin/resilience_crm/dashboard.html", context)
 
@@ -157,7 +193,16 @@ class CircuitAdmin(admin.ModelAdmin):
 
     @admin.display(description="last recorded", ordering="state")
     def durable_state(self, obj: Circuit) -> str:
-        return obj.state.replace("_", " ")
+        return f"{obj.state.replace('_', ' ')} #{obj.generation}"
+
+    @admin.display(description="forced", ordering="forced_state")
+    def forced(self, obj: Circuit) -> str:
+        if not obj.forced_state:
+            return "-"
+        until = (f" until {timezone.localtime(obj.forced_until):%Y-%m-%d %H:%M}"
+                 if obj.forced_until else "")
+        return format_html('<span title="{}">{}{}</span>', obj.forced_reason,
+                           obj.forced_state.replace("_", " "), until)
 
     @admin.display(description="pending")
     def pending_change(self, obj: Circuit) -> str:
@@ -170,9 +215,11 @@ class CircuitAdmin(admin.ModelAdmin):
             parts.append("settings")
         return ", ".join(parts) or "-"
 
-    @admin.display(description="overrides", boolean=True)
-    def overridden(self, obj: Circuit) -> bool:
-        return bool(obj.config)
+    @admin.display(description="overrides")
+    def overridden(self, obj: Circuit) -> str:
+        """The settings saved in the admin over those in ``RESILIENCE_CRM``, or ``none``."""
+        config = obj.config if isinstance(obj.config, dict) else {}
+        return ", ".join(sorted(config)) or "none"
 
     @admin.display(description="live")
     def live_panel(self, obj: Circuit) -> str:
@@ -314,36 +361,3 @@ class TierAssignmentAdmin(admin.ModelAdmin):
     list_select_related = ["user", "tier"]
     raw_id_fields = ["user"]
     search_fields = ["user__username", "user__email"]
-
-
-@admin.register(QueuedWrite)
-class QueuedWriteAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "name", "idempotency_key", "state", "attempts", "applied_at"]
-    list_filter = ["state", "name"]
-    search_fields = ["idempotency_key", "name", "last_error"]
-    date_hierarchy = "created_at"
-    readonly_fields = ["name", "idempotency_key", "payload", "payload_hash", "state", "attempts",
-                       "last_error", "entity", "result", "created_at", "updated_at",
-                       "applied_at"]
-    actions = ["requeue"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    @admin.action(description="Queue selected failed writes and dead letters for replay again",
-                  permissions=["change"])
-    def requeue(self, request: HttpRequest, queryset: QuerySet[QueuedWrite]) -> None:
-        requeued = 0
-        for write in queryset.filter(state__in=[QueuedWrite.State.FAILED,
-                                                QueuedWrite.State.DEAD]):
-            write.state, write.attempts = QueuedWrite.State.PENDING, 0
-            write.save(update_fields=["state", "attempts", "updated_at"])
-            self.log_change(request, write, "Queued again for replay.")
-            requeued += 1
-        skipped = queryset.count() - requeued
-        self.message_user(
-            request,
-            f"Queued {requeued} write(s) again." + (
-                f" Skipped {skipped} that were not failed or dead." if skipped else ""),
-            messages.SUCCESS if requeued else messages.WARNING,
-        )

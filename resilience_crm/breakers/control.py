@@ -11,6 +11,7 @@ be written either, nothing changes and :class:`ManualChangeRefused` says so.
 
 from __future__ import annotations
 
+import getpass
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,7 +25,7 @@ from django.utils.dateparse import parse_datetime
 from resilience_crm.breakers import events, machine, registry
 from resilience_crm.conf import settings
 from resilience_crm.exceptions import ManualChangeRefused, StoreUnavailable
-from resilience_crm.models import Circuit
+from resilience_crm.models import Circuit, CircuitEvent
 
 logger = logging.getLogger("resilience_crm.breakers.control")
 
@@ -69,6 +70,8 @@ def steer(name: str, state: str, *, actor: Any = None, reason: str = "",
         action = {"state": state, "reason": reason[:500], "until": until.isoformat() if until
                   else None, "actor_id": getattr(actor, "pk", None), "source": source,
                   "at": timezone.now().isoformat()}
+        if actor is not None and action["actor_id"] is None:
+            action["actor_name"] = str(actor)[:200]
         try:
             circuit = _save(name, forced, pending={"action": action})
         except DatabaseError as db_err:
@@ -122,7 +125,8 @@ def apply_pending() -> int:
             if action:
                 until = parse_datetime(action["until"]) if action.get("until") else None
                 if until is None or until > timezone.now():
-                    _apply(name, action["state"], actor=_user(action.get("actor_id")),
+                    actor = _user(action.get("actor_id")) or action.get("actor_name")
+                    _apply(name, action["state"], actor=actor,
                            reason=action["reason"], until=until, source=action.get("source", ""))
             if pending.get("config"):
                 config = Circuit.objects.filter(pk=pk).values_list("config", flat=True).first()
@@ -141,6 +145,39 @@ def apply_pending() -> int:
     if applied:
         events.flush()
     return applied
+
+
+def command_actor() -> str:
+    """Who runs a management command, as the audit trail and alerts name them: the OS user
+    (``"alice (command)"``), or ``"command"`` when the OS does not say."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no login name, no USER/LOGNAME, no passwd entry (containers)
+        return "command"
+    return f"{user} (command)" if user else "command"
+
+
+def forced_by(name: str, circuit: Circuit | None = None) -> str:
+    """Who holds ``name`` in its forced state, never blank: the admin user on the row, else
+    the name the live state keeps (a command's OS user), else the source of the event that
+    forced it (``"command"``, ``"admin"``), else ``"code"`` (``Breaker.force`` called by the
+    project's own code)."""
+    if circuit is not None and circuit.forced_by_id:
+        return str(circuit.forced_by)
+    try:
+        live = registry.get_breaker(name).store.read(name) or {}
+    except Exception:  # the store's trouble is reported elsewhere; fall back on the record
+        live = {}
+    if live.get("actor"):
+        return str(live["actor"])
+    try:
+        event = (CircuitEvent.objects.filter(circuit__name=name, to_state__in=machine.FORCEABLE)
+                 .exclude(source=CircuitEvent.Source.LOCAL).order_by("-created_at", "-pk")
+                 .values_list("source", flat=True).first())
+    except DatabaseError:
+        event = None
+    return event if event in (CircuitEvent.Source.COMMAND, CircuitEvent.Source.ADMIN) \
+        else "code"
 
 
 def known_circuits() -> list[str]:

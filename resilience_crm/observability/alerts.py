@@ -13,6 +13,7 @@ import logging
 import threading
 from typing import Any
 
+import resilience_crm.observability.drills as drills
 from resilience_crm.breakers import machine
 from resilience_crm.conf import settings
 
@@ -76,6 +77,10 @@ def send_alert(name: str, from_state: str, to_state: str, generation: int, reaso
             if actor is not None:
                 details["actor"] = str(actor)
                 scope.set_tag("actor", str(actor))
+            drill = None if local else drills.current()
+            if drill is not None:
+                details["drill"] = drill["run"]
+                scope.set_tag("drill", drill["run"])
             scope.set_context("circuit", details)
             where = " on a worker's own breaker (the shared store is unavailable)" if local else ""
             if kind == "open":

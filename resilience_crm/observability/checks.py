@@ -1,11 +1,13 @@
 """System checks on observability's settings: ``MONITORING_TOKEN``, ``SENTRY_ALERTS`` and
 ``ALERT_RULES`` (against the rules and settings :mod:`~resilience_crm.observability.rules`
-defines)."""
+defines), and Sentry alerts asked for without sentry-sdk (the ``[sentry]`` extra)."""
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
+from django.conf import settings as django_settings
 from django.core.checks import CheckMessage
 
 from resilience_crm.checks import (
@@ -39,6 +41,14 @@ MESSAGES = table({
         "{path} {error}.",
         'Example: {{"failure_rate": {{"threshold": 0.2}}, "flapping": None}}. Rules: {valid}.',
     ),
+    "SENTRY_WITHOUT_SDK": Check(
+        "resilience_crm.W050",
+        "{path} is True but sentry-sdk is not installed: alerts are only logged.",
+        (
+            'pip install "django-resilience-crm[sentry]" and call sentry_sdk.init() in your '
+            "settings, or leave SENTRY_ALERTS unset."
+        ), warning=True,
+    ),
 })
 
 
@@ -54,6 +64,11 @@ def check_observability(config: dict[str, Any]) -> list[CheckMessage]:
         errors.append(CHECKS["SENTRY_ALERTS_INVALID"](
             path=setting_path("SENTRY_ALERTS"), value=config["SENTRY_ALERTS"],
         ))
+    # Asked for in so many words (the default, on, just logs where there is no Sentry).
+    given = getattr(django_settings, "RESILIENCE_CRM", None)
+    if (isinstance(given, dict) and given.get("SENTRY_ALERTS") is True
+            and importlib.util.find_spec("sentry_sdk") is None):
+        errors.append(CHECKS["SENTRY_WITHOUT_SDK"](path=setting_path("SENTRY_ALERTS")))
     return errors + _alert_rule_errors(config["ALERT_RULES"])
 
 

@@ -30,6 +30,7 @@ from resilience_crm import conf, metrics
 from resilience_crm.breakers import machine, registry
 from resilience_crm.conf import settings
 from resilience_crm.models import QueuedWrite
+from resilience_crm.provider import probe as queue_probe
 
 logger = logging.getLogger("resilience_crm.observability.exposition")
 
@@ -47,6 +48,9 @@ COUNTERS = {
     "store_errors": ("resilience_store_errors", ("circuit",),
                      "Steps the shared breaker store failed, by circuit."),
 }
+
+#: The ``state`` of ``resilience_queued_writes`` for writes still in Redis.
+IN_REDIS = "in_redis"
 
 _lock = threading.Lock()
 _pushed: dict[tuple[Any, ...], int] = {}  # what this process has added to the shared hashes
@@ -82,7 +86,9 @@ def push() -> int:
             if name not in COUNTERS:
                 continue
             ident = (name, *sorted(labels.items()))
-            delta = value - _pushed.get(ident, 0)
+            pushed = _pushed.get(ident, 0)
+            # Below what was pushed: the counters began again (``metrics.reset()``).
+            delta = value - pushed if value >= pushed else value
             if delta > 0:
                 moved.append((ident, name, labels, value, delta))
         if not moved:
@@ -162,16 +168,22 @@ class ClusterCollector(Collector):
         yield family
 
     def _queued_writes(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily("resilience_queued_writes", "Queued writes by state.",
-                                   labels=("state",))
+        family = GaugeMetricFamily(
+            "resilience_queued_writes",
+            "Queued writes by state; in_redis: still in the Redis stream, not yet in the "
+            "database.", labels=("state",))
+        in_redis = queue_probe.stream_length()
+        if in_redis >= 0:
+            family.add_metric((IN_REDIS,), in_redis)
         try:
             counts = QueuedWrite.counts()
         except DatabaseError as err:
             logger.warning("Metrics: queued writes could not be counted (%s).", err)
-            return
-        for state in QueuedWrite.State.values:
-            family.add_metric((state,), counts[state])
-        yield family
+        else:
+            for state in QueuedWrite.State.values:
+                family.add_metric((state,), counts[state])
+        if family.samples:
+            yield family
 
 
 def render() -> bytes:

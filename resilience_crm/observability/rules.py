@@ -19,6 +19,9 @@ Rules, configured by ``RESILIENCE_CRM["ALERT_RULES"]`` (``None`` turns one off):
 ``slow``          a circuit's mean latency over ``window`` seconds at least ``threshold_ms``;
 ``flapping``      more than ``transitions`` transitions of one circuit in ``window`` seconds;
 ``many_open``     at least ``circuits`` circuits rejecting calls at once.
+
+A finding whose look-back overlaps a drill (:mod:`resilience_crm.observability.drills`)
+pages nobody, unless the drill was begun with ``page=True``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from django.core.cache import caches
 from django.db.models import Count, Sum
 from django.utils import timezone
 
+import resilience_crm.observability.drills as drills
 from resilience_crm.breakers import machine, registry
 from resilience_crm.conf import settings
 from resilience_crm.models import CircuitEvent, CircuitMetric
@@ -78,7 +82,9 @@ def evaluate(now: datetime | None = None) -> list[Finding]:
     """Run every rule; send an alert for each incident that starts now; returns them."""
     now = now or timezone.now()
     active = rules()
-    findings = list(_findings(active, now))
+    findings = [finding for finding in _findings(active, now)
+                if not drills.silenced(now - timedelta(seconds=_look_back(active, finding)),
+                                       now)]
     started = []
     cache = caches[settings.CACHE_ALIAS]
     firing = {(f.rule, f.subject) for f in findings}
@@ -91,6 +97,11 @@ def evaluate(now: datetime | None = None) -> list[Finding]:
             if (rule, subject) not in firing:
                 cache.delete(_claim(rule, subject))
     return started
+
+
+def _look_back(active: dict[str, dict[str, float]], finding: Finding) -> float:
+    """Seconds of the record ``finding`` was drawn from (``many_open``: this moment)."""
+    return float(active[finding.rule].get("window", 0))
 
 
 def send(finding: Finding) -> bool:

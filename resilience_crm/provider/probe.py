@@ -33,6 +33,16 @@ def stream_length() -> int:
         return -1
 
 
+def waiting(counts: dict[str, int]) -> dict[str, int]:
+    """The queue's depth as an operator reads it: ``counts`` (``QueuedWrite.counts()``, the
+    rows by state) with ``in_redis``, the writes still in the Redis stream and not yet in the
+    database (-1: Redis did not answer), and ``waiting``, every write not yet applied nor
+    dead: pending, applying and failed rows, and those in Redis."""
+    in_redis = stream_length()
+    rows = sum(counts.get(state, 0) for state in ("pending", "applying", "failed"))
+    return {**counts, "in_redis": in_redis, "waiting": rows + max(0, in_redis)}
+
+
 def redis_config() -> dict[str, str] | None:
     """The Redis settings in ``REDIS_CONFIG_KEYS``, read with ``CONFIG GET`` and kept for
     ``REDIS_CONFIG_TTL`` seconds; ``None`` when they cannot be read (no Redis, ``CONFIG``

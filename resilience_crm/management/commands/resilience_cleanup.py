@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from resilience_crm.conf import settings
+from resilience_crm.management import where
 from resilience_crm.models import CircuitEvent, CircuitMetric, SpoolReceipt
 
 
@@ -18,6 +19,7 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="count, delete nothing")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        self.stdout.write(where.line())
         days = options["days"] if options["days"] is not None else settings.METRICS_RETENTION_DAYS
         if not isinstance(days, int) or isinstance(days, bool) or days < 1:
             raise CommandError(f"The retention must be a whole number of days >= 1, not {days!r}.")

@@ -6,8 +6,15 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from resilience_crm.breakers.control import PENDING, STEERABLE, known_circuits, steer
+from resilience_crm.breakers.control import (
+    PENDING,
+    STEERABLE,
+    command_actor,
+    known_circuits,
+    steer,
+)
 from resilience_crm.exceptions import ManualChangeRefused
+from resilience_crm.management import where
 
 DURATION = re.compile(r"^(\d+)([smhd])$")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -27,6 +34,7 @@ class Command(BaseCommand):
         parser.add_argument("--reason", default="", help="kept in the audit trail")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        self.stdout.write(where.line())
         name, state = options["name"], options["state"]
         known = known_circuits()
         if name not in known:
@@ -34,7 +42,7 @@ class Command(BaseCommand):
         until = parse_until(options["until"]) if options["until"] else None
         try:
             outcome = steer(name, state, reason=options["reason"] or f"{state} by command",
-                            until=until, source="command")
+                            until=until, actor=command_actor(), source="command")
         except ManualChangeRefused as err:
             raise CommandError(err.message) from err
         expiry = f" until {until.isoformat()}" if until else ""

@@ -4,6 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from resilience_crm.management import where
 from resilience_crm.provider import replay
 
 
@@ -20,6 +21,7 @@ class Command(BaseCommand):
                             help="seconds a row stays leased to this run (default %(default)s)")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        self.stdout.write(where.line())
         report = replay.replay(lease=options["lease"], limit=options["limit"])
         self.stdout.write(
             f"Moved {report.moved} from Redis, applied {report.applied}, failed "

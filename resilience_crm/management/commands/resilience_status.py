@@ -7,7 +7,8 @@ from django.db import DatabaseError
 
 from resilience_crm import buckets, spool
 from resilience_crm.breakers import events, machine, registry
-from resilience_crm.breakers.control import known_circuits
+from resilience_crm.breakers.control import forced_by, known_circuits
+from resilience_crm.management import where
 
 #: Kinds of records the spool keeps while the database is down (-1: Redis did not answer).
 SPOOLED = (events.KIND, buckets.KIND)
@@ -20,6 +21,8 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # The JSON stays parseable: the line goes to stderr then.
+        (self.stderr if options["json"] else self.stdout).write(where.line())
         forced = _forced_rows()
         circuits = {}
         for name in known_circuits():
@@ -34,7 +37,6 @@ class Command(BaseCommand):
                     "spooled": {kind: spool.length(kind) for kind in SPOOLED}}
             self.stdout.write(json.dumps(body, cls=DjangoJSONEncoder, indent=2))
             return
-        self.stdout.write(f"Store: {store.__qualname__}")
         rows = [("CIRCUIT", "STATE", "GEN", "CALLS", "FAILURES", "RATE", "RETRY IN", "STORE",
                  "FORCED")]
         for name, snap in circuits.items():
@@ -43,7 +45,7 @@ class Command(BaseCommand):
                 name, snap["state"], str(snap["generation"]), str(snap["calls"]),
                 str(snap["failures"]), f"{snap['failure_rate']:.0%}",
                 f"{snap['retry_after']:.1f}s" if snap["retry_after"] else "-", snap["store"],
-                f"by {hold['by'] or '?'}: {hold['reason'] or '-'}" if hold else "-",
+                f"by {hold['by']}: {hold['reason'] or '-'}" if hold else "-",
             ))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         for row in rows:
@@ -66,7 +68,7 @@ def _forced_rows() -> dict[str, dict[str, Any]]:
     try:
         rows = Circuit.objects.exclude(forced_state="").select_related("forced_by")
         return {c.name: {"state": c.forced_state, "reason": c.forced_reason,
-                         "by": str(c.forced_by) if c.forced_by else "",
+                         "by": forced_by(c.name, c),
                          "until": c.forced_until} for c in rows}
     except DatabaseError:
         return {}

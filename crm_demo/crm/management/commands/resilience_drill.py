@@ -3,6 +3,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from crm_demo.crm.drill import Drill, DrillUnavailable
+from resilience_crm.management import where
 
 
 class Command(BaseCommand):
@@ -16,16 +17,21 @@ class Command(BaseCommand):
                             help="how long the outage lasts (default %(default)s)")
         parser.add_argument("--keep", action="store_true",
                             help="keep the contacts the drill wrote (its token is removed)")
+        parser.add_argument("--page", action="store_true",
+                            help="let the alert rules page for the drill's outage (by default "
+                                 "they know it is a drill and stay quiet)")
         parser.add_argument("--quiet", action="store_true",
                             help="print only the summary, not each step")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        self.stdout.write(where.line())
         if options["seconds"] < 3:
             raise CommandError("--seconds must be at least 3: the circuits need that long to "
                                "open and show stale reads.")
         say = (lambda line: None) if options["quiet"] else self.stdout.write
         try:
-            outcome = Drill(options["seconds"], say, keep=options["keep"]).run()
+            outcome = Drill(options["seconds"], say, keep=options["keep"],
+                            page=options["page"]).run()
         except DrillUnavailable as err:
             raise CommandError(str(err)) from err
         self.stdout.write("")

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from crm_demo.crm.models import Agent, Contact, Conversation, Message, Platform
 from resilience_crm.conf import settings as resilience_settings
+from resilience_crm.management import where
 from resilience_crm.models import Tier, TierAssignment
 
 FAMOUS = [
@@ -70,6 +71,7 @@ class Command(BaseCommand):
 
     @transaction.atomic
     def handle(self, *args: Any, **options: Any) -> None:
+        self.stdout.write(where.line())
         self.progress = not options["no_progress"]
         rng = random.Random(9)  # the same data on every machine
         agents = [Agent.objects.get_or_create(name=name, defaults={"kind": kind, "email": email})[0]
