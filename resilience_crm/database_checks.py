@@ -58,7 +58,7 @@ MESSAGES = table({
         'Add "resilience_crm.routers.ResilienceRouter" to DATABASE_ROUTERS.', warning=True,
     ),
     "POSTGRES_WITHOUT_DRIVER": Check(
-        "resilience_crm.E050",
+        "resilience_crm.E060",
         (
             'settings.DATABASES["{alias}"] uses PostgreSQL but no driver can be imported '
             "(psycopg: {error})."

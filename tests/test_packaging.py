@@ -131,5 +131,5 @@ def test_a_clean_project_using_the_wheel_passes_django_check(dist, tmp_path):
         [str(python), "-m", "django", "check", "--settings=settings_needs_extras",
          "--pythonpath=."], cwd=project, capture_output=True, text=True, timeout=300)
     assert told.returncode == 1, told.stdout + told.stderr
-    assert "resilience_crm.E050" in told.stderr and "[postgres]" in told.stderr
-    assert "resilience_crm.W050" in told.stderr and "[sentry]" in told.stderr
+    assert "resilience_crm.E060" in told.stderr and "[postgres]" in told.stderr
+    assert "resilience_crm.W060" in told.stderr and "[sentry]" in told.stderr

@@ -42,7 +42,7 @@ MESSAGES = table({
         'Example: {{"failure_rate": {{"threshold": 0.2}}, "flapping": None}}. Rules: {valid}.',
     ),
     "SENTRY_WITHOUT_SDK": Check(
-        "resilience_crm.W050",
+        "resilience_crm.W060",
         "{path} is True but sentry-sdk is not installed: alerts are only logged.",
         (
             'pip install "django-resilience-crm[sentry]" and call sentry_sdk.init() in your '
