@@ -97,8 +97,9 @@ class Engine:
     def _attempt(self, fn: Callable[[], T], using: str | None, deadline: deadlines.Deadline,
                  then: Callable[[T], object] | None = None) -> T:
         """``fn()``, then ``then(value)``, in one transaction on ``using``. In a transaction
-        of its own, the timeout rides on its first statement and the commit on ``then``'s
-        (``folding.py``); inside the caller's, the timeout is set, and put back after."""
+        of its own, the BEGIN and the timeout ride on its first statement and the commit on
+        ``then``'s (``folding.py``); inside the caller's, the timeout is set, and put back
+        after."""
         if using is None:
             value = fn()
             if then is not None:
@@ -115,7 +116,7 @@ class Engine:
                     if previous is not None:
                         deadlines.restore_statement_timeout(using, previous)
                     return value
-                with folding.timeout_on_first_statement(using, deadline.remaining):
+                with folding.begin_with_first_statement(using, deadline.remaining):
                     value = fn()
                     if then is not None:
                         with folding.commit_with_next_statement(using):
