@@ -96,3 +96,24 @@ def test_the_queue_is_asked_about_a_key_once_its_emptiness_is_old(api, wire):
                   idempotency_key=key, entity="", digest=payload_hash(payload))
     response = api.post("/api/contacts/", payload, format="json", HTTP_IDEMPOTENCY_KEY="k3")
     assert response.status_code == 202 and not Contact.objects.filter(name="Queued").exists()
+
+
+def test_with_server_side_binding_the_same_statements_go_one_by_one(api, wire):
+    """A cursor that sends one statement per message (``server_side_binding``) gets the
+    timeout in a statement of its own, and psycopg's and Django's own ``BEGIN`` and
+    ``COMMIT``: the same transaction, five round trips."""
+    db, _ = wire
+    connections["default"].close()
+    options = connections["default"].settings_dict.setdefault("OPTIONS", {})
+    options["server_side_binding"] = True
+    try:
+        assert create(api, "warm-up").status_code == 201
+        response, trips = measured(wire, lambda: create(api, "k4"))
+    finally:
+        connections["default"].close()
+        del options["server_side_binding"]
+    assert response.status_code == 201 and trips[0] == 5
+    assert b"SET LOCAL statement_timeout" in bytes(db.upstream)
+    assert b"; COMMIT" not in bytes(db.upstream)
+    row = QueuedWrite.objects.get(idempotency_key=f"{api.user.pk}:contacts.create:k4")
+    assert row.result == response.json() and Contact.objects.filter(name="Ada").count() == 2
