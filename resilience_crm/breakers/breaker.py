@@ -20,7 +20,6 @@ import random
 import threading
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -84,7 +83,7 @@ class Breaker:
         self._view_local = False
         self._fetched = float("-inf")
         self._offset_ms = 0
-        self._pending: defaultdict[int, int] = defaultdict(int)
+        self._pending: dict[int, int] = {}
         self._pending_total = 0
         self._counters = {
             outcome: metrics.key("calls", circuit=name, outcome=outcome)
@@ -132,7 +131,7 @@ class Breaker:
     def _count_success(self, generation: int) -> None:
         """Count a success for the next store step (now, when the batch is full)."""
         with self._lock:
-            self._pending[generation] += 1
+            self._pending[generation] = self._pending.get(generation, 0) + 1
             self._pending_total += 1
             full = self._pending_total >= SUCCESS_BATCH
         if full:
@@ -301,7 +300,7 @@ class Breaker:
         with self._lock:
             if not self._pending_total:
                 return []
-            pending, self._pending, self._pending_total = self._pending, defaultdict(int), 0
+            pending, self._pending, self._pending_total = self._pending, {}, 0
         return [[gen, machine.SUCCESS, count, ""] for gen, count in pending.items()]
 
     def _server_now_ms(self) -> int:
