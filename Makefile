@@ -47,6 +47,7 @@ bench: venv
 	$(BIN)/python bench/ratelimit.py
 	$(BIN)/python bench/live_blackholed.py
 	$(BIN)/python bench/provider.py
+	$(BIN)/python bench/write_path.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache

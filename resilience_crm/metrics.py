@@ -121,6 +121,17 @@ def observe_latency(counter: Key, seconds: float) -> None:
         counts[peak] = seconds
 
 
+def observe_call(counter: Key, latency: Key, seconds: float) -> None:
+    """One call: ``add(counter)`` and ``observe_latency(latency, seconds)`` at once (the
+    breaker's closed path)."""
+    counts = _shard().counts
+    counts[counter] += 1
+    counts[latency] += int(seconds * 1_000_000)
+    peak = latency.peak
+    if peak is not None and seconds > counts[peak]:
+        counts[peak] = seconds
+
+
 def value(name: str, **labels: str) -> int:
     return _totals().get(key(name, **labels), 0)
 

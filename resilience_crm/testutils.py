@@ -26,7 +26,7 @@ from resilience_crm.breakers.stores.memory import MemoryStore
 from resilience_crm.conf import settings
 from resilience_crm.flusher import set_background
 from resilience_crm.observability import alerts, health
-from resilience_crm.provider import retries
+from resilience_crm.provider import retries, stream
 from resilience_crm.provider.facade import Provider, protected
 from resilience_crm.ratelimit.limiter import set_store as use_limiter_store
 
@@ -37,10 +37,10 @@ __all__ = ["override_circuit", "readers_waiting", "reset", "set_background", "us
 def reset() -> None:
     """Forget what this process remembers between tests: everything built from settings
     (:func:`resilience_crm.receivers.forget_settings`: breakers, limiter, tiers), its counters
-    and buffered events, the read cache's local layer and the retry budgets, readiness's rates
-    and a remembered store outage. Neither Redis nor the database is touched (clear those as
-    your tests already do), and no thread is stopped: :func:`set_background` ``(False)`` keeps
-    the background writer off."""
+    and buffered events, the read cache's local layer and the retry budgets, readiness's rates,
+    a remembered store outage, and having seen the write queue empty. Neither Redis nor the
+    database is touched (clear those as your tests already do), and no thread is stopped:
+    :func:`set_background` ``(False)`` keeps the background writer off."""
     receivers.forget_settings()
     events.clear()
     metrics.reset()
@@ -48,6 +48,7 @@ def reset() -> None:
     health.forget_rates()
     protected.cache.forget_local()
     retries.clear_budgets()
+    stream.emptiness.forget()
 
 
 def write_now() -> None:

@@ -38,3 +38,26 @@ class Proxy(FaultProxy):
             return
         while number <= self.held_up_to and not self._closed:
             time.sleep(0.005)
+
+
+class RoundTrips(Proxy):
+    """A proxy that counts round trips: each burst of bytes a client sends after the server
+    last answered on that connection (or first) is one, however many commands or messages
+    it holds (pipelined ones included)."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        super().__init__(target_host, target_port)
+        self.round_trips = 0
+        self._sent_last: dict[int, bool] = {}
+
+    def relay(self, data: bytes, upstream: bool, number: int) -> None:
+        with self._counting:
+            if upstream and not self._sent_last.get(number, False):
+                self.round_trips += 1
+            self._sent_last[number] = upstream
+        super().relay(data, upstream, number)
+
+    def reset(self) -> None:
+        with self._counting:
+            self.round_trips = 0
+            self.upstream.clear()

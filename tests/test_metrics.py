@@ -115,18 +115,22 @@ def test_the_slowest_call_of_each_minute_is_kept(clock):
 
 def test_threads_lose_no_increments(settings, clock):
     """Eight threads count while the minute turns under them and another thread flushes and
-    folds old minutes away, all switching every microsecond: every count lands once."""
+    folds old minutes away, all switching every microsecond: every count lands once. Halfway
+    the counting threads wait for the flusher to have written twice, so it flushes while they
+    count however fast they count."""
     settings.RESILIENCE_CRM = {"STORE": "memory"}  # the threads need no connection of their own
     threads, per_thread = 8, 5_000
     start = threading.Barrier(threads + 1)
-    counting = threading.Event()
+    counting, flushed = threading.Event(), threading.Event()
     breaker = get_breaker("crm.rpc")
     counter = metrics.key("hits", circuit=CIRCUIT)
     flushes = []
 
     def count():
         start.wait(timeout=30)
-        for _ in range(per_thread):
+        for n in range(per_thread):
+            if n == per_thread // 2:
+                assert flushed.wait(timeout=30), "the flusher wrote nothing in 30 s"
             metrics.add(counter)
             breaker.call(lambda: "ok")
 
@@ -135,6 +139,8 @@ def test_threads_lose_no_increments(settings, clock):
         while counting.is_set():
             clock.now += 20  # a new minute every third pass
             flushes.append(buckets.flush_buckets())
+            if sum(flushes) > 1:
+                flushed.set()
         connections.close_all()
 
     previous = sys.getswitchinterval()

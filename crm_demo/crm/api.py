@@ -104,15 +104,17 @@ class ProtectedViewSet(FallbackHeadersMixin, viewsets.GenericViewSet):
         serializer.is_valid(raise_exception=True)
         changes = serializer.validated_data
 
-        def apply() -> dict[str, Any]:
+        def load() -> Any:
             instance = get_object_or_404(self.get_queryset().select_for_update(), pk=pk)
             self._check_related(changes)
             for field, value in changes.items():
                 setattr(instance, field, value)
-            instance.save()
-            return dict(self.get_serializer(instance).data)
+            return instance
 
-        return Response(protected.write(f"{self.space}:detail:{pk}", apply))
+        # The save is the transaction's last statement: the COMMIT goes with it.
+        instance = protected.write(f"{self.space}:detail:{pk}", load,
+                                   then=lambda instance: instance.save())
+        return Response(self.get_serializer(instance).data)
 
     def partial_update(self, request: Request, pk: str) -> Response:
         return self.update(request, pk, partial=True)

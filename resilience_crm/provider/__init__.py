@@ -7,6 +7,8 @@ public API), then:
 
 - ``calls.py``: the call engine, one call under its breaker and deadline, with retries;
 - ``deadlines.py``, ``retries.py``: the call's budget, its backoff and retry budget;
+- ``folding.py``: the statement timeout and the ``COMMIT`` sent with the caller's own
+  statements, not in round trips of their own;
 - ``classify.py``: which errors are whose, and the error class a client gets;
 - ``reads.py``: the read path, stale-while-revalidate and single-flight;
 - ``cache.py``: the read cache, its per-process layer, leases and shared errors;

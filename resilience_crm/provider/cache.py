@@ -26,11 +26,12 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any, NamedTuple
 
 from django.core.cache import caches
 
-from resilience_crm.conf import settings
+from resilience_crm.conf import cache_is_redis, settings
 from resilience_crm.lua import REDIS_DOWN
 
 logger = logging.getLogger("resilience_crm.provider.cache")
@@ -88,19 +89,19 @@ class _Guarded:
         self._owner = owner
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self._cache, name)
+        return partial(self.run, getattr(self._cache, name))
+
+    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``, a call to the shared cache: refused while it is left
+        alone, and leaving it alone from a failure on."""
         owner = self._owner
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            if owner._monotonic() < owner._down_until:
-                raise SharedCacheDown()
-            try:
-                return method(*args, **kwargs)
-            except REDIS_DOWN:
-                owner._down_until = owner._monotonic() + settings.STORE_RETRY_INTERVAL
-                raise
-
-        return call
+        if owner._monotonic() < owner._down_until:
+            raise SharedCacheDown()
+        try:
+            return fn(*args, **kwargs)
+        except REDIS_DOWN:
+            owner._down_until = owner._monotonic() + settings.STORE_RETRY_INTERVAL
+            raise
 
 
 class ReadCache:
@@ -170,15 +171,18 @@ class ReadCache:
         except Exception as err:  # noqa: BLE001
             logger.warning("Read cache unavailable, result not stored: %s", err)
 
-    def invalidate(self, space: str) -> None:
-        """Mark every entry of ``space`` as no longer fresh (they stay as stale fallbacks)."""
+    def invalidate(self, space: str, *, stream_length: str = "") -> int | None:
+        """Mark every entry of ``space`` as no longer fresh (they stay as stale fallbacks).
+        With ``stream_length``, a Redis stream's name, return its length, read in the same
+        round trip (``None`` when the cache is not Redis or did not answer)."""
         with self._lock:
             for key in [k for k in self._local if space_of(k) == space]:
                 del self._local[key]
         try:
-            self._bump(self._version_key(space), None)
+            return self._bump(self._version_key(space), None, stream_length)
         except Exception as err:  # noqa: BLE001
             logger.warning("Read cache unavailable, %s not invalidated: %s", space, err)
+            return None
 
     def remove(self, key: str) -> None:
         """Take ``key``'s entry away, fresh and stale, from the shared cache and this
@@ -189,13 +193,17 @@ class ReadCache:
             logger.warning("Read cache unavailable, %s not removed: %s", key, err)
         self._delete(key)
 
-    def _bump(self, key: str, timeout: float | None) -> None:
-        """Add one to the shared counter ``key``, starting it at 1."""
+    def _bump(self, key: str, timeout: float | None, stream_length: str = "") -> int | None:
+        """Add one to the shared counter ``key``, starting it at 1; on Redis in one round
+        trip (``INCR``), with the length of the stream ``stream_length`` if named."""
+        if cache_is_redis(settings.CACHE_ALIAS):
+            return self.shared.run(partial(_bump_on_redis, key, timeout, stream_length))
         try:
             if not self.shared.add(key, 1, timeout=timeout):
                 self.shared.incr(key)
         except ValueError:  # expired or evicted between add and incr
             self.shared.set(key, 1, timeout=timeout)
+        return None
 
     def _delete(self, key: str) -> None:
         with self._lock:
@@ -275,3 +283,16 @@ class ReadCache:
     def _version_key(space: str) -> str:
         return f"resilience:space:{space}"
 
+
+def _bump_on_redis(key: str, timeout: float | None, stream_length: str) -> int | None:
+    """``INCR`` (django-redis keeps integers as they are, so the cache reads it back), its
+    expiry, and the length of a stream, pipelined: one round trip."""
+    shared: Any = caches[settings.CACHE_ALIAS]
+    pipeline = shared.client.get_client(write=True).pipeline(transaction=False)
+    pipeline.incr(shared.make_key(key))
+    if timeout is not None:
+        pipeline.expire(shared.make_key(key), int(timeout))
+    if stream_length:
+        pipeline.xlen(shared.make_key(stream_length))
+    replies = pipeline.execute()
+    return int(replies[-1]) if stream_length else None

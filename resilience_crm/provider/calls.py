@@ -21,6 +21,7 @@ from django.db import connections, transaction
 
 import resilience_crm.provider.classify as classify
 import resilience_crm.provider.deadlines as deadlines
+import resilience_crm.provider.folding as folding
 import resilience_crm.provider.retries as retries
 from resilience_crm import metrics
 from resilience_crm.breakers import machine
@@ -44,7 +45,8 @@ class Engine:
 
     def _call(self, circuit: str, fn: Callable[[], T], using: str | None,
               *, retry_if: Callable[[BaseException], bool] | None = None,
-              operation: str = "", committed_is_done: bool = False) -> T:
+              operation: str = "", committed_is_done: bool = False,
+              then: Callable[[T], object] | None = None) -> T:
         metrics.inc("operations", circuit=circuit, operation=operation)
         breaker = get_breaker(circuit)
         permit = breaker.allow()  # CircuitOpenError: never run, never retried
@@ -56,7 +58,7 @@ class Engine:
             attempt += 1
             started = self._monotonic()
             try:
-                value = self._attempt(fn, using, deadline)
+                value = self._attempt(fn, using, deadline, then)
             except Exception as exc:
                 kind = classify.classify(exc)
                 lost = _connection_lost(using)
@@ -92,15 +94,33 @@ class Engine:
             breaker.settle(permit, deadline.elapsed())  # a success, or slow
             return value
 
-    def _attempt(self, fn: Callable[[], T], using: str | None,
-                 deadline: deadlines.Deadline) -> T:
+    def _attempt(self, fn: Callable[[], T], using: str | None, deadline: deadlines.Deadline,
+                 then: Callable[[T], object] | None = None) -> T:
+        """``fn()``, then ``then(value)``, in one transaction on ``using``. In a transaction
+        of its own, the BEGIN and the timeout ride on its first statement and the commit on
+        ``then``'s (``folding.py``); inside the caller's, the timeout is set, and put back
+        after."""
         if using is None:
-            return fn()
+            value = fn()
+            if then is not None:
+                then(value)
+            return value
         outer = connections[using].in_atomic_block
         with deadlines.cut_off(using, deadline), transaction.atomic(using=using):
             try:
-                previous = deadlines.set_statement_timeout(using, deadline.remaining())
-                value = fn()
+                if outer:
+                    previous = deadlines.set_statement_timeout(using, deadline.remaining())
+                    value = fn()
+                    if then is not None:
+                        then(value)
+                    if previous is not None:
+                        deadlines.restore_statement_timeout(using, previous)
+                    return value
+                with folding.begin_with_first_statement(using, deadline.remaining):
+                    value = fn()
+                    if then is not None:
+                        with folding.commit_with_next_statement(using):
+                            then(value)
             except Exception:
                 # Let go of a broken connection inside the block: leaving it to Django,
                 # the block's end would open a new one (to restore autocommit) with no
@@ -108,8 +128,6 @@ class Engine:
                 if not outer and _connection_lost(using):
                     _discard_lost_connections(using)
                 raise
-            if outer and previous is not None:
-                deadlines.restore_statement_timeout(using, previous)
             return value
 
 

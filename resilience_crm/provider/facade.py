@@ -25,6 +25,7 @@ import resilience_crm.provider.handlers as handlers
 import resilience_crm.provider.labels as labels
 import resilience_crm.provider.queue as queue
 import resilience_crm.provider.reads as reads
+import resilience_crm.provider.stream as stream
 from resilience_crm.conf import settings
 from resilience_crm.constants import OP_CIRCUITS
 
@@ -56,13 +57,18 @@ class Provider(reads.Reads):
         return served.value  # type: ignore[no-any-return]
 
     def write(self, key: str, fn: Callable[[], T], *, circuit: str = OP_CIRCUITS["write"],
-              using: str | None = DEFAULT_DB_ALIAS) -> T:
+              using: str | None = DEFAULT_DB_ALIAS,
+              then: Callable[[T], object] | None = None) -> T:
         """``fn()`` in a transaction under the write circuit; then ``key``'s space is no
         longer fresh anywhere. Only serialization failures and deadlocks are retried: after
         a lost connection nobody knows whether the write was applied. A write that committed
-        past its budget counts as a timeout but is returned, not turned into an error."""
+        past its budget counts as a timeout but is returned, not turned into an error.
+
+        ``then(value)``, when given, runs last in the same transaction, and the ``COMMIT``
+        goes out with its first statement, in one round trip: make that statement the
+        transaction's last (one ``save()``, one ``create()``)."""
         value = self._call(circuit, fn, using, retry_if=classify.is_conflict,
-                           operation=cache.space_of(key), committed_is_done=True)
+                           operation=cache.space_of(key), committed_is_done=True, then=then)
         self.invalidate(key, using=using)
         return value
 
@@ -92,7 +98,12 @@ class Provider(reads.Reads):
     def invalidate(self, key: str, *, using: str | None = DEFAULT_DB_ALIAS) -> None:
         """Make every cached read in ``key``'s space stale (after the surrounding
         transaction on ``using`` commits, if there is one)."""
-        _after_commit(using, partial(self.cache.invalidate, cache.space_of(key)))
+        _after_commit(using, partial(self._invalidate, cache.space_of(key)))
+
+    def _invalidate(self, space: str) -> None:
+        """Bump ``space``'s version; the write queue's length comes back in the same round
+        trip, so the next ``submit`` knows whether a queued write may share its key."""
+        stream.learned(self.cache.invalidate(space, stream_length=stream.stream_key()))
 
     def revoke(self, key: str, *, using: str | None = DEFAULT_DB_ALIAS) -> None:
         """Take ``key``'s cached read away, fresh and stale, everywhere (after the surrounding

@@ -19,9 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 import resilience_crm.provider.handlers as handlers
@@ -61,10 +61,6 @@ class Receipt:
         return self.status == QUEUED
 
 
-class StillQueued(Exception):  # noqa: N818  (a signal, not an error)
-    """The write with this key waits in the queue; submitting it again is the same write."""
-
-
 def payload_hash(payload: Any) -> str:
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -102,38 +98,58 @@ def submit(provider: Provider, name: str, payload: Any, *, idempotency_key: str,
         return Receipt(QUEUED, idempotency_key)  # the same write, still waiting in Redis
     try:
         result = provider.write(
-            found.key, lambda: _apply_now(found, payload, digest, idempotency_key, entity),
-            circuit=found.circuit, using=found.using)
-    except StillQueued:
-        return Receipt(QUEUED, idempotency_key)
+            found.key, partial(found.fn, payload), circuit=found.circuit, using=found.using,
+            then=partial(_record, found, payload, digest, idempotency_key, entity))
     except QUEUE_ON as err:
         if not stream.available():
             raise QueueUnavailable(retry_after=err.retry_after, circuit=found.circuit) from err
         return enqueue(name, payload, idempotency_key=idempotency_key, entity=entity,
                        digest=digest)
+    except Exception:
+        # Perhaps because a write with this key was applied already, or was being applied:
+        # by the duplicate this one waited for on the key's row, which then refused this
+        # one's row and so rolled its effect back; or earlier, and then the handler itself
+        # may have refused it again (a name taken: by the write itself).
+        receipt = _recorded(provider, found, idempotency_key, digest)
+        if receipt is None:
+            raise
+        return receipt
     return Receipt(APPLIED, idempotency_key, result)
 
 
-def _apply_now(found: handlers.Handler, payload: Any, digest: str, key: str,
-               entity: str) -> Any:
+def _record(found: handlers.Handler, payload: Any, digest: str, key: str, entity: str,
+            result: Any) -> None:
+    """The write's ``QueuedWrite`` row, in its final state, last in the write's transaction
+    (its ``COMMIT`` goes with it): the key is unique, so a duplicate applied meanwhile makes
+    this insert fail and the whole write roll back."""
+    QueuedWrite.objects.using(found.using).create(
+        name=found.name, idempotency_key=key, payload=payload, payload_hash=digest,
+        entity=entity, state=QueuedWrite.State.APPLIED, attempts=1, result=result,
+        applied_at=timezone.now())
+
+
+def _recorded(provider: Provider, found: handlers.Handler, key: str,
+              digest: str) -> Receipt | None:
+    """What became of the write with ``key`` by its row: ``None`` when it has none, or when
+    the row cannot be read now (the caller's error then stands)."""
+    def lookup() -> tuple[str, str, Any] | None:
+        return (QueuedWrite.objects.using(found.using).filter(idempotency_key=key)
+                .values_list("payload_hash", "state", "result").first())
+
     try:
-        with transaction.atomic(using=found.using):
-            row = QueuedWrite.objects.using(found.using).create(
-                name=found.name, idempotency_key=key, payload=payload, payload_hash=digest,
-                entity=entity, state=QueuedWrite.State.APPLYING, attempts=1)
-    except IntegrityError:
-        existing = QueuedWrite.objects.using(found.using).get(idempotency_key=key)
-        if existing.payload_hash != digest:
-            raise IdempotencyConflict() from None
-        if existing.state == QueuedWrite.State.APPLIED:
-            return existing.result
-        if existing.state == QueuedWrite.State.PENDING:
-            raise StillQueued() from None
-        raise IdempotencyInFlight() from None  # being applied, or failed: see the admin
-    result = found.fn(payload)
-    row.state, row.result, row.applied_at = QueuedWrite.State.APPLIED, result, timezone.now()
-    row.save(update_fields=["state", "result", "applied_at", "updated_at"])
-    return result
+        row = provider.write(found.key, lookup, circuit=found.circuit, using=found.using)
+    except QUEUE_ON:
+        return None
+    if row is None:
+        return None
+    payload_hash, state, result = row
+    if payload_hash != digest:
+        raise IdempotencyConflict()
+    if state == QueuedWrite.State.APPLIED:
+        return Receipt(APPLIED, key, result)
+    if state == QueuedWrite.State.PENDING:
+        return Receipt(QUEUED, key)  # the same write, waiting in the table
+    raise IdempotencyInFlight()  # being applied, or failed: see the admin
 
 
 def enqueue(name: str, payload: Any, *, idempotency_key: str, entity: str = "",

@@ -5,10 +5,20 @@ marker per idempotency key holding the payload's hash, both written at once by
 The marker answers "is this key queued already, and with which payload" without reading the
 stream; replay deletes it with the entry once the write has its ``QueuedWrite`` row. Without
 Redis (:func:`available` is false) there is no stream.
+
+Most of the time the stream is empty, and asking for a marker is a round trip spent on every
+write for nothing. Each write's cache invalidation reads the stream's length in its own round
+trip (:func:`learned`); while this process saw it empty less than ``EMPTY_TRUSTED`` seconds
+ago, :func:`queued_hash` answers "not queued" without asking. A write queued elsewhere within
+that time with the same key is caught where it always was, whatever the timing: the key is
+unique in ``QueuedWrite``, so the replay finds the row of the write applied meanwhile and
+drops its copy (or, with another payload, logs and drops it; see docs/provider.md).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +32,31 @@ from resilience_crm.lua import LuaScript
 SCRIPT = LuaScript(Path(__file__).with_name("enqueue.lua").read_text(encoding="utf-8"))
 STREAM_KEY = "resilience:queue:stream"
 MARKER_PREFIX = "resilience:queue:key:"
+#: Seconds this process trusts having seen the stream empty.
+EMPTY_TRUSTED = 1.0
+
+
+class Emptiness:
+    """When this process last saw the stream empty, on a monotonic clock (injectable)."""
+
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.monotonic = monotonic
+        self.until = 0.0
+
+    def saw(self, length: int | None) -> None:
+        if length is not None:
+            self.until = self.monotonic() + EMPTY_TRUSTED if length == 0 else 0.0
+
+    def forget(self) -> None:
+        self.until = 0.0
+
+    @property
+    def trusted(self) -> bool:
+        return self.monotonic() < self.until
+
+
+#: What this process knows of the stream's emptiness.
+emptiness = Emptiness()
 
 
 def available() -> bool:
@@ -45,18 +80,35 @@ def append(name: str, body: str, *, idempotency_key: str, entity: str, digest: s
         )
     except Exception as err:  # noqa: BLE001  (every redis-py failure means "not queued")
         raise QueueUnavailable() from err
+    emptiness.forget()  # not empty now
     return None if previous is None else text(previous)
 
 
+def stream_key() -> str:
+    """The stream's name (before ``make_key``), or ``""`` without Redis."""
+    return STREAM_KEY if available() else ""
+
+
+def learned(length: int | None) -> None:
+    """The stream's length, read along with something else (``None``: not read)."""
+    emptiness.saw(length)
+
+
 def queued_hash(key: str) -> str | None:
-    """The payload hash of a write with ``key`` still waiting in the stream, if any."""
-    if not available():
+    """The payload hash of a write with ``key`` still waiting in the stream, if any: asked
+    of Redis (with the stream's length, in the same round trip) unless this process saw the
+    stream empty moments ago."""
+    if not available() or emptiness.trusted:
         return None
     try:
         client, cache = connection()
-        value = client.get(cache.make_key(MARKER_PREFIX + key))
+        pipeline = client.pipeline(transaction=False)
+        pipeline.get(cache.make_key(MARKER_PREFIX + key))
+        pipeline.xlen(cache.make_key(STREAM_KEY))
+        value, length = pipeline.execute()
     except Exception:  # noqa: BLE001  (Redis down: the database decides)
         return None
+    emptiness.saw(int(length))
     return None if value is None else text(value)
 
 
