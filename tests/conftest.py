@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from urllib.parse import urlparse
@@ -12,7 +13,11 @@ from django.core.cache import caches
 from django.db import connections
 from django_redis import get_redis_connection
 
+import resilience_crm.ratelimit.limiter as limiter
+import resilience_crm.ratelimit.stores.database as database_limiter
 from resilience_crm import flusher, testutils
+from resilience_crm.exceptions import StoreUnavailable
+from resilience_crm.ratelimit.stores.database import DatabaseLimiterStore
 from tests.databases import (
     APP_ALIAS,
     CLOSED_PORT,
@@ -40,7 +45,19 @@ def _fresh_breakers():
     caches["default"].clear()  # reads cached by another (local memory lives as long as the run)
     yield
     testutils.set_background(False)
+    _empty_database_limiter()
     testutils.reset()
+
+
+def _empty_database_limiter() -> None:
+    """The database limiter store writes on a connection of its own, outside the test's
+    transaction: empty its table after a test that used it, and close the connection (the
+    test database is dropped at the end)."""
+    store = limiter.built_store()
+    if isinstance(store, DatabaseLimiterStore):
+        with contextlib.suppress(StoreUnavailable):
+            store.clear()
+    database_limiter.close_connections()
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import pytest
 from django.core.checks import ERROR, CheckMessage, run_checks
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
+from django.db import connection
 
 from resilience_crm import checks, conf, drf
 from resilience_crm.breakers.stores.memory import MemoryStore
@@ -785,13 +786,20 @@ def test_e036_expected_processes_invalid(settings: Any, value: Any) -> None:
 
 
 @pytest.mark.parametrize("config", [
-    {"EXPECTED_PROCESSES": 4},
     {"EXPECTED_PROCESSES": 4, "RATELIMIT_STORE": "memory"},
     {"EXPECTED_PROCESSES": 2, "RATELIMIT_STORE": "tests.test_checks.PerProcessLimiter"},
 ])
 def test_w020_per_process_limiter_with_several_processes(settings: Any,
                                                           config: dict[str, Any]) -> None:
     only(run(settings, **config), checks.Codes.RATELIMIT_STORE_PER_PROCESS)
+
+
+def test_w020_with_auto_exactly_when_no_store_is_shared(settings: Any) -> None:
+    """``auto`` without Redis keeps the limits in PostgreSQL, shared by every process; on
+    another database, in each process: the warning says so exactly then."""
+    messages = ids(run(settings, **{"EXPECTED_PROCESSES": 4}))
+    per_process = connection.vendor != "postgresql"
+    assert (checks.Codes.RATELIMIT_STORE_PER_PROCESS in messages) is per_process
 
 
 def test_w020_not_with_one_process(settings: Any) -> None:
