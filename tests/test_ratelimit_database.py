@@ -16,7 +16,7 @@ from django.db import connections
 
 import resilience_crm.ratelimit.limiter as limiter
 import resilience_crm.ratelimit.stores.database as database
-from resilience_crm import metrics
+from resilience_crm import flusher, metrics
 from resilience_crm.exceptions import StoreUnavailable
 from resilience_crm.ratelimit import gcra
 from resilience_crm.ratelimit.gcra import US, Limit
@@ -179,3 +179,16 @@ def test_results_are_whole_microseconds_from_the_servers_clock(store) -> None:
     assert allowed and outcome == gcra.Outcome(True, 2, limit.interval_us, 0)
     [tat] = store.inspect([limit]).tats
     assert tat is not None and before + limit.interval_us <= tat <= after + limit.interval_us
+
+
+def test_the_background_flusher_sweeps_at_most_once_a_minute(settings, store) -> None:
+    settings.RESILIENCE_CRM = {"RATELIMIT_STORE": "database"}
+    store.clear()
+    day_ago = store.inspect([]).now_us - 86_400 * US
+    first, second = Limit("rl:{f}:first", "p", 10, 1), Limit("rl:{f}:second", "p", 10, 1)
+    store.evaluate([first], now_us=day_ago)
+    flusher.run_tasks()  # one round of the registered tasks, the sweep among them
+    assert store.inspect([first]).tats == [None]
+    store.evaluate([second], now_us=day_ago)
+    flusher.run_tasks()
+    assert store.inspect([second]).tats == [day_ago + 100_000]  # not yet: within the minute

@@ -316,8 +316,7 @@ def check_ratelimit_store(config: dict[str, Any]) -> list[CheckMessage]:
     path = limiter.store_path()
     cls = import_string(path)
     database = limiter.database_alias()
-    if (issubclass(cls, DatabaseLimiterStore) and database in django_settings.DATABASES
-            and connections[database].vendor != "postgresql"):
+    if issubclass(cls, DatabaseLimiterStore) and connections[database].vendor != "postgresql":
         errors.append(CHECKS["RATELIMIT_STORE_DATABASE_NOT_POSTGRESQL"](
             path=setting_path("RATELIMIT_STORE"), alias=database,
             vendor=connections[database].display_name,

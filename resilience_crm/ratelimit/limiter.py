@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from django.conf import settings as django_settings
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.http import HttpRequest
 from django.utils.module_loading import import_string
@@ -70,7 +69,7 @@ def database_alias() -> str:
     """The alias of the database the app's tables (the database store's included) live on;
     the default one while ``DATABASE_ALIAS`` names none that exists (check E012)."""
     alias = settings.DATABASE_ALIAS
-    return alias if isinstance(alias, str) and alias in django_settings.DATABASES else (
+    return alias if isinstance(alias, str) and alias in connections.settings else (
         DEFAULT_DB_ALIAS)
 
 
