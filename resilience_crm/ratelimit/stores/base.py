@@ -14,6 +14,8 @@ class BaseLimiterStore(ABC):
 
     #: Whether every process sees the same counts (False for the in-process store).
     shared = True
+    #: Whether :meth:`refusals` knows when each limit last refused.
+    records_refusals = False
 
     def key(self, principal: str, suffix: str) -> str:
         """The key of one limit of ``principal``: the principal is a hash tag, so every key

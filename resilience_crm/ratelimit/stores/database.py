@@ -93,6 +93,7 @@ _local = threading.local()
 
 class DatabaseLimiterStore(BaseLimiterStore):
     shared = True
+    records_refusals = True
 
     def __init__(self, alias: str | None = None) -> None:
         self.alias = alias or settings.DATABASE_ALIAS or DEFAULT_DB_ALIAS
