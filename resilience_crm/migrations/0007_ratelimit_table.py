@@ -42,6 +42,37 @@ DECLARE
     emission bigint;
     tolerance bigint;
 BEGIN
+    IF n = 1 THEN
+        -- One limit (most requests): one row, so no lock order to keep. Admitted, it is a
+        -- single UPDATE (re-checked on the newest row when another request changed it).
+        emission := intervals[1];
+        tolerance := tolerances[1];
+        IF NOT shadows[1] THEN
+            UPDATE resilience_crm_ratelimit SET tat = greatest(tat, at_us) + emission * cost
+                WHERE key = keys[1]
+                AND greatest(tat, at_us) + emission * cost - at_us <= tolerance
+                RETURNING tat INTO new_at;
+            IF FOUND THEN
+                RETURN ARRAY[1, 1, (tolerance - (new_at - at_us)) / emission, new_at - at_us, 0];
+            END IF;
+        END IF;
+        SELECT greatest(tat, at_us) INTO cur FROM resilience_crm_ratelimit
+            WHERE key = keys[1] FOR UPDATE;
+        IF FOUND THEN
+            new_at := cur + emission * cost;
+            IF new_at - at_us > tolerance THEN
+                IF NOT shadows[1] THEN
+                    UPDATE resilience_crm_ratelimit SET refused = at_us WHERE key = keys[1];
+                END IF;
+                RETURN ARRAY[CASE WHEN shadows[1] THEN 1 ELSE 0 END, 0,
+                             greatest(0, (tolerance - (cur - at_us)) / emission), cur - at_us,
+                             new_at - at_us - tolerance];
+            END IF;
+            UPDATE resilience_crm_ratelimit SET tat = new_at WHERE key = keys[1];
+            RETURN ARRAY[1, 1, (tolerance - (new_at - at_us)) / emission, new_at - at_us, 0];
+        END IF;
+        -- No row yet: the general way below inserts it.
+    END IF;
     INSERT INTO resilience_crm_ratelimit AS r (tat, key)
         SELECT DISTINCT 0, k FROM unnest(keys) AS k ORDER BY 2
         ON CONFLICT (key) DO UPDATE SET tat = r.tat WHERE false;

@@ -38,6 +38,9 @@ logger = logging.getLogger("resilience_crm.ratelimit.stores.database")
 
 TABLE = "resilience_crm_ratelimit"
 DECIDE = "SELECT resilience_crm_gcra(%s, %s::bigint[], %s::bigint[], %s, %s, %s)"
+# The same for one limit, the usual case: scalars cost psycopg less to send than lists.
+DECIDE_ONE = ("SELECT resilience_crm_gcra(ARRAY[%s::text], ARRAY[%s::bigint],"
+              " ARRAY[%s::bigint], ARRAY[%s::boolean], %s::bigint, %s::bigint)")
 # The keys' TATs and when they last refused, with the server's clock, in one statement.
 PEEK = (
     "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint,"
@@ -79,6 +82,9 @@ class _Connection(psycopg.Connection[Any]):
     seconds (psycopg raises then; the connection is discarded)."""
 
     wait_timeout: float | None = None
+    #: The cursor every statement of the store runs on (one per connection: less work per
+    #: statement than a new one each time).
+    statements: psycopg.Cursor[Any]
 
     def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
         return super().wait(gen, interval, self.wait_timeout if timeout is None else timeout)
@@ -131,13 +137,15 @@ class DatabaseLimiterStore(BaseLimiterStore):
         connection.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
         connection.prepare_threshold = 0  # the few statements, prepared on first use
         connection.wait_timeout = self.timeout + 0.05  # the server's own cancel comes first
+        connection.statements = connection.cursor()
         held[key] = connection
         return connection
 
     def _run(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> Any:
         connection = self.connection()
         try:
-            cursor = connection.execute(sql, params)
+            cursor = connection.statements
+            cursor.execute(sql, params)
             row = cursor.fetchone() if cursor.description else None
         except psycopg.Error as err:
             self._discard(connection)
@@ -152,11 +160,17 @@ class DatabaseLimiterStore(BaseLimiterStore):
 
     def evaluate(self, limits: Sequence[Limit], cost: int = 1,
                  now_us: int | None = None) -> tuple[bool, list[Outcome]]:
-        row = self._run(DECIDE, (
-            [limit.key for limit in limits], [limit.interval_us for limit in limits],
-            [limit.tolerance_us for limit in limits], [limit.shadow for limit in limits],
-            int(cost), None if now_us is None else int(now_us),
-        ))
+        now = None if now_us is None else int(now_us)
+        if len(limits) == 1:
+            limit = limits[0]
+            row = self._run(DECIDE_ONE, (limit.key, limit.interval_us, limit.tolerance_us,
+                                         limit.shadow, int(cost), now))
+        else:
+            row = self._run(DECIDE, (
+                [limit.key for limit in limits], [limit.interval_us for limit in limits],
+                [limit.tolerance_us for limit in limits], [limit.shadow for limit in limits],
+                int(cost), now,
+            ))
         try:
             values = row[0]
             outcomes = [Outcome(values[i] == 1, values[i + 1], values[i + 2], values[i + 3])
@@ -195,8 +209,9 @@ class DatabaseLimiterStore(BaseLimiterStore):
         for _ in range(batches):
             connection = self.connection()
             try:
-                count = connection.execute(SWEEP, {
-                    "now": now, "kept": REFUSAL_KEPT_US, "batch": batch}).rowcount
+                cursor = connection.statements
+                cursor.execute(SWEEP, {"now": now, "kept": REFUSAL_KEPT_US, "batch": batch})
+                count = cursor.rowcount
             except psycopg.Error as err:
                 self._discard(connection)
                 raise StoreUnavailable("The rate-limit database failed.") from err
