@@ -5,6 +5,7 @@ limiter's fallback within a bounded wait, never an error."""
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 import uuid
@@ -12,6 +13,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 from django.db import connections
 
 import resilience_crm.ratelimit.limiter as limiter
@@ -192,3 +194,16 @@ def test_the_background_flusher_sweeps_at_most_once_a_minute(settings, store) ->
     store.evaluate([second], now_us=day_ago)
     flusher.run_tasks()
     assert store.inspect([second]).tats == [day_ago + 100_000]  # not yet: within the minute
+
+
+def test_resilience_cleanup_sweeps_the_full_buckets_too(settings, store) -> None:
+    settings.RESILIENCE_CRM = {"RATELIMIT_STORE": "database"}
+    store.clear()
+    day_ago = store.inspect([]).now_us - 86_400 * US
+    full = [Limit(f"rl:{{c}}:{i}", "p", 10, 1) for i in range(3)]
+    for limit in full:
+        store.evaluate([limit], now_us=day_ago)
+    out = io.StringIO()
+    call_command("resilience_cleanup", stdout=out)
+    assert "Deleted 3 rate-limit buckets that are full again." in out.getvalue()
+    assert store.inspect(full).tats == [None, None, None]
