@@ -11,7 +11,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 import resilience_crm.ratelimit.limiter as limiter
-from resilience_crm.models import Tier
+from resilience_crm.models import Tier, TierAssignment
 from resilience_crm.ratelimit import principals
 
 pytestmark = pytest.mark.postgres
@@ -78,3 +78,19 @@ def test_an_unknown_principal_is_a_clear_error(shared_store) -> None:
         limits("nobody")
     with pytest.raises(CommandError, match="No user with id"):
         limits("x" * 10_000, "--id")
+
+
+def test_the_tier_assignment_admin_shows_the_users_limits_now(
+        shared_store, django_user_model, admin_client) -> None:
+    ada = django_user_model.objects.create_user("ada")
+    assignment = TierAssignment.objects.create(user=ada, tier=Tier.objects.get(name="free"))
+    who = principals.of_user(ada)
+    for _ in range(3):
+        limiter.decide(who, "read")
+    page = admin_client.get(f"/admin/resilience_crm/tierassignment/{assignment.pk}/change/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    row = html[html.index("<td>free.read.60s</td>"):]
+    row = row[:row.index("</tr>")]
+    assert "<td>2/60s</td><td>0</td>" in row and "none" not in row  # spent, and refused
+    assert "<td>free.write.60s</td><td>5/60s</td><td>5</td>" in html
