@@ -189,6 +189,11 @@ def test_the_background_flusher_sweeps_at_most_once_a_minute(settings, store) ->
     day_ago = store.inspect([]).now_us - 86_400 * US
     first, second = Limit("rl:{f}:first", "p", 10, 1), Limit("rl:{f}:second", "p", 10, 1)
     store.evaluate([first], now_us=day_ago)
+    flusher.run_tasks()  # this process has decided nothing yet: nothing to sweep for it
+    assert store.inspect([first]).tats == [day_ago + 100_000]
+    limiter.get_store()  # it decides from now on
+    first, second = Limit("rl:{f}:first", "p", 10, 1), Limit("rl:{f}:second", "p", 10, 1)
+    store.evaluate([first], now_us=day_ago)
     flusher.run_tasks()  # one round of the registered tasks, the sweep among them
     assert store.inspect([first]).tats == [None]
     store.evaluate([second], now_us=day_ago)

@@ -129,15 +129,17 @@ def clear() -> None:
 
 def sweep() -> int:
     """The background flusher's task: at most every ``SWEEP_EVERY`` seconds, let the store
-    forget keys whose bucket is full again (a bounded batch; Redis and memory expire theirs
-    by themselves). An unreachable store is left for the next time; never raises for it."""
+    this process decides with forget keys whose bucket is full again (a bounded batch; Redis
+    and memory expire theirs by themselves). A process that has not decided anything yet
+    sweeps nothing. An unreachable store is left for the next time; never raises for it."""
     global _swept_at
     now = time.monotonic()
-    if _swept_at is not None and now - _swept_at < SWEEP_EVERY:
+    store = _store
+    if store is None or _swept_at is not None and now - _swept_at < SWEEP_EVERY:
         return 0
     _swept_at = now
     try:
-        return get_store().sweep()
+        return store.sweep()
     except StoreUnavailable as err:
         logger.info("Rate-limit store sweep skipped: %s", err.__cause__ or err)
         return 0

@@ -64,7 +64,8 @@ SWEEP = (
     " LIMIT %(batch)s FOR UPDATE SKIP LOCKED))"
 )
 NOW = "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
-#: psycopg's connect timeout, in seconds, when the alias's OPTIONS name none.
+#: psycopg's connect timeout, in seconds: the alias's when it is shorter (libpq waits at
+#: least 2 s whatever it says).
 CONNECT_TIMEOUT = 2
 
 
@@ -117,7 +118,10 @@ class DatabaseLimiterStore(BaseLimiterStore):
                 params.pop(name, None)
             options = f"-c statement_timeout={max(1, int(self.timeout * 1000))}"
             params["options"] = f"{params.get('options', '')} {options}".strip()
-            params.setdefault("connect_timeout", CONNECT_TIMEOUT)
+            # The alias's own, but never longer than ours: a decision is not a query that
+            # may wait a minute for a connection.
+            params["connect_timeout"] = min(
+                int(params.get("connect_timeout") or CONNECT_TIMEOUT), CONNECT_TIMEOUT)
             self._id = repr(sorted(params.items()))
             self._params = params
         return self._params
