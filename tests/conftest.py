@@ -168,10 +168,14 @@ def sentry():
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup):
     """The ``resilience`` alias (a mirror of ``default``) reaches the test database from
-    every thread: Django re-points only the mirror's connection in the main thread."""
+    every thread: Django re-points only the mirror's connection in the main thread. The
+    database limiter store's connections, from any thread, are closed before the test
+    database is dropped."""
     default = connections.settings["default"]
     connections.settings[APP_ALIAS].update({k: v for k, v in default.items() if k != "TEST"})
     del connections[APP_ALIAS]
+    yield
+    database_limiter.close_connections(every_thread=True)
 
 
 @pytest.fixture

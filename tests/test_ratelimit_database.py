@@ -168,6 +168,33 @@ def test_a_silent_database_falls_back_within_the_timeout_and_counts_it(
             database.close_connections()
 
 
+@pytest.mark.slow
+def test_a_blackholed_database_is_never_a_500(settings, client, postgres,
+                                              transactional_db) -> None:
+    """Requests through the throttle while the database store's server accepts connections
+    and never answers: fail open -> 200 with the limit headers, fail closed -> 503 with the
+    problem body, each within the connect timeout."""
+    default = connections["default"].settings_dict
+    settings.ROOT_URLCONF = "tests.ratelimit_urls"
+    with Proxy(default["HOST"] or "127.0.0.1", int(default["PORT"] or 5432)) as proxy:
+        proxy.stalled = True
+        proxied = {**default, "HOST": "127.0.0.1", "PORT": str(proxy.port)}
+        with extra_database("limits_proxied", proxied):
+            config = {"RATELIMIT_STORE": "tests.test_ratelimit_database.ProxiedStore",
+                      "TIERS": {"anonymous": {"read": "5/min"}}}
+            settings.RESILIENCE_CRM = config
+            started = time.monotonic()
+            opened = client.get("/things/")
+            assert time.monotonic() - started < 10  # connect_timeout (2 s), not TCP's
+            assert opened.status_code == 200 and opened["RateLimit-Policy"]
+            settings.RESILIENCE_CRM = {**config, "FAIL_OPEN": {"read": False}}
+            closed = client.get("/things/")
+            assert closed.status_code == 503
+            assert closed.json()["code"] == "STORE_UNAVAILABLE"
+            assert metrics.value("ratelimit_store_errors") == 2  # a settings change: tried again
+            database.close_connections()
+
+
 class ProxiedStore(DatabaseLimiterStore):
     def __init__(self) -> None:
         super().__init__("limits_proxied")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -96,6 +97,17 @@ class _Connection(psycopg.Connection[Any]):
 #: entries are under its own pid; the parent's stay referenced, so they are never finished
 #: from the child, which would end the parent's session).
 _local = threading.local()
+#: Every connection this process opened, for :func:`close_connections` ``(every_thread=True)``.
+_opened: weakref.WeakSet[_Connection] = weakref.WeakSet()
+
+
+def _forget_the_parents() -> None:
+    """In a forked child: the parent's connections are not the child's to close."""
+    global _opened
+    _opened = weakref.WeakSet()
+
+
+os.register_at_fork(after_in_child=_forget_the_parents)
 
 
 class DatabaseLimiterStore(BaseLimiterStore):
@@ -142,6 +154,7 @@ class DatabaseLimiterStore(BaseLimiterStore):
         connection.prepare_threshold = 0  # the few statements, prepared on first use
         connection.wait_timeout = self.timeout + 0.05  # the server's own cancel comes first
         connection.statements = connection.cursor()
+        _opened.add(connection)
         held[key] = connection
         return connection
 
@@ -225,11 +238,14 @@ class DatabaseLimiterStore(BaseLimiterStore):
         return deleted
 
 
-def close_connections() -> None:
+def close_connections(every_thread: bool = False) -> None:
     """Close the calling thread's connections of every database limiter store (a thread that
-    ends has its own closed when they are collected)."""
+    ends has its own closed when they are collected); with ``every_thread``, those of every
+    thread of this process (at exit, or at the end of a test run: a thread still deciding
+    then gets ``StoreUnavailable``)."""
     held: dict[tuple[int, str], _Connection] = _local.__dict__.get("held", {})
-    for key, connection in list(held.items()):
-        if key[0] == os.getpid():
-            del held[key]
+    for key in [key for key in held if key[0] == os.getpid()]:
+        held.pop(key).close()
+    if every_thread:
+        for connection in list(_opened):
             connection.close()
