@@ -30,7 +30,6 @@ from resilience_crm.checks import (
 )
 from resilience_crm.ratelimit.rates import UNKNOWN_OP_CLASS, limits_errors, parse_rate
 from resilience_crm.ratelimit.stores.base import BaseLimiterStore
-from resilience_crm.ratelimit.stores.database import DatabaseLimiterStore
 
 #: Seconds: a longer wait on the database limiter store would hold requests, not protect them.
 MAX_STORE_TIMEOUT = 30
@@ -316,7 +315,7 @@ def check_ratelimit_store(config: dict[str, Any]) -> list[CheckMessage]:
     path = limiter.store_path()
     cls = import_string(path)
     database = limiter.database_alias()
-    if issubclass(cls, DatabaseLimiterStore) and connections[database].vendor != "postgresql":
+    if getattr(cls, "needs_postgresql", False) and connections[database].vendor != "postgresql":
         errors.append(CHECKS["RATELIMIT_STORE_DATABASE_NOT_POSTGRESQL"](
             path=setting_path("RATELIMIT_STORE"), alias=database,
             vendor=connections[database].display_name,

@@ -113,6 +113,8 @@ os.register_at_fork(after_in_child=_forget_the_parents)
 class DatabaseLimiterStore(BaseLimiterStore):
     shared = True
     records_refusals = True
+    #: Check E037 refuses the store on any other database.
+    needs_postgresql = True
 
     def __init__(self, alias: str | None = None) -> None:
         self.alias = alias or settings.DATABASE_ALIAS or DEFAULT_DB_ALIAS
