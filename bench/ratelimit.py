@@ -1,7 +1,13 @@
 """Rate-limit decisions: resilience_crm beside DRF's UserRateThrottle, django-ratelimit and
-``limits``, all on one Redis, in one run.
+``limits``, all on one Redis, in one run; with ``DATABASE_URL`` (PostgreSQL) also ours on the
+database limiter store (no Redis in its path).
 
-    REDIS_URL=redis://127.0.0.1:6379/1 .venv/bin/python bench/ratelimit.py [--decisions N]
+    REDIS_URL=redis://127.0.0.1:6379/1 [DATABASE_URL=postgres://...] \
+        .venv/bin/python bench/ratelimit.py [--decisions N]
+
+``DATABASE_URL`` names a database of its own for the run: it is migrated, and the database
+store's table is emptied before and after. Bytes per key there is the heap and primary-key
+index of the table divided by its rows (after a ``VACUUM``), and ``pg_column_size`` of one row.
 
 Each side decides the same stream: ``--users`` users taking turns, each at 1000/hour (every
 user is seen once before timing starts, as in a steady state), so every decision admits and
@@ -30,6 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import dj_database_url  # noqa: E402
 import django  # noqa: E402
 from django.conf import settings  # noqa: E402
 
@@ -37,6 +44,9 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/1")
 PREFIX = "rcrm-bench-rl"
 RATE = "1000/hour"
 DATABASE = str(Path(tempfile.mkdtemp(prefix="rcrm-bench-")) / "bench.sqlite3")
+DATABASE_URL = os.environ.get("DATABASE_URL")
+OURS_REDIS = "resilience_crm TierRateThrottle (GCRA, Lua)"
+OURS_DATABASE = "resilience_crm TierRateThrottle (GCRA, PostgreSQL)"
 
 
 def setup() -> None:
@@ -45,7 +55,8 @@ def setup() -> None:
                         "resilience_crm"],
         # A file, not ":memory:": the background flusher writes the decisions' metrics from
         # its own thread (and connection), as it would in production.
-        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": DATABASE}},
+        DATABASES={"default": dj_database_url.parse(DATABASE_URL) if DATABASE_URL else {
+            "ENGINE": "django.db.backends.sqlite3", "NAME": DATABASE}},
         CACHES={"default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL,
                             "KEY_PREFIX": PREFIX}},
         RESILIENCE_CRM={"TIERS": {"free": {"read": RATE}, "anonymous": {"read": RATE}}},
@@ -58,6 +69,30 @@ def setup() -> None:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
+
+
+def table_bytes(store: Any, rows: int = 0) -> tuple[int, int, int, int]:
+    """The database store's table after a VACUUM: ``pg_column_size`` of one row, then heap and
+    primary-key index bytes per row (rounded), and the rows. With ``rows``, first fill it with
+    that many users' keys (``rl:{u:N}:read:3600``), each charged twice since (an UPDATE of
+    the TAT, as a decision makes), as a table of that many active users looks."""
+    connection = store.connection()
+    if rows:
+        connection.execute("SET statement_timeout = 0")  # the store's is for decisions
+        connection.execute("TRUNCATE resilience_crm_ratelimit")  # files of earlier runs too
+        connection.execute(  # live for an hour: the sweep leaves them alone
+            "INSERT INTO resilience_crm_ratelimit (tat, key)"
+            " SELECT (extract(epoch FROM now()) * 1000000)::bigint, 'rl:{u:' || n"
+            " || '}:read:3600' FROM generate_series(1, %s) AS n", [rows])
+        for _ in range(2):
+            connection.execute("UPDATE resilience_crm_ratelimit SET tat = tat + 3600000")
+    connection.execute("VACUUM resilience_crm_ratelimit")
+    row, heap, index, rows = connection.execute(
+        "SELECT (SELECT pg_column_size(r.*) FROM resilience_crm_ratelimit r LIMIT 1),"
+        " pg_relation_size('resilience_crm_ratelimit'),"
+        " pg_relation_size('resilience_crm_ratelimit_pkey'), count(*)"
+        " FROM resilience_crm_ratelimit").fetchone()
+    return row, round(heap / rows), round(index / rows), rows
 
 
 def measure(sides: dict[str, Callable[[int], bool]], decisions: int, users: int,
@@ -91,6 +126,8 @@ def main() -> None:
     parser.add_argument("--decisions", type=int, default=10_000)
     parser.add_argument("--users", type=int, default=1_000)
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--table-rows", type=int, default=100_000,
+                        help="users' keys in the database store's table when sizing it")
     args = parser.parse_args()
     setup()
 
@@ -104,6 +141,9 @@ def main() -> None:
     from rest_framework.request import Request
     from rest_framework.throttling import UserRateThrottle
 
+    from resilience_crm.ratelimit import limiter
+    from resilience_crm.ratelimit.stores.database import DatabaseLimiterStore
+    from resilience_crm.ratelimit.stores.redis import RedisLimiterStore
     from resilience_crm.throttling import TierRateThrottle
 
     redis = get_redis_connection("default")
@@ -127,9 +167,20 @@ def main() -> None:
         limits_storage.storage_from_string(REDIS_URL, key_prefix=f"{PREFIX}-limits"))
     item = parse_limit(RATE.replace("/", " per "))
 
+    on_redis = RedisLimiterStore()
+    on_database = DatabaseLimiterStore() if DATABASE_URL else None
+    if on_database is not None:  # empty, and no files left from earlier runs
+        on_database.connection().execute("TRUNCATE resilience_crm_ratelimit")
+
+    def ours(store: Any) -> Callable[[int], bool]:
+        def decide(u: int) -> bool:
+            limiter.set_store(store)  # both of ours pay for this lock, DRF does not
+            return ours_throttle.allow_request(requests[u], view)
+        return decide
+
     sides: dict[str, Callable[[int], bool]] = {
-        "resilience_crm TierRateThrottle (GCRA, Lua)":
-            lambda u: ours_throttle.allow_request(requests[u], view),
+        OURS_REDIS: ours(on_redis),
+        **({OURS_DATABASE: ours(on_database)} if on_database is not None else {}),
         "DRF UserRateThrottle (django-redis)":
             lambda u: drf_throttle.allow_request(requests[u], view),
         "django-ratelimit is_ratelimited (fixed window)":
@@ -146,15 +197,18 @@ def main() -> None:
             decide(user)
     results = measure(sides, args.decisions, args.users, args.rounds)
 
-    memory = {}
+    memory: dict[str, Any] = {}
+    table = table_bytes(on_database) if on_database is not None else None
     for name, pattern in [
-        ("resilience_crm TierRateThrottle (GCRA, Lua)", f"{PREFIX}:*rl:\\{{u:1\\}}:*"),
+        (OURS_REDIS, f"{PREFIX}:*rl:\\{{u:1\\}}:*"),
         ("DRF UserRateThrottle (django-redis)", f"{PREFIX}:*throttle_user_1"),
         ("django-ratelimit is_ratelimited (fixed window)", f"{PREFIX}:*:rl:[^{{]*"),
         ("limits MovingWindowRateLimiter (Redis)", f"{PREFIX}-limits*bench/1/*"),
     ]:
         keys = list(redis.scan_iter(match=pattern))
         memory[name] = redis.memory_usage(keys[0]) if keys else None
+    if table is not None:
+        memory[OURS_DATABASE] = table[1] + table[2]
 
     drf = results["DRF UserRateThrottle (django-redis)"]["median_us"]
     print(f"rate-limit decisions: {args.decisions} over {args.users} users at {RATE}, one "
@@ -165,6 +219,11 @@ def main() -> None:
         print(f"  {name:48} {result['median_us']:7.1f}us {result['p99_us']:7.1f}us"
               f" {result['per_s']:12.0f} {memory[name]!s:>10} {result['median_us'] / drf:12.2f}x")
 
+    if on_database is not None and table is not None:
+        for row, heap, index, rows in (table, table_bytes(on_database, args.table_rows)):
+            print(f"  database store table: {rows} rows; per row {heap} B heap + {index} B"
+                  f" index (pg_column_size of one row: {row} B)")
+        on_database.clear()
     stale = set(redis.scan_iter(match=f"{PREFIX}*")) | keys_before
     if stale:
         redis.delete(*stale)

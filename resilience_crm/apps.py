@@ -10,15 +10,20 @@ class ResilienceCrmConfig(AppConfig):
         from resilience_crm import buckets, flusher, receivers  # noqa: F401  (connects receivers)
         from resilience_crm.breakers import events
         from resilience_crm.observability import exposition, rules
-        from resilience_crm.ratelimit import tiers  # noqa: F401  (announces tier edits)
+        from resilience_crm.ratelimit import (
+            limiter,
+            tiers,  # noqa: F401  (announces tier edits)
+        )
 
         # The background flusher's rounds, in this order: the audit trail first, then the
         # per-minute metrics, this worker's counts for /resilience/metrics, and the alert
-        # rules last, since they read the metrics just written.
+        # rules after them, since they read the metrics just written; then the sweep of the
+        # database limiter store's full buckets (once a minute at most).
         flusher.register(events.write_pending, spill=events.spill)
         flusher.register(buckets.write_buckets, spill=buckets.spill)
         flusher.register(exposition.push)
         flusher.register(rules.evaluate_due)
+        flusher.register(limiter.sweep)
 
         # The system checks, each registered as its module is imported: the shared ones, then
         # each feature's. Imported here, in one place, since the shared module cannot import

@@ -68,9 +68,13 @@ DEFAULTS: dict[str, Any] = {
     # latencies) without a staff session. None: staff only.
     "MONITORING_TOKEN": None,
     # Rate limiting (docs/ratelimiting.md).
-    # Where limits live: "auto" (Redis when CACHE_ALIAS is django-redis, else memory),
-    # "redis", "memory" or a dotted path to a BaseLimiterStore subclass.
+    # Where limits live: "auto" (Redis when CACHE_ALIAS is django-redis, else the database
+    # on PostgreSQL, else memory), "redis", "database", "memory" or a dotted path to a
+    # BaseLimiterStore subclass.
     "RATELIMIT_STORE": "auto",
+    # Seconds one decision of the database limiter store may take (statement_timeout and the
+    # wait for the reply); past it the limiter applies FAIL_OPEN.
+    "RATELIMIT_STORE_TIMEOUT": 0.5,
     # Dotted path of a callable(request) -> tier name or None (None: the usual rules).
     "TIER_RESOLVER": None,
     # Seconds a worker trusts its cached tiers and tier assignments (admin edits apply

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from urllib.parse import urlparse
@@ -12,7 +13,11 @@ from django.core.cache import caches
 from django.db import connections
 from django_redis import get_redis_connection
 
+import resilience_crm.ratelimit.limiter as limiter
+import resilience_crm.ratelimit.stores.database as database_limiter
 from resilience_crm import flusher, testutils
+from resilience_crm.exceptions import StoreUnavailable
+from resilience_crm.ratelimit.stores.database import DatabaseLimiterStore
 from tests import replica
 from tests.databases import (
     APP_ALIAS,
@@ -41,7 +46,19 @@ def _fresh_breakers():
     caches["default"].clear()  # reads cached by another (local memory lives as long as the run)
     yield
     testutils.set_background(False)
+    _empty_database_limiter()
     testutils.reset()
+
+
+def _empty_database_limiter() -> None:
+    """The database limiter store writes on a connection of its own, outside the test's
+    transaction: empty its table after a test that used it, and close the connection (the
+    test database is dropped at the end)."""
+    store = limiter.built_store()
+    if isinstance(store, DatabaseLimiterStore):
+        with contextlib.suppress(StoreUnavailable):
+            store.clear()
+    database_limiter.close_connections()
 
 
 @pytest.fixture
@@ -164,10 +181,14 @@ def sentry():
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup):
     """The ``resilience`` alias (a mirror of ``default``) reaches the test database from
-    every thread: Django re-points only the mirror's connection in the main thread."""
+    every thread: Django re-points only the mirror's connection in the main thread. The
+    database limiter store's connections, from any thread, are closed before the test
+    database is dropped."""
     default = connections.settings["default"]
     connections.settings[APP_ALIAS].update({k: v for k, v in default.items() if k != "TEST"})
     del connections[APP_ALIAS]
+    yield
+    database_limiter.close_connections(every_thread=True)
 
 
 @pytest.fixture

@@ -11,12 +11,14 @@ import pytest
 from django.core.checks import ERROR, CheckMessage, run_checks
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
+from django.db import connection
 
 from resilience_crm import checks, conf, database_checks, drf
 from resilience_crm.breakers.stores.memory import MemoryStore
 from resilience_crm.ratelimit import checks as ratelimit_checks
 from resilience_crm.ratelimit.stores.memory import MemoryLimiterStore
 from resilience_crm.throttling import TierRateThrottle
+from tests.databases import extra_database
 
 LOCMEM = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 DUMMY = {"default": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}}
@@ -804,13 +806,47 @@ def test_e036_expected_processes_invalid(settings: Any, value: Any) -> None:
 
 
 @pytest.mark.parametrize("config", [
-    {"EXPECTED_PROCESSES": 4},
     {"EXPECTED_PROCESSES": 4, "RATELIMIT_STORE": "memory"},
     {"EXPECTED_PROCESSES": 2, "RATELIMIT_STORE": "tests.test_checks.PerProcessLimiter"},
 ])
 def test_w020_per_process_limiter_with_several_processes(settings: Any,
                                                           config: dict[str, Any]) -> None:
     only(run(settings, **config), checks.Codes.RATELIMIT_STORE_PER_PROCESS)
+
+
+@pytest.mark.parametrize("store", ["database",
+                                   "resilience_crm.ratelimit.stores.database.DatabaseLimiterStore"])
+def test_e037_database_limiter_store_on_sqlite(settings: Any, store: str) -> None:
+    lite = {**connection.settings_dict, "ENGINE": "django.db.backends.sqlite3",
+            "NAME": ":memory:", "OPTIONS": {}}
+    with extra_database("lite", lite):
+        error = only(run(settings, **{"RATELIMIT_STORE": store, "DATABASE_ALIAS": "lite"}),
+                     checks.Codes.RATELIMIT_STORE_DATABASE_NOT_POSTGRESQL)
+        assert "'lite' the app's tables live on is SQLite" in error.msg
+        # auto never picks it there.
+        assert checks.Codes.RATELIMIT_STORE_DATABASE_NOT_POSTGRESQL not in ids(
+            run(settings, **{"DATABASE_ALIAS": "lite"}))
+
+
+def test_e037_not_on_postgresql(settings: Any) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("the test database is not PostgreSQL")
+    assert checks.Codes.RATELIMIT_STORE_DATABASE_NOT_POSTGRESQL not in ids(
+        run(settings, **{"RATELIMIT_STORE": "database"}))
+
+
+@pytest.mark.parametrize("value", [0, -1, 31, True, "0.5", float("nan"), None])
+def test_e038_ratelimit_store_timeout_invalid(settings: Any, value: Any) -> None:
+    only(run(settings, **{"RATELIMIT_STORE_TIMEOUT": value}),
+         checks.Codes.RATELIMIT_STORE_TIMEOUT_INVALID)
+
+
+def test_w020_with_auto_exactly_when_no_store_is_shared(settings: Any) -> None:
+    """``auto`` without Redis keeps the limits in PostgreSQL, shared by every process; on
+    another database, in each process: the warning says so exactly then."""
+    messages = ids(run(settings, **{"EXPECTED_PROCESSES": 4}))
+    per_process = connection.vendor != "postgresql"
+    assert (checks.Codes.RATELIMIT_STORE_PER_PROCESS in messages) is per_process
 
 
 def test_w020_not_with_one_process(settings: Any) -> None:

@@ -228,11 +228,11 @@ def test_cleanup_refuses_a_retention_below_one_day():
 
 
 @pytest.mark.parametrize("command", ["resilience_status", "resilience_cleanup",
-                                     "resilience_replay", "seed_demo"])
+                                     "resilience_replay", "resilience_limits", "seed_demo"])
 def test_every_command_says_first_which_database_and_store(command, settings):
     out = io.StringIO()
-    args = (["--no-progress", "--contacts", "0", "--conversations", "0"]
-            if command == "seed_demo" else [])
+    args = {"seed_demo": ["--no-progress", "--contacts", "0", "--conversations", "0"],
+            "resilience_limits": ["203.0.113.5"]}.get(command, [])
     with contextlib.suppress(CommandError, SystemExit):
         call_command(command, *args, stdout=out)
     db = settings.DATABASES["default"]

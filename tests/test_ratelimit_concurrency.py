@@ -2,7 +2,8 @@
 (4 workers x 8 threads) at 100/day admit exactly 100; after an admin tier change, the same
 with a ``pro`` user at the pro limit, on every worker within one second. Daily rates: a
 storm refills one request in 14 minutes or more, longer than it takes on any machine, so
-only the limit decides what is admitted."""
+only the limit decides what is admitted. The same storm, with Redis absent from the
+settings, on the database limiter store."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from django.db import connection
 from rest_framework.authtoken.models import Token
 
 from resilience_crm.models import Tier
+from resilience_crm.ratelimit.stores.database import DatabaseLimiterStore
 from tests.gunicorn_server import get, gunicorn
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
@@ -82,3 +84,23 @@ def test_exactly_the_limit_is_admitted_then_the_pro_limit_after_an_admin_change(
     # The promise under test: within one second every worker applies the change.
     time.sleep(max(0.0, 1.0 - (time.monotonic() - changed)))
     assert storm(server, pro_token) == Counter({200: 150, 429: 490})
+
+
+@pytest.fixture
+def server_without_redis(postgres, transactional_db):
+    """Gunicorn whose settings have no Redis at all: ``auto`` keeps the limits in PostgreSQL
+    (the database limiter store)."""
+    Tier.objects.update_or_create(name="free", defaults={"limits": {"read": "100/day"}})
+    DatabaseLimiterStore().clear()
+    name = connection.settings_dict["NAME"]
+    with gunicorn("tests.gunicorn_settings_database", env={"RCRM_TEST_DATABASE": name}) as port:
+        yield port
+    DatabaseLimiterStore().clear()
+
+
+def test_exactly_the_limit_is_admitted_with_the_limits_in_postgresql(
+        server_without_redis, django_user_model) -> None:
+    for trial in range(2):
+        _, token = user_token(django_user_model, f"pg-user-{trial}")
+        assert storm(server_without_redis, token) == Counter({200: 100, 429: 540}), (
+            f"trial {trial}")

@@ -1,5 +1,6 @@
-"""The limiter stores: ``gcra.lua`` in a real Redis decides exactly like ``gcra.evaluate``,
-the in-process store too, and Redis keys are small and expire once their bucket is full."""
+"""The limiter stores: ``gcra.lua`` in a real Redis and ``resilience_crm_gcra`` in a real
+PostgreSQL decide exactly like ``gcra.evaluate``, the in-process store too, and Redis keys are
+small and expire once their bucket is full."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from resilience_crm.exceptions import StoreUnavailable
 from resilience_crm.ratelimit import gcra
 from resilience_crm.ratelimit.gcra import US, Limit
+from resilience_crm.ratelimit.stores.database import DatabaseLimiterStore
 from resilience_crm.ratelimit.stores.memory import MemoryLimiterStore
 from resilience_crm.ratelimit.stores.redis import RedisLimiterStore
 from tests.clock import Clock
@@ -30,6 +32,20 @@ def store(redis_cache: Any) -> RedisLimiterStore:
     return RedisLimiterStore("redis")
 
 
+@pytest.fixture(params=["redis", pytest.param("database", marks=pytest.mark.postgres)])
+def shared_store(request: Any) -> Any:
+    """Each shared store, with a way to read the TATs it keeps."""
+    if request.param == "redis":
+        redis = request.getfixturevalue("store")
+        return redis, lambda limits: [
+            None if (tat := redis.client.get(limit.key)) is None else int(tat)
+            for limit in limits]
+    request.getfixturevalue("postgres")
+    request.getfixturevalue("db")
+    database = DatabaseLimiterStore()
+    return database, lambda limits: database.inspect(limits).tats
+
+
 def limits_of(store: Any, specs: list[tuple[int, int, bool]], principal: str) -> list[Limit]:
     return [Limit(store.key(principal, f"t:read:{i}"), f"p{i}", n, t, shadow=s)
             for i, (n, t, s) in enumerate(specs)]
@@ -43,7 +59,8 @@ def limits_of(store: Any, specs: list[tuple[int, int, bool]], principal: str) ->
     steps=st.lists(st.tuples(st.integers(0, 20 * US), st.integers(1, 3)), min_size=1,
                    max_size=25),
 )
-def test_lua_decides_exactly_like_python(store, specs, steps) -> None:
+def test_lua_and_sql_decide_exactly_like_python(shared_store, specs, steps) -> None:
+    store, stored_tats = shared_store
     principal = uuid.uuid4().hex
     limits = limits_of(store, specs, principal)
     tats: list[int | None] = [None] * len(limits)
@@ -54,8 +71,7 @@ def test_lua_decides_exactly_like_python(store, specs, steps) -> None:
         allowed, outcomes = store.evaluate(limits, cost, now_us=now)
         assert (allowed, outcomes) == (expected_allowed, expected)
         tats = [t if t is not None else old for t, old in zip(new, tats, strict=True)]
-        stored = [store.client.get(limit.key) for limit in limits]
-        assert [int(s) if s is not None else None for s in stored] == tats
+        assert stored_tats(limits) == tats
 
 
 def test_memory_store_runs_the_same_arithmetic() -> None:

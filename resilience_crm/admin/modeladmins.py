@@ -25,7 +25,7 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
 import resilience_crm.admin.actions as circuit_actions
@@ -35,6 +35,7 @@ import resilience_crm.admin.incidents as incidents
 from resilience_crm.admin.badges import STATE_COLOURS, state_badge
 from resilience_crm.breakers import machine, registry
 from resilience_crm.conf import settings
+from resilience_crm.exceptions import StoreUnavailable
 from resilience_crm.models import (
     Circuit,
     CircuitEvent,
@@ -42,6 +43,8 @@ from resilience_crm.models import (
     Tier,
     TierAssignment,
 )
+from resilience_crm.ratelimit import principals
+from resilience_crm.ratelimit.standing import standing
 
 logger = logging.getLogger("resilience_crm.admin.modeladmins")
 
@@ -361,3 +364,24 @@ class TierAssignmentAdmin(admin.ModelAdmin):
     list_select_related = ["user", "tier"]
     raw_id_fields = ["user"]
     search_fields = ["user__username", "user__email"]
+    readonly_fields = ["limits_now"]
+
+    @admin.display(description="Limits now")
+    def limits_now(self, obj: TierAssignment) -> str:
+        """Why is this user limited? Each policy as the limiter's store has it now (the
+        saved assignment's; edits apply once saved), as ``resilience_limits`` shows it."""
+        if obj.pk is None:
+            return "-"
+        try:
+            policies = standing(principals.of_user(obj.user))
+        except StoreUnavailable as err:
+            return f"The rate-limit store cannot be reached: {err.__cause__ or err}"
+        if not policies:
+            return "No limits apply."
+        rows = format_html_join("", "<tr><td>{}</td><td>{}/{}s</td><td>{}</td><td>{}s</td>"
+                                "<td>{}</td></tr>", (
+            (p.policy, p.limit, f"{p.window:g}", p.remaining, f"{p.reset:.1f}",
+             (p.last_refusal.isoformat(timespec="seconds") if p.last_refusal else "none")
+             if p.recorded else "not recorded by this store") for p in policies))
+        return format_html("<table><tr><th>policy</th><th>limit</th><th>remaining</th>"
+                           "<th>reset in</th><th>last refusal</th></tr>{}</table>", rows)

@@ -10,6 +10,7 @@ from typing import Any
 
 from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Tags
+from django.db import connections
 from django.utils.module_loading import import_string
 
 import resilience_crm.ratelimit.limiter as limiter
@@ -29,6 +30,9 @@ from resilience_crm.checks import (
 )
 from resilience_crm.ratelimit.rates import UNKNOWN_OP_CLASS, limits_errors, parse_rate
 from resilience_crm.ratelimit.stores.base import BaseLimiterStore
+
+#: Seconds: a longer wait on the database limiter store would hold requests, not protect them.
+MAX_STORE_TIMEOUT = 30
 
 MESSAGES = table({
     "LIMITS_SHAPE": Check(
@@ -70,7 +74,7 @@ MESSAGES = table({
             "limiter store class ({reason})."
         ),
         (
-            'Use "auto", "redis", "memory", or the dotted path of a subclass of '
+            'Use "auto", "redis", "database", "memory", or the dotted path of a subclass of '
             "resilience_crm.ratelimit.stores.base.BaseLimiterStore."
         ),
     ),
@@ -111,6 +115,23 @@ MESSAGES = table({
         "resilience_crm.E036",
         "{path} must be a whole number of at least 1, not {value!r}.",
         "Count the worker processes across every server; 1 if unsure.",
+    ),
+    "RATELIMIT_STORE_DATABASE_NOT_POSTGRESQL": Check(
+        "resilience_crm.E037",
+        (
+            "{path} selects the database limiter store, but the database {alias!r} the app's "
+            "tables live on is {vendor}, not PostgreSQL: the store needs the function and the "
+            "table migration 0007 installs there."
+        ),
+        (
+            'Use RATELIMIT_STORE "auto" (Redis with a django-redis cache, else memory here), '
+            '"redis", or "memory" with EXPECTED_PROCESSES 1.'
+        ),
+    ),
+    "RATELIMIT_STORE_TIMEOUT_INVALID": Check(
+        "resilience_crm.E038",
+        "{path} must be a number of seconds above 0 and at most 30, not {value!r}.",
+        "0.5 is the default: a decision waits at most that long for the database.",
     ),
     "RATELIMIT_STORE_PER_PROCESS": Check(
         "resilience_crm.W020",
@@ -286,8 +307,19 @@ def check_ratelimit_store(config: dict[str, Any]) -> list[CheckMessage]:
     alias = config["CACHE_ALIAS"]
     if not isinstance(alias, str) or alias not in django_settings.CACHES:
         return []  # E011
+    timeout = config["RATELIMIT_STORE_TIMEOUT"]
+    if not is_number(timeout) or not 0 < timeout <= MAX_STORE_TIMEOUT:
+        errors.append(CHECKS["RATELIMIT_STORE_TIMEOUT_INVALID"](
+            path=setting_path("RATELIMIT_STORE_TIMEOUT"), value=timeout,
+        ))
     path = limiter.store_path()
     cls = import_string(path)
+    database = limiter.database_alias()
+    if getattr(cls, "needs_postgresql", False) and connections[database].vendor != "postgresql":
+        errors.append(CHECKS["RATELIMIT_STORE_DATABASE_NOT_POSTGRESQL"](
+            path=setting_path("RATELIMIT_STORE"), alias=database,
+            vendor=connections[database].display_name,
+        ))
     if path == limiter.STORE_ALIASES["redis"] and not conf.cache_is_redis(alias):
         errors.append(CHECKS["RATELIMIT_STORE_REDIS_WITHOUT_REDIS_CACHE"](
             path=setting_path("RATELIMIT_STORE"), alias=alias, backend=conf.cache_backend(alias),

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
@@ -44,13 +45,17 @@ logger = logging.getLogger("resilience_crm.ratelimit.limiter")
 
 STORE_ALIASES = {
     "redis": "resilience_crm.ratelimit.stores.redis.RedisLimiterStore",
+    "database": "resilience_crm.ratelimit.stores.database.DatabaseLimiterStore",
     "memory": "resilience_crm.ratelimit.stores.memory.MemoryLimiterStore",
 }
+#: Seconds between two sweeps of the store's expired keys (see :func:`sweep`).
+SWEEP_EVERY = 60.0
 
 _lock = threading.Lock()
 _store: BaseLimiterStore | None = None
 _fallback = MemoryLimiterStore()
 _store_down_until = 0.0
+_swept_at: float | None = None
 #: Limits built per principal, op class, endpoint and factor, with the rates they were
 #: built from (settings changes forget them all).
 _plans: dict[tuple[Any, ...], tuple[Any, tuple[Limit, ...]]] = {}
@@ -60,21 +65,44 @@ MAX_PLANS = 50_000
 _counters: dict[tuple[str, str, str], tuple[metrics.Key, metrics.Key]] = {}
 
 
+def database_alias() -> str:
+    """The alias of the database the app's tables (the database store's included) live on;
+    the default one while ``DATABASE_ALIAS`` names none that exists (check E012)."""
+    alias = settings.DATABASE_ALIAS
+    return alias if isinstance(alias, str) and alias in connections.settings else (
+        DEFAULT_DB_ALIAS)
+
+
 def store_path() -> str:
-    """The dotted path of the limiter store ``RATELIMIT_STORE`` selects."""
+    """The dotted path of the limiter store ``RATELIMIT_STORE`` selects: for ``"auto"``,
+    Redis when ``CACHE_ALIAS`` is a django-redis cache, else the database on PostgreSQL,
+    else memory."""
     store = settings.RATELIMIT_STORE
     if store == "auto":
-        store = "redis" if cache_is_redis(settings.CACHE_ALIAS) else "memory"
+        if cache_is_redis(settings.CACHE_ALIAS):
+            store = "redis"
+        elif connections[database_alias()].vendor == "postgresql":
+            store = "database"
+        else:
+            store = "memory"
     return STORE_ALIASES.get(store, store)
 
 
 def get_store() -> BaseLimiterStore:
-    """The limiter store, built once per process."""
+    """The limiter store, built once per process (and again after settings change), which
+    it says in the log as it is built."""
     global _store
     if _store is None:
         with _lock:
             if _store is None:
                 _store = import_string(store_path())()
+                logger.info("Rate limits are kept by %s (RATELIMIT_STORE %r).",
+                            type(_store).__name__, settings.RATELIMIT_STORE)
+    return _store
+
+
+def built_store() -> BaseLimiterStore | None:
+    """The store this process uses, if it has built (or been given) one yet."""
     return _store
 
 
@@ -90,12 +118,31 @@ def set_store(store: BaseLimiterStore | None) -> None:
 
 def clear() -> None:
     """Forget the store, the fallback counts and the outage; the next use rebuilds them."""
-    global _store, _fallback, _store_down_until
+    global _store, _fallback, _store_down_until, _swept_at
     with _lock:
         _store = None
         _fallback = MemoryLimiterStore()
         _store_down_until = 0.0
+        _swept_at = None
         _plans.clear()
+
+
+def sweep() -> int:
+    """The background flusher's task: at most every ``SWEEP_EVERY`` seconds, let the store
+    this process decides with forget keys whose bucket is full again (a bounded batch; Redis
+    and memory expire theirs by themselves). A process that has not decided anything yet
+    sweeps nothing. An unreachable store is left for the next time; never raises for it."""
+    global _swept_at
+    now = time.monotonic()
+    store = _store
+    if store is None or _swept_at is not None and now - _swept_at < SWEEP_EVERY:
+        return 0
+    _swept_at = now
+    try:
+        return store.sweep()
+    except StoreUnavailable as err:
+        logger.info("Rate-limit store sweep skipped: %s", err.__cause__ or err)
+        return 0
 
 
 @functools.lru_cache(maxsize=1024)

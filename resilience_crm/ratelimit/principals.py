@@ -48,10 +48,16 @@ def client_ip(request: HttpRequest, trusted_proxies: int | None = None) -> str:
                      str(request.META.get("HTTP_X_FORWARDED_FOR", "")).split(",") if part.strip()]
         chain = [*forwarded, remote]
         chosen = chain[max(0, len(chain) - 1 - trusted)]
+    return grouped_address(chosen) or remote or "unknown"
+
+
+def grouped_address(text: str) -> str | None:
+    """The bucket name of an address as the limiter groups addresses (IPv4-mapped IPv6 as
+    IPv4, other IPv6 by its /64), or ``None`` when ``text`` is not an address."""
     try:
-        address = ipaddress.ip_address(chosen)
+        address = ipaddress.ip_address(text)
     except ValueError:
-        return remote or "unknown"
+        return None
     if isinstance(address, ipaddress.IPv6Address):
         ipv4 = address.ipv4_mapped or address.sixtofour
         if ipv4 is None:
@@ -92,13 +98,25 @@ def principal(request: HttpRequest) -> Principal:
     chosen = options.resolver(request) if options.resolver else None
     user = getattr(request, "user", None)
     if user is not None and user.is_authenticated:
-        exempt = (options.exempt_staff and user.is_staff) or bool(
-            options.exempt_permission and _has_permission(user, options.exempt_permission))
-        pk = user.pk
-        assigned, overrides = tiers.assignment(pk)
-        tier = chosen or assigned or options.default_tier
-        return Principal(key=f"u:{pk}", tier=tier, exempt=exempt, overrides=overrides)
-    return Principal(key=f"ip:{client_ip(request)}", tier=chosen or options.anonymous_tier)
+        return of_user(user, chosen)
+    return of_address(client_ip(request), chosen)
+
+
+def of_user(user: Any, tier: str | None = None) -> Principal:
+    """The :class:`Principal` of an authenticated ``user``; ``tier`` as ``TIER_RESOLVER``
+    chose it, if it did."""
+    options = _options or _read_options()
+    exempt = (options.exempt_staff and user.is_staff) or bool(
+        options.exempt_permission and _has_permission(user, options.exempt_permission))
+    assigned, overrides = tiers.assignment(user.pk)
+    return Principal(key=f"u:{user.pk}", tier=tier or assigned or options.default_tier,
+                     exempt=exempt, overrides=overrides)
+
+
+def of_address(address: str, tier: str | None = None) -> Principal:
+    """The :class:`Principal` of anonymous clients from ``address`` (as grouped)."""
+    options = _options or _read_options()
+    return Principal(key=f"ip:{address}", tier=tier or options.anonymous_tier)
 
 
 def forget() -> None:

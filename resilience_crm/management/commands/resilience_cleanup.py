@@ -4,14 +4,16 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
+import resilience_crm.ratelimit.limiter as limiter
 from resilience_crm.conf import settings
+from resilience_crm.exceptions import StoreUnavailable
 from resilience_crm.management import where
 from resilience_crm.models import CircuitEvent, CircuitMetric, SpoolReceipt
 
 
 class Command(BaseCommand):
     help = ("Delete circuit events, metric buckets and spool receipts older than "
-            "METRICS_RETENTION_DAYS.")
+            "METRICS_RETENTION_DAYS, and the database limiter store's full buckets.")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--days", type=int, default=None,
@@ -34,3 +36,12 @@ class Command(BaseCommand):
         for label, queryset in old.items():
             count = queryset.count() if options["dry_run"] else queryset.delete()[0]
             self.stdout.write(f"{verb} {count} {label} older than {days} days.")
+        if options["dry_run"]:
+            return
+        try:  # bounded per call, as the background flusher's sweep
+            swept = limiter.get_store().sweep()
+        except StoreUnavailable as err:
+            self.stderr.write(f"The rate-limit store was not swept: {err.__cause__ or err}")
+            return
+        if swept:
+            self.stdout.write(f"Deleted {swept} rate-limit buckets that are full again.")

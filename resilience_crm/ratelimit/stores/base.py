@@ -14,6 +14,8 @@ class BaseLimiterStore(ABC):
 
     #: Whether every process sees the same counts (False for the in-process store).
     shared = True
+    #: Whether :meth:`refusals` knows when each limit last refused.
+    records_refusals = False
 
     def key(self, principal: str, suffix: str) -> str:
         """The key of one limit of ``principal``: the principal is a hash tag, so every key
@@ -38,3 +40,14 @@ class BaseLimiterStore(ABC):
         ``NotImplementedError``: set ``AUTH_FAILURES`` to ``None`` with them.
         """
         raise NotImplementedError(f"{type(self).__name__} cannot peek at its limits.")
+
+    def refusals(self, limits: Sequence[Limit]) -> list[int | None]:
+        """When each limit last refused a request (microseconds since the epoch), ``None``
+        where unknown: for operators (``resilience_limits``). Stores that keep no record
+        answer ``None`` for every limit."""
+        return [None] * len(limits)
+
+    def sweep(self) -> int:
+        """Forget keys whose bucket is full again, a bounded amount per call; how many went.
+        Stores whose keys expire by themselves have nothing to do."""
+        return 0

@@ -1,6 +1,7 @@
 -- GCRA over every limit of one request, all or none: a port of resilience_crm.gcra.evaluate.
 --
--- KEYS[i]       the TAT key of limit i (one whole number of microseconds, or absent)
+-- KEYS[i]       the TAT key of limit i (one whole number of microseconds, or absent), i <= n
+-- KEYS[n + i]   where limit i keeps when it last refused a request (microseconds), for a day
 -- ARGV[1]       now in microseconds, or "" for the Redis server's clock (TIME)
 -- ARGV[2]       cost (whole number of requests)
 -- ARGV[3i..3i+2] limit i: interval and tolerance (microseconds), then "1" if it is in shadow
@@ -19,7 +20,7 @@ else
   now = tonumber(ARGV[1])
 end
 local cost = tonumber(ARGV[2])
-local n = #KEYS
+local n = #KEYS / 2
 
 local tats = {}
 local allowed = 1
@@ -43,6 +44,9 @@ for i = 1, n do
     reply[at + 1], reply[at + 2], reply[at + 3], reply[at + 4] =
       0, math.max(0, math.floor((tolerance - (tat - now)) / interval)), tat - now,
       new_tat - now - tolerance
+    if ARGV[i * 3 + 2] == "0" then
+      redis.call("SET", KEYS[n + i], string.format("%d", now), "PX", 86400000)
+    end
   elseif allowed == 1 then
     -- string.format: the TAT is stored as digits, which Redis keeps as a compact integer.
     redis.call("SET", KEYS[i], string.format("%d", new_tat), "PX",

@@ -25,6 +25,7 @@ SCRIPT = LuaScript(Path(__file__).with_name("gcra.lua").read_text(encoding="utf-
 
 class RedisLimiterStore(BaseLimiterStore):
     shared = True
+    records_refusals = True
 
     def __init__(self, alias: str | None = None) -> None:
         self.alias = alias or settings.CACHE_ALIAS
@@ -40,7 +41,8 @@ class RedisLimiterStore(BaseLimiterStore):
         for limit in limits:
             args += (limit.interval_us, limit.tolerance_us, 1 if limit.shadow else 0)
         try:
-            values = SCRIPT(self.client, [limit.key for limit in limits], args)
+            keys = [limit.key for limit in limits]
+            values = SCRIPT(self.client, keys + [f"{key}:r" for key in keys], args)
             outcomes = [Outcome(values[i] == 1, values[i + 1], values[i + 2], values[i + 3])
                         for i in range(1, 4 * len(limits), 4)]
             allowed = values[0] == 1
@@ -48,6 +50,14 @@ class RedisLimiterStore(BaseLimiterStore):
             # Unreachable, an error reply, or a reply that is not the script's.
             raise StoreUnavailable("The rate-limit store is unreachable.") from err
         return allowed, outcomes
+
+    def refusals(self, limits: Sequence[Limit]) -> list[int | None]:
+        """When each limit last refused (kept a day by ``gcra.lua``)."""
+        try:
+            stored = self.client.mget([f"{limit.key}:r" for limit in limits])
+            return [None if value is None else int(value) for value in stored]
+        except (*REDIS_DOWN, TypeError, ValueError) as err:
+            raise StoreUnavailable("The rate-limit store is unreachable.") from err
 
     def peek(self, limits: Sequence[Limit], cost: int = 1,
              now_us: int | None = None) -> tuple[bool, list[Outcome]]:
