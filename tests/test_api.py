@@ -68,6 +68,7 @@ def test_a_create_with_an_idempotency_key_applies_once(api):
     assert first.status_code == 201 and first.json()["name"] == "Ada"
     again = api.post("/api/contacts/", payload, format="json", HTTP_IDEMPOTENCY_KEY="abc")
     assert again.status_code == 201 and again.json() == first.json()
+    assert "Idempotent-Replayed" not in first and again["Idempotent-Replayed"] == "true"
     assert Contact.objects.count() == 1
     other = api.post("/api/contacts/", {**payload, "name": "Eve"}, format="json",
                      HTTP_IDEMPOTENCY_KEY="abc")
@@ -144,6 +145,10 @@ def test_a_create_during_an_outage_is_queued_and_applied_after_it(api):
                         format="json", HTTP_IDEMPOTENCY_KEY="k-1")
     assert response.status_code == 202
     assert response.json() == {"status": "queued", "idempotency_key": "k-1"}
+    assert "Idempotent-Replayed" not in response
+    repeat = api.post("/api/contacts/", {"name": "Ada", "email": "ada@example.com"},
+                      format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    assert repeat.status_code == 202 and repeat["Idempotent-Replayed"] == "true"
     assert not Contact.objects.exists()
     get_breaker("crm.write").force("forced_closed", reason="database back")
     assert queue.replay().applied == 1
@@ -151,6 +156,7 @@ def test_a_create_during_an_outage_is_queued_and_applied_after_it(api):
     again = api.post("/api/contacts/", {"name": "Ada", "email": "ada@example.com"},
                      format="json", HTTP_IDEMPOTENCY_KEY="k-1")
     assert again.status_code == 201 and Contact.objects.count() == 1
+    assert again["Idempotent-Replayed"] == "true" and again.json()["name"] == "Ada"
 
 
 @pytest.mark.parametrize("database", ["up", "down"])

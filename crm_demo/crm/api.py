@@ -22,7 +22,7 @@ from rest_framework.views import APIView
 
 from crm_demo.crm import filters
 from crm_demo.crm.models import Agent, Contact, Conversation, Message, Platform
-from crm_demo.crm.schema import IDEMPOTENCY_KEY, idempotency_key
+from crm_demo.crm.schema import IDEMPOTENCY_KEY, REPLAYED_HEADER, idempotency_key
 from crm_demo.crm.serializers import (
     AgentSerializer,
     ContactSerializer,
@@ -93,11 +93,14 @@ class ProtectedViewSet(FallbackHeadersMixin, viewsets.GenericViewSet):
         key = idempotency_key(request)
         receipt = protected.submit(handler, payload, entity=entity,
                                    idempotency_key=f"{request.user.pk}:{handler}:{key}")
+        # A repeat gives the first answer back, and says so (the repeat is a request like
+        # any other: it spends the client's write budget).
+        replayed = {REPLAYED_HEADER: "true"} if receipt.replayed else {}
         if receipt.queued:
             return Response({"status": "queued", "idempotency_key": key},
-                            status=status.HTTP_202_ACCEPTED)
+                            status=status.HTTP_202_ACCEPTED, headers=replayed)
         return Response(receipt.result, status=status.HTTP_201_CREATED,
-                        headers={"Idempotency-Key": key})
+                        headers={"Idempotency-Key": key, **replayed})
 
     def update(self, request: Request, pk: str, partial: bool = False) -> Response:
         serializer = self.get_serializer(data=request.data, partial=partial)

@@ -128,7 +128,14 @@ HEADERS: dict[str, dict[str, Any]] = {
                            " the replica was behind its primary."},
     "Idempotency-Key": {"schema": _STRING,
                         "description": "The key this create was applied under."},
+    "Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]},
+                            "description": "This answer is the first one given back: an"
+                                           " earlier create with this Idempotency-Key did"
+                                           " the work."},
 }
+
+#: The header of a create's repeated answer.
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 RATE_LIMIT_HEADERS = ("RateLimit-Policy", "RateLimit", "X-RateLimit-Limit",
                       "X-RateLimit-Remaining", "X-RateLimit-Reset")
@@ -222,7 +229,7 @@ RESPONSES: dict[str, dict[str, Any]] = {
                                             circuit="crm.read"),)),
     "Queued": _response("Accepted: the database is unavailable and the create is queued;"
                         " it is applied exactly once when it is back.", "QueuedWrite", JSON,
-                        headers=RATE_LIMIT_HEADERS),
+                        headers=(*RATE_LIMIT_HEADERS, "Idempotent-Replayed")),
     "IdempotencyInFlight": _response("A create with this Idempotency-Key is still being"
                                      " applied (IDEMPOTENCY_IN_FLIGHT).", "Problem",
                                      examples=(_example(409, "IDEMPOTENCY_IN_FLIGHT",
@@ -307,7 +314,7 @@ def document_resilience(result: dict[str, Any], generator: Any, request: Any, pu
                 if method == "get" and code == "200":
                     names += FALLBACK_HEADERS
                 if _is_create(operation) and code == "201":
-                    names += ("Idempotency-Key",)
+                    names += ("Idempotency-Key", REPLAYED_HEADER)
                 for name in names:
                     headers.setdefault(name, _ref("headers", name))
     return result

@@ -50,11 +50,13 @@ APPLIED, QUEUED = "applied", "queued"
 @dataclass(frozen=True)
 class Receipt:
     """What ``submit`` did: ``status`` is ``"applied"`` (``result`` holds the handler's
-    return value) or ``"queued"``."""
+    return value) or ``"queued"``; ``replayed`` when an earlier submit with this key did it
+    and this one only gives its answer back (an API marks it ``Idempotent-Replayed: true``)."""
 
     status: str
     idempotency_key: str
     result: Any = None
+    replayed: bool = False
 
     @property
     def queued(self) -> bool:
@@ -95,7 +97,7 @@ def submit(provider: Provider, name: str, payload: Any, *, idempotency_key: str,
     if queued_hash is not None:
         if queued_hash != digest:
             raise IdempotencyConflict()
-        return Receipt(QUEUED, idempotency_key)  # the same write, still waiting in Redis
+        return Receipt(QUEUED, idempotency_key, replayed=True)  # the same, waiting in Redis
     try:
         result = provider.write(
             found.key, partial(found.fn, payload), circuit=found.circuit, using=found.using,
@@ -146,9 +148,9 @@ def _recorded(provider: Provider, found: handlers.Handler, key: str,
     if payload_hash != digest:
         raise IdempotencyConflict()
     if state == QueuedWrite.State.APPLIED:
-        return Receipt(APPLIED, key, result)
+        return Receipt(APPLIED, key, result, replayed=True)
     if state == QueuedWrite.State.PENDING:
-        return Receipt(QUEUED, key)  # the same write, waiting in the table
+        return Receipt(QUEUED, key, replayed=True)  # the same write, waiting in the table
     raise IdempotencyInFlight()  # being applied, or failed: see the admin
 
 
@@ -163,4 +165,4 @@ def enqueue(name: str, payload: Any, *, idempotency_key: str, entity: str = "",
                              entity=entity, digest=digest)
     if previous is not None and previous != digest:
         raise IdempotencyConflict()
-    return Receipt(QUEUED, idempotency_key)
+    return Receipt(QUEUED, idempotency_key, replayed=previous is not None)
