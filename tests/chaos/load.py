@@ -15,7 +15,7 @@ import itertools
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,7 +92,7 @@ class Record:
     updates: list[Update] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, answer: Answer, writes: list[Write] = (),  # type: ignore[assignment]
+    def add(self, answer: Answer, writes: Iterable[Write] = (),
             update: Update | None = None) -> None:
         with self.lock:
             self.answers.append(answer)

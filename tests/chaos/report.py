@@ -121,8 +121,9 @@ def describe(outcome: Outcome) -> list[str]:
         f"{seconds(outcome.last_fallback_after)} after it",
         f"writes     acknowledged {writes.acknowledged}, applied {writes.applied}, duplicated "
         f"{writes.duplicated}, lost {writes.lost} (unacknowledged yet applied "
-        f"{writes.unacknowledged_applied}; replayed by "
-        f"{'manage.py resilience_replay' if outcome.replayed_by_operator else 'the workers'})",
+        f"{writes.unacknowledged_applied}; "
+        + (f"{outcome.left_for_operator} left for manage.py resilience_replay"
+           if outcome.left_for_operator else "all replayed by the workers") + ")",
         f"alerts     {len(alerts.incidents)} incidents, {len(alerts.opened)} open alerts, "
         f"{alerts.recovered} recovery alerts, {alerts.local} local, {alerts.rules} rule alerts, "
         f"{len(alerts.other)} other "
@@ -142,10 +143,18 @@ def describe(outcome: Outcome) -> list[str]:
 def summary(outcomes: list[Outcome]) -> list[str]:
     """One Markdown table row per scenario: each target's measure and verdict."""
     names = [t.name for t in targets(outcomes[0])] if outcomes else []
-    lines = ["| scenario | " + " | ".join(names) + " |",
-             "|---|" + "---|" * len(names)]
+    figures = ["stale reads", "p50 / p99", "opened after", "writes acknowledged",
+               "left for replay"]
+    lines = ["| scenario | " + " | ".join(figures + names) + " |",
+             "|---|" + "---|" * (len(figures) + len(names))]
     for outcome in outcomes:
-        cells = [f"{t.measured} {'PASS' if t.ok else 'FAIL'}" for t in targets(outcome)]
+        served = [a for a in reads(outcome.record.answers) if 200 <= a.status < 300]
+        latencies = [a.seconds for a in outcome.record.answers if a.status]
+        cells = [f"{sum(1 for a in served if a.label != 'fresh') / max(1, len(served)):.1%}",
+                 f"{seconds(percentile(latencies, 0.5))} / {seconds(percentile(latencies, 0.99))}",
+                 seconds(outcome.opened_after), str(outcome.writes.acknowledged),
+                 str(outcome.left_for_operator)]
+        cells += [f"{t.measured} {'PASS' if t.ok else 'FAIL'}" for t in targets(outcome)]
         lines.append(f"| {outcome.scenario.name} | " + " | ".join(cells) + " |")
     return lines
 

@@ -62,7 +62,7 @@ class Outcome:
     last_fallback_after: float | None  # seconds from the restore to the last read not fresh
     writes: audit.Writes
     alerts: audit.Alerts
-    replayed_by_operator: bool
+    left_for_operator: int  # acknowledged writes the workers had not applied in PATIENCE
     killed: int
     transitions: list[tuple[float, str, str]] = field(default_factory=list)
 
@@ -206,28 +206,29 @@ class Stage:
             restored_at = time.monotonic()
             time.sleep(TAIL)
             load.stop()
-        writes, replayed = self._writes(record, prefix)
+        writes, left = self._writes(record, prefix)
         alerts = self._alerts(events_before, generations)
         return Outcome(scenario, record, fault_at, restored_at,
                        opened_after(watcher.changes, fault_at),
                        recovered_after(watcher.changes, restored_at),
                        last_fallback_after(record, restored_at),
-                       writes, alerts, replayed, len(killer.killed), watcher.changes)
+                       writes, alerts, left, len(killer.killed), watcher.changes)
 
     # After it ----------------------------------------------------------------------------
 
-    def _writes(self, record: Record, prefix: str) -> tuple[audit.Writes, bool]:
+    def _writes(self, record: Record, prefix: str) -> tuple[audit.Writes, int]:
         """The writes once every queued one has been replayed: by the workers when their
-        write circuit closed, or, past PATIENCE, by ``manage.py resilience_replay``."""
+        write circuit closed, or, past PATIENCE, by ``manage.py resilience_replay`` (with the
+        number it was left)."""
         deadline = time.monotonic() + PATIENCE
         while (found := audit.writes(record, prefix)).lost and time.monotonic() < deadline:
             time.sleep(0.5)  # polling for the replay
         if not found.lost:
-            return found, False
+            return found, 0
         subprocess.run([sys.executable, "manage.py", "resilience_replay"], cwd=ROOT,
                        timeout=120, env={**os.environ, **self.env}, capture_output=True,
                        check=False)
-        return audit.writes(record, prefix), True
+        return audit.writes(record, prefix), found.lost
 
     def _alerts(self, events_before: int, generations: dict[str, int]) -> audit.Alerts:
         """The alerts, once one has arrived for each incident in the audit trail (both are
