@@ -49,5 +49,10 @@ bench: venv
 	$(BIN)/python bench/provider.py
 	$(BIN)/python bench/write_path.py
 
+# The demo under load while PostgreSQL, Redis and workers fail (docs/operations.md).
+.PHONY: chaos
+chaos: venv
+	$(BIN)/python bench/chaos.py $(CHAOS_ARGS)
+
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache

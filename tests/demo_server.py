@@ -10,7 +10,7 @@ from typing import Any
 
 from crm_demo.crm import client
 from crm_demo.crm.client import Reply
-from tests.gunicorn_server import gunicorn
+from tests.gunicorn_server import gunicorn_master
 
 #: The workers' settings module (also what a ``manage.py`` beside them needs).
 SETTINGS = "tests.server_settings"
@@ -19,6 +19,7 @@ SETTINGS = "tests.server_settings"
 @dataclass(frozen=True)
 class Server:
     port: int
+    master: int = 0  # gunicorn's master process (tests.gunicorn_server.worker_pids)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Reply:
         return client.request(self.port, method, path, **kwargs)
@@ -31,6 +32,6 @@ class Server:
 def serving(env: dict[str, str], workers: int = 3, dual_stack: bool = False) -> Iterator[Server]:
     """The demo served with ``env`` (``DATABASE_URL``, ``REDIS_URL``, ...), answering;
     on ``[::]`` with ``dual_stack``."""
-    with gunicorn(SETTINGS, workers=workers, threads=1, env=env,
-                  dual_stack=dual_stack) as port:
-        yield Server(port)
+    with gunicorn_master(SETTINGS, workers=workers, threads=1, env=env,
+                         dual_stack=dual_stack) as (port, master):
+        yield Server(port, master)

@@ -12,7 +12,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from crm_demo.crm import client
 from tests.waiting import wait_until
@@ -24,10 +24,18 @@ LIVE = "/resilience/health/live"
 
 
 @contextlib.contextmanager
-def gunicorn(settings_module: str, *, workers: int = 4, threads: int = 8,
-             env: dict[str, str] | None = None, ready_within: float = 60.0,
-            dual_stack: bool = False) -> Iterator[int]:
-    """Run ``crm_demo.wsgi`` under gunicorn with ``settings_module``; yields the port. With
+def gunicorn(settings_module: str, **options: Any) -> Iterator[int]:
+    """:func:`gunicorn_master`, yielding the port alone."""
+    with gunicorn_master(settings_module, **options) as (port, _):
+        yield port
+
+
+@contextlib.contextmanager
+def gunicorn_master(settings_module: str, *, workers: int = 4, threads: int = 8,
+                    env: dict[str, str] | None = None, ready_within: float = 60.0,
+                    dual_stack: bool = False) -> Iterator[tuple[int, int]]:
+    """Run ``crm_demo.wsgi`` under gunicorn with ``settings_module``; yields the port and
+    the master's process id (:func:`worker_pids` lists its workers). With
     ``threads=1`` the workers are sync ones, otherwise gthread. ``dual_stack`` listens on
     ``[::]`` for IPv6 and IPv4 alike, as ``--bind [::]:port`` does: IPv4 clients arrive as
     ``::ffff:a.b.c.d``. What gunicorn and the app log is kept: in the failure if it does not
@@ -53,7 +61,7 @@ def gunicorn(settings_module: str, *, workers: int = 4, threads: int = 8,
         listener.close()
         try:
             _wait_until_ready(port, process, log, ready_within)
-            yield port
+            yield port, process.pid
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
@@ -88,3 +96,16 @@ def _output(log: IO[bytes]) -> str:
 def get(port: int, path: str, headers: dict[str, str], method: str = "GET") -> int:
     """One request on a connection of its own; its status."""
     return client.request(port, method, path, headers=headers, timeout=60).status
+
+
+def worker_pids(master: int) -> list[int]:
+    """The process ids of gunicorn's workers now: the children of ``master`` (from /proc)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[1]) == master:  # fields: state, ppid, ...
+            pids.append(int(stat.parent.name))
+    return sorted(pids)

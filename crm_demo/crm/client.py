@@ -28,9 +28,10 @@ class Reply:
 
 def request(port: int, method: str, path: str, *, token: str = "", body: Any = None,
             headers: dict[str, str] | None = None, timeout: float = 30,
-            source: str = "") -> Reply:
+            source: str = "", raw: str | None = None) -> Reply:
     """One request to ``127.0.0.1:port`` on a connection of its own, from the local address
-    ``source`` if one is given (any of 127.0.0.0/8 is a distinct loopback client)."""
+    ``source`` if one is given (any of 127.0.0.0/8 is a distinct loopback client). ``body``
+    is sent as JSON; a ``raw`` body (a CSV, say: set its Content-Type) as it is."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout,
                                             source_address=(source, 0) if source else None)
     sent = {"Content-Type": "application/json", **(headers or {})}
@@ -38,15 +39,17 @@ def request(port: int, method: str, path: str, *, token: str = "", body: Any = N
         sent["Authorization"] = f"Token {token}"
     started = time.monotonic()
     try:
-        connection.request(method, path, json.dumps(body) if body is not None else None, sent)
+        payload = raw.encode() if raw is not None else (
+            json.dumps(body) if body is not None else None)
+        connection.request(method, path, payload, sent)
         response = connection.getresponse()
-        raw = response.read()
+        content = response.read()
         seconds = time.monotonic() - started
     finally:
         connection.close()
     try:
-        data = json.loads(raw) if raw else None
+        data = json.loads(content) if content else None
     except ValueError:
-        data = raw.decode(errors="replace")
+        data = content.decode(errors="replace")
     return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, data,
                  seconds)

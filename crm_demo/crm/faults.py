@@ -5,7 +5,9 @@ Redis), forwarding bytes both ways until told to fail as a real outage would.
   broken network) until :meth:`FaultProxy.restore`;
 - :meth:`FaultProxy.drop` closes every connection but lets new ones through (a restart);
 - ``stalled = True`` stops forwarding and leaves new connections unanswered (a server
-  that hangs: the worst kind, since only timeouts notice it).
+  that hangs: the worst kind, since only timeouts notice it);
+- ``delay = seconds`` holds each reply that long before passing it on (a slow server or a
+  congested link), until set back to 0.
 
 The drill (``resilience_drill``) uses it to cut the demo's database; the test suite uses it
 for Redis and PostgreSQL outages.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from typing import Any
 
 #: Seconds to wait for the real server to accept a connection the proxy forwards.
@@ -29,6 +32,7 @@ class FaultProxy:
         self.target = (target_host, target_port)
         self.down = False
         self.stalled = False
+        self.delay = 0.0  # seconds each reply waits before it is forwarded
         self.connections = 0  # accepted so far
         self.refused = 0  # accepted and closed at once while cut
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -55,9 +59,10 @@ class FaultProxy:
             _close(sock)
 
     def restore(self) -> None:
-        """Let traffic through again after :meth:`cut` or a stall."""
+        """Let traffic through again, at full speed, after :meth:`cut`, a stall or a delay."""
         with self._lock:
             self.down = self.stalled = False
+            self.delay = 0.0
 
     def relay(self, data: bytes, upstream: bool, number: int) -> None:
         """Called with each chunk before it is forwarded (``upstream``: client to server) on
@@ -100,6 +105,8 @@ class FaultProxy:
                 if self.stalled:
                     return  # silent from now on, the connection left open
                 self.relay(data, upstream, number)
+                if self.delay and not upstream:
+                    time.sleep(self.delay)  # the fault itself: a slow reply
                 sink.sendall(data)
         except OSError:
             pass
