@@ -10,6 +10,7 @@ class ResilienceCrmConfig(AppConfig):
         from resilience_crm import buckets, flusher, receivers  # noqa: F401  (connects receivers)
         from resilience_crm.breakers import events
         from resilience_crm.observability import exposition, rules
+        from resilience_crm.provider import replay
         from resilience_crm.ratelimit import (
             limiter,
             tiers,  # noqa: F401  (announces tier edits)
@@ -24,6 +25,7 @@ class ResilienceCrmConfig(AppConfig):
         flusher.register(exposition.push)
         flusher.register(rules.evaluate_due)
         flusher.register(limiter.sweep)
+        flusher.register(replay.replay_due)  # writes queued after the outage's replay
 
         # The system checks, each registered as its module is imported: the shared ones, then
         # each feature's. Imported here, in one place, since the shared module cannot import

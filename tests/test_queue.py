@@ -234,6 +234,23 @@ def test_the_queue_replays_by_itself_when_the_write_circuit_closes(queued):
     assert Contact.objects.count() == 1
 
 
+def test_a_write_queued_after_the_replay_is_replayed_by_the_flusher_round(queued,
+                                                                         monkeypatch):
+    """A write queued after the replay that followed an outage (this worker still saw the
+    circuit open) waits for no next outage: the flusher's round replays it."""
+    monkeypatch.setattr(replay, "_next_look", 0.0)  # and put back after the test's far clock
+    outage()
+    protected.submit("test.contact", contact(1), idempotency_key="k1")
+    assert not replay.replay_due(now=1e9)  # the write circuit is still open: nothing asked
+    recovery()  # forced closed: no transition to closed, so no replay on close
+    assert not replay.replay_due(now=1e9)  # looked once within REPLAY_EVERY already
+    assert replay.replay_due(now=1e9 + replay.REPLAY_EVERY)
+    wait_until(lambda: QueuedWrite.objects.filter(state="applied").exists(),
+               "the flusher round's replay")
+    assert Contact.objects.count() == 1
+    assert not replay.replay_due(now=1e9 + 2 * replay.REPLAY_EVERY)  # nothing waits now
+
+
 def test_without_redis_a_write_during_an_outage_is_refused_plainly(settings, postgres, db):
     settings.RESILIENCE_CRM = {}  # the embedded default: local-memory cache
     outage()

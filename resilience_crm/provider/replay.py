@@ -10,8 +10,11 @@ keeps failing becomes a dead letter after ``MAX_ATTEMPTS``, listed in the admin,
 validation) becomes one at once, so it never holds up the writes behind it.
 
 The write circuit closing again starts a replay in the background
-(:func:`replay_in_background`, from ``resilience_crm.receivers.replay_on_close``);
-``manage.py resilience_replay`` runs one on demand.
+(:func:`replay_in_background`, from ``resilience_crm.receivers.replay_on_close``); and since
+a write may be queued after that replay drained the queue (a worker whose view of the circuit
+was still open, a call that timed out during the recovery), the flusher asks
+:func:`replay_due` every round: what waits while every write circuit passes calls is replayed
+within ``REPLAY_EVERY`` seconds. ``manage.py resilience_replay`` runs one on demand.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -30,7 +34,10 @@ from django.utils import timezone
 import resilience_crm.provider.cache as cache
 import resilience_crm.provider.classify as classify
 import resilience_crm.provider.handlers as handlers
+import resilience_crm.provider.probe as probe
 import resilience_crm.provider.stream as stream
+from resilience_crm.breakers import machine
+from resilience_crm.breakers.registry import get_breaker
 from resilience_crm.exceptions import InvalidWrite, QueueUnavailable
 from resilience_crm.models import QueuedWrite
 
@@ -43,6 +50,8 @@ LEASE_SECONDS = 30.0
 #: Stream entries moved into the database per round trip.
 DRAIN_BATCH = 100
 UNFINISHED = (QueuedWrite.State.PENDING, QueuedWrite.State.APPLYING, QueuedWrite.State.FAILED)
+#: Seconds between a process's looks for writes left waiting (:func:`replay_due`).
+REPLAY_EVERY = 10.0
 
 
 @dataclass
@@ -248,3 +257,24 @@ def replay_in_background() -> bool:
 
     threading.Thread(target=run, name="resilience-replay", daemon=True).start()
     return True
+
+
+_next_look = 0.0
+
+
+def replay_due(*, now: float | None = None) -> bool:
+    """A flusher round: start a replay when writes wait (in the Redis stream, or pending
+    rows) and every write circuit passes calls, at most every ``REPLAY_EVERY`` seconds;
+    returns whether one started. Nothing is asked of Redis or the database while a write
+    circuit struggles (its closing will start the replay)."""
+    global _next_look
+    now = time.monotonic() if now is None else now
+    if now < _next_look or not handlers.circuits():
+        return False
+    _next_look = now + REPLAY_EVERY
+    if any(get_breaker(name).state in machine.STRUGGLING for name in handlers.circuits()):
+        return False
+    waiting = probe.stream_length() > 0 or any(
+        QueuedWrite.objects.using(db).filter(state=QueuedWrite.State.PENDING).exists()
+        for db in handlers.databases())
+    return waiting and replay_in_background()
