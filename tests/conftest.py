@@ -88,10 +88,9 @@ def redis_cache(redis_url):
 def postgres():
     """The tests' database is a PostgreSQL one (``DATABASE_URL``, or the default local
     port)."""
-    engine = django_settings.DATABASES["default"]["ENGINE"]
     postgres = _service("PostgreSQL")
     require_service(
-        "PostgreSQL", engine == "django.db.backends.postgresql",
+        "PostgreSQL", connections["default"].vendor == "postgresql",
         postgres.why if not postgres.url else "DATABASE_URL does not name a PostgreSQL database",
     )
 
@@ -125,7 +124,7 @@ def unreachable_database(transactional_db):
     """The alias of a database connection to a port nothing listens on (``DatabaseError`` at
     once); the default connection's settings otherwise."""
     working = dict(connections["default"].settings_dict)
-    if working["ENGINE"] == "django.db.backends.sqlite3":
+    if working["ENGINE"].endswith("sqlite3"):
         down = {**working, "NAME": "/nonexistent-directory/db.sqlite3"}
     else:
         down = {**working, "HOST": "127.0.0.1", "PORT": CLOSED_PORT}
@@ -164,7 +163,7 @@ def database_down(request, settings, tmp_path):
     need the database."""
     transactional(request)  # first: it sets up the test database, and so its settings
     working = dict(connections.settings["default"])
-    if working["ENGINE"] == "django.db.backends.sqlite3":
+    if working["ENGINE"].endswith("sqlite3"):
         down = {"NAME": str(tmp_path / "no-such-directory" / "db.sqlite3")}
     else:
         down = {"HOST": "127.0.0.1", "PORT": CLOSED_PORT}

@@ -3,9 +3,9 @@ import pytest
 from resilience_crm import get_breaker, metrics
 from resilience_crm.breakers import machine as core
 from resilience_crm.exceptions import CircuitOpenError
+from resilience_crm.models import CircuitEvent, CircuitMetric
 from resilience_crm.ratelimit import limiter
 from resilience_crm.ratelimit.stores.memory import MemoryLimiterStore
-from resilience_crm.models import CircuitEvent, CircuitMetric
 from resilience_crm.testutils import override_circuit, reset, use_limiter_store, write_now
 
 
