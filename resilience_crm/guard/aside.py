@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 _aside: ContextVar[bool] = ContextVar("resilience_crm_guard_aside", default=False)
 
@@ -19,6 +19,16 @@ _aside: ContextVar[bool] = ContextVar("resilience_crm_guard_aside", default=Fals
 def standing_aside() -> bool:
     """Whether the guard lets statements through unguarded here."""
     return _aside.get()
+
+
+def begin() -> Token[bool]:
+    """Stand aside until :func:`end` with the token returned (the guard's hot path: a
+    ``with`` block would cost a generator per statement)."""
+    return _aside.set(True)
+
+
+def end(token: Token[bool]) -> None:
+    _aside.reset(token)
 
 
 @contextlib.contextmanager

@@ -14,7 +14,6 @@ transaction that a retry would not repeat.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import time
 from collections.abc import Callable
@@ -60,16 +59,19 @@ def enter(circuit: str) -> tuple[Breaker, Permit] | None:
     :class:`DatabaseCircuitOpen`; ``None`` for the read of the circuit's own saved settings
     while its breaker is being made (it lets that through). The breaker's own store steps
     run with the guard aside: its store may be the guarded database."""
-    breakers = registry()
+    breakers = _registry or registry()
     breaker = breakers.existing(circuit)
     if breaker is None and circuit in breakers.building_names():
         return None
-    with aside.stand_aside():
-        breaker = breaker or breakers.get_breaker(circuit)
-        try:
-            return breaker, breaker.allow()
-        except CircuitOpenError as err:
-            raise DatabaseCircuitOpen(retry_after=err.retry_after, circuit=circuit) from err
+    token = aside.begin()
+    try:
+        if breaker is None:
+            breaker = breakers.get_breaker(circuit)
+        return breaker, breaker.allow()
+    except CircuitOpenError as err:
+        raise DatabaseCircuitOpen(retry_after=err.retry_after, circuit=circuit) from err
+    finally:
+        aside.end(token)
 
 
 def leave(breaker: Breaker, permit: Permit, elapsed: float,
@@ -77,8 +79,11 @@ def leave(breaker: Breaker, permit: Permit, elapsed: float,
     """Settle ``permit`` after ``elapsed`` seconds: a failure when ``exc`` is the
     dependency's, otherwise a success or slow. Never raises."""
     outcome = machine.FAILURE if exc is not None and is_failure(breaker, exc) else None
-    with aside.stand_aside():
+    token = aside.begin()
+    try:
         breaker.settle(permit, elapsed, outcome)
+    finally:
+        aside.end(token)
 
 
 def is_failure(breaker: Breaker, exc: BaseException) -> bool:
@@ -91,20 +96,19 @@ def is_failure(breaker: Breaker, exc: BaseException) -> bool:
     return dependency and breaker.is_failure(exc)
 
 
-def guarded(circuit: str, fn: Callable[[], Any],
-            monotonic: Callable[[], float] = time.monotonic) -> Any:
-    """``fn()`` as one call through ``circuit``."""
+def guarded(circuit: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` as one call through ``circuit``."""
     entered = enter(circuit)
     if entered is None:
-        return fn()
+        return fn(*args)
     breaker, permit = entered
-    started = monotonic()
+    started = time.monotonic()
     try:
-        value = fn()
+        value = fn(*args)
     except BaseException as exc:
-        leave(breaker, permit, monotonic() - started, exc)
+        leave(breaker, permit, time.monotonic() - started, exc)
         raise
-    leave(breaker, permit, monotonic() - started)
+    leave(breaker, permit, time.monotonic() - started)
     return value
 
 
@@ -123,4 +127,4 @@ class StatementGuard:
         circuit = circuit_for(self.alias)
         if circuit is None:
             return execute(sql, params, many, context)
-        return guarded(circuit, functools.partial(execute, sql, params, many, context))
+        return guarded(circuit, execute, sql, params, many, context)
