@@ -79,10 +79,11 @@ def test_reset_all():
 
     run("resilience_reset", "--all")
 
-    circuits = ["crm.read", "crm.write", "crm.rpc", "crm.auth"]
+    # Every circuit: protected's four, and the query guard's on the default database.
+    circuits = ["crm.read", "crm.write", "crm.rpc", "crm.auth", "crm.db"]
     assert {name: registry.get_breaker(name).state for name in circuits} == dict.fromkeys(
         circuits, core.CLOSED)
-    assert CircuitEvent.objects.filter(source="command", to_state=core.CLOSED).count() == 4
+    assert CircuitEvent.objects.filter(source="command", to_state=core.CLOSED).count() == 5
 
 
 @pytest.mark.parametrize("args, message", [

@@ -72,22 +72,14 @@ def _guarded(config: dict[str, Any], key: str) -> dict[Any, Any]:
 def check_protect_queries(config: dict[str, Any]) -> list[CheckMessage]:
     """``PROTECT_QUERIES``: ``{alias: circuit}``, each alias a database whose backend guards
     its connects."""
-    path = setting_path("PROTECT_QUERIES")
-    value = config["PROTECT_QUERIES"]
     expected = "database aliases to circuit names"
-    if not isinstance(value, dict):
-        return [CHECKS["GUARD_SHAPE"](path=path, expected=expected,
-                                      found=f"a {type_name(value)}")]
-    errors: list[CheckMessage] = []
+    path, value, errors = _mapping(config, "PROTECT_QUERIES", expected)
     for alias, circuit in value.items():
         if not isinstance(circuit, str) or not circuit:
             errors.append(CHECKS["GUARD_SHAPE"](path=path, expected=expected,
                                                 found=f"{circuit!r} for {alias!r}"))
         elif not isinstance(alias, str) or alias not in django_settings.DATABASES:
-            errors.append(CHECKS["GUARD_ALIAS_UNKNOWN"](
-                path=path, alias=alias,
-                hint=CHECKS["GUARD_ALIAS_UNKNOWN"].hint_for(
-                    valid=listing(django_settings.DATABASES))))
+            errors.append(_unknown_alias(path, alias))
         elif not _guards_connects(alias):
             engine = django_settings.DATABASES[alias].get("ENGINE")
             errors.append(CHECKS["GUARD_ENGINE"](
@@ -99,20 +91,12 @@ def check_protect_queries(config: dict[str, Any]) -> list[CheckMessage]:
 @settings_check(Tags.database)
 def check_query_timeout(config: dict[str, Any]) -> list[CheckMessage]:
     """``QUERY_TIMEOUT``: ``{alias: seconds}``, each a PostgreSQL database and a number above 0."""
-    path = setting_path("QUERY_TIMEOUT")
-    value = config["QUERY_TIMEOUT"]
     expected = "PostgreSQL database aliases to seconds above 0"
-    if not isinstance(value, dict):
-        return [CHECKS["GUARD_SHAPE"](path=path, expected=expected,
-                                      found=f"a {type_name(value)}")]
-    errors: list[CheckMessage] = []
+    path, value, errors = _mapping(config, "QUERY_TIMEOUT", expected)
     for alias, seconds in value.items():
         database = django_settings.DATABASES.get(alias) if isinstance(alias, str) else None
         if database is None:
-            errors.append(CHECKS["GUARD_ALIAS_UNKNOWN"](
-                path=path, alias=alias,
-                hint=CHECKS["GUARD_ALIAS_UNKNOWN"].hint_for(
-                    valid=listing(django_settings.DATABASES))))
+            errors.append(_unknown_alias(path, alias))
         elif not is_number(seconds) or seconds <= 0 or not any(
                 name in str(database.get("ENGINE", "")) for name in POSTGRES_ENGINES):
             errors.append(CHECKS["GUARD_SHAPE"](path=path, expected=expected,
@@ -132,6 +116,22 @@ def check_own_tables(config: dict[str, Any]) -> list[CheckMessage]:
         return []
     return [CHECKS["GUARD_OWN_TABLES"](alias=alias, circuit=circuit,
                                        path=setting_path("PROTECT_QUERIES"))]
+
+
+def _mapping(config: dict[str, Any], key: str,
+             expected: str) -> tuple[str, dict[Any, Any], list[CheckMessage]]:
+    """The setting's path, its entries, and ``E040`` when it is not a dict (no entries)."""
+    path, value = setting_path(key), config[key]
+    if isinstance(value, dict):
+        return path, value, []
+    return path, {}, [CHECKS["GUARD_SHAPE"](path=path, expected=expected,
+                                            found=f"a {type_name(value)}")]
+
+
+def _unknown_alias(path: str, alias: Any) -> CheckMessage:
+    return CHECKS["GUARD_ALIAS_UNKNOWN"](
+        path=path, alias=alias,
+        hint=CHECKS["GUARD_ALIAS_UNKNOWN"].hint_for(valid=listing(django_settings.DATABASES)))
 
 
 def _guards_connects(alias: str) -> bool:
