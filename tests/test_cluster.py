@@ -133,15 +133,21 @@ def run_threads(fn):
         raise errors[0]
 
 
+def hold_open(settings, seconds):
+    """The test circuit stays open ``seconds`` before its first trial (the fixture's 0.3 s
+    otherwise), in every process started from here on."""
+    config = settings.RESILIENCE_CRM
+    circuits = {CIRCUIT: {**config["CIRCUITS"][CIRCUIT], "reset_timeout": seconds,
+                          "max_reset_timeout": seconds}}
+    settings.RESILIENCE_CRM = {**config, "CIRCUITS": circuits}
+    registry.clear()
+
+
 def test_one_transition_event_and_alert_per_incident(cluster, settings):
     # Open for longer than the slowest thread of a loaded machine takes to meet the open
     # circuit: at 0.3 s a late thread's failing call was a half-open trial, and the
     # incident had an honest open -> half_open -> open more than this test counts.
-    config = settings.RESILIENCE_CRM
-    circuits = {CIRCUIT: {**config["CIRCUITS"][CIRCUIT], "reset_timeout": 2,
-                          "max_reset_timeout": 2}}
-    settings.RESILIENCE_CRM = {**config, "CIRCUITS": circuits}
-    registry.clear()
+    hold_open(settings, 2)
     barrier = ctx.Barrier(PROCESSES)
     announced = ctx.Value("i", 0)
     with SentryServer() as sentry:
@@ -175,11 +181,7 @@ def worker_burst(index, barrier):
 
 def test_failure_counts_never_overshoot(cluster, settings):
     # Open until the count is read, however long the processes take to finish.
-    config = settings.RESILIENCE_CRM
-    circuits = {CIRCUIT: {**config["CIRCUITS"][CIRCUIT], "reset_timeout": 60,
-                          "max_reset_timeout": 60}}
-    settings.RESILIENCE_CRM = {**config, "CIRCUITS": circuits}
-    registry.clear()
+    hold_open(settings, 60)
     barrier = ctx.Barrier(PROCESSES)
     run_processes(worker_burst, barrier)
     snapshot = get_breaker(CIRCUIT).snapshot()
