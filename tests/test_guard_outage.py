@@ -28,10 +28,7 @@ POOL_TIMEOUT = 4.0
 #: An answer refused by the guard comes well within the pool's wait (generous, for a loaded
 #: machine: the refusal itself takes milliseconds).
 FAST = POOL_TIMEOUT / 2
-#: Long enough that no half-open trial (which goes to the database, and waits out the pool)
-#: falls among the answers timed after the circuit opened, however long the workers took to
-#: see it open on a loaded machine (at 5 s one did: a refusal took 4.1 s).
-RESET_TIMEOUT = 20
+RESET_TIMEOUT = 5
 RESILIENCE = {
     "STORE": "redis", "CACHE_ALIAS": "redis", "SNAPSHOT_TTL": 0.1,
     "PROTECT_QUERIES": {"default": "crm.db"},
