@@ -20,12 +20,9 @@ its waits is scheduled later (docs/benchmarks.md has figures).
 from __future__ import annotations
 
 import argparse
-import atexit
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,10 +36,6 @@ DATABASE_URL = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:543
 TABLE = "rcrm_bench_guard"
 ROWS = 1000
 TARGET = 0.05
-#: The app's own tables (events, metrics), in a file the flusher's thread can open too.
-DATABASE = str(Path(tempfile.mkdtemp(prefix="rcrm-bench-guard-")) / "app.sqlite3")
-# Removed last: after the flusher's own exit handler (registered later, so run first).
-atexit.register(shutil.rmtree, Path(DATABASE).parent, ignore_errors=True)
 
 
 def setup() -> None:
@@ -50,10 +43,7 @@ def setup() -> None:
     settings.configure(
         INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "resilience_crm"],
         DATABASES={
-            # A file, migrated: the background flusher writes the guard's metrics from its
-            # own thread and connection, as in production (in memory it found no tables and
-            # kept failing, which slowed the guarded side by half the difference measured).
-            "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": DATABASE},
+            "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
             "plain": {**database, "ENGINE": "django.db.backends.postgresql"},
             "guarded": {**database, "ENGINE": "resilience_crm.guard.backends.postgresql"},
         },
@@ -62,9 +52,6 @@ def setup() -> None:
         USE_TZ=True,
     )
     django.setup()
-    from django.core.management import call_command  # only once settings exist
-
-    call_command("migrate", verbosity=0)
 
 
 def nothing() -> None:
