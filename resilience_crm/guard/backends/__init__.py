@@ -1,1 +1,0 @@
-"""Database backends with the query guard, one per Django backend it extends."""
