@@ -1,9 +1,9 @@
 """The package's shape: no import circle, arrows between features one way, and every dotted
 path users write in their settings still importable (the stores' old paths warning once).
 
-Imports are read with ``ast`` from the source, inside functions too (an import moved into a
-function to dodge a circle is still a circle); imports under ``TYPE_CHECKING`` are left out,
-since they never run."""
+Imports are read with ``ast`` from the source, inside functions and under ``TYPE_CHECKING``
+too: an import moved into a function, or kept for the type checker, to dodge a circle is
+still a circle."""
 
 from __future__ import annotations
 
@@ -42,13 +42,8 @@ def modules() -> dict[str, Path]:
 def imports_of(path: Path, known: dict[str, Path]) -> set[str]:
     """The package's modules ``path`` imports when it runs."""
     tree = ast.parse(path.read_text())
-    type_checking = {id(node) for block in ast.walk(tree)
-                     if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
-                     for node in ast.walk(block)}
     found = set()
     for node in ast.walk(tree):
-        if id(node) in type_checking:
-            continue
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             targets = [f"{node.module}.{alias.name}" for alias in node.names]
             # ``from package import module`` runs the package's ``__init__`` too: an arrow to

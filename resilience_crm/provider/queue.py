@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from django.utils import timezone
 
@@ -39,8 +40,13 @@ from resilience_crm.exceptions import (
 from resilience_crm.models import QueuedWrite
 from resilience_crm.provider.replay import replay  # noqa: F401  (``queue.replay()``, as before)
 
-if TYPE_CHECKING:
-    from resilience_crm.provider.facade import Provider
+
+class Provider(Protocol):
+    """What ``submit`` needs of the provider that calls it: a protected write (the facade's
+    ``Provider.write``). A protocol, so the queue does not import the facade that imports it."""
+
+    def write(self, key: str, fn: Callable[[], Any], *, circuit: str, using: str | None,
+              then: Callable[[Any], object] | None = None) -> Any: ...
 
 #: Errors meaning "the write was not applied and could not be": queue it.
 QUEUE_ON = (CircuitOpenError, DependencyUnavailable, OperationTimeout, RetriesExhausted)
