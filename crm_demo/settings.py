@@ -75,6 +75,18 @@ DATABASES = {
         conn_max_age=0,
     )
 }
+#: Django's backends and the query guard's versions of them (resilience_crm/guard/backends).
+GUARD_BACKENDS = {
+    "django.db.backends.postgresql": "resilience_crm.guard.backends.postgresql",
+    "django.db.backends.sqlite3": "resilience_crm.guard.backends.sqlite3",
+}
+
+
+def guarded_engine(engine: str) -> str:
+    """The query guard's backend for Django's ``engine`` (``engine`` if it has none)."""
+    return GUARD_BACKENDS.get(engine, engine)
+
+
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Bound every wait on the database (docs/provider.md, "Deadlines"): a dead or blackholed
     # server costs seconds, not the OS's minutes. libpq gives up connecting after 2 s, probes
@@ -95,6 +107,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         },
     }
 
+# Every statement on the default database passes the circuit "crm.db" (docs/provider.md, "The
+# query guard"): the admin and any view that does not call protected fail fast with a 503
+# while the database is known to be down, instead of waiting for a connection.
+DATABASES["default"]["ENGINE"] = guarded_engine(DATABASES["default"]["ENGINE"])
+
 REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
     CACHES = {
@@ -113,7 +130,11 @@ if REDIS_URL:
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
-RESILIENCE_CRM: dict = {}
+RESILIENCE_CRM: dict = {"PROTECT_QUERIES": {"default": "crm.db"}}
+# W040: the app's own tables share the guarded database. The demo keeps one database on
+# purpose: its events and metrics are written off the request path, so the guard refusing
+# them during an outage only makes them wait for the flusher's next round.
+SILENCED_SYSTEM_CHECKS = ["resilience_crm.W040"]
 # The token monitoring sends to /resilience/metrics and /resilience/health/ready for their
 # details (``Authorization: Bearer <token>``); ``make demo`` makes one and prints it.
 if os.environ.get("RESILIENCE_MONITORING_TOKEN"):

@@ -32,6 +32,7 @@ class ResilienceCrmConfig(AppConfig):
         # the features' (they import it for ``Check``, ``table`` and ``settings_check``).
         from resilience_crm import checks, database_checks  # noqa: F401
         from resilience_crm.breakers import checks as breaker_checks  # noqa: F401
+        from resilience_crm.guard import checks as guard_checks  # noqa: F401
         from resilience_crm.observability import checks as observability_checks  # noqa: F401
         from resilience_crm.provider import checks as provider_checks  # noqa: F401
         from resilience_crm.ratelimit import checks as ratelimit_checks  # noqa: F401

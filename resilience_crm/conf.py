@@ -46,6 +46,13 @@ DEFAULTS: dict[str, Any] = {
     # While the rate-limit store is unreachable: True lets each process admit its share
     # (limit / EXPECTED_PROCESSES), False refuses with 503. Logins survive a Redis outage.
     "FAIL_OPEN": {"read": True, "write": True, "rpc": True, "auth": True},
+    # The query guard (docs/provider.md): {alias: circuit}; every statement on these aliases,
+    # from any code, passes that circuit. The alias's ENGINE must be a guard backend
+    # (resilience_crm.guard.backends.postgresql or .sqlite3).
+    "PROTECT_QUERIES": {},
+    # {alias: seconds}: statement_timeout for every session on a PostgreSQL alias (calls
+    # through protected set their own, from call_timeout). None by default.
+    "QUERY_TIMEOUT": {},
     "FALLBACK_TTL": 60,
     "FALLBACK_STALE_TTL": 3600,
     # Database aliases of streaming replicas a read may fall back to before its stale cache
@@ -140,6 +147,9 @@ class ResilienceSettings:
         names = list(DEFAULT_CIRCUITS)
         circuits = self.CIRCUITS if isinstance(self.CIRCUITS, dict) else {}
         names += [name for name in circuits if name not in names]
+        guarded = self.PROTECT_QUERIES if isinstance(self.PROTECT_QUERIES, dict) else {}
+        names += [name for name in guarded.values()
+                  if isinstance(name, str) and name and name not in names]
         return names
 
     def circuit_defaults(self) -> dict[str, Any]:

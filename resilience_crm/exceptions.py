@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from django.db import OperationalError
+
 
 class ResilienceError(Exception):
     """Base class. ``code`` is stable and machine-readable; ``title`` is the short summary of
@@ -30,6 +32,17 @@ class CircuitOpenError(ResilienceError):
     title = "Circuit open"
     default_message = (
         "This part of the service is recovering from errors. Please try again shortly."
+    )
+
+
+class DatabaseCircuitOpen(CircuitOpenError, OperationalError):
+    """A statement or a connection refused by the query guard (``PROTECT_QUERIES``): the
+    database's circuit is open, so nothing was sent. It is also Django's
+    ``OperationalError``, so code written to survive a database that cannot be reached
+    (catching ``DatabaseError``) treats it as one, with no wait."""
+
+    default_message = (
+        "The database is recovering from errors. Please try again shortly."
     )
 
 

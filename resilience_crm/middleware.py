@@ -10,6 +10,11 @@ and, on a refusal, ``Retry-After`` and an ``application/problem+json`` body with
 Before the view, it refuses a request from an address that has spent its ``AUTH_FAILURES``
 (:mod:`resilience_crm.ratelimit.auth_failures`) with the same ``429``, before anything is looked up;
 after it, it counts a ``401`` to a request with credentials as a failure.
+
+A :class:`~resilience_crm.exceptions.ResilienceError` that a plain Django view raises (the
+query guard's :class:`~resilience_crm.exceptions.DatabaseCircuitOpen` from any ORM call, say)
+becomes the same answer DRF's handler gives: ``process_exception`` returns the problem
+response, or the admin's short 503 page (:mod:`resilience_crm.answers`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpRequest, HttpResponseBase
 
+from resilience_crm.answers import answer
+from resilience_crm.exceptions import ResilienceError
 from resilience_crm.ratelimit import auth_failures, headers
 from resilience_crm.ratelimit.gcra import Decision
 from resilience_crm.ratelimit.headers import refusal
@@ -52,6 +59,14 @@ class ResilienceMiddleware:
         spent = await sync_to_async(auth_failures.observe)(request, response.status_code)
         return _answer(request, response, spent)
 
+    def process_exception(self, request: HttpRequest,
+                          exception: Exception) -> HttpResponseBase | None:
+        """A :class:`ResilienceError` from the view, as the app's answer; anything else is
+        left to Django."""
+        if not isinstance(exception, ResilienceError):
+            return None
+        return answer(request, exception)
+
 
 def _answer(request: HttpRequest, response: HttpResponseBase,
             spent: Decision | None) -> HttpResponseBase:
@@ -63,4 +78,3 @@ def _answer(request: HttpRequest, response: HttpResponseBase,
             if name != "Retry-After":
                 response[name] = value
     return headers.apply(request, response)
-

@@ -13,6 +13,7 @@ DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 CACHES["default"]["KEY_PREFIX"] = os.environ["CACHE_KEY_PREFIX"]
 DATABASES["default"]["ATOMIC_REQUESTS"] = os.environ.get("ATOMIC_REQUESTS") == "1"
+# The demo's settings (the query guard on "default"), with the test's on top.
 RESILIENCE_CRM = {**RESILIENCE_CRM, **json.loads(os.environ.get("RESILIENCE_CRM_JSON", "{}"))}
 LOGGING = {"version": 1, "disable_existing_loggers": False,
            "root": {"handlers": [], "level": "CRITICAL"}}

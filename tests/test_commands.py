@@ -85,11 +85,12 @@ def test_reset_all_closes_what_is_not_closed_and_leaves_the_rest_alone():
     for name in ("crm.read", "crm.auth"):
         registry.get_breaker(name).force(core.DISABLED)
     generations = {name: registry.get_breaker(name).snapshot()["generation"]
-                   for name in ("crm.write", "crm.rpc")}
+                   for name in ("crm.write", "crm.rpc", "crm.db")}
 
     out = run("resilience_reset", "--all")
 
-    circuits = ["crm.read", "crm.write", "crm.rpc", "crm.auth"]
+    # Every circuit: protected's four, and the query guard's on the default database.
+    circuits = ["crm.read", "crm.write", "crm.rpc", "crm.auth", "crm.db"]
     assert {name: registry.get_breaker(name).state for name in circuits} == dict.fromkeys(
         circuits, core.CLOSED)
     closed = CircuitEvent.objects.filter(source="command", to_state=core.CLOSED)
@@ -97,7 +98,8 @@ def test_reset_all_closes_what_is_not_closed_and_leaves_the_rest_alone():
     assert not CircuitEvent.objects.filter(from_state=core.CLOSED, to_state=core.CLOSED).exists()
     assert {name: registry.get_breaker(name).snapshot()["generation"]
             for name in generations} == generations
-    assert "Already closed, left alone: crm.write, crm.rpc." in out
+    left = out.split("Already closed, left alone: ", 1)[1].split(".\n", 1)[0]
+    assert sorted(left.rstrip(".").split(", ")) == ["crm.db", "crm.rpc", "crm.write"]
 
 
 def test_reset_by_name_resets_a_closed_circuit_too():

@@ -28,4 +28,5 @@ def test_seed_demo_admin_can_log_in(client):
 def test_health_endpoints_are_served(client):
     assert client.get("/resilience/health/live").json() == {"status": "ok"}
     ready = client.get("/resilience/health/ready").json()
-    assert set(ready["circuits"]) == {"crm.read", "crm.write", "crm.rpc", "crm.auth"}
+    # The four circuits of protected, and the query guard's on the default database.
+    assert set(ready["circuits"]) == {"crm.read", "crm.write", "crm.rpc", "crm.auth", "crm.db"}

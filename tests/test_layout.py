@@ -16,13 +16,15 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "resilience_crm"
-FEATURES = ("breakers", "ratelimit", "provider", "observability", "admin")
+FEATURES = ("breakers", "ratelimit", "provider", "observability", "admin", "guard")
 #: (from, to) feature arrows the layout allows; any other arrow between features fails.
 ALLOWED = {
     ("provider", "breakers"),
     ("ratelimit", "breakers"),  # adaptive limits read the circuits' state
     ("observability", "breakers"),
     ("observability", "provider"),  # queue depth
+    ("guard", "breakers"),
+    ("provider", "guard"),  # protected tells the query guard to stand aside
     *(("admin", feature) for feature in FEATURES),
 }
 
@@ -162,6 +164,8 @@ SETTINGS_PATHS = [
     "resilience_crm.provider.protected",
     "resilience_crm.protected",
     "resilience_crm.get_breaker",
+    "resilience_crm.guard.backends.postgresql.base.DatabaseWrapper",
+    "resilience_crm.guard.backends.sqlite3.base.DatabaseWrapper",
 ]
 
 

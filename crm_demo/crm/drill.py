@@ -81,7 +81,7 @@ class DrillUnavailable(Exception):
 def requirements_problem() -> str | None:
     """Why the drill cannot run here, or ``None``."""
     engine = django_settings.DATABASES[DEFAULT_DB_ALIAS]["ENGINE"]
-    if engine != "django.db.backends.postgresql":
+    if not engine.endswith(".postgresql"):  # Django's backend, or the query guard's
         return ("The drill needs PostgreSQL (set DATABASE_URL=postgres://...): it cuts the "
                 "network between the app and its database, and a SQLite file has no network "
                 f"to cut (the default database uses {engine}).")

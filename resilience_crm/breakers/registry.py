@@ -25,6 +25,7 @@ _breakers: dict[str, Breaker] = {}
 _store: BaseStore | None = None
 _lock = threading.RLock()
 _making: dict[str, threading.Lock] = {}  # one lock per circuit being made
+_building = threading.local()  # names of the circuits this thread is making
 
 
 def get_store() -> BaseStore:
@@ -81,7 +82,11 @@ def get_breaker(name: str) -> Breaker:
         breaker = _breakers.get(name)
         if breaker is not None:
             return breaker
-        base, overrides = settings.circuit_config(name), _overrides(name)
+        _building.names = {*building_names(), name}
+        try:
+            base, overrides = settings.circuit_config(name), _overrides(name)
+        finally:
+            _building.names = building_names() - {name}
         try:
             config = Config.from_mapping(base | overrides)
         except ValueError as err:  # saved before validation, or settings changed since
@@ -92,6 +97,13 @@ def get_breaker(name: str) -> Breaker:
         with _lock:
             _breakers[name] = breaker
     return breaker
+
+
+def building_names() -> set[str]:
+    """The circuits whose breakers this thread is making right now (reading their saved
+    overrides): a query guard on the database those are read from must let that read
+    through, or making the breaker would wait for itself."""
+    return set(getattr(_building, "names", ()))
 
 
 def existing(name: str) -> Breaker | None:

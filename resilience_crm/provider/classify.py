@@ -197,4 +197,8 @@ def _subclasses(cls: type[ResilienceError]) -> list[type[ResilienceError]]:
     return found
 
 
-_ERROR_CLASSES = {cls.code: cls for cls in _subclasses(ResilienceError)}
+#: The class each code stands for: the first (most general) class that has it, so
+#: ``CIRCUIT_OPEN`` is :class:`CircuitOpenError`, not its database subclass.
+_ERROR_CLASSES: dict[str, type[ResilienceError]] = {}
+for _cls in _subclasses(ResilienceError):
+    _ERROR_CLASSES.setdefault(_cls.code, _cls)

@@ -39,7 +39,7 @@ from tests.gunicorn_server import ROOT
 from tests.sentry_server import SentryServer
 
 #: The circuits the demo's requests pass, watched through every scenario.
-CIRCUITS = ("crm.auth", "crm.read", "crm.write", "crm.rpc")
+CIRCUITS = ("crm.auth", "crm.read", "crm.write", "crm.rpc", "crm.db")  # crm.db: the guard's
 #: Seconds of load before each fault, and after it (long enough to recover in).
 LEAD = 3.0
 TAIL = RECOVERY_TARGET + 2

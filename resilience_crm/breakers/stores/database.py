@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
-from django.db import DatabaseError, router
+from django.db import DatabaseError, connections, router, transaction
 from django.db.models import F
 
 from resilience_crm.breakers import machine
@@ -34,28 +35,30 @@ class DatabaseStore(BaseStore):
         return Circuit.objects.using(self.alias or router.db_for_write(Circuit))
 
     def step(self, step: Step) -> dict[str, Any]:
-        name = step.name
         try:
             circuits = self._manager()
-            for _ in range(MAX_ATTEMPTS):
-                row = (
-                    circuits.filter(name=name).values_list("live", "version", "generation").first()
-                )
-                if row is None:
-                    circuits.get_or_create(name=name)  # safe when another worker races us
-                    continue
-                live, version, generation = row
-                state = live or circuits.live_seed(name)
-                now = int(self._clock() * 1000) if step.now is None else step.now
-                state, result = machine.step(state, step.config, now, step.rand, step.entries,
-                                             step.op, step.arg)
-                updated = circuits.filter(name=name, version=version, generation=generation).update(
-                    live=state, version=version + 1, state=state["state"], generation=state["gen"]
-                )
-                if updated:
-                    return result
+            with _contained(circuits.db):
+                return self._step(circuits, step)
         except DatabaseError as err:
             raise StoreUnavailable(f"The database store failed: {err}") from err
+
+    def _step(self, circuits: Any, step: Step) -> dict[str, Any]:
+        name = step.name
+        for _ in range(MAX_ATTEMPTS):
+            row = circuits.filter(name=name).values_list("live", "version", "generation").first()
+            if row is None:
+                circuits.get_or_create(name=name)  # safe when another worker races us
+                continue
+            live, version, generation = row
+            state = live or circuits.live_seed(name)
+            now = int(self._clock() * 1000) if step.now is None else step.now
+            state, result = machine.step(state, step.config, now, step.rand, step.entries,
+                                         step.op, step.arg)
+            updated = circuits.filter(name=name, version=version, generation=generation).update(
+                live=state, version=version + 1, state=state["state"], generation=state["gen"]
+            )
+            if updated:
+                return result
         raise StoreUnavailable(f"Circuit {name}: too much contention on the database store.")
 
     def read(self, name: str) -> dict[str, Any] | None:
@@ -70,3 +73,12 @@ class DatabaseStore(BaseStore):
             self._manager().filter(name=name).update(live={}, version=F("version") + 1)
         except DatabaseError as err:
             raise StoreUnavailable(f"The database store failed: {err}") from err
+
+
+def _contained(alias: str) -> Any:
+    """A savepoint when the step runs inside the caller's transaction (a breaker asked from
+    within ``atomic``, or the query guard's, for a statement in one): a step that fails
+    must not abort the caller's transaction with it. Outside one, nothing to contain."""
+    if connections[alias].in_atomic_block:
+        return transaction.atomic(using=alias)
+    return contextlib.nullcontext()

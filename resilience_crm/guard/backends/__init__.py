@@ -1,0 +1,1 @@
+"""Database backends with the query guard, one per Django backend it extends."""
