@@ -201,9 +201,14 @@ class Breaker:
             return machine.CLOSED
         return machine.current_state(stored, self._server_now_ms())
 
+    def refresh(self) -> dict[str, Any]:
+        """Ask the store for the circuit now (one store call): its state, and the overrides
+        the shared store hands out; returns the store's view."""
+        return self._step(self._take_pending())
+
     def snapshot(self) -> dict[str, Any]:
         """The circuit as the store has it now (one store call)."""
-        view = self._step(self._take_pending())
+        view = self.refresh()
         calls, failures = view["calls"], view["failures"]
         retry_after = None
         if view["state"] in machine.REJECTING and view["until"]:
