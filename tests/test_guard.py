@@ -131,6 +131,7 @@ def test_a_worker_new_to_the_circuit_refuses_without_asking_the_database(proxy, 
                                "CACHE_ALIAS": "redis", "DATABASE_ALIAS": GUARDED}
     get_breaker(CIRCUIT).force(machine.FORCED_OPEN)
     testutils.reset()  # this process now knows nothing of the circuit
+    connections[GUARDED].close()  # as in a new worker (a statement would hang on an open one)
     proxy.stalled = True  # blackholed: connections accepted, nothing answered
     attempts = proxy.connections
 
