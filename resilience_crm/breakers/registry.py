@@ -98,7 +98,7 @@ def get_breaker(name: str) -> Breaker:
             breaker = Breaker(name, config, store, snapshot_ttl=settings.SNAPSHOT_TTL,
                               base_config=base, overrides=overrides)
             if store.shared:
-                breaker.refresh()  # its overrides before its first decision
+                breaker.load_overrides()
         finally:
             _building.names = building_names() - {name}
         with _lock:
