@@ -200,6 +200,24 @@ def test_w012_a_pool_wait_must_fit_in_the_call_budget(settings, pool, config, wa
         assert 'DATABASES["pooled"]' in found[0].msg
 
 
+@pytest.mark.parametrize(("pool", "config", "warned"), [
+    (True, {}, True),  # psycopg_pool retries for 300 s, against reset_timeout 30
+    ({"reconnect_timeout": 30}, {}, False),
+    ({"reconnect_timeout": 5}, {"CIRCUITS": {"crm.db": {"reset_timeout": 3}}}, True),
+    ({"reconnect_timeout": 2.0}, {"CIRCUIT_DEFAULTS": {"reset_timeout": 3}}, False),
+])
+def test_w085_a_pool_must_retry_connecting_as_often_as_a_circuit_tries(settings, pool,
+                                                                        config, warned):
+    pooled(settings, pool)
+    settings.RESILIENCE_CRM = config
+    found = [m for m in provider_checks.check_pool_reconnect()
+             if m.id == checks.Codes.POOL_RECONNECT_OVER_RESET]
+    assert bool(found) is warned
+    if found:
+        assert 'DATABASES["pooled"]' in found[0].msg
+        assert "reconnect_timeout" in found[0].hint
+
+
 def test_the_demo_bounds_every_wait_on_postgresql():
     """crm_demo's settings, as a process with a PostgreSQL DATABASE_URL loads them."""
     code = ("import json, crm_demo.settings as s; "
@@ -208,5 +226,7 @@ def test_the_demo_bounds_every_wait_on_postgresql():
                          check=True, env={**os.environ, "DATABASE_URL": "postgres://u@h/db"})
     options = json.loads(out.stdout)
     assert options["pool"]["timeout"] == 1.0
+    # W085 holds with the chaos run's 3 s reset_timeout too.
+    assert options["pool"]["reconnect_timeout"] <= 3
     assert options["connect_timeout"] == 2 and options["keepalives"] == 1
     assert options["tcp_user_timeout"] > 0

@@ -1,7 +1,8 @@
 """System checks on the provider: where the write queue keeps writes while the database is
 down (the only checks that talk to a server: they ask Redis with ``CONFIG GET``, through
-:func:`~resilience_crm.provider.probe.redis_config`, and say so), and whether a pooled
-connection can arrive within a call's budget (:mod:`~resilience_crm.provider.deadlines`)."""
+:func:`~resilience_crm.provider.probe.redis_config`, and say so), whether a pooled
+connection can arrive within a call's budget (:mod:`~resilience_crm.provider.deadlines`), and
+whether a pool tries to connect again after an outage as soon as the circuits try again."""
 
 from __future__ import annotations
 
@@ -75,6 +76,22 @@ MESSAGES = table({
             '{"pool": {"timeout": 1.0}}; psycopg_pool waits 30 s by default.'
         ), warning=True,
     ),
+    "POOL_RECONNECT_OVER_RESET": Check(
+        "resilience_crm.W085",
+        (
+            'settings.DATABASES["{alias}"]["OPTIONS"]["pool"] retries a failed connect for up '
+            "to {reconnect}s (reconnect_timeout), backing off 1, 2, 4 s... meanwhile, longer "
+            "than the {reset}s reset_timeout of circuit {circuit!r}: after an outage the pool "
+            "may try again only that long after the database is back, and until then every "
+            "half-open trial finds no connection and opens the circuit again."
+        ),
+        (
+            'Set "reconnect_timeout" in the pool options to at most the shortest '
+            'reset_timeout, e.g. {"pool": {"reconnect_timeout": 2.0}}: the pool then gives up '
+            "its backoff and the next request connects at once; psycopg_pool retries for 300 s "
+            "by default."
+        ), warning=True,
+    ),
     "READ_REPLICAS_INVALID": Check(
         "resilience_crm.E050",
         "{path} must be a list of aliases in settings.DATABASES; {problem}.",
@@ -112,21 +129,46 @@ def check_write_queue(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
 @settings_check(Tags.database)
 def check_pool_timeout(config: dict[str, Any]) -> list[CheckMessage]:
     """A request must not wait longer for a pooled connection than its call's budget."""
-    budgets = {}
-    for name in conf.settings.circuit_names():
-        timeout = conf.settings.circuit_config(name)["call_timeout"]
-        if is_number(timeout):
-            budgets[name] = timeout
-    if not budgets:
+    circuit, budget = _shortest(config, "call_timeout")
+    if circuit is None:
         return []  # reported by check_circuits
-    circuit = min(budgets, key=budgets.__getitem__)
     warnings: list[CheckMessage] = []
     for alias, pool in pooled_databases():
         timeout = deadlines.pool_timeout(pool)
-        if is_number(timeout) and timeout >= budgets[circuit]:
+        if is_number(timeout) and timeout >= budget:
             warnings.append(CHECKS["POOL_WAIT_OVER_BUDGET"](
-                alias=alias, timeout=timeout, budget=budgets[circuit], circuit=circuit))
+                alias=alias, timeout=timeout, budget=budget, circuit=circuit))
     return warnings
+
+
+@settings_check(Tags.database)
+def check_pool_reconnect(config: dict[str, Any]) -> list[CheckMessage]:
+    """A pool must try to connect again at least as often as a circuit tries a half-open
+    trial, or the circuit stays open past an outage for as long as the pool backs off."""
+    circuit, reset = _shortest(config, "reset_timeout")
+    if circuit is None:
+        return []  # reported by check_circuits
+    warnings: list[CheckMessage] = []
+    for alias, pool in pooled_databases():
+        reconnect = deadlines.pool_reconnect_timeout(pool)
+        if is_number(reconnect) and reconnect > reset:
+            warnings.append(CHECKS["POOL_RECONNECT_OVER_RESET"](
+                alias=alias, reconnect=reconnect, reset=reset, circuit=circuit))
+    return warnings
+
+
+def _shortest(config: dict[str, Any], key: str) -> tuple[str | None, float]:
+    """The circuit with the smallest breaker setting ``key`` (a number), and that number;
+    ``(None, 0)`` when no circuit has a number there."""
+    values = {}
+    for name in conf.settings.circuit_names():
+        value = conf.settings.circuit_config(name)[key]
+        if is_number(value):
+            values[name] = value
+    if not values:
+        return None, 0.0
+    circuit = min(values, key=values.__getitem__)
+    return circuit, values[circuit]
 
 
 @settings_check(Tags.database)
