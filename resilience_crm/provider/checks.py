@@ -6,6 +6,8 @@ whether a pool tries to connect again after an outage as soon as the circuits tr
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings as django_settings
@@ -67,8 +69,8 @@ MESSAGES = table({
     "POOL_WAIT_OVER_BUDGET": Check(
         "resilience_crm.W012",
         (
-            'settings.DATABASES["{alias}"]["OPTIONS"]["pool"] waits up to {timeout}s for a '
-            "connection, not less than the {budget}s call_timeout of circuit {circuit!r}: on a "
+            'settings.DATABASES["{alias}"]["OPTIONS"]["pool"] waits up to {seconds}s for a '
+            "connection, not less than the {limit}s call_timeout of circuit {circuit!r}: on a "
             "stalled database a request waits past its deadline."
         ),
         (
@@ -80,8 +82,8 @@ MESSAGES = table({
         "resilience_crm.W085",
         (
             'settings.DATABASES["{alias}"]["OPTIONS"]["pool"] retries a failed connect for up '
-            "to {reconnect}s (reconnect_timeout), backing off 1, 2, 4 s... meanwhile, longer "
-            "than the {reset}s reset_timeout of circuit {circuit!r}: after an outage the pool "
+            "to {seconds}s (reconnect_timeout), backing off 1, 2, 4 s... meanwhile, longer "
+            "than the {limit}s reset_timeout of circuit {circuit!r}: after an outage the pool "
             "may try again only that long after the database is back, and until then every "
             "half-open trial finds no connection and opens the circuit again."
         ),
@@ -129,46 +131,33 @@ def check_write_queue(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
 @settings_check(Tags.database)
 def check_pool_timeout(config: dict[str, Any]) -> list[CheckMessage]:
     """A request must not wait longer for a pooled connection than its call's budget."""
-    circuit, budget = _shortest(config, "call_timeout")
-    if circuit is None:
-        return []  # reported by check_circuits
-    warnings: list[CheckMessage] = []
-    for alias, pool in pooled_databases():
-        timeout = deadlines.pool_timeout(pool)
-        if is_number(timeout) and timeout >= budget:
-            warnings.append(CHECKS["POOL_WAIT_OVER_BUDGET"](
-                alias=alias, timeout=timeout, budget=budget, circuit=circuit))
-    return warnings
+    return _pool_over("POOL_WAIT_OVER_BUDGET", deadlines.pool_timeout, "call_timeout",
+                      operator.ge)
 
 
 @settings_check(Tags.database)
 def check_pool_reconnect(config: dict[str, Any]) -> list[CheckMessage]:
     """A pool must try to connect again at least as often as a circuit tries a half-open
     trial, or the circuit stays open past an outage for as long as the pool backs off."""
-    circuit, reset = _shortest(config, "reset_timeout")
-    if circuit is None:
-        return []  # reported by check_circuits
-    warnings: list[CheckMessage] = []
-    for alias, pool in pooled_databases():
-        reconnect = deadlines.pool_reconnect_timeout(pool)
-        if is_number(reconnect) and reconnect > reset:
-            warnings.append(CHECKS["POOL_RECONNECT_OVER_RESET"](
-                alias=alias, reconnect=reconnect, reset=reset, circuit=circuit))
-    return warnings
+    return _pool_over("POOL_RECONNECT_OVER_RESET", deadlines.pool_reconnect_timeout,
+                      "reset_timeout", operator.gt)
 
 
-def _shortest(config: dict[str, Any], key: str) -> tuple[str | None, float]:
-    """The circuit with the smallest breaker setting ``key`` (a number), and that number;
-    ``(None, 0)`` when no circuit has a number there."""
-    values = {}
+def _pool_over(key: str, seconds_of: Callable[[Any], Any], breaker_key: str,
+               over: Callable[[Any, Any], bool]) -> list[CheckMessage]:
+    """``key``'s warning for each pooled database whose ``seconds_of(pool)`` is ``over`` the
+    smallest ``breaker_key`` of any circuit (that circuit named in the message)."""
+    limits = {}
     for name in conf.settings.circuit_names():
-        value = conf.settings.circuit_config(name)[key]
+        value = conf.settings.circuit_config(name)[breaker_key]
         if is_number(value):
-            values[name] = value
-    if not values:
-        return None, 0.0
-    circuit = min(values, key=values.__getitem__)
-    return circuit, values[circuit]
+            limits[name] = value
+    if not limits:
+        return []  # reported by check_circuits
+    circuit = min(limits, key=limits.__getitem__)
+    return [CHECKS[key](alias=alias, seconds=seconds, limit=limits[circuit], circuit=circuit)
+            for alias, pool in pooled_databases()
+            if is_number(seconds := seconds_of(pool)) and over(seconds, limits[circuit])]
 
 
 @settings_check(Tags.database)
