@@ -230,12 +230,13 @@ def postgres_proxy(request, postgres, settings):
 def database_behind_proxy(request, postgres, transactional_db):
     """The alias ``PROXIED_ALIAS``: the test database behind a TCP proxy the test cuts,
     resets or stalls, with the demo's connection settings (``connect_timeout``, and psycopg's
-    pool of ``PROXIED_POOL`` for the ``pooled`` parameter). Yields the proxy."""
+    pool of ``PROXIED_POOL`` for the ``pooled`` parameter, or the pool options a test gives
+    as its parameter). Yields the proxy."""
     default = connections["default"].settings_dict
     with Proxy(default["HOST"] or "127.0.0.1", int(default["PORT"] or 5432)) as proxy:
         options = {**default.get("OPTIONS", {}), "connect_timeout": 2}
-        if request.param == "pooled":
-            options["pool"] = PROXIED_POOL
+        if request.param != "unpooled":
+            options["pool"] = PROXIED_POOL if request.param == "pooled" else request.param
         with extra_database(PROXIED_ALIAS, {**default, "HOST": "127.0.0.1",
                                             "PORT": str(proxy.port), "OPTIONS": options}):
             try:
