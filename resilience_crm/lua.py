@@ -61,11 +61,18 @@ class LuaScript:
             pool.release(connection)
 
     def _through(self, client: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """Through the client's own ``evalsha``, for clients without one pool (Redis Cluster):
-        there the client's retry policy applies, so turn its retries off to keep each script
-        to one run (docs/ratelimiting.md)."""
+        """On a Redis Cluster client (no single pool): sent to the master of the first key's
+        slot, named outright, which turns ``RedisCluster``'s own retries off for the call
+        (it retries only where it chose the node), so a lost reply is never followed by a
+        second run. Keys of several slots reach that node as they are, and the cluster
+        refuses them (``CROSSSLOT``): every script's keys share one hash tag. Redirections
+        (``MOVED``, ``ASK`` during a failover or a resharding) are still followed: the node
+        that answers one did not run the script."""
+        node = client.get_node_from_key(keys[0]) if keys else client.get_random_node()
         try:
-            return client.evalsha(self.sha, len(keys), *keys, *args)
+            return client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args,
+                                          target_nodes=node)
         except NoScriptError:
-            client.script_load(self.source)
-            return client.evalsha(self.sha, len(keys), *keys, *args)
+            client.execute_command("SCRIPT LOAD", self.source, target_nodes=node)
+            return client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args,
+                                          target_nodes=node)
