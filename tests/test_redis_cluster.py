@@ -14,9 +14,14 @@ from django.core.cache import caches
 from django_redis import get_redis_connection
 from redis.exceptions import ResponseError
 
-from resilience_crm import get_breaker, protected, testutils
+from crm_demo.crm.models import Contact
+from resilience_crm import get_breaker, protected, spool, testutils
 from resilience_crm.breakers.stores.redis import RedisStore
+from resilience_crm.exceptions import IdempotencyConflict
 from resilience_crm.lua import REDIS_DOWN, LuaScript
+from resilience_crm.observability import exposition
+from resilience_crm.provider import probe, queue, stream
+from resilience_crm.provider.cache import space_of
 from resilience_crm.ratelimit import limiter
 from resilience_crm.ratelimit.principals import Principal
 from resilience_crm.ratelimit.stores.redis import SCRIPT as GCRA
@@ -25,7 +30,7 @@ from resilience_crm.redis_cluster import RedisClusterClient
 from tests.failing import boom, trip
 from tests.waiting import wait_until
 
-pytestmark = [pytest.mark.redis, pytest.mark.slow]
+pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 
 #: A script that touches each key it is given, so only the cluster can refuse it.
 TOUCH = LuaScript("for i = 1, #KEYS do redis.call('GET', KEYS[i]) end return #KEYS")
@@ -155,3 +160,76 @@ def test_open_circuit_fails_fast_on_the_cluster(on_cluster, settings) -> None:
         breaker.call(boom)
     assert protected.read("k", lambda: 1 / 0, circuit="cl.fast", fallback=lambda: "degraded") \
         == "degraded"
+
+
+def test_read_cache_versions_removals_and_leases_on_the_cluster(on_cluster) -> None:
+    """Entry, space version and removal mark of a key lie in different slots: read together
+    slot by slot, bumped in one pipeline."""
+    calls: list[int] = []
+
+    def load() -> dict[str, int]:
+        calls.append(1)
+        return {"v": len(calls)}
+
+    def read() -> Any:
+        protected.cache.forget_local()  # the shared cache, not this process's layer
+        return protected.read("cl:contacts:1", load)
+
+    assert read() == {"v": 1} and read() == {"v": 1}
+    protected.cache.invalidate(space_of("cl:contacts:1"))
+    assert read() == {"v": 2}
+    protected.cache.remove("cl:contacts:1")
+    assert read() == {"v": 3} and len(calls) == 3
+    entries, version = protected.cache.get_many(["cl:contacts:1", "cl:contacts:2"],
+                                                space_of("cl:contacts:1"))
+    assert list(entries) == ["cl:contacts:1"] and version == 1
+    assert protected.cache.take_lease("cl:contacts:1", "a", 10)
+    assert not protected.cache.take_lease("cl:contacts:1", "b", 10)
+    protected.cache.release_lease("cl:contacts:1", "a")
+    assert protected.cache.take_lease("cl:contacts:1", "b", 10)
+
+
+@protected.write_handler("cluster.contact", key="contacts")
+def create_contact(payload: dict[str, str]) -> dict[str, int]:
+    return {"id": Contact.objects.create(**payload).pk}
+
+
+def test_writes_queue_in_the_clusters_stream_and_replay_once(settings, cluster_cache,
+                                                              transactional_db) -> None:
+    settings.RESILIENCE_CRM = {"STORE": "redis", "CACHE_ALIAS": "cluster"}
+    get_breaker("crm.write").force("forced_open", reason="database outage")
+    for n in range(6):
+        for _ in range(2):  # a client that did not hear back sends it again
+            payload = {"name": f"C {n}", "email": f"c{n}@example.com"}
+            assert protected.submit("cluster.contact", payload, idempotency_key=f"k{n}").queued
+    with pytest.raises(IdempotencyConflict):
+        protected.submit("cluster.contact", {"name": "x", "email": "x@example.com"},
+                         idempotency_key="k3")
+    assert probe.stream_length() == 6 and not Contact.objects.exists()
+    get_breaker("crm.write").force("forced_closed", reason="database back")
+    report = queue.replay()
+    assert (report.moved, report.applied, report.failed) == (6, 6, 0)
+    assert probe.stream_length() == 0 and Contact.objects.count() == 6
+    cache = caches["cluster"]
+    assert get_redis_connection("cluster").exists(stream.marker(cache, "k3")) == 0
+
+
+def test_metrics_hashes_spool_and_exposition_on_the_cluster(on_cluster, settings) -> None:
+    settings.RESILIENCE_CRM = {**settings.RESILIENCE_CRM, "CIRCUITS": {
+        "cl.metrics": {"failure_threshold": 5}}}
+    breaker = get_breaker("cl.metrics")
+    for _ in range(3):
+        breaker.call(lambda: "ok")
+    with pytest.raises(ConnectionError):
+        breaker.call(boom)
+    limiter.decide(Principal(key="u:9", tier="free"), "read")
+    assert exposition.push() > 1  # several hashes, on several masters
+    assert exposition.totals("calls")[("cl.metrics", "success")] == 3
+    assert exposition.totals("calls")[("cl.metrics", "failure")] == 1
+    text = exposition.render().decode()
+    assert 'resilience_calls_total{circuit="cl.metrics",outcome="success"} 3.0' in text
+
+    spool.keep("cl-test", [{"n": 1}, {"n": 2}])
+    assert spool.length("cl-test") == 1
+    written: list[Any] = []
+    assert spool.drain("cl-test", written.extend) == 2 and written == [{"n": 1}, {"n": 2}]
