@@ -40,24 +40,33 @@ from redis.retry import Retry
 RETRIES_OPTION = "CLUSTER_RETRIES"
 
 
+def database(location: str) -> str:
+    """The database a ``redis://host:port/db`` location names (``""`` for none)."""
+    return urlsplit(location).path.strip("/")
+
+
 def startup_nodes(locations: Collection[str]) -> list[ClusterNode]:
     """The ``ClusterNode`` of each ``redis://host:port`` location. A cluster has only database
-    0: a location naming another is refused."""
+    0: a location naming another is refused (E070 says so at start-up)."""
     nodes = []
     for location in locations:
-        parts = urlsplit(location)
-        if parts.path.strip("/") not in ("", "0"):
+        if database(location) not in ("", "0"):
             raise ImproperlyConfigured(
                 f"Redis Cluster has only database 0; {location!r} names another.")
+        parts = urlsplit(location)
         nodes.append(ClusterNode(parts.hostname or "127.0.0.1", parts.port or 6379))
     return nodes
 
 
 def retries(options: dict[str, Any]) -> int:
-    """How often the cluster client retries a command, from a cache's ``OPTIONS``."""
+    """How often the cluster client retries a command, from a cache's ``OPTIONS`` (E072)."""
     value = options.get(RETRIES_OPTION, 0)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ImproperlyConfigured(f"OPTIONS[{RETRIES_OPTION!r}] must be a whole number >= 0.")
+    kwargs = options.get("REDIS_CLIENT_KWARGS") or {}
+    if "retry" in kwargs or "cluster_error_retry_attempts" in kwargs:
+        raise ImproperlyConfigured(
+            f"Give OPTIONS[{RETRIES_OPTION!r}] instead of a retry in REDIS_CLIENT_KWARGS.")
     return value
 
 
