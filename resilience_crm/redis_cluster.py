@@ -15,6 +15,11 @@ redirections (``MOVED``, ``ASK``, ``TRYAGAIN``) are still followed, since the no
 answers them did not run the command. The app's Lua scripts are never retried whatever this
 says (:class:`resilience_crm.lua.LuaScript` names their node itself).
 
+While a master is down and before its replica takes over, its slots are served by no one;
+the client still serves the other masters' slots (``require_full_coverage`` is ``False``
+unless ``REDIS_CLIENT_KWARGS`` says otherwise), as the servers do with
+``cluster-require-full-coverage no``.
+
 Multi-key cache calls work across slots: ``get_many`` reads slot by slot
 (``mget_nonatomic``), ``set_many`` and ``delete_many`` go through the cluster's pipeline,
 ``clear`` and ``delete_pattern`` visit every master. Each app script touches keys of one hash
@@ -82,7 +87,8 @@ class RedisClusterClient(DefaultClient):
             params = self.connection_factory.make_connection_params(self._server[0])
             params.pop("url")
             params.pop("parser_class", None)
-            kwargs = {**params, **self.connection_factory.redis_client_cls_kwargs}
+            kwargs = {**params, "require_full_coverage": False,
+                      **self.connection_factory.redis_client_cls_kwargs}
             self._cluster = RedisCluster(
                 startup_nodes=startup_nodes(self._server),
                 retry=Retry(NoBackoff(), retries(self._options)), **kwargs)

@@ -11,6 +11,8 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,11 +79,19 @@ class Cluster:
 
     def master_of(self, key: str) -> int:
         """The port of the master that holds ``key``'s slot now."""
-        slot = int(self.node(self.ports[0]).cluster("keyslot", key))
+        slot = int(self.node(self._alive()).cluster("keyslot", key))
         for start, end, master, *_ in self.node(self._alive()).cluster("slots"):
             if start <= slot <= end:
                 return int(master[1])
         raise LookupError(slot)
+
+    def spread(self, make_key: Callable[[str], str], count: int = MASTERS) -> list[str]:
+        """Names whose keys (``make_key(name)``) lie on ``count`` different masters."""
+        found: dict[int, str] = {}
+        while len(found) < count:
+            name = uuid.uuid4().hex[:8]
+            found.setdefault(self.master_of(make_key(name)), name)
+        return list(found.values())
 
     def _alive(self) -> int:
         return next(port for port, process in self.processes.items() if process.poll() is None)
@@ -113,6 +123,11 @@ class Cluster:
     def wait_healthy(self) -> None:
         _wait(self.healthy, "the cluster to agree on every slot")
 
+    def wait_failover(self, port: int) -> None:
+        """Until the killed master on ``port`` serves no slot: its replica was promoted."""
+        _wait(lambda: port not in self.masters() and self.healthy(),
+              f"a replica to take over from {port}")
+
     def flush(self) -> None:
         for port in self.masters():
             self.node(port).flushall()
@@ -127,7 +142,8 @@ class Cluster:
         return subprocess.Popen(
             ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
              "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-             "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--save", "", "--appendonly",
+             "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+             "--cluster-require-full-coverage", "no", "--save", "", "--appendonly",
              "no", "--cluster-replica-validity-factor", "0", "--logfile", "redis.log"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

@@ -45,19 +45,10 @@ def on_cluster(settings, cluster_cache, db) -> Iterator[Any]:
     testutils.reset()
 
 
-def spread(cluster: Any, make_key: Any, count: int = 3) -> list[str]:
-    """Names whose keys (``make_key(name)``) lie on ``count`` different masters."""
-    found: dict[int, str] = {}
-    while len(found) < count:
-        name = uuid.uuid4().hex[:8]
-        found.setdefault(cluster.master_of(make_key(name)), name)
-    return list(found.values())
-
-
 def test_the_cache_alias_talks_to_every_master(on_cluster) -> None:
     cache = caches["cluster"]
     assert isinstance(cache.client, RedisClusterClient)
-    names = spread(on_cluster, cache.make_key)
+    names = on_cluster.spread(cache.make_key)
     cache.set_many({name: {"n": i} for i, name in enumerate(names)}, timeout=60)
     assert cache.get_many(names) == {name: {"n": i} for i, name in enumerate(names)}
     assert cache.delete_many(names) == 3
@@ -93,7 +84,7 @@ def test_a_script_whose_reply_is_lost_runs_once_whatever_the_retries(
 
 def test_breakers_step_on_every_master_and_generations_go_on(on_cluster, settings) -> None:
     store = RedisStore("cluster")
-    names = spread(on_cluster, lambda name: store.key(f"cl.{name}"))
+    names = on_cluster.spread(lambda name: store.key(f"cl.{name}"))
     settings.RESILIENCE_CRM = {**settings.RESILIENCE_CRM, "CIRCUITS": {
         f"cl.{name}": {"failure_threshold": 2, "reset_timeout": 60} for name in names}}
     for name in names:

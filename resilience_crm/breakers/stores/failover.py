@@ -164,6 +164,9 @@ class FailoverStore(BaseStore):
             recovered = shard in self._down
             self._down.discard(shard)
             self._retry_at.pop(shard, None)
+            moved_from = self._local_shard.get(name, shard)
+            if moved_from != shard:  # its slot moved to another master: the old one is gone
+                self._down.discard(moved_from)
             # The local states of this shard's circuits, and of this circuit wherever it
             # was stepped locally (a failover moves a slot to another master).
             for local in [circuit for circuit, where in self._local_shard.items()
