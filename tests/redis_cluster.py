@@ -93,6 +93,21 @@ class Cluster:
             found.setdefault(self.master_of(make_key(name)), name)
         return list(found.values())
 
+    def move_slot(self, key: str, to: int) -> None:
+        """Hand ``key``'s slot (empty of keys) to the master on ``to``, as a resharding does:
+        the old master answers ``MOVED`` for it from then on."""
+        node = self.node(self._alive())
+        slot = int(node.cluster("keyslot", key))
+        source, target = self.master_of(key), to
+        ids = {port: self.node(port).cluster("myid") for port in (source, target)}
+        ids = {port: value.decode() if isinstance(value, bytes) else value
+               for port, value in ids.items()}
+        self.node(target).execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[source])
+        self.node(source).execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[target])
+        for port in (target, source):
+            self.node(port).execute_command("CLUSTER SETSLOT", slot, "NODE", ids[target])
+        _wait(lambda: self.master_of(key) == target, f"slot {slot} to move to {target}")
+
     def _alive(self) -> int:
         return next(port for port, process in self.processes.items() if process.poll() is None)
 

@@ -224,3 +224,19 @@ def test_metrics_hashes_spool_and_exposition_on_the_cluster(on_cluster, settings
     assert spool.length("cl-test") == 1
     written: list[Any] = []
     assert spool.drain("cl-test", written.extend) == 2 and written == [{"n": 1}, {"n": 2}]
+
+
+def test_a_script_whose_slot_moved_follows_the_redirection_once(on_cluster) -> None:
+    """After a resharding the client's layout is stale: the old master answers MOVED, which
+    means it ran nothing, and the script goes on to the new one, where it runs once."""
+    store = RedisLimiterStore("cluster")
+    limits = limiter.limits_for(Principal(key="u:moved", tier="free"), "read", None, store)
+    assert limiter.decide(Principal(key="u:moved", tier="free"), "read").source != "fallback"
+    store.client.delete(*[limit.key for limit in limits])
+    source = on_cluster.master_of(limits[0].key)
+    on_cluster.move_slot(limits[0].key, next(port for port in on_cluster.masters()
+                                             if port != source))
+    allowed, [outcome, *_] = store.evaluate(limits)
+    assert allowed and outcome.remaining == limits[0].limit - 1  # charged once
+    allowed, [outcome, *_] = store.evaluate(limits)  # the client has learnt the new layout
+    assert allowed and outcome.remaining == limits[0].limit - 2
