@@ -17,7 +17,7 @@ from resilience_crm.checks import (
     CHECKS,
     TAG,
     Check,
-    merged_settings,
+    redis_cache_alias,
     settings_check,
     subclass_at,
     table,
@@ -151,11 +151,8 @@ def check_cluster_cache(config: dict[str, Any]) -> list[CheckMessage]:
 def check_cluster_client(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Deployment check: a cluster node reached through a plain django-redis client, asked of
     the server (``CONFIG GET cluster-enabled``)."""
-    config = merged_settings()
-    if config is None or not isinstance(config["CACHE_ALIAS"], str):
-        return []
-    alias = config["CACHE_ALIAS"]
-    if alias not in django_settings.CACHES or not conf.cache_is_redis(alias):
+    alias = redis_cache_alias()
+    if alias is None:
         return []
     cache: dict[str, Any] = django_settings.CACHES[alias]
     if uses_cluster_client(cache):
