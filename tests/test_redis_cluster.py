@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from django.core.cache import caches
+from django.db import connections
 from django_redis import get_redis_connection
 from redis.exceptions import ResponseError
 
@@ -28,10 +29,13 @@ from resilience_crm.ratelimit.stores.redis import SCRIPT as GCRA
 from resilience_crm.ratelimit.stores.redis import RedisLimiterStore
 from resilience_crm.redis_cluster import RedisClusterClient
 from tests.failing import boom, trip
+from tests.processes import ctx, run_processes
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 
+#: Worker processes of the concurrency test.
+PROCESSES = 8
 #: A script that touches each key it is given, so only the cluster can refuse it.
 TOUCH = LuaScript("for i = 1, #KEYS do redis.call('GET', KEYS[i]) end return #KEYS")
 
@@ -240,3 +244,36 @@ def test_a_script_whose_slot_moved_follows_the_redirection_once(on_cluster) -> N
     assert allowed and outcome.remaining == limits[0].limit - 1  # charged once
     allowed, [outcome, *_] = store.evaluate(limits)  # the client has learnt the new layout
     assert allowed and outcome.remaining == limits[0].limit - 2
+
+
+def test_limits_are_exact_across_processes_on_the_cluster(settings, cluster_cache,
+                                                          transactional_db) -> None:
+    """Invariant 3 on the cluster: 8 processes released together, two clients with 20 each
+    under a global 30: exactly 30 admitted, neither client over its own 20."""
+    settings.CACHES = {**settings.CACHES, "cluster": cluster_cache.cache(
+        SOCKET_TIMEOUT=5, SOCKET_CONNECT_TIMEOUT=5,  # 8 processes on two loaded cores
+        SERIALIZER="resilience_crm.cache_serializer.SignedJSONSerializer")}
+    settings.RESILIENCE_CRM = {
+        **settings.RESILIENCE_CRM, "STORE": "redis", "RATELIMIT_STORE": "redis",
+        "CACHE_ALIAS": "cluster", "TIERS": {"t": {"read": "20/day"}},
+        "GLOBAL_LIMITS": {"read": "30/day"}}
+    users = [Principal(key="u:px1", tier="t"), Principal(key="u:px2", tier="t")]
+    connections.close_all()  # the children open their own
+    barrier = ctx.Barrier(PROCESSES)
+    admitted = [ctx.Value("i", 0) for _ in users]
+    fell_back = ctx.Value("i", 0)
+
+    def worker(index: int) -> None:
+        barrier.wait(timeout=30)
+        for _ in range(8):
+            for user, count in zip(users, admitted, strict=True):
+                decision = limiter.decide(user, "read")
+                with count.get_lock(), fell_back.get_lock():
+                    count.value += decision.allowed
+                    fell_back.value += decision.source == "fallback"
+        connections.close_all()
+
+    run_processes(worker, count=PROCESSES, timeout=120)
+    assert fell_back.value == 0  # every decision on the cluster, none on a worker's own
+    assert sum(count.value for count in admitted) == 30
+    assert all(count.value <= 20 for count in admitted)
