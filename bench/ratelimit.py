@@ -5,6 +5,10 @@ database limiter store (no Redis in its path).
     REDIS_URL=redis://127.0.0.1:6379/1 [DATABASE_URL=postgres://...] \
         .venv/bin/python bench/ratelimit.py [--decisions N]
 
+With ``--cluster``, also ours on a Redis Cluster of three masters (each with a replica)
+started from the machine's ``redis-server`` for the run (``tests/redis_cluster.py``),
+through ``resilience_crm.redis_cluster.RedisClusterClient``.
+
 ``DATABASE_URL`` names a database of its own for the run: it is migrated, and the database
 store's table is emptied before and after. Bytes per key there is the heap and primary-key
 index of the table divided by its rows (after a ``VACUUM``), and ``pg_column_size`` of one row.
@@ -40,6 +44,8 @@ import dj_database_url  # noqa: E402
 import django  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from tests import redis_cluster  # noqa: E402
+
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/1")
 PREFIX = "rcrm-bench-rl"
 RATE = "1000/hour"
@@ -47,9 +53,15 @@ DATABASE = str(Path(tempfile.mkdtemp(prefix="rcrm-bench-")) / "bench.sqlite3")
 DATABASE_URL = os.environ.get("DATABASE_URL")
 OURS_REDIS = "resilience_crm TierRateThrottle (GCRA, Lua)"
 OURS_DATABASE = "resilience_crm TierRateThrottle (GCRA, PostgreSQL)"
+OURS_CLUSTER = "resilience_crm TierRateThrottle (Redis Cluster)"
 
 
-def setup() -> None:
+def setup(cluster_url: str | None = None) -> None:
+    cluster = {"cluster": {
+        "BACKEND": "django_redis.cache.RedisCache", "LOCATION": cluster_url,
+        "KEY_PREFIX": PREFIX,
+        "OPTIONS": {"CLIENT_CLASS": "resilience_crm.redis_cluster.RedisClusterClient"},
+    }} if cluster_url else {}
     settings.configure(
         INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "rest_framework",
                         "resilience_crm"],
@@ -58,7 +70,7 @@ def setup() -> None:
         DATABASES={"default": dj_database_url.parse(DATABASE_URL) if DATABASE_URL else {
             "ENGINE": "django.db.backends.sqlite3", "NAME": DATABASE}},
         CACHES={"default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL,
-                            "KEY_PREFIX": PREFIX}},
+                            "KEY_PREFIX": PREFIX}, **cluster},
         RESILIENCE_CRM={"TIERS": {"free": {"read": RATE}, "anonymous": {"read": RATE}}},
         REST_FRAMEWORK={"DEFAULT_THROTTLE_RATES": {"user": RATE}},
         RATELIMIT_USE_CACHE="default",
@@ -128,9 +140,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--table-rows", type=int, default=100_000,
                         help="users' keys in the database store's table when sizing it")
+    parser.add_argument("--cluster", action="store_true",
+                        help="also ours on a Redis Cluster started from redis-server")
     args = parser.parse_args()
-    setup()
+    cluster = redis_cluster.start() if args.cluster else None
+    try:
+        setup(cluster.url if cluster else None)
+        run(args)
+    finally:
+        if cluster is not None:
+            cluster.stop()
 
+
+def run(args: argparse.Namespace) -> None:
     from django.contrib.auth.models import User
     from django.test import RequestFactory
     from django_ratelimit.core import is_ratelimited
@@ -168,6 +190,7 @@ def main() -> None:
     item = parse_limit(RATE.replace("/", " per "))
 
     on_redis = RedisLimiterStore()
+    on_cluster = RedisLimiterStore("cluster") if args.cluster else None
     on_database = DatabaseLimiterStore() if DATABASE_URL else None
     if on_database is not None:  # empty, and no files left from earlier runs
         on_database.connection().execute("TRUNCATE resilience_crm_ratelimit")
@@ -181,6 +204,7 @@ def main() -> None:
     sides: dict[str, Callable[[int], bool]] = {
         OURS_REDIS: ours(on_redis),
         **({OURS_DATABASE: ours(on_database)} if on_database is not None else {}),
+        **({OURS_CLUSTER: ours(on_cluster)} if on_cluster is not None else {}),
         "DRF UserRateThrottle (django-redis)":
             lambda u: drf_throttle.allow_request(requests[u], view),
         "django-ratelimit is_ratelimited (fixed window)":
@@ -209,6 +233,8 @@ def main() -> None:
         memory[name] = redis.memory_usage(keys[0]) if keys else None
     if table is not None:
         memory[OURS_DATABASE] = table[1] + table[2]
+    if on_cluster is not None:
+        memory[OURS_CLUSTER] = on_cluster.client.memory_usage(on_cluster.key("u:1", "read:3600"))
 
     drf = results["DRF UserRateThrottle (django-redis)"]["median_us"]
     print(f"rate-limit decisions: {args.decisions} over {args.users} users at {RATE}, one "

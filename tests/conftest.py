@@ -18,7 +18,7 @@ import resilience_crm.ratelimit.stores.database as database_limiter
 from resilience_crm import flusher, testutils
 from resilience_crm.exceptions import StoreUnavailable
 from resilience_crm.ratelimit.stores.database import DatabaseLimiterStore
-from tests import replica
+from tests import redis_cluster, replica
 from tests.databases import (
     APP_ALIAS,
     CLOSED_PORT,
@@ -131,6 +131,32 @@ def streaming_replica():
         yield servers.start()
     finally:
         servers.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_servers():
+    """A Redis Cluster of three masters with a replica each (:mod:`tests.redis_cluster`),
+    once per session; fails rather than skips under RESILIENCE_CRM_REQUIRE_SERVICES=1."""
+    missing = redis_cluster.missing()
+    require_service("A Redis Cluster", missing is None, str(missing))
+    cluster = redis_cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster_cache(settings, redis_cluster_servers):
+    """A django-redis cache alias ``"cluster"`` on the session's Redis Cluster (emptied, every
+    slot served), and the cluster itself."""
+    cluster = redis_cluster_servers
+    cluster.wait_healthy()
+    cluster.flush()
+    settings.CACHES = {**settings.CACHES, "cluster": cluster.cache(
+        SERIALIZER="resilience_crm.cache_serializer.SignedJSONSerializer")}
+    yield cluster
+    caches["cluster"].client.disconnect()
 
 
 @pytest.fixture
