@@ -24,7 +24,7 @@ from pathlib import Path
 #: Where ``make bench`` and ``make chaos`` write their figures (docs/benchmarks.md shows them).
 IMAGES = Path(__file__).resolve().parent.parent / "docs" / "img"
 WIDTH = 720
-LEFT, RIGHT = 64, 16
+LEFT, RIGHT = 64, 24
 PLOT_WIDTH = WIDTH - LEFT - RIGHT
 FONT = 'font-family="sans-serif"'
 #: Line colour and dash pattern of each side, in the order the sides are given: ours first.
