@@ -1,12 +1,14 @@
 """Every benchmark of ``make bench`` still runs: each in its quick mode (``bench/run.py
 --quick``, tiny sizes, a few seconds), against the real services, in a process of its own as
 ``make bench`` runs it; the plots it draws are well-formed SVG. The figures themselves are
-the benchmarks' business (docs/benchmarks.md); the chaos run's plot is drawn by
-tests/test_chaos.py's run."""
+the benchmarks' business (docs/benchmarks.md). The chaos run's plot (``make chaos``, ten
+minutes) is drawn here from a made-up run; tests/test_chaos.py checks the figures it is
+drawn from on a real one."""
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 import re
 import subprocess
@@ -41,6 +43,29 @@ BENCHMARKS = ast.literal_eval(table("BENCHMARKS"))
 PLOTTED = ast.literal_eval(table("PLOTTED"))
 
 
+def bench_plots():
+    """bench/plots.py (bench/ is no package: its scripts find it on their own path)."""
+    spec = importlib.util.spec_from_file_location("bench_plots", ROOT / "bench" / "plots.py")
+    assert spec is not None and spec.loader is not None
+    module = sys.modules["bench_plots"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_chaos_timeline_shades_the_fault_and_stacks_the_outcomes():
+    plots = bench_plots()
+    counts = [(30, 0, 0, 0)] * 3 + [(10, 15, 4, 1)] * 5 + [(30, 0, 0, 0)] * 4
+    svg = plots.timeline("chaos", ("answered", "from fallback", "refused", "failed"),
+                         [plots.Timeline("database cut", -3.0, 1.0, 5.0, counts)])
+    root = ElementTree.fromstring(svg)  # noqa: S314  (drawn here)
+    titles = [t.text for t in root.iter(f"{SVG}title")]
+    assert titles.count("fault") == 1
+    assert len([t for t in titles if t.endswith(" answered")]) == 12
+    assert [t for t in titles if t.endswith(" from fallback")] == [
+        f"+{n} s: 15 from fallback" for n in range(5)]
+    assert len([t for t in titles if t.endswith(" failed")]) == 5
+
+
 def test_every_script_of_bench_is_run_or_named():
     scripts = {path.stem for path in (ROOT / "bench").glob("*.py")}
     helpers = {"run", "plots", "plain_drf", "redis_django", "chaos"}
@@ -60,6 +85,6 @@ def test_runs_in_quick_mode(name, tmp_path, transactional_db, postgres, redis_ur
     assert bool(written) == (name in PLOTTED), done.stdout
     for path in written:
         assert path.parent == tmp_path
-        root = ElementTree.parse(path).getroot()
+        root = ElementTree.parse(path).getroot()  # noqa: S314  (the script drew it)
         assert root.tag == f"{SVG}svg"
         assert root.findall(f".//{SVG}polyline"), f"{path.name}: no line drawn"
