@@ -1,14 +1,10 @@
 """Django for the breaker benchmarks: the app on the Redis that ``REDIS_URL`` names (its
-store and cache), SQLite for its tables, migrated: in a file, which the background flusher's
-thread opens too (in memory it found no tables and failed at exit), removed at exit."""
+store and cache), SQLite in memory for its tables, migrated."""
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +14,6 @@ import django  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/1")
-DATABASE = Path(tempfile.mkdtemp(prefix="rcrm-bench-")) / "app.sqlite3"
-# Removed last: after the flusher's own exit handler (registered later, so run first).
-atexit.register(shutil.rmtree, DATABASE.parent, ignore_errors=True)
 
 
 def setup(**resilience: Any) -> None:
@@ -28,7 +21,7 @@ def setup(**resilience: Any) -> None:
     ``resilience``."""
     settings.configure(
         INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "resilience_crm"],
-        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(DATABASE)}},
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
         CACHES={"default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL,
                             "KEY_PREFIX": "rcrm-bench"}},
         RESILIENCE_CRM={"STORE": "redis", **resilience},
