@@ -74,7 +74,12 @@ def setup() -> None:
     django.setup()
     from django.core.management import call_command
 
+    from resilience_crm.models import Tier
+
     call_command("migrate", verbosity=0)
+    # A database the demo ran on keeps its tier's own limits (migrate never overwrites a
+    # tier's row): the run's must hold.
+    Tier.objects.filter(name="free").update(limits=settings.RESILIENCE_CRM["TIERS"]["free"])
 
 
 #: What each kind of request is, for the plot.
