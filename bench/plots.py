@@ -29,7 +29,7 @@ PLOT_WIDTH = WIDTH - LEFT - RIGHT
 FONT = 'font-family="sans-serif"'
 #: Line colour and dash pattern of each side, in the order the sides are given: ours first.
 STYLES = (("#1f5fa8", ""), ("#c2410c", "7 3"), ("#15803d", "2 2"), ("#7e22ce", "9 3 2 3"),
-          ("#6b7280", "1 3"))
+          ("#6b7280", "1 3"), ("#0f766e", "12 3"), ("#111827", "4 2 1 2 1 2"))
 #: The colours of a timeline's outcomes, bottom to top: answered, answered from a fallback,
 #: refused, failed.
 OUTCOME_COLOURS = ("#1f5fa8", "#93c5fd", "#f59e0b", "#b91c1c")

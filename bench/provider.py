@@ -147,8 +147,8 @@ def main() -> None:
           f"time; 503 / plain DRF's detail: {median[labels[4]] / median[labels[6]]:.2f}x")
     plots.save(plots.latency("Reads while the circuit is open (the database unused)", [
         ("through protected.read", {label: samples[label] for label in labels[:3]}),
-        ("through the demo API (Django, DRF, token from cache, rate limited), beside plain "
-         "DRF with the database up", {label: samples[label] for label in labels[3:]}),
+        ("the demo API (full stack), beside plain DRF with the database up",
+         {label: samples[label] for label in labels[3:]}),
     ]), args.plots / "provider.svg")
     for name in ("crm.read", "crm.auth"):
         get_breaker(name).store.clear(name)

@@ -75,7 +75,13 @@ def setup() -> None:
     django.setup()
     from django.core.management import call_command
 
+    from resilience_crm.models import Tier
+
     call_command("migrate", verbosity=0)
+    # Tier rows win over settings, and migrate never overwrites one: a database another run
+    # used (the API benchmark's tiers, the demo's) would decide other limits.
+    for name, limits in settings.RESILIENCE_CRM["TIERS"].items():
+        Tier.objects.update_or_create(name=name, defaults={"limits": limits})
 
 
 def table_bytes(store: Any, rows: int = 0) -> tuple[int, int, int, int]:
