@@ -115,9 +115,9 @@ class ProtectedViewSet(FallbackHeadersMixin, viewsets.GenericViewSet):
             return instance
 
         # The save is the transaction's last statement: the COMMIT goes with it.
-        instance = protected.write(f"{self.space}:detail:{pk}", load,
-                                   then=lambda instance: instance.save())
-        return Response(self.get_serializer(instance).data)
+        serializer.instance = protected.write(f"{self.space}:detail:{pk}", load,
+                                              then=lambda instance: instance.save())
+        return Response(serializer.data)  # the validating serializer shows it, as DRF's does
 
     def partial_update(self, request: Request, pk: str) -> Response:
         return self.update(request, pk, partial=True)
