@@ -128,11 +128,11 @@ class Engine:
                     if previous is not None:
                         deadlines.restore_statement_timeout(using, previous)
                     return value
-                with folding.begin_with_first_statement(using, deadline.remaining):
+                with folding.folded(using, deadline.remaining) as fold:
                     value = fn()
                     if then is not None:
-                        with folding.commit_with_next_statement(using):
-                            then(value)
+                        fold.commit_with_next_statement()
+                        then(value)
             except Exception:
                 # Let go of a broken connection inside the block: leaving it to Django,
                 # the block's end would open a new one (to restore autocommit) with no

@@ -1,13 +1,15 @@
 """Fewer round trips to the database per protected call: what the call engine has to say
 besides the caller's own statements goes out in the same message as one of them.
 
-- :func:`begin_with_first_statement`: ``BEGIN`` and ``SET LOCAL statement_timeout`` are
-  sent with the transaction's first statement, instead of in round trips of their own before
-  it. PostgreSQL runs the statements of one message in order, each under the timeout set
-  before it.
-- :func:`commit_with_next_statement`: ``COMMIT`` is sent with the next statement, which the
-  caller makes the transaction's last; Django's own commit then finds nothing left to do and
-  sends nothing.
+One execute wrapper (:class:`Fold`, installed by :func:`folded` for the call's transaction)
+does both:
+
+- ``BEGIN`` and ``SET LOCAL statement_timeout`` are sent with the transaction's first
+  statement, instead of in round trips of their own before it. PostgreSQL runs the
+  statements of one message in order, each under the timeout set before it.
+- after :meth:`Fold.commit_with_next_statement`, ``COMMIT`` is sent with the next
+  statement, which the caller makes the transaction's last; Django's own commit then finds
+  nothing left to do and sends nothing.
 
 So a protected create is two round trips (docs/provider.md): ``BEGIN``, the timeout and the
 handler's insert; then the idempotency row and the ``COMMIT``. Plain DRF's create is two as
@@ -39,80 +41,75 @@ try:
 except ImportError:  # psycopg2, or no PostgreSQL at all
     CLIENT_CURSORS = ()
 
+
 def statement_timeout(seconds: float) -> str:
     """The statement limiting every later one in the transaction to ``seconds``."""
     milliseconds = max(deadlines.MIN_STATEMENT_TIMEOUT_MS, int(seconds * 1000))
     return f"SET LOCAL statement_timeout = '{milliseconds}ms'"
 
 
-def folds(cursor: Any) -> bool:
-    """Whether ``cursor`` (a DB-API cursor) sends several statements in one message."""
-    return bool(CLIENT_CURSORS) and isinstance(cursor, CLIENT_CURSORS)
+class Fold:
+    """The call's execute wrapper: its first statement carries ``BEGIN`` and the timeout, the
+    one after :meth:`commit_with_next_statement` carries ``COMMIT``. One wrapper and two
+    flags; a cursor that cannot fold gets the timeout in a statement of its own instead,
+    and psycopg's ``BEGIN`` and Django's commit as usual."""
 
+    def __init__(self, remaining: Callable[[], float]) -> None:
+        self.remaining = remaining
+        self.begun = False
+        self.commit = False
 
-@contextlib.contextmanager
-def begin_with_first_statement(using: str, remaining: Callable[[], float]) -> Iterator[None]:
-    """Inside the block (an outermost ``transaction.atomic`` on ``using``, PostgreSQL), the
-    first statement carries ``BEGIN`` and ``SET LOCAL statement_timeout`` to what
-    ``remaining()`` says then, in seconds. A block that runs no statement begins nothing.
+    def commit_with_next_statement(self) -> None:
+        """The next statement carries ``COMMIT``: call it where that statement is the
+        transaction's last (nothing after it may run in the transaction, as nothing would).
+        If it cannot carry it, Django commits as usual."""
+        self.commit = True
 
-    psycopg would send its own ``BEGIN`` first, and wait for it: the connection is put in
-    autocommit for the rest of the block instead, where the ``BEGIN`` sent here holds every
-    later statement in the one transaction, up to the ``COMMIT`` or ``ROLLBACK`` of Django's
-    atomic block as usual (psycopg sends either when the server says a transaction is open,
-    whatever its autocommit). Django turns autocommit on again when the block ends."""
-    connection = connections[using]
-    if connection.vendor != "postgresql":
-        yield
-        return
-    sent = False
-
-    def wrapper(execute: Callable[..., Any], sql: str, params: Any, many: bool,
-                context: dict[str, Any]) -> Any:
-        nonlocal sent
-        if sent:
-            return execute(sql, params, many, context)
-        sent = True
-        setting = statement_timeout(remaining())
+    def __call__(self, execute: Callable[..., Any], sql: str, params: Any, many: bool,
+                 context: dict[str, Any]) -> Any:
         cursor, raw = context["cursor"].cursor, context["connection"].connection
-        if many or not folds(cursor):
-            with raw.cursor() as own:
-                own.execute(setting)
+        folds = not many and bool(CLIENT_CURSORS) and isinstance(cursor, CLIENT_CURSORS)
+        before, after, skipped = "", "", 0
+        if not self.begun:
+            self.begun = True
+            setting = statement_timeout(self.remaining())
+            if not folds:
+                with raw.cursor() as own:
+                    own.execute(setting)
+            elif not raw.autocommit and raw.info.transaction_status == TransactionStatus.IDLE:
+                # psycopg would send a BEGIN of its own and wait for it: this statement
+                # carries it instead, and holds every later one in the transaction.
+                raw.autocommit = True
+                before, skipped = f"BEGIN; {setting}; ", 2
+            else:
+                before, skipped = f"{setting}; ", 1
+        if self.commit:
+            self.commit = False
+            after = "; COMMIT" if folds else ""
+        if not (before or after):
             return execute(sql, params, many, context)
-        begin = _idle(raw)
-        if begin:
-            raw.autocommit = True  # no BEGIN of psycopg's own: this statement carries it
-        result = execute(f"{'BEGIN; ' if begin else ''}{setting}; {sql}", params, many,
-                         context)
-        for _ in range(2 if begin else 1):
+        result = execute(f"{before}{sql}{after}", params, many, context)
+        for _ in range(skipped):
             cursor.nextset()  # the caller reads its own statement's result
         return result
 
-    with connection.execute_wrapper(wrapper):
-        yield
-
-
-def _idle(raw: Any) -> bool:
-    """Whether psycopg would begin a transaction before the next statement on ``raw``."""
-    return not raw.autocommit and raw.info.transaction_status == TransactionStatus.IDLE
-
 
 @contextlib.contextmanager
-def commit_with_next_statement(using: str) -> Iterator[None]:
-    """Inside the block, the next statement on ``using`` carries ``COMMIT``: call it where
-    that statement is the last of the transaction (nothing after it may run in the
-    transaction, as nothing would). If it cannot carry it, Django commits as usual."""
+def folded(using: str, remaining: Callable[[], float]) -> Iterator[Fold]:
+    """Inside the block (an outermost ``transaction.atomic`` on ``using``), the statements
+    on ``using`` go through the :class:`Fold` it gives, with the timeout ``remaining()``
+    says at the first, in seconds; off PostgreSQL the fold is given but not installed. A
+    block that runs no statement begins nothing.
+
+    With the ``BEGIN`` sent here, the connection is in autocommit for the rest of the block
+    (psycopg begins nothing more), and Django's atomic block ends the transaction with its
+    ``COMMIT`` or ``ROLLBACK`` as usual (psycopg sends either when the server says a
+    transaction is open, whatever its autocommit); Django turns autocommit on again when the
+    block ends."""
     connection = connections[using]
-    sent = False
-
-    def wrapper(execute: Callable[..., Any], sql: str, params: Any, many: bool,
-                context: dict[str, Any]) -> Any:
-        nonlocal sent
-        if sent or many or not folds(context["cursor"].cursor):
-            sent = True
-            return execute(sql, params, many, context)
-        sent = True
-        return execute(f"{sql}; COMMIT", params, many, context)
-
-    with connection.execute_wrapper(wrapper):
-        yield
+    fold = Fold(remaining)
+    if connection.vendor != "postgresql":
+        yield fold
+        return
+    with connection.execute_wrapper(fold):
+        yield fold
