@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
                        "--table-rows", "100"]),
     "provider": ([], ["--calls", "20", "--rounds", "2"]),
     "write_path": ([], ["--rounds", "1", "--batch", "3"]),
+    "write_layers": ([], ["--rounds", "1", "--batch", "3"]),
     "live_blackholed": ([], ["--requests", "20", "--ready", "1"]),
     "guard": ([], ["--statements", "20", "--rounds", "3"]),
     "deadlines": (["--calls", "5"], ["--calls", "1", "--call-timeout", "0.5"]),
