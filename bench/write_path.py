@@ -16,8 +16,8 @@ minus ours (bench/plain_drf.py). Both go through Django's full handler (the test
 this process, on the same PostgreSQL (the demo's pooled connection settings) and Redis.
 
 Each round times ``--batch`` requests of one kind on each side, the sides taking turns
-request by request (which goes first alternates by round), after a warm-up; the run prints each side's median
-throughput and the median of the per-round ratios (ours / plain DRF), and draws each
+request by request (which goes first alternates by round), after a warm-up; the run prints
+each side's median throughput and the median of the per-round ratios (ours / plain DRF), and draws each
 request's latency by kind and side in ``--plots`` (default docs/img/), ``api.svg``. The
 database named by ``DATABASE_URL`` is created if missing and migrated; its contacts and
 idempotency rows are deleted at the end.
@@ -190,7 +190,8 @@ def main() -> None:
 
     work = Workload(plain_drf.clients("bench-writer"))
     print(f"requests per second, {args.rounds} rounds x {args.batch} requests per side, "
-          f"sides taking turns per request (PostgreSQL {connection.pg_version}, {settings.REDIS_URL})")
+          f"sides taking turns per request (PostgreSQL {connection.pg_version}, "
+          f"{settings.REDIS_URL})")
     print(f"  {'':8} {OURS + ' median':>22} {PLAIN + ' median':>18} {'ratio (median)':>16}"
           f" {'ratio range':>14}")
     panels: list[plots.Panel] = []
