@@ -19,8 +19,8 @@ Each round times ``--batch`` requests of one kind on each side, the sides taking
 request by request (which goes first alternates by round), after a warm-up; the run prints
 each side's median throughput and the median of the per-round ratios (ours / plain DRF),
 and draws each request's latency by kind and side in ``--plots`` (default docs/img/),
-``api.svg``. The database named by ``DATABASE_URL`` is created if missing and migrated; its contacts and
-idempotency rows are deleted at the end.
+``api.svg``. The database named by ``DATABASE_URL`` is created if missing and migrated; its
+contacts and idempotency rows are deleted at the end.
 """
 
 from __future__ import annotations
