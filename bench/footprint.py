@@ -8,7 +8,8 @@ PostgreSQL, and what 1M users and 10k circuits make of them.
 app's tables are emptied before and after. Everything is written through the app's own code
 (the stores' ``step``, ``TierRateThrottle.allow_request``, ``protected.read``), except the
 ``Circuit``, ``CircuitEvent`` and ``CircuitMetric`` rows, which are bulk-created as the
-flusher would leave them. Measured:
+flusher would leave them, and the call counters (``metrics.inc``, then the exposition's
+``push``). Measured:
 
 - Redis keys: ``MEMORY USAGE`` of each key (value, key name, expiry and Redis's own
   overhead), averaged over the keys written;
@@ -29,6 +30,7 @@ import statistics
 import sys
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +133,24 @@ def fill_windows(step: Callable[[Any], Any], names: list[str]) -> None:
             entries = [[0, machine.SUCCESS, 50, None], [0, machine.SLOW, 1, None],
                        [0, machine.FAILURE, 1, None]]
             step(Step(name, config, 0.5, entries, now=start + bucket * width))
+
+
+def counter_fields(circuits: int) -> float:
+    """Bytes per circuit of the ``resilience_calls`` hash the workers push their counts to
+    (one field per circuit and outcome, every outcome counted)."""
+    from django_redis import get_redis_connection
+
+    from resilience_crm import metrics
+    from resilience_crm.observability import exposition
+
+    outcomes = ("success", "failure", "slow", "timeout", "rejected", "fallback")
+    for n in range(circuits):
+        for outcome in outcomes:
+            metrics.inc("calls", circuit=f"bench.fp.{n}", outcome=outcome)
+    exposition.push()
+    redis = get_redis_connection("default")
+    return redis_bytes(redis, redis.scan_iter(match=f"{PREFIX}:*resilience:metrics:calls")
+                       ) / circuits
 
 
 def circuit_rows(circuits: int) -> dict[str, tuple[float, int, int]]:
@@ -239,7 +259,7 @@ def read_entries(users: int) -> dict[str, float]:
         keys = []
         for n in range(1, min(users, 1000) + 1):
             key, value = build(n)
-            protected.read(key, lambda value=value: value)
+            protected.read(key, partial(identity, value))
             keys.append(f"{PREFIX}:1:{cache.PREFIX}{key}")
         measured[kind] = redis_bytes(redis, keys)
     return measured
@@ -266,6 +286,7 @@ def main() -> None:
     clean()
     try:
         state = breaker_state(args.circuits)
+        counters = counter_fields(args.circuits)
         circuits = circuit_rows(args.circuits)
         records = record_rows(args.circuits, args.minutes)
         limits = limiter_keys(args.users)
@@ -277,6 +298,7 @@ def main() -> None:
     rows: list[tuple[str, str, float, str, float]] = [
         # what, where, bytes each, how many at scale (said), how many (counted)
         ("breaker live state, window full", "Redis", state, "10k circuits", CIRCUITS),
+        ("call counters (6 hash fields)", "Redis", counters, "10k circuits", CIRCUITS),
         ("Circuit row (Redis store: durable record)", "PostgreSQL", circuits["redis"][0],
          "10k circuits", CIRCUITS),
         ("Circuit row (database store: live state)", "PostgreSQL", circuits["database"][0],
@@ -308,6 +330,10 @@ def main() -> None:
                                           ("ratelimit", limits["database"])):
         print(f"  {name}: {counted} rows, {per_row:.0f} B per row in all its relations "
               f"(pg_column_size of one row: {one} B)")
+
+
+def identity(value: Any) -> Any:
+    return value
 
 
 def human(size: float) -> str:
