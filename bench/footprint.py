@@ -14,7 +14,9 @@ flusher would leave them, and the call counters (``metrics.inc``, then the expos
 - Redis keys: ``MEMORY USAGE`` of each key (value, key name, expiry and Redis's own
   overhead), averaged over the keys written;
 - PostgreSQL rows: ``pg_total_relation_size`` of the table (heap, indexes, TOAST) divided by
-  its rows after a ``VACUUM``, and ``pg_column_size`` of one row.
+  its rows after a plain ``VACUUM``, which keeps the room its updates left, as a table in
+  use has it (the table's figure); below the table also after a ``VACUUM FULL`` (the
+  floor), and ``pg_column_size`` of one row.
 
 A circuit's live state is measured with its whole failure-rate window in use (all ten
 buckets, as a circuit called steadily for ``window`` seconds has); the limiter keys after
@@ -32,7 +34,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -43,7 +45,9 @@ from django.conf import settings  # noqa: E402
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/1")
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 PREFIX = "rcrm-bench-fp"
-RATE = "1000/hour"
+#: Two charges at this rate keep a limiter key for 72 s: long enough for a run of 50,000
+#: users to measure every key before it expires (its name is as long as at 1000/hour).
+RATE = "100/hour"
 #: The scale the table projects to.
 USERS, CIRCUITS = 1_000_000, 10_000
 #: Minutes of ``CircuitMetric`` rows a circuit called every minute leaves per day.
@@ -78,25 +82,35 @@ def setup() -> None:
 
 
 def redis_bytes(redis: Any, keys: Iterable[Any]) -> float:
-    """Mean ``MEMORY USAGE`` of ``keys`` (every one of them, not a sample)."""
-    sizes = [redis.memory_usage(key, samples=0) for key in keys]
+    """Mean ``MEMORY USAGE`` of ``keys`` (every one of them still there, not a sample)."""
+    sizes = [size for size in (redis.memory_usage(key, samples=0) for key in keys)
+             if size is not None]
     if not sizes:
         raise RuntimeError("no keys were written")
     return statistics.fmean(sizes)
 
 
-def table_bytes(table: str) -> tuple[float, int, int]:
-    """Bytes per row of ``table`` (all its relations, after a VACUUM), ``pg_column_size`` of
-    one row, and its rows."""
+class Table(NamedTuple):
+    compact: float  # bytes per row in all the table's relations after a VACUUM FULL
+    as_left: float  # the same after a plain VACUUM: what updates left free is still there
+    row: int  # pg_column_size of one row
+    rows: int
+
+
+def table_bytes(table: str) -> Table:
+    """Bytes per row of ``table``, as its writes left it and compacted."""
     from django.db import connection
 
+    query = (f"SELECT pg_total_relation_size(%s), count(*),"  # noqa: S608
+             f" (SELECT pg_column_size(t.*) FROM {table} t LIMIT 1) FROM {table}")
     with connection.cursor() as cursor:
         cursor.execute(f"VACUUM {table}")
-        cursor.execute(f"SELECT pg_total_relation_size(%s), count(*),"  # noqa: S608
-                       f" (SELECT pg_column_size(t.*) FROM {table} t LIMIT 1) FROM {table}",
-                       [table])
-        total, rows, row = cursor.fetchone()
-    return total / rows, row, rows
+        cursor.execute(query, [table])
+        as_left, rows, row = cursor.fetchone()
+        cursor.execute(f"VACUUM FULL {table}")
+        cursor.execute(query, [table])
+        compact = cursor.fetchone()[0]
+    return Table(compact / rows, as_left / rows, row, rows)
 
 
 def empty_tables() -> None:
@@ -153,7 +167,7 @@ def counter_fields(circuits: int) -> float:
                        ) / circuits
 
 
-def circuit_rows(circuits: int) -> dict[str, tuple[float, int, int]]:
+def circuit_rows(circuits: int) -> dict[str, Table]:
     """``Circuit`` rows as the Redis store leaves them (the durable record: state,
     generation, timestamps), then as the database store does (the live state in the row)."""
     from resilience_crm.breakers.stores.database import DatabaseStore
@@ -168,7 +182,7 @@ def circuit_rows(circuits: int) -> dict[str, tuple[float, int, int]]:
     return {"redis": durable, "database": table_bytes("resilience_crm_circuit")}
 
 
-def record_rows(circuits: int, minutes: int) -> dict[str, tuple[float, int, int]]:
+def record_rows(circuits: int, minutes: int) -> dict[str, Table]:
     """``CircuitMetric`` rows (one per circuit and minute it was called in) and
     ``CircuitEvent`` rows (two per incident: open, then closed), as the flusher writes them."""
     from resilience_crm.breakers import machine
@@ -299,18 +313,18 @@ def main() -> None:
         # what, where, bytes each, how many at scale (said), how many (counted)
         ("breaker live state, window full", "Redis", state, "10k circuits", CIRCUITS),
         ("call counters (6 hash fields)", "Redis", counters, "10k circuits", CIRCUITS),
-        ("Circuit row (Redis store: durable record)", "PostgreSQL", circuits["redis"][0],
+        ("Circuit row (Redis store: durable record)", "PostgreSQL", circuits["redis"].as_left,
          "10k circuits", CIRCUITS),
-        ("Circuit row (database store: live state)", "PostgreSQL", circuits["database"][0],
+        ("Circuit row (database store: live state)", "PostgreSQL", circuits["database"].as_left,
          "10k circuits", CIRCUITS),
-        ("CircuitMetric row (circuit x minute)", "PostgreSQL", records["metric"][0],
+        ("CircuitMetric row (circuit x minute)", "PostgreSQL", records["metric"].as_left,
          f"10k circuits x {MINUTES_PER_DAY} min = 1 day", day),
-        ("", "", records["metric"][0], f"... x {RETENTION_DAYS} days retention",
+        ("", "", records["metric"].as_left, f"... x {RETENTION_DAYS} days retention",
          day * RETENTION_DAYS),
-        ("CircuitEvent row (per transition)", "PostgreSQL", records["event"][0],
+        ("CircuitEvent row (per transition)", "PostgreSQL", records["event"].as_left,
          "10k circuits x 1 incident (2 rows)", 2 * CIRCUITS),
         ("limiter key, one limit", "Redis", limits["redis"], "1M users", USERS),
-        ("limiter row, one limit", "PostgreSQL", limits["database"][0], "1M users", USERS),
+        ("limiter row, one limit", "PostgreSQL", limits["database"].as_left, "1M users", USERS),
         ("read cache: token check", "Redis", reads["token"], "1M users", USERS),
         ("read cache: one contact", "Redis", reads["contact"], "1M contacts", USERS),
         ("read cache: page of 25 contacts", "Redis", reads["page"], "40k pages (1M contacts)",
@@ -323,13 +337,14 @@ def main() -> None:
     for what, where, each, scale, count in rows:
         print(f"  {what:44} {where:10} {each:10.0f}  {scale:38} {count:12,} "
               f"{human(each * count):>9}")
-    for name, (per_row, one, counted) in (("Circuit (Redis store)", circuits["redis"]),
-                                          ("Circuit (database store)", circuits["database"]),
-                                          ("CircuitMetric", records["metric"]),
-                                          ("CircuitEvent", records["event"]),
-                                          ("ratelimit", limits["database"])):
-        print(f"  {name}: {counted} rows, {per_row:.0f} B per row in all its relations "
-              f"(pg_column_size of one row: {one} B)")
+    for name, table in (("Circuit (Redis store)", circuits["redis"]),
+                        ("Circuit (database store)", circuits["database"]),
+                        ("CircuitMetric", records["metric"]),
+                        ("CircuitEvent", records["event"]),
+                        ("ratelimit", limits["database"])):
+        print(f"  {name}: {table.rows} rows; per row in all its relations {table.compact:.0f} B"
+              f" compacted, {table.as_left:.0f} B as its writes left it (pg_column_size of "
+              f"one row: {table.row} B)")
 
 
 def identity(value: Any) -> Any:

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from django.core.management import CommandError, call_command
 from django.db.models import Sum
+from django_redis import get_redis_connection
 from rest_framework.authtoken.models import Token
 
 from crm_demo.crm import drill
@@ -151,6 +152,18 @@ def demo_database(pair: Pair) -> Iterator[str]:
             admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
+@contextlib.contextmanager
+def keys_removed(prefix: str) -> Iterator[None]:
+    """The demo's keys under ``prefix`` (circuits, queue, spool) are deleted afterwards."""
+    try:
+        yield
+    finally:
+        redis = get_redis_connection("redis")
+        keys = list(redis.scan_iter(match=f"{prefix}*"))
+        if keys:
+            redis.delete(*keys)
+
+
 def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300, check=False)
@@ -162,7 +175,7 @@ def test_with_a_replica_the_drill_reads_from_it_then_from_the_stale_cache(
     """The demo with ``DATABASE_REPLICA_URL`` on a real streaming replica: with the primary
     cut, reads come from the replica, labelled with its lag; with the replica cut too, from
     the stale cache."""
-    with demo_database(streaming_replica) as name:
+    with demo_database(streaming_replica) as name, keys_removed(f"rcrm-drill-{name}"):
         url = "postgres://postgres@127.0.0.1:{}/" + name
         env = {**os.environ, "DJANGO_SETTINGS_MODULE": SETTINGS,
                "DATABASE_URL": url.format(streaming_replica.primary_port),
