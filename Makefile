@@ -41,13 +41,10 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy resilience_crm crm_demo
 
+# Every benchmark, ours beside its peers (the bench group's), on DATABASE_URL's server (in a
+# database of its own, rcrm_bench) and REDIS_URL; the plots go to docs/img/ (docs/benchmarks.md).
 bench: venv
-	$(BIN)/python bench/closed_path.py
-	$(BIN)/python bench/propagation.py
-	$(BIN)/python bench/ratelimit.py
-	$(BIN)/python bench/live_blackholed.py
-	$(BIN)/python bench/provider.py
-	$(BIN)/python bench/write_path.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 # The demo under load while PostgreSQL, Redis and workers fail (docs/operations.md).
 .PHONY: chaos

@@ -109,7 +109,7 @@ def measure(fault: str, alias: str, proxy: FaultProxy, calls: int,
 
     proxy.restore()
     connections[alias].close_pool()  # a pool of its own for each fault, filled
-    assert read(alias, f"{alias}:{fault}:warm", query(alias, "SELECT 1"), proxy,
+    assert read(alias, f"{alias}:{fault.replace(' ', '-')}:warm", query(alias, "SELECT 1"), proxy,
                 give_up) is not None
     pool = connections[alias].pool
     if pool is not None:
@@ -132,7 +132,8 @@ def measure(fault: str, alias: str, proxy: FaultProxy, calls: int,
         durations = []
         for n in range(calls):
             each()
-            durations.append(read(alias, f"{alias}:{fault}:{n}", fn, proxy, give_up))
+            key = f"{alias}:{fault.replace(' ', '-')}:{n}"  # a cache key: no spaces
+            durations.append(read(alias, key, fn, proxy, give_up))
         return durations
     finally:
         release.set()

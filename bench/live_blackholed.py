@@ -2,7 +2,7 @@
 making transitions and counting calls.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/rcrm_bench \\
-        .venv/bin/python bench/live_blackholed.py [--requests N]
+        .venv/bin/python bench/live_blackholed.py [--requests N] [--plots DIR]
 
 The app's tables sit on a second alias (``DATABASE_ALIAS``) that reaches the PostgreSQL
 server through the drill's fault proxy (``crm_demo/crm/faults.py``), stalled: connections
@@ -12,7 +12,8 @@ flusher keeps being woken with work it cannot write. Requests go through Django'
 handler (the test client), once with autocommit and once with ``ATOMIC_REQUESTS = True`` on
 that alias, 5 ms apart so that the run spans several of the flusher's 2 s connect attempts
 and backoffs. The target is a p99 under 50 ms; the run prints p50, p99 and the slowest
-request per mode. Then ``/resilience/health/ready`` on the same blackholed database: each
+request per mode, and draws both modes' latencies in ``--plots`` (default docs/img/),
+``live-blackholed.svg``. Then ``/resilience/health/ready`` on the same blackholed database: each
 answer must come within its deadline (0.7 s) and a few milliseconds, which the suite checks
 only loosely (tests/test_readiness.py); the run prints the slowest of ``--ready`` requests.
 """
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import dj_database_url  # noqa: E402
 import django  # noqa: E402
+import plots  # noqa: E402  (bench/ is on sys.path)
 from django.conf import settings  # noqa: E402
 from django.urls import include, path  # noqa: E402
 
@@ -118,6 +120,7 @@ def main() -> None:
                         help="/ready requests to time (each takes its deadline)")
     parser.add_argument("--interval", type=float, default=0.005,
                         help="seconds between requests (default: 1000 requests span ~5 s)")
+    parser.add_argument("--plots", type=Path, default=plots.IMAGES, help="where to write SVG")
     args = parser.parse_args()
     server = dj_database_url.parse(DATABASE_URL)
     with FaultProxy(server["HOST"] or "127.0.0.1", int(server["PORT"] or 5432)) as proxy:
@@ -128,8 +131,10 @@ def main() -> None:
 
         get_breaker(CIRCUIT)  # built while "down" is not yet known: one 2 s connect attempt
         print(f"/resilience/health/live, database blackholed, {args.requests} requests")
+        modes: dict[str, list[float]] = {}
         for atomic in (False, True):
             durations = measure(args.requests, atomic, args.interval)
+            modes["ATOMIC_REQUESTS = True" if atomic else "autocommit"] = durations
             p50 = durations[len(durations) // 2]
             p99 = durations[int(len(durations) * 0.99) - 1]
             mode = "ATOMIC_REQUESTS" if atomic else "autocommit     "
@@ -139,6 +144,10 @@ def main() -> None:
               f"{metrics.value('calls', circuit=CIRCUIT, outcome='success')}, flusher "
               f"connection attempts {proxy.connections}, database known down "
               f"{flusher.database_down()}")
+        plots.save(plots.latency(
+            "/resilience/health/live while the app's database is blackholed",
+            [(f"{args.requests:,} requests each, a breaker churning beside them", modes)]),
+            args.plots / "live-blackholed.svg")
         if args.ready:
             from resilience_crm.observability.health import PROBE_DEADLINE
 

@@ -3,7 +3,11 @@
 database limiter store (no Redis in its path).
 
     REDIS_URL=redis://127.0.0.1:6379/1 [DATABASE_URL=postgres://...] \
-        .venv/bin/python bench/ratelimit.py [--decisions N]
+        .venv/bin/python bench/ratelimit.py [--decisions N] [--plots DIR]
+
+With ``--cluster``, also ours on a Redis Cluster of three masters (each with a replica)
+started from the machine's ``redis-server`` for the run (``tests/redis_cluster.py``),
+through ``resilience_crm.redis_cluster.RedisClusterClient``.
 
 ``DATABASE_URL`` names a database of its own for the run: it is migrated, and the database
 store's table is emptied before and after. Bytes per key there is the heap and primary-key
@@ -16,9 +20,13 @@ Ours goes through ``TierRateThrottle.allow_request`` (principal, tier
 lookup, adaptive factor, one EVALSHA, the decision object); DRF's through its own
 ``allow_request`` on the django-redis cache; django-ratelimit through ``is_ratelimited``
 (fixed window, ``cache.add`` + ``incr``); ``limits`` through ``MovingWindowRateLimiter.hit``
-on its own Redis storage. The sides take turns in ``--rounds`` batches, so a busy machine
-slows them alike. Printed: median and p99 latency per decision, decisions per second (one
-thread), and ``MEMORY USAGE`` of one key after the run. Keys are deleted afterwards.
+on its own Redis storage; for reference, a bare ``GET`` of a missing key on the same pool
+(and with ``DATABASE_URL``, a bare ``SELECT 1`` on the database store's connection): the
+round trip none of them can go under. The sides take turns in ``--rounds`` batches, so a
+busy machine slows them alike. Printed: median and p99 latency per decision, decisions per
+second (one thread), and ``MEMORY USAGE`` of one key after the run; each decision's latency
+by side is drawn in ``--plots`` (default docs/img/), ``ratelimit.svg``. Keys are deleted
+afterwards.
 """
 
 from __future__ import annotations
@@ -38,7 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import dj_database_url  # noqa: E402
 import django  # noqa: E402
+import plots  # noqa: E402  (bench/ is on sys.path)
 from django.conf import settings  # noqa: E402
+
+from tests import redis_cluster  # noqa: E402
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/1")
 PREFIX = "rcrm-bench-rl"
@@ -47,9 +58,17 @@ DATABASE = str(Path(tempfile.mkdtemp(prefix="rcrm-bench-")) / "bench.sqlite3")
 DATABASE_URL = os.environ.get("DATABASE_URL")
 OURS_REDIS = "resilience_crm TierRateThrottle (GCRA, Lua)"
 OURS_DATABASE = "resilience_crm TierRateThrottle (GCRA, PostgreSQL)"
+OURS_CLUSTER = "resilience_crm TierRateThrottle (Redis Cluster)"
+ROUND_TRIP_REDIS = "(a bare Redis GET: one round trip)"
+ROUND_TRIP_DATABASE = "(a bare SELECT 1 on the store's connection)"
 
 
-def setup() -> None:
+def setup(cluster_url: str | None = None) -> None:
+    cluster = {"cluster": {
+        "BACKEND": "django_redis.cache.RedisCache", "LOCATION": cluster_url,
+        "KEY_PREFIX": PREFIX,
+        "OPTIONS": {"CLIENT_CLASS": "resilience_crm.redis_cluster.RedisClusterClient"},
+    }} if cluster_url else {}
     settings.configure(
         INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "rest_framework",
                         "resilience_crm"],
@@ -58,7 +77,7 @@ def setup() -> None:
         DATABASES={"default": dj_database_url.parse(DATABASE_URL) if DATABASE_URL else {
             "ENGINE": "django.db.backends.sqlite3", "NAME": DATABASE}},
         CACHES={"default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL,
-                            "KEY_PREFIX": PREFIX}},
+                            "KEY_PREFIX": PREFIX}, **cluster},
         RESILIENCE_CRM={"TIERS": {"free": {"read": RATE}, "anonymous": {"read": RATE}}},
         REST_FRAMEWORK={"DEFAULT_THROTTLE_RATES": {"user": RATE}},
         RATELIMIT_USE_CACHE="default",
@@ -68,7 +87,13 @@ def setup() -> None:
     django.setup()
     from django.core.management import call_command
 
+    from resilience_crm.models import Tier
+
     call_command("migrate", verbosity=0)
+    # Tier rows win over settings, and migrate never overwrites one: a database another run
+    # used (the API benchmark's tiers, the demo's) would decide other limits.
+    for name, limits in settings.RESILIENCE_CRM["TIERS"].items():
+        Tier.objects.update_or_create(name=name, defaults={"limits": limits})
 
 
 def table_bytes(store: Any, rows: int = 0) -> tuple[int, int, int, int]:
@@ -96,9 +121,10 @@ def table_bytes(store: Any, rows: int = 0) -> tuple[int, int, int, int]:
 
 
 def measure(sides: dict[str, Callable[[int], bool]], decisions: int, users: int,
-            rounds: int) -> dict[str, dict[str, float]]:
-    """Latency of each decision (ns), the sides taking turns in ``rounds`` batches so that a
-    noisy machine slows them alike; every decision must admit."""
+            rounds: int) -> tuple[dict[str, dict[str, float]], dict[str, list[int]]]:
+    """Figures of each side's decisions and their latencies (ns), the sides taking turns in
+    ``rounds`` batches so that a noisy machine slows them alike; every decision must
+    admit."""
     timings: dict[str, list[int]] = {name: [] for name in sides}
     elapsed = dict.fromkeys(sides, 0)
     batch = decisions // rounds
@@ -118,7 +144,7 @@ def measure(sides: dict[str, Callable[[int], bool]], decisions: int, users: int,
         results[name] = {"median_us": statistics.median(values) / 1000,
                          "p99_us": values[int(len(values) * 0.99)] / 1000,
                          "per_s": len(values) / (elapsed[name] / 1e9)}
-    return results
+    return results, timings
 
 
 def main() -> None:
@@ -128,9 +154,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--table-rows", type=int, default=100_000,
                         help="users' keys in the database store's table when sizing it")
+    parser.add_argument("--cluster", action="store_true",
+                        help="also ours on a Redis Cluster started from redis-server")
+    parser.add_argument("--plots", type=Path, default=plots.IMAGES, help="where to write SVG")
     args = parser.parse_args()
-    setup()
+    cluster = redis_cluster.start() if args.cluster else None
+    try:
+        setup(cluster.url if cluster else None)
+        run(args)
+    finally:
+        if cluster is not None:
+            cluster.stop()
 
+
+def run(args: argparse.Namespace) -> None:
     from django.contrib.auth.models import User
     from django.test import RequestFactory
     from django_ratelimit.core import is_ratelimited
@@ -168,6 +205,7 @@ def main() -> None:
     item = parse_limit(RATE.replace("/", " per "))
 
     on_redis = RedisLimiterStore()
+    on_cluster = RedisLimiterStore("cluster") if args.cluster else None
     on_database = DatabaseLimiterStore() if DATABASE_URL else None
     if on_database is not None:  # empty, and no files left from earlier runs
         on_database.connection().execute("TRUNCATE resilience_crm_ratelimit")
@@ -181,6 +219,7 @@ def main() -> None:
     sides: dict[str, Callable[[int], bool]] = {
         OURS_REDIS: ours(on_redis),
         **({OURS_DATABASE: ours(on_database)} if on_database is not None else {}),
+        **({OURS_CLUSTER: ours(on_cluster)} if on_cluster is not None else {}),
         "DRF UserRateThrottle (django-redis)":
             lambda u: drf_throttle.allow_request(requests[u], view),
         "django-ratelimit is_ratelimited (fixed window)":
@@ -188,6 +227,11 @@ def main() -> None:
                                          rate=RATE, increment=True),
         "limits MovingWindowRateLimiter (Redis)":
             lambda u: moving.hit(item, "bench", str(u)),
+        # What no limiter on that store can go under: one round trip, doing nothing.
+        ROUND_TRIP_REDIS: lambda u: redis.get(f"{PREFIX}:nothing") is None,
+        **({ROUND_TRIP_DATABASE: lambda u: bool(
+            on_database.connection().execute("SELECT 1").fetchone())}
+           if on_database is not None else {}),
     }
     for decide in sides.values():  # warm up: scripts loaded, connections open
         decide(0)
@@ -195,7 +239,7 @@ def main() -> None:
     for user in range(args.users):  # every user seen once: tiers cached, as in steady state
         for decide in sides.values():
             decide(user)
-    results = measure(sides, args.decisions, args.users, args.rounds)
+    results, timings = measure(sides, args.decisions, args.users, args.rounds)
 
     memory: dict[str, Any] = {}
     table = table_bytes(on_database) if on_database is not None else None
@@ -209,6 +253,8 @@ def main() -> None:
         memory[name] = redis.memory_usage(keys[0]) if keys else None
     if table is not None:
         memory[OURS_DATABASE] = table[1] + table[2]
+    if on_cluster is not None:
+        memory[OURS_CLUSTER] = on_cluster.client.memory_usage(on_cluster.key("u:1", "read:3600"))
 
     drf = results["DRF UserRateThrottle (django-redis)"]["median_us"]
     print(f"rate-limit decisions: {args.decisions} over {args.users} users at {RATE}, one "
@@ -217,8 +263,14 @@ def main() -> None:
           f" {'x DRF median':>13}")
     for name, result in results.items():
         print(f"  {name:48} {result['median_us']:7.1f}us {result['p99_us']:7.1f}us"
-              f" {result['per_s']:12.0f} {memory[name]!s:>10} {result['median_us'] / drf:12.2f}x")
+              f" {result['per_s']:12.0f} {memory.get(name, '-')!s:>10}"
+              f" {result['median_us'] / drf:12.2f}x")
 
+    plots.save(plots.latency(
+        "Rate-limit decisions, one Redis, sides taking turns",
+        [(f"each decision: {args.decisions:,} over {args.users:,} users at {RATE}",
+          {name: [ns / 1e9 for ns in values] for name, values in timings.items()})]),
+        args.plots / "ratelimit.svg")
     if on_database is not None and table is not None:
         for row, heap, index, rows in (table, table_bytes(on_database, args.table_rows)):
             print(f"  database store table: {rows} rows; per row {heap} B heap + {index} B"

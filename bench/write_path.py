@@ -1,23 +1,26 @@
-"""Throughput of the demo API's writes (create, update, delete) against the same endpoints as
-plain DRF, in one run, as ratios.
+"""Throughput of the demo API (list, detail, create, update, delete) against the same
+endpoints as plain DRF, in one run, as ratios.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/rcrm_bench \\
-    REDIS_URL=redis://127.0.0.1:6379/1 .venv/bin/python bench/write_path.py [--rounds N]
+    REDIS_URL=redis://127.0.0.1:6379/1 .venv/bin/python bench/write_path.py \\
+        [--rounds N] [--batch N] [--kinds create,update,...] [--plots DIR]
 
 Ours is ``/api/contacts/`` of the demo with all its protection on: the resilience
 middleware, token checks through ``protected`` (cached), ``TierRateThrottle`` on Redis (at a
 limit the run cannot reach), creates through ``protected.submit`` with an
 ``Idempotency-Key``, updates and deletes through ``protected.write``, the read cache
-invalidated on each. The peer is a ``ModelViewSet`` over the same model and serializer with
-DRF's stock ``TokenAuthentication`` (one query per request), no throttle, under the demo's
-middleware minus ours. Both go through Django's full handler (the test client) in this
-process, on the same PostgreSQL (the demo's pooled connection settings) and Redis.
+invalidated on each; lists and details through ``protected.read`` (from its cache once
+warm). The peer is a ``ModelViewSet`` over the same model and serializer with DRF's stock
+``TokenAuthentication`` (one query per request), no throttle, under the demo's middleware
+minus ours (bench/plain_drf.py). Both go through Django's full handler (the test client) in
+this process, on the same PostgreSQL (the demo's pooled connection settings) and Redis.
 
 Each round times ``--batch`` requests of one kind on each side, the sides taking turns
 (which goes first alternates), after a warm-up; the run prints each side's median
-throughput and the median of the per-round ratios (ours / plain DRF). The database named by
-``DATABASE_URL`` is created if missing and migrated; its contacts and idempotency rows are
-deleted at the end.
+throughput and the median of the per-round ratios (ours / plain DRF), and draws each
+request's latency by kind and side in ``--plots`` (default docs/img/), ``api.svg``. The
+database named by ``DATABASE_URL`` is created if missing and migrated; its contacts and
+idempotency rows are deleted at the end.
 """
 
 from __future__ import annotations
@@ -40,11 +43,12 @@ os.environ["DJANGO_DEBUG"] = "0"
 os.environ["DJANGO_SETTINGS_MODULE"] = "crm_demo.settings"
 
 import django  # noqa: E402
+import plots  # noqa: E402  (bench/ is on sys.path)
 import psycopg  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-OURS, PLAIN = "resilience_crm", "plain DRF"
-urlpatterns: list = []  # filled in by setup(): the views need Django set up
+OURS, PLAIN = "resilience_crm", "plain DRF"  # as in plain_drf, imported once Django is set up
+KINDS = ("list", "detail", "create", "update", "delete")
 
 
 def create_database(url: str) -> None:
@@ -63,60 +67,39 @@ def setup() -> None:
         "TIERS": {"free": {"read": "100000000/min", "write": "100000000/min"}},
         **({"AUTH_FAILURES": None} if os.environ.get("BENCH_NO_AUTH_FAILURES") else {}),
     }
-    settings.ROOT_URLCONF = __name__
+    settings.ROOT_URLCONF = "plain_drf"
     settings.ALLOWED_HOSTS = ["testserver"]
     settings.LOGGING = {"version": 1, "disable_existing_loggers": False,
                         "loggers": {"resilience_crm": {"level": "ERROR"}}}
     django.setup()
     from django.core.management import call_command
-    from django.urls import include, path
-    from rest_framework import routers, viewsets
-    from rest_framework.authentication import TokenAuthentication
-    from rest_framework.permissions import IsAuthenticated
 
-    from crm_demo.crm.models import Contact
-    from crm_demo.crm.serializers import ContactSerializer
+    from resilience_crm.models import Tier
 
-    class PlainContacts(viewsets.ModelViewSet):
-        queryset = Contact.objects.all()
-        serializer_class = ContactSerializer
-        authentication_classes = [TokenAuthentication]
-        permission_classes = [IsAuthenticated]
-        throttle_classes: list = []
-
-    router = routers.SimpleRouter()
-    router.register("contacts", PlainContacts, basename="plain-contacts")
-    urlpatterns[:] = [path("plain/", include(router.urls)), path("", include("crm_demo.urls"))]
     call_command("migrate", verbosity=0)
+    # Tier rows win over settings, and migrate never overwrites one: a database the demo
+    # ran on would limit the run to the demo's 60 reads a minute.
+    Tier.objects.update_or_create(name="free",
+                                  defaults={"limits": settings.RESILIENCE_CRM["TIERS"]["free"]})
 
 
-def clients() -> dict[str, object]:
-    """A client per side with the bench user's token; the plain side's handler is built
-    without the resilience middleware."""
-    from django.contrib.auth.models import User
-    from django.test import Client, override_settings
-    from rest_framework.authtoken.models import Token
-
-    user, _ = User.objects.get_or_create(username="bench-writer")
-    token, _ = Token.objects.get_or_create(user=user)
-    ours = Client(HTTP_AUTHORIZATION=f"Token {token.key}")
-    plain = Client(HTTP_AUTHORIZATION=f"Token {token.key}")
-    middleware = [m for m in settings.MIDDLEWARE if not m.startswith("resilience_crm.")]
-    with override_settings(MIDDLEWARE=middleware):
-        assert plain.get("/plain/contacts/").status_code == 200  # builds its handler now
-    assert ours.get("/api/contacts/").status_code == 200
-    return {OURS: ours, PLAIN: plain}
+#: What each kind of request is, for the plot.
+METHODS = {"list": "GET /contacts/ (page of 25)", "detail": "GET /contacts/<id>/",
+           "create": "POST /contacts/", "update": "PATCH /contacts/<id>/",
+           "delete": "DELETE /contacts/<id>/"}
 
 
 class Workload:
     """Requests of one kind for each side; ``prepare(side, n)`` runs untimed before a batch
-    (the deletes' contacts), ``request(side, i)`` is timed."""
+    (the targets of updates and deletes, new each round; those of details, made once, so
+    the demo's read cache holds them after the warm-up), ``request(side, i)`` is timed."""
 
     def __init__(self, sides: dict[str, object]) -> None:
         self.sides = sides
         self.serial = 0
         self.run = uuid.uuid4().hex[:8]  # idempotency keys no earlier run used
         self.targets: dict[str, list[int]] = {OURS: [], PLAIN: []}
+        self.details: dict[str, list[int]] = {OURS: [], PLAIN: []}
 
     def url(self, side: str) -> str:
         return "/api/contacts/" if side == OURS else "/plain/contacts/"
@@ -124,15 +107,24 @@ class Workload:
     def prepare(self, kind: str, side: str, n: int) -> None:
         from crm_demo.crm.models import Contact
 
-        if kind in ("update", "delete"):
+        if kind == "detail" and self.details[side]:
+            return  # the same contacts every round: read from the cache once warm
+        if kind in ("detail", "update", "delete"):
             made = Contact.objects.bulk_create(
                 Contact(name=f"Target {i}", email="t@example.com") for i in range(n))
-            self.targets[side] = [c.pk for c in made]
+            (self.details if kind == "detail" else self.targets)[side] = [c.pk for c in made]
 
     def request(self, kind: str, side: str, i: int) -> None:
         client = self.sides[side]
         self.serial += 1
-        if kind == "create":
+        if kind == "list":
+            response = client.get(self.url(side))  # type: ignore[attr-defined]
+            expected = 200
+        elif kind == "detail":
+            target = self.details[side][i % len(self.details[side])]
+            response = client.get(f"{self.url(side)}{target}/")  # type: ignore[attr-defined]
+            expected = 200
+        elif kind == "create":
             response = client.post(  # type: ignore[attr-defined]
                 self.url(side), {"name": f"C{self.serial}", "email": "c@example.com"},
                 content_type="application/json",
@@ -153,47 +145,65 @@ class Workload:
 
 
 def run(kind: str, work: Workload, rounds: int, batch: int,
-        now: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
-    """Requests per second of each side, per round; the first round warms up, untimed."""
+        now: Callable[[], float] = time.perf_counter,
+        ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Requests per second of each side, per round, and each request's seconds; the first
+    round warms up, untimed."""
     rates: dict[str, list[float]] = {OURS: [], PLAIN: []}
+    latencies: dict[str, list[float]] = {OURS: [], PLAIN: []}
     for number in range(rounds + 1):
         order = (OURS, PLAIN) if number % 2 else (PLAIN, OURS)
         for side in order:
             work.prepare(kind, side, batch)
-            started = now()
+            took = []
             for i in range(batch):
+                started = now()
                 work.request(kind, side, i)
+                took.append(now() - started)
             if number:
-                rates[side].append(batch / (now() - started))
-    return rates
+                rates[side].append(batch / sum(took))
+                latencies[side] += took
+    return rates, latencies
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--kinds", default=",".join(KINDS),
+                        help=f"which requests, in order (of {', '.join(KINDS)})")
+    parser.add_argument("--plots", type=Path, default=plots.IMAGES, help="where to write SVG")
     args = parser.parse_args()
+    kinds = [kind for kind in args.kinds.split(",") if kind]
+    assert set(kinds) <= set(KINDS), f"--kinds: {args.kinds}"
     setup()
+    import plain_drf
     from django.db import connection
 
     from crm_demo.crm.models import Contact
     from resilience_crm.models import QueuedWrite
 
-    work = Workload(clients())
-    print(f"writes per second, {args.rounds} rounds x {args.batch} requests per side, "
+    work = Workload(plain_drf.clients("bench-writer"))
+    print(f"requests per second, {args.rounds} rounds x {args.batch} requests per side, "
           f"sides taking turns (PostgreSQL {connection.pg_version}, {settings.REDIS_URL})")
     print(f"  {'':8} {OURS + ' median':>22} {PLAIN + ' median':>18} {'ratio (median)':>16}"
           f" {'ratio range':>14}")
+    panels: list[plots.Panel] = []
     try:
-        for kind in ("create", "update", "delete"):
-            rates = run(kind, work, args.rounds, args.batch)
+        for kind in kinds:
+            rates, latencies = run(kind, work, args.rounds, args.batch)
             ratios = [o / p for o, p in zip(rates[OURS], rates[PLAIN], strict=True)]
             print(f"  {kind:8} {statistics.median(rates[OURS]):18.0f} /s "
                   f"{statistics.median(rates[PLAIN]):14.0f} /s "
                   f"{statistics.median(ratios):15.2f}x {min(ratios):6.2f}-{max(ratios):.2f}x")
+            panels.append((f"{kind}: {METHODS[kind]}, ours / plain DRF "
+                           f"{statistics.median(ratios):.2f}x in throughput", latencies))
     finally:
         Contact.objects.all().delete()
         QueuedWrite.objects.all().delete()
+    plots.save(plots.latency("The demo API, all its protection on, beside plain DRF",
+                             panels),
+               args.plots / "api.svg")
 
 
 if __name__ == "__main__":

@@ -92,7 +92,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # server costs seconds, not the OS's minutes. libpq gives up connecting after 2 s, probes
     # an idle connection after 5 s (every 2 s, twice) and drops one whose sent data goes
     # unacknowledged for 5 s; Django's psycopg pool hands out a connection or fails within a
-    # second.
+    # second, and gives up a failed connect's retries (backing off 1, 2, 4 s...) after 2 s,
+    # so the next request tries at once: a pool still backing off when the database comes
+    # back would fail the circuits' half-open trials long after the outage (W085).
     DATABASES["default"]["OPTIONS"] = {
         "connect_timeout": int(os.environ.get("DATABASE_CONNECT_TIMEOUT", "2")),
         "keepalives": 1,
@@ -104,6 +106,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
             "min_size": 1,
             "max_size": int(os.environ.get("DATABASE_POOL_SIZE", "4")),
             "timeout": float(os.environ.get("DATABASE_POOL_TIMEOUT", "1.0")),
+            "reconnect_timeout": float(os.environ.get("DATABASE_POOL_RECONNECT_TIMEOUT", "2.0")),
         },
     }
 

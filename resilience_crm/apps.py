@@ -30,7 +30,7 @@ class ResilienceCrmConfig(AppConfig):
         # The system checks, each registered as its module is imported: the shared ones, then
         # each feature's. Imported here, in one place, since the shared module cannot import
         # the features' (they import it for ``Check``, ``table`` and ``settings_check``).
-        from resilience_crm import checks, database_checks  # noqa: F401
+        from resilience_crm import checks, cluster_checks, database_checks  # noqa: F401
         from resilience_crm.breakers import checks as breaker_checks  # noqa: F401
         from resilience_crm.guard import checks as guard_checks  # noqa: F401
         from resilience_crm.observability import checks as observability_checks  # noqa: F401

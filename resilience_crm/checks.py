@@ -219,6 +219,16 @@ def merged_settings() -> dict[str, Any] | None:
     return conf.DEFAULTS | user if isinstance(user, dict) else None
 
 
+def redis_cache_alias() -> str | None:
+    """``CACHE_ALIAS`` when it names a django-redis cache of ``CACHES``, else ``None``."""
+    config = merged_settings()
+    alias = None if config is None else config["CACHE_ALIAS"]
+    if (not isinstance(alias, str) or alias not in django_settings.CACHES
+            or not conf.cache_is_redis(alias)):
+        return None
+    return alias
+
+
 def settings_check(*tags: str) -> Callable[[Callable[[dict[str, Any]], list[CheckMessage]]],
                                            Any]:
     """Register a check on the merged settings; it is skipped when they are not a dict, and
@@ -317,11 +327,8 @@ def check_cache_shared(config: dict[str, Any]) -> list[CheckMessage]:
 @register(TAG, Tags.caches, Tags.security, deploy=True)
 def check_cache_serializer(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Deployment check: a Redis cache that pickles runs code whoever writes to it chose."""
-    config = merged_settings()
-    if config is None or not isinstance(config["CACHE_ALIAS"], str):
-        return []
-    alias = config["CACHE_ALIAS"]
-    if alias not in django_settings.CACHES or not conf.cache_is_redis(alias):
+    alias = redis_cache_alias()
+    if alias is None:
         return []
     options = django_settings.CACHES[alias].get("OPTIONS")
     serializer = options.get("SERIALIZER") if isinstance(options, dict) else None

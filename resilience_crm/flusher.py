@@ -8,8 +8,9 @@ registers their writers, in order, with :func:`register`.
 
 The thread starts on first need (:func:`start`, :func:`wake`), runs a round of writes when
 woken and every :data:`INTERVAL` seconds, and backs off (:data:`BACKOFF_START` doubling up to
-:data:`BACKOFF_MAX`) while the database cannot be reached, answering wakes meanwhile only
-with a spill (below). A forked child starts its own thread on first need; nothing it
+:data:`BACKOFF_MAX`, or the ``reset_timeout`` of the query guard's circuit on the app's
+tables: :func:`_trial_interval`) while the database cannot be reached, answering wakes
+meanwhile only with a spill (below). A forked child starts its own thread on first need; nothing it
 inherits from its parent's thread (lock, wake-up event, backoff) is used in the child.
 
 What a round cannot write does not stay in this process: the modules' spills (registered
@@ -31,7 +32,15 @@ import threading
 import time
 from collections.abc import Callable
 
-from django.db import InterfaceError, OperationalError, close_old_connections, connections
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connections,
+)
+
+from resilience_crm import conf
 
 logger = logging.getLogger("resilience_crm.flusher")
 
@@ -191,12 +200,30 @@ def spill(timeout: float = -1) -> None:
 
 def _back_off(worker: _Worker, err: BaseException) -> None:
     worker.failures += 1
-    delay = min(BACKOFF_MAX, BACKOFF_START * 2 ** (worker.failures - 1))
+    delay = min(BACKOFF_MAX, BACKOFF_START * 2 ** (worker.failures - 1), _trial_interval())
     delay *= 0.5 + random.random() / 2  # workers that lost it together do not retry together
     worker.retry_at = time.monotonic() + delay
     if worker.failures == 1:
         logger.warning("The database cannot be reached (%s); events and metrics wait in the "
                        "shared store (or this process), next try in %.1fs.", err, delay)
+
+
+def _trial_interval() -> float:
+    """The longest a round may wait: when the query guard guards the app's tables
+    (``PROTECT_QUERIES``), the circuit's ``reset_timeout``, else :data:`BACKOFF_MAX`. Calls
+    through ``protected`` do not count on the guard's circuit, so these rounds may be all the
+    half-open trials it gets: backing off longer, the thread would leave the circuit
+    half-open, waiting for a trial, long after the database is back. While the circuit is
+    open a round is refused before any connect, so trying that often costs nothing."""
+    alias = conf.settings.DATABASE_ALIAS or DEFAULT_DB_ALIAS
+    guarded = conf.settings.PROTECT_QUERIES
+    circuit = guarded.get(alias) if isinstance(guarded, dict) else None
+    if not isinstance(circuit, str):
+        return BACKOFF_MAX
+    seconds = conf.settings.circuit_config(circuit).get("reset_timeout")
+    if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds > 0:
+        return float(seconds)
+    return BACKOFF_MAX
 
 
 def _close_connections() -> None:

@@ -3,12 +3,21 @@ Lua scripts run by EVALSHA, once each."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 from django_redis.exceptions import ConnectionInterrupted
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import (
+    AskError,
+    ConnectionError,
+    MovedError,
+    NoScriptError,
+    RedisError,
+    TimeoutError,
+    TryAgainError,
+)
 
 #: What a call to Redis raises when Redis is unavailable: not only unreachable or stalled
 #: (a refused or cut connection, a socket timeout) but answering with an error (BUSY,
@@ -18,6 +27,8 @@ from redis.exceptions import NoScriptError, RedisError
 #: degrades on these; a reply of the wrong shape is the caller's own extra (``ValueError``
 #: for JSON that is not the script's, ``TypeError``/``IndexError`` for a short reply).
 REDIS_DOWN = (RedisError, ConnectionInterrupted, OSError)
+#: A Redis Cluster master's answers that mean "not here, not run": ask elsewhere.
+REDIRECTED = (MovedError, AskError, TryAgainError)
 
 
 class LuaScript:
@@ -61,11 +72,27 @@ class LuaScript:
             pool.release(connection)
 
     def _through(self, client: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """Through the client's own ``evalsha``, for clients without one pool (Redis Cluster):
-        there the client's retry policy applies, so turn its retries off to keep each script
-        to one run (docs/ratelimiting.md)."""
+        """On a Redis Cluster client (no single pool): on the pool of the master of the first
+        key's slot, as on a single Redis, so once and never retried. Keys of several slots
+        reach that master as they are, and the cluster refuses them (``CROSSSLOT``): every
+        script's keys share one hash tag.
+
+        A redirection (``MOVED`` or ``ASK`` during a failover or a resharding, ``TRYAGAIN``)
+        means the master did not run the script: it is sent again through the client, which
+        follows the redirection and learns the new layout, with the master named outright,
+        which turns its retries off. A lost connection, which may have run it, is not sent
+        again; the client learns the layout again for the next call (as it does itself)."""
+        node = client.get_node_from_key(keys[0]) if keys else client.get_random_node()
         try:
-            return client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            client.script_load(self.source)
-            return client.evalsha(self.sha, len(keys), *keys, *args)
+            return self(client.get_redis_connection(node), keys, args)
+        except REDIRECTED:
+            try:
+                return client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args,
+                                              target_nodes=node)
+            except NoScriptError:  # the master it was sent on to: load it there, and run it
+                node = client.get_node_from_key(keys[0]) if keys else node
+                return self(client.get_redis_connection(node), keys, args)
+        except (ConnectionError, TimeoutError):
+            with contextlib.suppress(*REDIS_DOWN):
+                client.nodes_manager.initialize()
+            raise

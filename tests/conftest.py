@@ -18,7 +18,7 @@ import resilience_crm.ratelimit.stores.database as database_limiter
 from resilience_crm import flusher, testutils
 from resilience_crm.exceptions import StoreUnavailable
 from resilience_crm.ratelimit.stores.database import DatabaseLimiterStore
-from tests import replica
+from tests import redis_cluster, replica
 from tests.databases import (
     APP_ALIAS,
     CLOSED_PORT,
@@ -133,6 +133,32 @@ def streaming_replica():
         servers.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster_servers():
+    """A Redis Cluster of three masters with a replica each (:mod:`tests.redis_cluster`),
+    once per session; fails rather than skips under RESILIENCE_CRM_REQUIRE_SERVICES=1."""
+    missing = redis_cluster.missing()
+    require_service("A Redis Cluster", missing is None, str(missing))
+    cluster = redis_cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster_cache(settings, redis_cluster_servers):
+    """A django-redis cache alias ``"cluster"`` on the session's Redis Cluster (emptied, every
+    slot served), and the cluster itself."""
+    cluster = redis_cluster_servers
+    cluster.wait_healthy()
+    cluster.flush()
+    settings.CACHES = {**settings.CACHES, "cluster": cluster.cache(
+        SERIALIZER="resilience_crm.cache_serializer.SignedJSONSerializer")}
+    yield cluster
+    caches["cluster"].client.disconnect()
+
+
 @pytest.fixture
 def redis_proxy(settings, redis_cache, redis_url):
     """A TCP proxy in front of the real Redis, the test's to watch, stall or cut, and a
@@ -230,12 +256,13 @@ def postgres_proxy(request, postgres, settings):
 def database_behind_proxy(request, postgres, transactional_db):
     """The alias ``PROXIED_ALIAS``: the test database behind a TCP proxy the test cuts,
     resets or stalls, with the demo's connection settings (``connect_timeout``, and psycopg's
-    pool of ``PROXIED_POOL`` for the ``pooled`` parameter). Yields the proxy."""
+    pool of ``PROXIED_POOL`` for the ``pooled`` parameter, or the pool options a test gives
+    as its parameter). Yields the proxy."""
     default = connections["default"].settings_dict
     with Proxy(default["HOST"] or "127.0.0.1", int(default["PORT"] or 5432)) as proxy:
         options = {**default.get("OPTIONS", {}), "connect_timeout": 2}
-        if request.param == "pooled":
-            options["pool"] = PROXIED_POOL
+        if request.param != "unpooled":
+            options["pool"] = PROXIED_POOL if request.param == "pooled" else request.param
         with extra_database(PROXIED_ALIAS, {**default, "HOST": "127.0.0.1",
                                             "PORT": str(proxy.port), "OPTIONS": options}):
             try:

@@ -55,6 +55,12 @@ def test_short_chaos_run(stage):
 
     cut, killed = outcomes
     assert cut.alerts.incidents, "the database cut opened no circuit"
+    # The answers per second make chaos plots: every answer in its second, none from the
+    # stale cache before the fault began.
+    start, seconds = report.throughput(cut)
+    assert sum(map(sum, seconds)) == len(cut.record.answers)
+    stale = [start + n for n, counts in enumerate(seconds) if counts[1]]
+    assert stale and min(stale) >= -1, (start, seconds)
     assert any(a.label == "stale" for a in report.during(cut)), "no read was served stale"
     assert killed.killed, "no worker was killed"
     for outcome in outcomes:

@@ -156,6 +156,18 @@ def test_overrides_saved_while_redis_is_unreachable_reach_workers_when_it_is_bac
     assert Circuit.objects.get(pk=circuit.pk).pending == {}
 
 
+def test_a_new_worker_takes_the_saved_overrides_from_redis_not_the_database(
+        redis_settings, django_assert_num_queries):
+    assert control.push_config(CIRCUIT, {"failure_threshold": 9, "half_open_max_calls": 2})
+    registry.clear()  # a worker that never made the breaker
+
+    with django_assert_num_queries(0):
+        breaker = registry.get_breaker(CIRCUIT)
+
+    # Before its first step: a trial permit is never granted on the settings' figures.
+    assert (breaker.config.failure_threshold, breaker.config.half_open_max_calls) == (9, 2)
+
+
 def _staff(client, *codenames: str) -> User:
     user = User.objects.create_user("editor", password="pw", is_staff=True)
     user.user_permissions.add(*Permission.objects.filter(

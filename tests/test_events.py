@@ -40,6 +40,11 @@ TRIPS_AFTER_TWO = {
 }
 
 
+#: The query guard's circuit in the test that guards the app's tables, and its reset_timeout.
+GUARD_CIRCUIT = "test.guard"
+GUARD_RESET = 1.0
+
+
 @pytest.fixture(autouse=True)
 def _trips_after_two(settings):
     settings.RESILIENCE_CRM = {"STORE": "memory", "CIRCUITS": {CIRCUIT: TRIPS_AFTER_TWO}}
@@ -392,6 +397,36 @@ def test_the_flusher_backs_off_while_the_database_is_down(postgres_proxy, backgr
     assert events.pending_count() == 41
     assert postgres_proxy.connections == attempts  # no new attempt inside the backoff
     assert flusher.rounds() == rounds
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_the_flusher_tries_again_within_the_reset_timeout_of_the_guard_on_its_tables(
+        postgres_proxy, background_flusher, settings, monkeypatch):
+    """With the query guard on the app's tables, the flusher's rounds may be the only trials
+    its circuit gets (calls through protected do not count on it): after a stall it tries
+    again within the circuit's reset_timeout, not after its own backoff, so the events get
+    written and the circuit closes seconds after the database is back."""
+    monkeypatch.setattr(flusher, "BACKOFF_START", 60.0)  # its own backoff: 15 to 30 s
+    settings.RESILIENCE_CRM = {**settings.RESILIENCE_CRM,
+                               "PROTECT_QUERIES": {APP_ALIAS: GUARD_CIRCUIT},
+                               "CIRCUITS": {CIRCUIT: TRIPS_AFTER_TWO, GUARD_CIRCUIT: {
+                                   "failure_threshold": 1, "reset_timeout": GUARD_RESET,
+                                   "max_reset_timeout": GUARD_RESET}}}
+    breaker = get_breaker(CIRCUIT)
+    postgres_proxy.stalled = True  # every connect times out
+    trip(breaker)
+    wait_until(flusher.database_down, "the first round timed out")
+    assert get_breaker(GUARD_CIRCUIT).state == core.OPEN
+
+    postgres_proxy.drop()  # the stall ends: this thread's connection goes with it
+    postgres_proxy.restore()
+    connections[APP_ALIAS].close()
+
+    wait_until(lambda: events.pending_count() == 0, "the flusher wrote the events",
+               timeout=GUARD_RESET + 8)
+    assert transitions() == [(1, "closed", "open")]
+    assert get_breaker(GUARD_CIRCUIT).state == core.CLOSED
 
 
 # The caller's transaction -----------------------------------------------------------------------

@@ -119,6 +119,30 @@ def test_the_databases_failures_are_counted_until_the_circuit_opens(proxy):
     assert proxy.connections == attempts  # the refusal made no connection attempt
 
 
+@pytest.mark.redis
+def test_a_worker_new_to_the_circuit_refuses_without_asking_the_database(proxy, settings,
+                                                                        redis_cache):
+    """A worker that never made ``crm.db``'s breaker (a new gunicorn worker, one that had no
+    request yet) learns that the circuit is open from the shared store, without reading the
+    circuit's saved settings from the very database the circuit guards: with that database
+    blackholed, the read would wait out the connect timeout before the refusal."""
+    settings.DATABASE_ROUTERS = ["resilience_crm.routers.ResilienceRouter"]
+    settings.RESILIENCE_CRM = {**settings.RESILIENCE_CRM, "STORE": "redis",
+                               "CACHE_ALIAS": "redis", "DATABASE_ALIAS": GUARDED}
+    get_breaker(CIRCUIT).force(machine.FORCED_OPEN)
+    testutils.reset()  # this process now knows nothing of the circuit
+    connections[GUARDED].close()  # as in a new worker (a statement would hang on an open one)
+    proxy.stalled = True  # blackholed: connections accepted, nothing answered
+    attempts = proxy.connections
+
+    with pytest.raises(DatabaseCircuitOpen):
+        select_one()
+
+    assert proxy.connections == attempts  # nothing asked of the guarded database
+    proxy.restore()
+    get_breaker(CIRCUIT).reset()
+
+
 def test_the_callers_own_errors_are_not_counted(proxy):
     with connections[GUARDED].cursor() as cursor:
         cursor.execute("CREATE TEMPORARY TABLE guarded (id integer PRIMARY KEY)")

@@ -86,26 +86,3 @@ def test_a_script_redis_forgot_is_loaded_again(direct):
     assert INCR(direct, [key], []) == 2
     assert direct.script_exists(INCR.sha) == [True]
     direct.delete(key)
-
-
-class ClusterLike:
-    """A client without one connection pool, as redis-py's ``RedisCluster`` is: it routes
-    each command itself (here to one real Redis)."""
-
-    def __init__(self, redis_client: redis.Redis) -> None:
-        self._redis = redis_client
-
-    def evalsha(self, *args):
-        return self._redis.evalsha(*args)
-
-    def script_load(self, source):
-        return self._redis.script_load(source)
-
-
-def test_a_client_without_a_pool_runs_the_script_through_its_own_evalsha(direct):
-    key = f"rcrm-test:lua:{uuid.uuid4().hex}"
-    cluster = ClusterLike(direct)
-    direct.script_flush()
-    assert INCR(cluster, [key], []) == 1  # loaded again first
-    assert INCR(cluster, [key], []) == 2
-    direct.delete(key)

@@ -184,20 +184,32 @@ def pooled(settings: Any, pool: Any) -> None:
         settings.DATABASES = settings.DATABASES | {"pooled": database}
 
 
-@pytest.mark.parametrize(("pool", "config", "warned"), [
-    (True, {}, True),  # psycopg_pool's 30 s default against call_timeout 10
-    ({"timeout": 1.0}, {}, False),
-    ({"timeout": 2.0}, {"CIRCUITS": {"crm.rpc": {"call_timeout": 2}}}, True),
-    ({"timeout": 2.0}, {"CIRCUIT_DEFAULTS": {"call_timeout": 3}}, False),
+@pytest.mark.parametrize(("check", "pool", "config", "warned"), [
+    # W012: a pool's wait for a connection must fit in the shortest call_timeout.
+    ("POOL_WAIT_OVER_BUDGET", True, {}, True),  # psycopg_pool's 30 s against call_timeout 10
+    ("POOL_WAIT_OVER_BUDGET", {"timeout": 1.0}, {}, False),
+    ("POOL_WAIT_OVER_BUDGET", {"timeout": 2.0},
+     {"CIRCUITS": {"crm.rpc": {"call_timeout": 2}}}, True),
+    ("POOL_WAIT_OVER_BUDGET", {"timeout": 2.0}, {"CIRCUIT_DEFAULTS": {"call_timeout": 3}}, False),
+    # W085: a pool must retry connecting as often as a circuit tries (the shortest
+    # reset_timeout).
+    ("POOL_RECONNECT_OVER_RESET", True, {}, True),  # psycopg_pool's 300 s against 30
+    ("POOL_RECONNECT_OVER_RESET", {"reconnect_timeout": 30}, {}, False),
+    ("POOL_RECONNECT_OVER_RESET", {"reconnect_timeout": 5},
+     {"CIRCUITS": {"crm.db": {"reset_timeout": 3}}}, True),
+    ("POOL_RECONNECT_OVER_RESET", {"reconnect_timeout": 2.0},
+     {"CIRCUIT_DEFAULTS": {"reset_timeout": 3}}, False),
 ])
-def test_w012_a_pool_wait_must_fit_in_the_call_budget(settings, pool, config, warned):
+def test_w012_w085_a_pool_must_fit_the_circuits(settings, check, pool, config, warned):
     pooled(settings, pool)
     settings.RESILIENCE_CRM = config
+    code = getattr(checks.Codes, check)
     found = [m for m in provider_checks.check_pool_timeout()
-             if m.id == checks.Codes.POOL_WAIT_OVER_BUDGET]
+             + provider_checks.check_pool_reconnect() if m.id == code]
     assert bool(found) is warned
     if found:
         assert 'DATABASES["pooled"]' in found[0].msg
+        assert "s call_timeout" in found[0].msg or "s reset_timeout" in found[0].msg
 
 
 def test_the_demo_bounds_every_wait_on_postgresql():
@@ -208,5 +220,7 @@ def test_the_demo_bounds_every_wait_on_postgresql():
                          check=True, env={**os.environ, "DATABASE_URL": "postgres://u@h/db"})
     options = json.loads(out.stdout)
     assert options["pool"]["timeout"] == 1.0
+    # W085 holds with the chaos run's 3 s reset_timeout too.
+    assert options["pool"]["reconnect_timeout"] <= 3
     assert options["connect_timeout"] == 2 and options["keepalives"] == 1
     assert options["tcp_user_timeout"] > 0

@@ -32,11 +32,16 @@ def store(redis_cache: Any) -> RedisLimiterStore:
     return RedisLimiterStore("redis")
 
 
-@pytest.fixture(params=["redis", pytest.param("database", marks=pytest.mark.postgres)])
+@pytest.fixture(params=["redis", pytest.param("cluster", marks=pytest.mark.slow),
+                        pytest.param("database", marks=pytest.mark.postgres)])
 def shared_store(request: Any) -> Any:
-    """Each shared store, with a way to read the TATs it keeps."""
-    if request.param == "redis":
-        redis = request.getfixturevalue("store")
+    """Each shared store (Redis, Redis Cluster, PostgreSQL), with a way to read the TATs it
+    keeps."""
+    if request.param in ("redis", "cluster"):
+        if request.param == "cluster":
+            request.getfixturevalue("cluster_cache")
+        redis = (request.getfixturevalue("store") if request.param == "redis"
+                 else RedisLimiterStore("cluster"))
         return redis, lambda limits: [
             None if (tat := redis.client.get(limit.key)) is None else int(tat)
             for limit in limits]

@@ -201,6 +201,13 @@ class Breaker:
             return machine.CLOSED
         return machine.current_state(stored, self._server_now_ms())
 
+    def load_overrides(self) -> None:
+        """Take the overrides the store holds for the circuit (one read, no step): a new
+        breaker's settings before its first decision."""
+        stored = self.store.read(self.name)
+        if stored and stored.get("cv"):
+            self._adopt_overrides(stored["cv"], stored.get("cfg"))
+
     def snapshot(self) -> dict[str, Any]:
         """The circuit as the store has it now (one store call)."""
         view = self._step(self._take_pending())

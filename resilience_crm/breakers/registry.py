@@ -82,18 +82,25 @@ def get_breaker(name: str) -> Breaker:
         breaker = _breakers.get(name)
         if breaker is not None:
             return breaker
+        store = get_store()
         _building.names = {*building_names(), name}
         try:
-            base, overrides = settings.circuit_config(name), _overrides(name)
+            base = settings.circuit_config(name)
+            # A shared store hands the saved overrides to every worker with the circuit's
+            # state (seeded from its row when it has lost them): ask it, not the database,
+            # which may be the very one this circuit guards, down, or stalled.
+            overrides = {} if store.shared else _overrides(name)
+            try:
+                config = Config.from_mapping(base | overrides)
+            except ValueError as err:  # saved before validation, or settings changed since
+                logger.error("Circuit %s: ignoring invalid overrides (%s).", name, err)
+                config, overrides = Config.from_mapping(base), {}
+            breaker = Breaker(name, config, store, snapshot_ttl=settings.SNAPSHOT_TTL,
+                              base_config=base, overrides=overrides)
+            if store.shared:
+                breaker.load_overrides()
         finally:
             _building.names = building_names() - {name}
-        try:
-            config = Config.from_mapping(base | overrides)
-        except ValueError as err:  # saved before validation, or settings changed since
-            logger.error("Circuit %s: ignoring invalid overrides (%s).", name, err)
-            config, overrides = Config.from_mapping(base), {}
-        breaker = Breaker(name, config, get_store(), snapshot_ttl=settings.SNAPSHOT_TTL,
-                          base_config=base, overrides=overrides)
         with _lock:
             _breakers[name] = breaker
     return breaker
@@ -101,8 +108,9 @@ def get_breaker(name: str) -> Breaker:
 
 def building_names() -> set[str]:
     """The circuits whose breakers this thread is making right now (reading their saved
-    overrides): a query guard on the database those are read from must let that read
-    through, or making the breaker would wait for itself."""
+    overrides, or their durable row when the shared store has lost them): a query guard on
+    the database those are read from must let that read through, or making the breaker
+    would wait for itself."""
     return set(getattr(_building, "names", ()))
 
 
@@ -130,8 +138,8 @@ def clear() -> None:
 
 
 def _overrides(name: str) -> dict[str, Any]:
-    """Settings an operator saved on the circuit's row in the admin; none if the database
-    is down (the shared store hands them out with the breaker's first step anyway)."""
+    """Settings an operator saved on the circuit's row in the admin, for a breaker whose
+    store is this process's own; none if the database is down."""
     if flusher.database_down():  # known to be down: do not wait for it
         return {}
     try:

@@ -1,10 +1,13 @@
 """System checks on the provider: where the write queue keeps writes while the database is
 down (the only checks that talk to a server: they ask Redis with ``CONFIG GET``, through
-:func:`~resilience_crm.provider.probe.redis_config`, and say so), and whether a pooled
-connection can arrive within a call's budget (:mod:`~resilience_crm.provider.deadlines`)."""
+:func:`~resilience_crm.provider.probe.redis_config`, and say so), whether a pooled
+connection can arrive within a call's budget (:mod:`~resilience_crm.provider.deadlines`), and
+whether a pool tries to connect again after an outage as soon as the circuits try again."""
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings as django_settings
@@ -66,13 +69,29 @@ MESSAGES = table({
     "POOL_WAIT_OVER_BUDGET": Check(
         "resilience_crm.W012",
         (
-            'settings.DATABASES["{alias}"]["OPTIONS"]["pool"] waits up to {timeout}s for a '
-            "connection, not less than the {budget}s call_timeout of circuit {circuit!r}: on a "
+            'settings.DATABASES["{alias}"]["OPTIONS"]["pool"] waits up to {seconds}s for a '
+            "connection, not less than the {limit}s call_timeout of circuit {circuit!r}: on a "
             "stalled database a request waits past its deadline."
         ),
         (
             'Set "timeout" in the pool options below the shortest call_timeout, e.g. '
             '{"pool": {"timeout": 1.0}}; psycopg_pool waits 30 s by default.'
+        ), warning=True,
+    ),
+    "POOL_RECONNECT_OVER_RESET": Check(
+        "resilience_crm.W085",
+        (
+            'settings.DATABASES["{alias}"]["OPTIONS"]["pool"] retries a failed connect for up '
+            "to {seconds}s (reconnect_timeout), backing off 1, 2, 4 s... meanwhile, longer "
+            "than the {limit}s reset_timeout of circuit {circuit!r}: after an outage the pool "
+            "may try again only that long after the database is back, and until then every "
+            "half-open trial finds no connection and opens the circuit again."
+        ),
+        (
+            'Set "reconnect_timeout" in the pool options to at most the shortest '
+            'reset_timeout, e.g. {"pool": {"reconnect_timeout": 2.0}}: the pool then gives up '
+            "its backoff and the next request connects at once; psycopg_pool retries for 300 s "
+            "by default."
         ), warning=True,
     ),
     "READ_REPLICAS_INVALID": Check(
@@ -112,21 +131,33 @@ def check_write_queue(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
 @settings_check(Tags.database)
 def check_pool_timeout(config: dict[str, Any]) -> list[CheckMessage]:
     """A request must not wait longer for a pooled connection than its call's budget."""
-    budgets = {}
+    return _pool_over("POOL_WAIT_OVER_BUDGET", deadlines.pool_timeout, "call_timeout",
+                      operator.ge)
+
+
+@settings_check(Tags.database)
+def check_pool_reconnect(config: dict[str, Any]) -> list[CheckMessage]:
+    """A pool must try to connect again at least as often as a circuit tries a half-open
+    trial, or the circuit stays open past an outage for as long as the pool backs off."""
+    return _pool_over("POOL_RECONNECT_OVER_RESET", deadlines.pool_reconnect_timeout,
+                      "reset_timeout", operator.gt)
+
+
+def _pool_over(key: str, seconds_of: Callable[[Any], Any], breaker_key: str,
+               over: Callable[[Any, Any], bool]) -> list[CheckMessage]:
+    """``key``'s warning for each pooled database whose ``seconds_of(pool)`` is ``over`` the
+    smallest ``breaker_key`` of any circuit (that circuit named in the message)."""
+    limits = {}
     for name in conf.settings.circuit_names():
-        timeout = conf.settings.circuit_config(name)["call_timeout"]
-        if is_number(timeout):
-            budgets[name] = timeout
-    if not budgets:
+        value = conf.settings.circuit_config(name)[breaker_key]
+        if is_number(value):
+            limits[name] = value
+    if not limits:
         return []  # reported by check_circuits
-    circuit = min(budgets, key=budgets.__getitem__)
-    warnings: list[CheckMessage] = []
-    for alias, pool in pooled_databases():
-        timeout = deadlines.pool_timeout(pool)
-        if is_number(timeout) and timeout >= budgets[circuit]:
-            warnings.append(CHECKS["POOL_WAIT_OVER_BUDGET"](
-                alias=alias, timeout=timeout, budget=budgets[circuit], circuit=circuit))
-    return warnings
+    circuit = min(limits, key=limits.__getitem__)
+    return [CHECKS[key](alias=alias, seconds=seconds, limit=limits[circuit], circuit=circuit)
+            for alias, pool in pooled_databases()
+            if is_number(seconds := seconds_of(pool)) and over(seconds, limits[circuit])]
 
 
 @settings_check(Tags.database)

@@ -34,6 +34,9 @@ LIBPQ_MIN_CONNECT_TIMEOUT = 2.0
 PSYCOPG_DEFAULT_CONNECT_TIMEOUT = 130.0
 #: psycopg_pool's wait for a connection when the pool options name no ``timeout``.
 PSYCOPG_POOL_DEFAULT_TIMEOUT = 30.0
+#: How long psycopg_pool keeps retrying a failed connect (backing off 1, 2, 4 s...) when the
+#: pool options name no ``reconnect_timeout``.
+PSYCOPG_POOL_DEFAULT_RECONNECT_TIMEOUT = 300.0
 
 
 class Deadline:
@@ -98,6 +101,16 @@ def pool_timeout(pool: Any) -> Any:
     dict of the pool's arguments): its ``timeout``, else psycopg_pool's default."""
     return pool.get("timeout", PSYCOPG_POOL_DEFAULT_TIMEOUT) if isinstance(
         pool, dict) else PSYCOPG_POOL_DEFAULT_TIMEOUT
+
+
+def pool_reconnect_timeout(pool: Any) -> Any:
+    """How long psycopg_pool retries a failed connect before it gives up, by
+    ``OPTIONS["pool"]``: its ``reconnect_timeout``, else psycopg_pool's default. While it
+    retries, the pool counts the connection as its own and waits out each backoff, however
+    many requests are waiting; once it gives up, the next request that waits connects at
+    once."""
+    return pool.get("reconnect_timeout", PSYCOPG_POOL_DEFAULT_RECONNECT_TIMEOUT) if isinstance(
+        pool, dict) else PSYCOPG_POOL_DEFAULT_RECONNECT_TIMEOUT
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ from resilience_crm.conf import settings
 #: ask on every probe, and the answer changes only when an operator reconfigures.
 REDIS_CONFIG_TTL = 60.0
 #: The Redis settings the write queue depends on.
-REDIS_CONFIG_KEYS = ("appendonly", "save", "maxmemory-policy")
+REDIS_CONFIG_KEYS = ("appendonly", "save", "maxmemory-policy", "cluster-enabled")
 #: ``maxmemory-policy`` values that never evict the stream, which has no TTL.
 NON_EVICTING_POLICIES = ("noeviction", "volatile-lru", "volatile-lfu", "volatile-random",
                          "volatile-ttl")

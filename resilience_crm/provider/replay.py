@@ -114,7 +114,7 @@ def drain() -> int:
                         raise
                     _store_dead_letter(stream.text(entry_id), data, err)
                 client.xdel(key, entry_id)
-                client.delete(redis_cache.make_key(stream.MARKER_PREFIX + data.get("key", "")))
+                client.delete(stream.marker(redis_cache, data.get("key", "")))
                 moved += 1
     except QueueUnavailable:
         raise

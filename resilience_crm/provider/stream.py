@@ -68,6 +68,13 @@ def connection() -> tuple[Any, Any]:
     return get_redis_connection(settings.CACHE_ALIAS), caches[settings.CACHE_ALIAS]
 
 
+def marker(cache: Any, idempotency_key: str) -> str:
+    """The full key of ``idempotency_key``'s marker: the stream's full key is its hash tag, so
+    a marker and the stream share a Redis Cluster slot and ``enqueue.lua`` may touch both."""
+    tag = cache.make_key(STREAM_KEY)
+    return str(cache.make_key(f"{MARKER_PREFIX}{{{tag}}}:{idempotency_key}"))
+
+
 def append(name: str, body: str, *, idempotency_key: str, entity: str, digest: str) -> str | None:
     """Append a write, unless its key is queued already; the queued write's payload hash
     then, else ``None``. Raises :class:`QueueUnavailable` when Redis cannot take it."""
@@ -75,7 +82,7 @@ def append(name: str, body: str, *, idempotency_key: str, entity: str, digest: s
         client, cache = connection()
         previous = SCRIPT(
             client,
-            [cache.make_key(MARKER_PREFIX + idempotency_key), cache.make_key(STREAM_KEY)],
+            [marker(cache, idempotency_key), cache.make_key(STREAM_KEY)],
             [digest, name, idempotency_key, body, entity],
         )
     except Exception as err:  # noqa: BLE001  (every redis-py failure means "not queued")
@@ -103,7 +110,7 @@ def queued_hash(key: str) -> str | None:
     try:
         client, cache = connection()
         pipeline = client.pipeline(transaction=False)
-        pipeline.get(cache.make_key(MARKER_PREFIX + key))
+        pipeline.get(marker(cache, key))
         pipeline.xlen(cache.make_key(STREAM_KEY))
         value, length = pipeline.execute()
     except Exception:  # noqa: BLE001  (Redis down: the database decides)

@@ -50,6 +50,9 @@ STORE_ALIASES = {
 }
 #: Seconds between two sweeps of the store's expired keys (see :func:`sweep`).
 SWEEP_EVERY = 60.0
+#: The principal of ``GLOBAL_LIMITS``, shared by every client, and the hash tag of every key
+#: of a decision that includes one of them.
+GLOBAL = "global"
 
 _lock = threading.Lock()
 _store: BaseLimiterStore | None = None
@@ -198,13 +201,17 @@ def limits_for(who: Principal, op_class: str, endpoint: str | None,
 def _build(who: Principal, op_class: str, endpoint: str | None, store: BaseLimiterStore,
            factor: float, tier_rates: Any) -> tuple[Limit, ...]:
     found: list[Limit] = []
+    global_limits = settings.GLOBAL_LIMITS or {}
+    # One hash tag for every key of the decision (one Redis Cluster slot, one script): the
+    # shared limit's when there is one, else the client's own.
+    tag = GLOBAL if op_class in global_limits else who.key
 
     def add(scope: str, principal_key: str, value: Any, shadow: bool, name: str) -> None:
         for rate in rates(value):
             limit = max(1, int(rate.limit * factor))
             window = int(rate.period) if rate.period.is_integer() else rate.period
             found.append(Limit(
-                key=store.key(principal_key, f"{scope}{op_class}:{window}"),
+                key=store.key(principal_key, f"{scope}{op_class}:{window}", tag),
                 policy=f"{name}.{op_class}.{window}s", limit=limit, period=rate.period,
                 shadow=shadow,
             ))
@@ -214,9 +221,8 @@ def _build(who: Principal, op_class: str, endpoint: str | None, store: BaseLimit
     if endpoint and endpoint in endpoints:
         add(f"e:{endpoint}:", who.key, endpoints[endpoint].get(op_class),
             endpoint in settings.SHADOW_ENDPOINTS, endpoint)
-    global_limits = settings.GLOBAL_LIMITS or {}
     if op_class in global_limits:
-        add("", "global", global_limits[op_class], False, "global")
+        add("", GLOBAL, global_limits[op_class], False, "global")
     return tuple(found)
 
 

@@ -1,8 +1,10 @@
 """The chaos run's figures for a scenario (:func:`figures`), its targets with PASS/FAIL
-(:func:`targets`), and the text ``make chaos`` prints (:func:`describe`, :func:`summary`)."""
+(:func:`targets`), the text ``make chaos`` prints (:func:`describe`, :func:`summary`), and
+the answers per second through a scenario (:func:`throughput`, the run's plot)."""
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import Counter
 from dataclasses import dataclass
@@ -52,6 +54,35 @@ def answered(answers: list[Answer]) -> float:
 def during(outcome: Outcome) -> list[Answer]:
     return [a for a in outcome.record.answers
             if outcome.fault_at <= a.started < outcome.restored_at]
+
+
+#: What became of a request, for the throughput plot: answered (fresh, or a write applied or
+#: queued), answered from a fallback (a read labelled stale, replica or degraded), refused as
+#: documented (429, 503, 504), failed (no answer, or any other status).
+OUTCOMES = ("answered", "from fallback", "refused (429/503/504)", "failed")
+
+
+def outcome_of(answer: Answer) -> int:
+    """The index in :data:`OUTCOMES` of what became of ``answer``."""
+    if 200 <= answer.status < 300:
+        return 1 if answer.label not in ("", "fresh") else 0
+    return 2 if answer.status in (429, *DOCUMENTED_5XX) else 3
+
+
+def throughput(outcome: Outcome, width: float = 1.0) -> tuple[float, list[list[int]]]:
+    """Answers per slot of ``width`` seconds by when they came (:data:`OUTCOMES` each), from
+    the first answer's slot to the last's; with the first slot's start in seconds from the
+    fault's beginning."""
+    ends = [(a.started + a.seconds - outcome.fault_at, outcome_of(a))
+            for a in outcome.record.answers]
+    if not ends:
+        return 0.0, []
+    first = min(math.floor(at / width) for at, _ in ends)
+    slots = [[0] * len(OUTCOMES) for _ in range(max(math.floor(at / width) for at, _ in ends)
+                                                 - first + 1)]
+    for at, kind in ends:
+        slots[math.floor(at / width) - first][kind] += 1
+    return first * width, slots
 
 
 def percentile(values: list[float], share: float) -> float:

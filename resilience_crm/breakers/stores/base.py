@@ -56,6 +56,12 @@ class BaseStore:
         """Whether the store answered the last time it was asked (see the failover store)."""
         return True
 
+    def shard(self, name: str) -> str:
+        """Which part of the store holds the circuit ``name``, for failing over part by part:
+        a Redis Cluster master is down while the others answer. Answered without a network
+        call, and never raises; a store in one piece has one shard, ``""``."""
+        return ""
+
     def step(self, step: Step) -> dict[str, Any]:
         raise NotImplementedError
 

@@ -2,14 +2,18 @@
 
 Every failure of the shared store, whatever it is (Redis unreachable or stalled, an error
 reply such as BUSY, MISCONF or WRONGTYPE, a malformed value, a database error), marks it
-down for ``retry_interval`` seconds for every circuit of this process, is counted in
-``store_errors`` and logged once per outage. Meanwhile each circuit steps a per-process
+down for ``retry_interval`` seconds for every circuit of this process in the same shard
+(:meth:`~resilience_crm.breakers.stores.base.BaseStore.shard`: the whole store, or on Redis
+Cluster the master serving the circuit's slot), is counted in ``store_errors`` and logged
+once per outage. Meanwhile each such circuit steps a per-process
 :class:`~resilience_crm.breakers.stores.memory.MemoryStore`, seeded from the last state this process
 saw in the shared store. Its transitions are marked ``local`` in the results, so they are
 announced as a worker's own and never in the cluster's name. After the interval one caller
 tries the shared store again while the others stay local; the first step that succeeds
-ends the outage, drops the local states and sends
-:data:`~resilience_crm.signals.shared_store_recovered`.
+ends the shard's outage, drops its circuits' local states and sends
+:data:`~resilience_crm.signals.shared_store_recovered`. When a Redis Cluster master fails
+over, its circuits' slots move to the promoted replica, a shard that answers: they are
+back on the shared store as soon as the client has learnt the new layout.
 
 When the shared store has lost a circuit (a key evicted or expired, Redis restarted or
 flushed), the circuit is seeded from its durable record before it is stepped, so
@@ -56,44 +60,49 @@ class FailoverStore(BaseStore):
         self._lock = threading.Lock()
         self._local = MemoryStore(clock=clock)
         self._last: dict[str, dict[str, Any]] = {}
-        self._down = False
-        self._retry_at = 0.0
+        self._down: set[str] = set()  # shards that failed, until one step there succeeds
+        self._retry_at: dict[str, float] = {}
+        self._local_shard: dict[str, str] = {}  # circuits stepped locally, and their shard
 
     def __repr__(self) -> str:
         return f"<FailoverStore {self.primary!r}{' down' if self._down else ''}>"
 
     @property
     def available(self) -> bool:
-        """Whether the shared store answered the last time it was asked."""
+        """Whether every shard of the shared store answered the last time it was asked."""
         return not self._down
 
     def step(self, step: Step) -> dict[str, Any]:
         """A step on the shared store, or on this process's own one while the shared store is
         down (``result["local"]`` says which). With ``step.shared_only`` a failure raises
         :class:`StoreUnavailable` instead: for changes that must reach every worker."""
-        if step.shared_only or self._try_shared():
+        shard = self.primary.shard(step.name)
+        if step.shared_only or self._try_shared(shard):
             try:
                 result = self._step_shared(step)
             except Exception as err:  # any failure of the store degrades; none escapes
-                self._failed(step.name, err)
+                self._failed(step.name, shard, err)
                 if step.shared_only:
                     raise StoreUnavailable(circuit=step.name) from err
             else:
-                self._succeeded(step.name, result)
+                self._succeeded(step.name, shard, result)
                 return result
         with self._lock:
             carried = self._last.get(step.name)
+            self._local_shard[step.name] = shard
         result = self._local.step(step._replace(seed=carried))
         result["local"] = True
         return result
 
     def read(self, name: str) -> dict[str, Any] | None:
-        """The stored state without stepping it; this process's own while the store is down."""
-        if not self._down:
+        """The stored state without stepping it; this process's own while its shard is
+        down."""
+        shard = self.primary.shard(name)
+        if shard not in self._down:
             try:
                 return self.primary.read(name)
             except Exception as err:  # degrade, as a step would
-                self._failed(name, err)
+                self._failed(name, shard, err)
         return self._local.read(name) or self._last.get(name)
 
     def clear(self, name: str) -> None:
@@ -102,17 +111,18 @@ class FailoverStore(BaseStore):
 
     # Internals.
 
-    def _try_shared(self) -> bool:
-        """Whether this call asks the shared store: always while it is up; while it is down,
-        one call per ``retry_interval``, so the others do not wait on it too."""
-        if not self._down:
+    def _try_shared(self, shard: str) -> bool:
+        """Whether this call asks the shared store: always while the circuit's shard is up;
+        while it is down, one call per ``retry_interval``, so the others do not wait on it
+        too."""
+        if shard not in self._down:
             return True
         with self._lock:
             now = self._monotonic()
-            if now < self._retry_at:
+            if now < self._retry_at.get(shard, 0.0):
                 return False
-            self._retry_at = now + self.retry_interval
-        logger.info("Trying the shared store %r again.", self.primary)
+            self._retry_at[shard] = now + self.retry_interval
+        logger.info("Trying the shared store %r again%s.", self.primary, _on(shard))
         return True
 
     def _step_shared(self, step: Step) -> dict[str, Any]:
@@ -134,31 +144,45 @@ class FailoverStore(BaseStore):
                        seed.get("state", "closed"))
             return self.primary.step(step._replace(seed=seed))
 
-    def _failed(self, name: str, err: Exception) -> None:
+    def _failed(self, name: str, shard: str, err: Exception) -> None:
         metrics.inc("store_errors", circuit=name)
         with self._lock:
-            self._retry_at = self._monotonic() + self.retry_interval
-            if self._down:
+            self._retry_at[shard] = self._monotonic() + self.retry_interval
+            if shard in self._down:
                 return
-            self._down = True
+            self._down.add(shard)
         cause = err.__cause__ or err
         logger.warning(
-            "The shared store is unavailable (%s: %s; noticed by circuit %s): this worker's "
-            "circuits use breakers of their own, and try it again every %.1fs.",
-            type(cause).__name__, cause, name, self.retry_interval,
+            "The shared store is unavailable%s (%s: %s; noticed by circuit %s): this worker's "
+            "circuits there use breakers of their own, and try it again every %.1fs.",
+            _on(shard), type(cause).__name__, cause, name, self.retry_interval,
         )
 
-    def _succeeded(self, name: str, result: Mapping[str, Any]) -> None:
+    def _succeeded(self, name: str, shard: str, result: Mapping[str, Any]) -> None:
         with self._lock:
             self._last[name] = {field: result[field] for field in CARRIED}
-            recovered, self._down = self._down, False
-            if recovered:
-                self._local = MemoryStore(clock=self._clock)
+            recovered = shard in self._down
+            self._down.discard(shard)
+            self._retry_at.pop(shard, None)
+            moved_from = self._local_shard.get(name, shard)
+            if moved_from != shard:  # its slot moved to another master: the old one is gone
+                self._down.discard(moved_from)
+            # The local states of this shard's circuits, and of this circuit wherever it
+            # was stepped locally (a failover moves a slot to another master).
+            for local in [circuit for circuit, where in self._local_shard.items()
+                          if circuit == name or (recovered and where == shard)]:
+                del self._local_shard[local]
+                self._local.clear(local)
         if recovered:
-            logger.info("The shared store %r answers again; circuits are back on it.",
-                        self.primary)
+            logger.info("The shared store %r answers again%s; circuits are back on it.",
+                        self.primary, _on(shard))
             for receiver, response in shared_store_recovered.send_robust(sender=FailoverStore,
                                                                            store=self):
                 if isinstance(response, Exception):
                     logger.error("shared_store_recovered receiver %r failed", receiver,
                                  exc_info=(type(response), response, response.__traceback__))
+
+
+def _on(shard: str) -> str:
+    """`` on <shard>`` for the log, nothing for a store in one piece."""
+    return f" on {shard}" if shard else ""

@@ -44,6 +44,16 @@ class RedisStore(BaseStore):
     def key(self, name: str) -> str:
         return str(self._cache.make_key(f"resilience:circuit:{name}"))
 
+    def shard(self, name: str) -> str:
+        """On Redis Cluster, the master that serves the circuit's slot as this client last
+        learnt (it learns again when a node fails); ``""`` on a single Redis."""
+        if getattr(self._client, "connection_pool", None) is not None:
+            return ""
+        try:
+            return str(self._client.get_node_from_key(self.key(name)).name)
+        except Exception:  # noqa: BLE001  (a slot no master serves: one shard of its own)
+            return "?"
+
     def step(self, step: Step) -> dict[str, Any]:
         """One atomic :func:`resilience_crm.breakers.machine.step` in one round trip."""
         argv = [

@@ -17,10 +17,15 @@ class BaseLimiterStore(ABC):
     #: Whether :meth:`refusals` knows when each limit last refused.
     records_refusals = False
 
-    def key(self, principal: str, suffix: str) -> str:
-        """The key of one limit of ``principal``: the principal is a hash tag, so every key
-        one request touches lives in the same Redis Cluster slot."""
-        return f"rl:{{{principal}}}:{suffix}"
+    def key(self, principal: str, suffix: str, tag: str | None = None) -> str:
+        """The key of one limit of ``principal``. Its hash tag (``tag``, by default the
+        principal) is the same for every key one decision touches, so they live in one
+        Redis Cluster slot and one script decides them together: a decision that includes
+        a limit shared by every client (``GLOBAL_LIMITS``) tags its client's keys with that
+        limit's principal (``rl:{global}:u:42:read:60``)."""
+        if tag is None or tag == principal:
+            return f"rl:{{{principal}}}:{suffix}"
+        return f"rl:{{{tag}}}:{principal}:{suffix}"
 
     @abstractmethod
     def evaluate(self, limits: Sequence[Limit], cost: int = 1,

@@ -32,8 +32,8 @@ class RedisLimiterStore(BaseLimiterStore):
         self._cache = caches[self.alias]
         self.client = get_redis_connection(self.alias)
 
-    def key(self, principal: str, suffix: str) -> str:
-        return str(self._cache.make_key(super().key(principal, suffix)))
+    def key(self, principal: str, suffix: str, tag: str | None = None) -> str:
+        return str(self._cache.make_key(super().key(principal, suffix, tag)))
 
     def evaluate(self, limits: Sequence[Limit], cost: int = 1,
                  now_us: int | None = None) -> tuple[bool, list[Outcome]]:
