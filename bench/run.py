@@ -39,6 +39,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "live_blackholed": ([], ["--requests", "20", "--ready", "1"]),
     "guard": ([], ["--statements", "20", "--rounds", "3"]),
     "deadlines": (["--calls", "5"], ["--calls", "1", "--call-timeout", "0.5"]),
+    "footprint": ([], ["--circuits", "20", "--users", "50", "--minutes", "2"]),
 }
 #: The benchmarks that draw plots (they take --plots).
 PLOTTED = ("closed_path", "ratelimit", "provider", "write_path", "live_blackholed")

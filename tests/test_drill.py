@@ -3,12 +3,21 @@ in front of the test database, and what it reports is checked against what happe
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
+import psycopg
 import pytest
 from django.core.management import CommandError, call_command
 from django.db.models import Sum
+from django_redis import get_redis_connection
 from rest_framework.authtoken.models import Token
 
 from crm_demo.crm import drill
@@ -18,6 +27,8 @@ from resilience_crm import get_breaker
 from resilience_crm.admin import incidents
 from resilience_crm.breakers import machine as core
 from resilience_crm.models import CircuitEvent, CircuitMetric, QueuedWrite
+from tests.demo_server import SETTINGS
+from tests.replica import Pair
 from tests.sentry_server import received
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
@@ -122,3 +133,67 @@ def test_a_circuit_an_operator_holds_is_left_alone(postgres, redis_settings):
     with pytest.raises(CommandError, match="crm.write is forced_open"):
         call_command("resilience_drill", stdout=io.StringIO())
     assert get_breaker("crm.write").state == core.FORCED_OPEN
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def demo_database(pair: Pair) -> Iterator[str]:
+    """A database of its own on the streaming pair's primary (the replica follows it), its
+    name; dropped afterwards."""
+    name = f"drill_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(host="127.0.0.1", port=pair.primary_port, user="postgres",
+                         dbname="postgres", autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+        try:
+            yield name
+        finally:
+            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@contextlib.contextmanager
+def keys_removed(prefix: str) -> Iterator[None]:
+    """The demo's keys under ``prefix`` (circuits, queue, spool) are deleted afterwards."""
+    try:
+        yield
+    finally:
+        redis = get_redis_connection("redis")
+        keys = list(redis.scan_iter(match=f"{prefix}*"))
+        if keys:
+            redis.delete(*keys)
+
+
+def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_a_replica_the_drill_reads_from_it_then_from_the_stale_cache(
+        streaming_replica, redis_url):
+    """The demo with ``DATABASE_REPLICA_URL`` on a real streaming replica: with the primary
+    cut, reads come from the replica, labelled with its lag; with the replica cut too, from
+    the stale cache."""
+    with demo_database(streaming_replica) as name, keys_removed(f"rcrm-drill-{name}"):
+        url = "postgres://postgres@127.0.0.1:{}/" + name
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": SETTINGS,
+               "DATABASE_URL": url.format(streaming_replica.primary_port),
+               "DATABASE_REPLICA_URL": url.format(streaming_replica.replica_port),
+               "REDIS_URL": redis_url, "CACHE_KEY_PREFIX": f"rcrm-drill-{name}",
+               "DJANGO_SECRET_KEY": "drill-test-" + uuid.uuid4().hex}
+        migrated = manage(env, "migrate", "--noinput")
+        assert migrated.returncode == 0, migrated.stderr
+        done = manage(env, "resilience_drill", "--seconds", "6")
+    text = done.stdout
+    assert done.returncode == 0, text + done.stderr
+    assert "the read replica 'replica'" in text
+    cut_replicas = text.index("CUT the replicas too")
+    primary_cut = text[text.index("CUT: the proxy"):cut_replicas]
+    assert "GET /api/contacts/ -> 200 replica, Age " in primary_cut
+    assert "200 stale" not in primary_cut  # the replica answers before the stale cache
+    assert "GET /api/contacts/ -> 200 stale, Age " in text[cut_replicas:]
+    assert "ok   with the primary cut, reads are served from the replica, labelled with " \
+           "its lag: 200 with X-Resilience-Fallback: replica, Age 0s" in text
+    assert "FAIL" not in text
+    assert "The drill passed" in text

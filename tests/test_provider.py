@@ -276,6 +276,22 @@ def test_load_many_serves_stale_items_when_the_circuit_is_open(provider):
         provider.load_many("numbers", [1, 3], dict, using=None)
 
 
+def test_load_many_falls_back_for_the_ids_nothing_cached_can_serve(provider):
+    provider.load_many("numbers", [1, 2], lambda ids: {i: i for i in ids}, using=None)
+    provider.clock.now += TTL + 1
+    open_circuit()
+    asked = []
+
+    def degraded(ids):
+        asked.append(list(ids))
+        return {i: None for i in ids}
+
+    assert provider.load_many("numbers", [1, 3, 4], dict, using=None, fallback=degraded) == {
+        1: 1, 3: None, 4: None}
+    assert asked == [[3, 4]]  # not the id its stale entry served
+    assert labels.headers() == {labels.FALLBACK_HEADER: labels.DEGRADED}
+
+
 # Retries ---------------------------------------------------------------------------------------
 
 def test_transient_errors_are_retried_with_full_jitter_backoff(provider):

@@ -11,6 +11,7 @@ from django.db import connections, router
 from crm_demo.crm.faults import FaultProxy
 from crm_demo.crm.models import Platform
 from resilience_crm import get_breaker
+from resilience_crm.exceptions import ResilienceError
 from resilience_crm.provider import labels, replicas
 from resilience_crm.provider.facade import protected
 from tests.databases import extra_database
@@ -120,6 +121,41 @@ def test_a_replica_too_far_behind_is_skipped(on_pair):
     assert value == ["degraded"]
     assert labels.headers() == {labels.FALLBACK_HEADER: "degraded"}
     # Behind is not broken: the replica's circuit counted nothing.
+    assert get_breaker(replicas.circuit_of(REPLICA)).snapshot()["failures"] == 0
+
+
+def kinds(wanted: list[str]) -> dict[str, str]:
+    return dict(Platform.objects.filter(name__in=wanted).values_list("name", "kind"))
+
+
+def test_load_many_with_the_primary_cut_asks_the_replica(on_pair):
+    add("many-a")
+    add("many-b")
+    on_pair.cut()
+    add("many-c")  # straight to the primary: the replica streams it
+    wait_until(lambda: on_replica("many-c"), "the replica replays the row")
+    found = protected.load_many("platforms", ["many-a", "many-b", "many-c", "none"], kinds,
+                                using=PRIMARY, batch_size=2)
+    assert found == {"many-a": "email", "many-b": "email", "many-c": "email"}
+    assert labels.headers() == {labels.FALLBACK_HEADER: "replica", "Age": "0"}
+    # A replica's answer is not cached: with the replica gone too, nothing is servable.
+    with pytest.raises(ResilienceError):
+        protected.load_many("platforms", ["many-a"], kinds, using=PRIMARY, replicas=[])
+
+
+def test_load_many_past_a_lagging_replica_serves_stale_then_its_fallback(on_pair):
+    add("cached")
+    assert protected.load_many("platforms", ["cached"], kinds, using=PRIMARY,
+                               ttl=0) == {"cached": "email"}
+    with connections[REPLICA].cursor() as cursor:
+        cursor.execute("SELECT pg_wal_replay_pause()")
+    add("uncached")
+    wait_until(lambda: replicas.lag(REPLICA) > 0.5, "the replica falls behind")
+    on_pair.cut()
+    found = protected.load_many("platforms", ["cached", "uncached"], kinds, using=PRIMARY,
+                                ttl=0, fallback=lambda ids: dict.fromkeys(ids, "unknown"))
+    assert found == {"cached": "email", "uncached": "unknown"}
+    assert labels.headers() == {labels.FALLBACK_HEADER: "degraded"}
     assert get_breaker(replicas.circuit_of(REPLICA)).snapshot()["failures"] == 0
 
 

@@ -7,6 +7,11 @@ what the app does (circuits opening, the alert), then restores the proxy and wai
 circuits to close and the queued write to be replayed, exactly once. Breaker state lives in
 the shared Redis store, so a running demo server's dashboard shows the same circuits red.
 
+With read replicas (``READ_REPLICAS``; the demo's ``DATABASE_REPLICA_URL``) each replica is
+put behind a proxy of its own, and the outage has two halves: first only the primary is cut,
+and reads come from the replica, labelled ``replica`` with its replay lag as their ``Age``;
+then the replicas are cut too, and reads come from the stale cache.
+
 Only this process uses the drill's short breaker settings (:data:`DRILL_BREAKER`). At the
 end the drill removes what it created (its user, token and contacts; ``keep`` leaves the
 contacts and user) and resets the circuits it left open.
@@ -45,8 +50,8 @@ from resilience_crm.conf import settings as resilience_settings
 from resilience_crm.exceptions import ResilienceError
 from resilience_crm.models import QueuedWrite
 from resilience_crm.observability import alerts, drills
-from resilience_crm.provider import queue
-from resilience_crm.provider.labels import FALLBACK_HEADER, STALE
+from resilience_crm.provider import queue, replicas
+from resilience_crm.provider.labels import FALLBACK_HEADER, REPLICA, STALE
 from resilience_crm.signals import circuit_transition
 
 logger = logging.getLogger("crm_demo.drill")
@@ -66,6 +71,9 @@ RECOVERY_DEADLINE = 60.0
 #: What the outage must show; it goes on past ``--seconds`` (by up to ``OUTAGE_GRACE``
 #: seconds) until it has (on a loaded machine each failing call takes its whole deadline).
 OUTAGE_STEPS = ("stale", "opened", "queued")
+#: With read replicas, what the first half of the outage (only the primary cut) must show;
+#: the second half (the replicas cut too) must show ``stale``.
+PRIMARY_CUT_STEPS = ("replica", "opened", "queued")
 OUTAGE_GRACE = 30.0
 DASHBOARD = "/admin/resilience_crm/circuit/dashboard/"
 USERNAME = "resilience-drill"
@@ -123,7 +131,17 @@ class Drill:
         self._lock = threading.Lock()
         self.port = 0
         self.token = ""
+        self._wrote = False
+        #: The replicas reads fall back to (``READ_REPLICAS``), each cut in the outage's
+        #: second half.
+        self.replicas = replicas.candidates(None)
+        #: The circuits the drill watches, resets and needs closed to begin.
+        self.circuits = CIRCUITS + tuple(replicas.circuit_of(a) for a in self.replicas)
+        replica_step = {"replica": Step(
+            "with the primary cut, reads are served from the replica, labelled with its lag",
+        )} if self.replicas else {}
         self.outcome = Outcome({
+            **replica_step,
             "stale": Step("reads are served from the cache, labelled stale"),
             "opened": Step("the read circuit opens"),
             "queued": Step("a write is answered 202 and queued"),
@@ -167,7 +185,7 @@ class Drill:
         problem = requirements_problem()
         if problem:
             raise DrillUnavailable(problem)
-        busy = {name: get_breaker(name).state for name in CIRCUITS}
+        busy = {name: get_breaker(name).state for name in self.circuits}
         busy = {name: state for name, state in busy.items() if state != core.CLOSED}
         if busy:
             raise DrillUnavailable(
@@ -183,8 +201,11 @@ class Drill:
                  + ("the alert rules page for it (--page)" if self.page else
                     "the alert rules do not page for it (--page to let them)"))
         try:
-            with (_quieter(QUIETER), FaultProxy(*target) as proxy, _database_through(proxy),
-                  override_settings(RESILIENCE_CRM=drill_settings()), self._server()):
+            with (_quieter(QUIETER), FaultProxy(*target) as proxy,
+                  _database_through(DEFAULT_DB_ALIAS, proxy), self._replicas_behind_proxies()
+                  as replica_proxies,
+                  override_settings(RESILIENCE_CRM=drill_settings(self.replicas)),
+                  self._server()):
                 self.say(f"the database {target[0]}:{target[1]} is now behind a proxy on "
                          f"127.0.0.1:{proxy.port}; the drill's API server is "
                          f"http://127.0.0.1:{self.port}")
@@ -193,8 +214,8 @@ class Drill:
                 try:
                     self._create_client()
                     self._warm()
-                    self._outage(proxy)
-                    self._recover(proxy)
+                    self._outage(proxy, replica_proxies)
+                    self._recover([proxy, *replica_proxies])
                 finally:
                     self._clean_up()
         finally:
@@ -221,34 +242,70 @@ class Drill:
                      "(cached through protected.read)")
         time.sleep(FRESH_FOR)  # the cached copies are stale now: reads try the database
 
-    def _outage(self, proxy: FaultProxy) -> None:
+    @contextlib.contextmanager
+    def _replicas_behind_proxies(self) -> Iterator[list[FaultProxy]]:
+        """Every replica's connections through a proxy of its own, for the duration."""
+        with contextlib.ExitStack() as stack:
+            proxies = []
+            for alias in self.replicas:
+                db = connections[alias].settings_dict
+                target = (db["HOST"] or "127.0.0.1", int(db["PORT"] or 5432))
+                proxy = stack.enter_context(FaultProxy(*target))
+                stack.enter_context(_database_through(alias, proxy))
+                self.say(f"the read replica {alias!r} ({target[0]}:{target[1]}) is behind a "
+                         f"proxy on 127.0.0.1:{proxy.port}; reads fall back to it before "
+                         f"the stale cache (circuit {replicas.circuit_of(alias)}, skipped "
+                         f"when over MAX_REPLICA_LAG = {resilience_settings.MAX_REPLICA_LAG}s "
+                         "behind its primary)")
+                proxies.append(proxy)
+            yield proxies
+
+    def _outage(self, proxy: FaultProxy, replica_proxies: list[FaultProxy]) -> None:
         proxy.cut()
         self.say(f"CUT: the proxy closed every database connection and refuses new ones "
                  f"for {self.seconds:g}s (longer if the circuits have not opened by then)")
-        until = time.monotonic() + self.seconds
-        wrote = False
-        while time.monotonic() < until or (
-                time.monotonic() < until + OUTAGE_GRACE
-                and not all(self.outcome.steps[step].ok for step in OUTAGE_STEPS)):
-            reply = self.request("GET", "/api/contacts/")
-            self.say(f"GET /api/contacts/ -> {reply.status} {reply.label} "
-                     f"in {reply.seconds:.2f}s")
-            if reply.status == 200 and reply.headers.get(FALLBACK_HEADER.lower()) == STALE:
-                self._pass("stale", f"200 with {FALLBACK_HEADER}: stale")
-            if get_breaker("crm.read").state in core.IN_INCIDENT:
-                self._pass("opened", "open in the shared store (opened by another process)")
-            if not wrote:
-                wrote = True
-                self._write_during_outage()
-            time.sleep(PAUSE)
+        if not replica_proxies:
+            self._watch(self.seconds, OUTAGE_STEPS)
+        else:
+            self.say("the replicas still answer: reads should come from them, labelled "
+                     f"{REPLICA} with their replay lag as Age")
+            self._watch(self.seconds / 2, PRIMARY_CUT_STEPS)
+            for replica_proxy in replica_proxies:
+                replica_proxy.cut()
+            self.say("CUT the replicas too: with no database to ask, reads should come from "
+                     "the stale cache")
+            self._watch(self.seconds / 2, ("stale",))
         reply = self.request("GET", "/api/contacts/")
         why = ("answered from the cache without waiting on the database" if reply.seconds < 0.5
                else "a half-open trial of crm.auth or crm.read waited on the database first")
         self.say(f"GET /api/contacts/ -> {reply.status} {reply.label} in {reply.seconds:.2f}s "
                  f"({why})")
-        for name in CIRCUITS:
+        for name in self.circuits:
             self.say(f"circuit {name} is {get_breaker(name).state}")
         self.say(f"the proxy refused {proxy.refused} connection attempts")
+
+    def _watch(self, seconds: float, steps: tuple[str, ...]) -> None:
+        """Read every ``PAUSE`` for ``seconds``, and on (by up to ``OUTAGE_GRACE``) until
+        ``steps`` have shown; write once during the outage."""
+        until = time.monotonic() + seconds
+        while time.monotonic() < until or (
+                time.monotonic() < until + OUTAGE_GRACE
+                and not all(self.outcome.steps[step].ok for step in steps)):
+            reply = self.request("GET", "/api/contacts/")
+            self.say(f"GET /api/contacts/ -> {reply.status} {reply.label} "
+                     f"in {reply.seconds:.2f}s")
+            served = reply.headers.get(FALLBACK_HEADER.lower()) if reply.status == 200 else None
+            if served == STALE:
+                self._pass("stale", f"200 with {FALLBACK_HEADER}: stale")
+            if served == REPLICA and "replica" in self.outcome.steps:
+                self._pass("replica", f"200 with {FALLBACK_HEADER}: replica, Age "
+                                      f"{reply.headers.get('age', '?')}s (its replay lag)")
+            if get_breaker("crm.read").state in core.IN_INCIDENT:
+                self._pass("opened", "open in the shared store (opened by another process)")
+            if not self._wrote:  # once, early in the outage
+                self._wrote = True
+                self._write_during_outage()
+            time.sleep(PAUSE)
 
     def _write_during_outage(self) -> None:
         reply = self.request("POST", "/api/contacts/", body=self._contact("queued"),
@@ -259,10 +316,12 @@ class Drill:
                 and reply.body.get("status") == "queued":
             self._pass("queued", f"202 {reply.body}")
 
-    def _recover(self, proxy: FaultProxy) -> None:
-        proxy.restore()
+    def _recover(self, proxies: list[FaultProxy]) -> None:
+        for proxy in proxies:
+            proxy.restore()
         restored = time.monotonic()
-        self.say("RESTORE: the proxy lets connections through again")
+        self.say("RESTORE: the proxies let connections through again" if len(proxies) > 1
+                 else "RESTORE: the proxy lets connections through again")
         deadline = restored + RECOVERY_DEADLINE
         while time.monotonic() < deadline:
             reply = self.request("GET", "/api/contacts/")
@@ -319,7 +378,7 @@ class Drill:
             made.delete()
             get_user_model().objects.filter(username=USERNAME).delete()
             self.say(f"removed the drill's {count} contacts, its user and token")
-        for name in CIRCUITS:  # closed when the drill began (run() made sure)
+        for name in self.circuits:  # closed when the drill began (run() made sure)
             breaker = get_breaker(name)
             if breaker.state in core.IN_INCIDENT:
                 try:
@@ -381,22 +440,23 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-def drill_settings() -> dict[str, Any]:
-    """``RESILIENCE_CRM`` for the drill's process: the user's, with the drill's breakers."""
+def drill_settings(replica_aliases: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """``RESILIENCE_CRM`` for the drill's process: the user's, with the drill's breakers (on
+    the replicas' circuits too)."""
     current = dict(getattr(django_settings, "RESILIENCE_CRM", None) or {})
     circuits = dict(current.get("CIRCUITS") or {})
-    for name in CIRCUITS:
+    for name in (*CIRCUITS, *(replicas.circuit_of(a) for a in replica_aliases)):
         circuits[name] = {**(circuits.get(name) or {}), **DRILL_BREAKER}
     circuits["crm.write"]["failure_threshold"] = 1
     return {**current, "CIRCUITS": circuits, "FALLBACK_TTL": FRESH_FOR}
 
 
 @contextlib.contextmanager
-def _database_through(proxy: FaultProxy) -> Iterator[None]:
-    """Every thread's ``default`` connection goes through ``proxy`` for the duration (the
+def _database_through(alias: str, proxy: FaultProxy) -> Iterator[None]:
+    """Every thread's ``alias`` connection goes through ``proxy`` for the duration (the
     wrappers of all threads share one settings dict; the pool is rebuilt, and checks each
     connection it hands out)."""
-    wrapper = connections[DEFAULT_DB_ALIAS]
+    wrapper = connections[alias]
     settings_dict = wrapper.settings_dict
     saved = dict(settings_dict)
     _close(wrapper)

@@ -86,14 +86,21 @@ class Provider(reads.Reads):
                   fetch_many: Callable[[list[Any]], Mapping[Any, Any]], *,
                   circuit: str = OP_CIRCUITS["read"], ttl: float | None = None,
                   stale_ttl: float | None = None, batch_size: int = BATCH_SIZE,
-                  using: str | None = DEFAULT_DB_ALIAS) -> dict[Any, Any]:
+                  using: str | None = DEFAULT_DB_ALIAS,
+                  replicas: list[str] | tuple[str, ...] | None = None,
+                  fallback: Callable[[list[Any]], Mapping[Any, Any]] | None = None,
+                  ) -> dict[Any, Any]:
         """Values for ``ids`` as ``{id: value}``: cached ones from the cache, the rest from
         ``fetch_many(batch)`` (returning ``{id: value}``), one call per ``batch_size`` ids.
-        Ids ``fetch_many`` does not return are left out."""
+        Ids ``fetch_many`` does not return are left out. A batch whose call fails follows
+        ``read``'s chain: a replica of ``replicas`` (default ``READ_REPLICAS``) answers it,
+        else each id's stale entry, else ``fallback(ids)`` (``{id: value}``, labelled
+        degraded) for the ids with nothing servable, else the error."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        return self._load_many(key, ids, fetch_many, circuit, _ttl(ttl), _stale_ttl(stale_ttl),
-                               batch_size, using)
+        return self._load_many(reads.Many(key, fetch_many, circuit, _ttl(ttl),
+                                          _stale_ttl(stale_ttl), batch_size, using, replicas,
+                                          fallback), ids)
 
     def invalidate(self, key: str, *, using: str | None = DEFAULT_DB_ALIAS) -> None:
         """Make every cached read in ``key``'s space stale (after the surrounding

@@ -56,6 +56,21 @@ class Read(NamedTuple):
     replicas: list[str] | tuple[str, ...] | None = None
 
 
+class Many(NamedTuple):
+    """One ``protected.load_many``: the ids' key space, how to fetch a batch of them, and the
+    same circuit, freshness and fallbacks as a :class:`Read`."""
+
+    key: str
+    fetch_many: Callable[[list[Any]], Mapping[Any, Any]]
+    circuit: str
+    ttl: float
+    stale_ttl: float
+    batch_size: int
+    using: str | None
+    replicas: list[str] | tuple[str, ...] | None = None
+    fallback_fn: Callable[[list[Any]], Mapping[Any, Any]] | None = None
+
+
 class _Flight:
     def __init__(self) -> None:
         self.done = threading.Event()
@@ -129,39 +144,62 @@ class Reads(calls.Engine):
         return self.flights.run(read.key, lambda: self._fetch(read, lookup), read.circuit,
                                 _budget(read.circuit))
 
-    def _load_many(self, key: str, ids: Iterable[Hashable],
-                   fetch_many: Callable[[list[Any]], Mapping[Any, Any]], circuit: str,
-                   ttl: float, stale_ttl: float, batch_size: int,
-                   using: str | None) -> dict[Any, Any]:
-        """Cached values first; the rest in batches, each batch's ids served stale (and
-        labelled) when it fails and they have a servable entry."""
+    def _load_many(self, many: Many, ids: Iterable[Hashable]) -> dict[Any, Any]:
+        """Cached values first; the rest in batches, each through the read's chain when its
+        call fails: a replica's answer for the batch, else each id's stale entry, else the
+        caller's fallback for the ids with nothing servable (each labelled)."""
         unique = list(dict.fromkeys(ids))
-        keys = {item: f"{key}:{item}" for item in unique}
-        entries, version = self.cache.get_many(keys.values(), cache.space_of(key))
+        keys = {item: f"{many.key}:{item}" for item in unique}
+        space = cache.space_of(many.key)
+        entries, version = self.cache.get_many(keys.values(), space)
         now = self._clock()
         results: dict[Any, Any] = {}
         for item in unique:
             entry = entries.get(keys[item])
-            if entry is not None and _fresh(entry, version, ttl, now):
+            if entry is not None and _fresh(entry, version, many.ttl, now):
                 results[item] = entry.value
         missing = [item for item in unique if item not in results]
-        for start in range(0, len(missing), batch_size):
-            batch = missing[start:start + batch_size]
+        for start in range(0, len(missing), many.batch_size):
+            batch = missing[start:start + many.batch_size]
+            fetch = partial(many.fetch_many, batch)
             try:
-                found = dict(self._call(circuit, partial(fetch_many, batch), using,
-                                        operation=cache.space_of(key)))
+                found = dict(self._call(many.circuit, fetch, many.using, operation=space))
             except ResilienceError as err:
-                for item in batch:
-                    entry = entries.get(keys[item])
-                    if entry is None or entry.age(now) >= ttl + stale_ttl:
-                        raise err from err.__cause__
-                    results[item] = entry.value
-                    labels.mark(labels.STALE, entry.age(now))
-                    metrics.inc("calls", circuit=circuit, outcome="fallback")
+                served = self._from_replica(fetch, many.circuit, space, many.replicas)
+                if served is not None:
+                    labels.mark(labels.REPLICA, served.age)
+                    found = dict(served.value)
+                    results.update((item, found[item]) for item in batch if item in found)
+                else:
+                    results.update(self._many_fallback(err, many, batch, entries, keys, now))
                 continue
             self.cache.set_many({keys[item]: value for item, value in found.items()},
-                                ttl, stale_ttl, version)
+                                many.ttl, many.stale_ttl, version)
             results.update((item, found[item]) for item in batch if item in found)
+        return results
+
+    def _many_fallback(self, err: ResilienceError, many: Many, batch: list[Any],
+                       entries: Mapping[str, cache.Entry], keys: Mapping[Any, str],
+                       now: float) -> dict[Any, Any]:
+        """A failed batch with no replica to answer: each id's stale entry, and the caller's
+        fallback for the ids that have none; ``err`` without a fallback."""
+        results: dict[Any, Any] = {}
+        bare = []
+        for item in batch:
+            entry = entries.get(keys[item])
+            if entry is None or entry.age(now) >= many.ttl + many.stale_ttl:
+                bare.append(item)
+                continue
+            results[item] = entry.value
+            labels.mark(labels.STALE, entry.age(now))
+            metrics.inc("calls", circuit=many.circuit, outcome="fallback")
+        if bare:
+            if many.fallback_fn is None:
+                raise err from err.__cause__
+            degraded = dict(many.fallback_fn(bare))
+            results.update((item, degraded[item]) for item in bare if item in degraded)
+            labels.mark(labels.DEGRADED)
+            metrics.inc("calls", circuit=many.circuit, outcome="fallback")
         return results
 
     def _revalidate(self, read: Read, lookup: cache.Lookup) -> Served:
@@ -252,7 +290,8 @@ class Reads(calls.Engine):
                            read: Read) -> Served:
         """The primary failed: a healthy replica's answer, else the stale entry, else the
         caller's fallback, else ``err``."""
-        served = self._from_replica(read)
+        served = self._from_replica(read.fn, read.circuit, cache.space_of(read.key),
+                                    read.replicas)
         if served is not None:
             return served
         if entry is not None and entry.age(self._clock()) < read.ttl + read.stale_ttl:
@@ -262,23 +301,24 @@ class Reads(calls.Engine):
             return Served(read.fallback_fn(), labels.DEGRADED)
         raise err
 
-    def _from_replica(self, read: Read) -> Served | None:
-        """The first replica close enough behind its primary that answers, each under its
-        own circuit; ``None`` when none does. Its answer is not cached: it is labelled, with
-        its lag as its age, and the next read asks the primary again."""
-        space = cache.space_of(read.key)
-        for alias in replicas.candidates(read.replicas):
+    def _from_replica(self, fn: Callable[[], Any], primary_circuit: str, space: str,
+                      aliases: list[str] | tuple[str, ...] | None) -> Served | None:
+        """``fn()`` on the first of ``aliases`` (default ``READ_REPLICAS``) close enough
+        behind its primary that answers, each under its own circuit; ``None`` when none does.
+        Its answer is not cached: it is labelled, with its lag as its age, and the next read
+        asks the primary again."""
+        for alias in replicas.candidates(aliases):
             circuit = replicas.circuit_of(alias)
             try:
                 with replicas.reading(alias):
                     lag = self._call(circuit, partial(replicas.checked, alias), alias,
                                      operation=space)
-                    value = self._call(circuit, read.fn, alias, operation=space)
+                    value = self._call(circuit, fn, alias, operation=space)
             except replicas.TooFarBehind:
                 continue
             except ResilienceError:
                 continue
-            metrics.inc("calls", circuit=read.circuit, outcome="fallback")
+            metrics.inc("calls", circuit=primary_circuit, outcome="fallback")
             return Served(value, labels.REPLICA, lag)
         return None
 
