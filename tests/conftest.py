@@ -52,13 +52,14 @@ def _fresh_breakers():
 
 def _empty_database_limiter() -> None:
     """The database limiter store writes on a connection of its own, outside the test's
-    transaction: empty its table after a test that used it, and close the connection (the
-    test database is dropped at the end)."""
+    transaction: empty its table after a test that used it, and close its connections, the
+    live server's threads' too (the test database is dropped at the end, which a connection
+    left open would refuse)."""
     store = limiter.built_store()
     if isinstance(store, DatabaseLimiterStore):
         with contextlib.suppress(StoreUnavailable):
             store.clear()
-    database_limiter.close_connections()
+    database_limiter.close_connections(every_thread=True)
 
 
 @pytest.fixture
