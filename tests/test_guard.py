@@ -23,10 +23,10 @@ from django.db import (
 from django.urls import reverse
 from django.utils import timezone
 
-from resilience_crm import get_breaker, protected, testutils
-from resilience_crm.breakers import machine
+from resilience_crm import aside, get_breaker, protected, testutils
+from resilience_crm.breakers import control, machine
 from resilience_crm.exceptions import CircuitOpenError, DatabaseCircuitOpen, OperationTimeout
-from resilience_crm.guard import aside
+from resilience_crm.provider import replay
 from tests.databases import extra_database
 from tests.proxy import Proxy
 
@@ -143,6 +143,24 @@ def test_a_worker_new_to_the_circuit_refuses_without_asking_the_database(proxy, 
     get_breaker(CIRCUIT).reset()
 
 
+@pytest.mark.django_db(transaction=True)  # the store's rows are written on the guarded alias
+def test_the_database_store_and_manual_changes_pass_a_guard_on_their_own_tables(proxy,
+                                                                                 settings):
+    """With the app's tables, the database breaker store's among them, on the guarded alias:
+    the database's circuit forced open refuses the application's statements, but not every
+    other circuit's state, nor the operator's reset of that circuit itself."""
+    settings.DATABASE_ROUTERS = ["resilience_crm.routers.ResilienceRouter"]
+    settings.RESILIENCE_CRM = {**settings.RESILIENCE_CRM, "STORE": "database",
+                               "DATABASE_ALIAS": GUARDED}
+    assert control.steer(CIRCUIT, machine.FORCED_OPEN, source="command").applied
+
+    with pytest.raises(DatabaseCircuitOpen):
+        select_one()
+    assert get_breaker("crm.read").snapshot()["store"] == "shared"
+    assert control.steer(CIRCUIT, machine.CLOSED, source="command").applied
+    assert select_one() == 1
+
+
 def test_the_callers_own_errors_are_not_counted(proxy):
     with connections[GUARDED].cursor() as cursor:
         cursor.execute("CREATE TEMPORARY TABLE guarded (id integer PRIMARY KEY)")
@@ -256,3 +274,11 @@ def test_the_admin_answers_a_short_503_page(admin_client, refusing):
     assert "Temporarily unavailable" in page
     assert f"<code>{CIRCUIT}</code>" in page
     assert "tried again in about" in page
+
+
+def test_a_replay_stops_with_the_circuit_that_refused_it(refusing):
+    refusing()
+
+    report = replay.replay()
+
+    assert report.stopped.startswith(f"circuit {CIRCUIT} is open, tried again in ")

@@ -24,7 +24,6 @@ ALLOWED = {
     ("observability", "breakers"),
     ("observability", "provider"),  # queue depth
     ("guard", "breakers"),
-    ("provider", "guard"),  # protected tells the query guard to stand aside
     *(("admin", feature) for feature in FEATURES),
 }
 

@@ -22,6 +22,7 @@ from django.db import DatabaseError, router, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from resilience_crm import aside
 from resilience_crm.breakers import events, machine, registry
 from resilience_crm.conf import settings
 from resilience_crm.exceptions import ManualChangeRefused, StoreUnavailable
@@ -62,6 +63,14 @@ def steer(name: str, state: str, *, actor: Any = None, reason: str = "",
     take the change: then nothing has changed anywhere."""
     if state not in STEERABLE:
         raise ValueError(f"Cannot set {state!r}; choose one of {', '.join(STEERABLE)}.")
+    # The query guard stands aside: the change may be the reset of the very circuit that
+    # guards the database its row, its audit and (with the database store) its state are on.
+    with aside.stand_aside():
+        return _steer(name, state, actor=actor, reason=reason, until=until, source=source)
+
+
+def _steer(name: str, state: str, *, actor: Any, reason: str, until: datetime | None,
+           source: str) -> Steered:
     reason = reason or f"{'reset' if state == machine.CLOSED else state} from the {source or 'API'}"
     forced = _forced_fields(state, actor, reason, until)
     try:

@@ -1,7 +1,7 @@
 """One statement, or one connect, through the circuit that guards its database alias.
 
 :func:`circuit_for` says which circuit guards an alias (``PROTECT_QUERIES``), ``None`` when
-none does or the guard stands aside (:mod:`resilience_crm.guard.aside`). :func:`enter` takes
+none does or the guard stands aside (:mod:`resilience_crm.aside`). :func:`enter` takes
 a permit from the breaker, with no I/O while its snapshot is fresh; an open or forced-open
 circuit refuses with :class:`~resilience_crm.exceptions.DatabaseCircuitOpen` before anything
 is sent. :func:`leave` settles the permit: the dependency's failures (a lost connection, a
@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import resilience_crm.guard.aside as aside
+import resilience_crm.aside as aside
 from resilience_crm.breakers import machine
 from resilience_crm.breakers.breaker import Breaker, Permit
 from resilience_crm.conf import settings

@@ -7,7 +7,7 @@ call never runs), runs ``fn`` in a transaction under the circuit's ``call_timeou
 what may be retried while the deadline and the circuit's retry budget allow, settles the
 permit with the outcome, and raises what failed as the library's error class
 (:func:`~resilience_crm.provider.classify.error_for`). The query guard stands aside meanwhile
-(:mod:`resilience_crm.guard.aside`): the call's statements count on its own circuit only.
+(:mod:`resilience_crm.aside`): the call's statements count on its own circuit only.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from django.db import connections, transaction
 
-import resilience_crm.guard.aside as aside
+import resilience_crm.aside as aside
 import resilience_crm.provider.classify as classify
 import resilience_crm.provider.deadlines as deadlines
 import resilience_crm.provider.folding as folding
@@ -50,7 +50,7 @@ class Engine:
               operation: str = "", committed_is_done: bool = False,
               then: Callable[[T], object] | None = None) -> T:
         # The call has its own circuit, deadline and retries: the query guard stands aside,
-        # so its statements are not counted twice (resilience_crm/guard/aside.py).
+        # so its statements are not counted twice (resilience_crm/aside.py).
         with aside.stand_aside():
             return self._run(circuit, fn, using, retry_if=retry_if, operation=operation,
                              committed_is_done=committed_is_done, then=then)

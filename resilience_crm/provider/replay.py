@@ -38,7 +38,7 @@ import resilience_crm.provider.probe as probe
 import resilience_crm.provider.stream as stream
 from resilience_crm.breakers import machine
 from resilience_crm.breakers.registry import get_breaker
-from resilience_crm.exceptions import InvalidWrite, QueueUnavailable
+from resilience_crm.exceptions import CircuitOpenError, InvalidWrite, QueueUnavailable
 from resilience_crm.models import QueuedWrite
 
 logger = logging.getLogger("resilience_crm.provider.replay")
@@ -76,7 +76,13 @@ def replay(*, lease: float = LEASE_SECONDS, limit: int | None = None,
     for db in handlers.databases():
         tried: set[int] = set()
         while limit is None or report.applied + report.failed < limit:
-            row = claim(owner, lease, skip=tried, using=db)
+            try:
+                row = claim(owner, lease, skip=tried, using=db)
+            except CircuitOpenError as err:  # the query guard: the database is known down
+                retry = f", tried again in {err.retry_after:.0f}s" if err.retry_after else ""
+                report.stopped = (f"circuit {err.circuit} is open{retry}; the rest waits for "
+                                  "the next replay")
+                return report
             if row is None:
                 break
             tried.add(row.pk)

@@ -7,6 +7,7 @@ from typing import Any
 from django.db import DatabaseError, connections, router, transaction
 from django.db.models import F
 
+from resilience_crm import aside
 from resilience_crm.breakers import machine
 from resilience_crm.breakers.stores.base import BaseStore, Step
 from resilience_crm.exceptions import StoreUnavailable
@@ -24,7 +25,9 @@ class DatabaseStore(BaseStore):
     result back with ``UPDATE ... WHERE version = %s AND generation = %s``; a concurrent
     writer makes that update match nothing and the step is taken again on the fresh row.
     A row with no live state starts from its own durable record (:meth:`Circuit.live_seed`).
-    Time is this process's clock.
+    Time is this process's clock. The query guard stands aside for its statements
+    (:mod:`resilience_crm.aside`): the rows may sit on the guarded database, and refusing
+    them would take every circuit's shared state away with that database's circuit.
     """
 
     def __init__(self, alias: str | None = None, clock: Any = time.time) -> None:
@@ -37,7 +40,7 @@ class DatabaseStore(BaseStore):
     def step(self, step: Step) -> dict[str, Any]:
         try:
             circuits = self._manager()
-            with _contained(circuits.db):
+            with aside.stand_aside(), _contained(circuits.db):
                 return self._step(circuits, step)
         except DatabaseError as err:
             raise StoreUnavailable(f"The database store failed: {err}") from err
@@ -63,14 +66,16 @@ class DatabaseStore(BaseStore):
 
     def read(self, name: str) -> dict[str, Any] | None:
         try:
-            live = self._manager().filter(name=name).values_list("live", flat=True).first()
+            with aside.stand_aside():
+                live = self._manager().filter(name=name).values_list("live", flat=True).first()
         except DatabaseError as err:
             raise StoreUnavailable(f"The database store failed: {err}") from err
         return live or None
 
     def clear(self, name: str) -> None:
         try:
-            self._manager().filter(name=name).update(live={}, version=F("version") + 1)
+            with aside.stand_aside():
+                self._manager().filter(name=name).update(live={}, version=F("version") + 1)
         except DatabaseError as err:
             raise StoreUnavailable(f"The database store failed: {err}") from err
 

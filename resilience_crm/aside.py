@@ -1,10 +1,19 @@
 """Where the query guard stands aside: a context variable, so it follows the code that set
 it (its thread, or its task under asyncio) and nothing else.
 
-``protected`` sets it for the whole of a call (it runs that call under its own circuit,
-with its own deadline and retries: counting its statements again on the database's circuit
-would count them twice); the guard sets it while it steps its own breaker, whose store may
-be the very database it guards. It imports nothing, so any feature may use it.
+It is the app's own machinery that the guard lets through:
+
+- ``protected``, for the whole of a call (it runs that call under its own circuit, with its
+  own deadline and retries: counting its statements again on the database's circuit would
+  count them twice);
+- the guard, while it steps its own breaker;
+- the database breaker store, for every circuit's step (its state lives in the app's tables,
+  which may sit on the guarded database: refusing them would take every circuit's shared
+  state away with the database's circuit);
+- a manual change (:func:`resilience_crm.breakers.control.steer`): an operator's reset of
+  the database's own circuit must reach its row, whatever that circuit says.
+
+It imports nothing, and sits outside the feature folders, so any of them may use it.
 """
 
 from __future__ import annotations
