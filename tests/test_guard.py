@@ -274,6 +274,7 @@ def test_the_admin_answers_a_short_503_page(admin_client, refusing):
     assert "Temporarily unavailable" in page
     assert f"<code>{CIRCUIT}</code>" in page
     assert "tried again in about" in page
+    assert f"<code>manage.py resilience_reset {CIRCUIT}</code>" in page
 
 
 def test_a_replay_stops_with_the_circuit_that_refused_it(refusing):
