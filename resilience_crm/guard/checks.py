@@ -50,9 +50,9 @@ MESSAGES = table({
     "GUARD_OWN_TABLES": Check(
         "resilience_crm.W040",
         (
-            "The app's own tables (circuit events, metrics, and the circuits' live state with "
-            'the database store) are on the guarded database {alias!r}: {path} counts their '
-            "writes on circuit {circuit!r}, and refuses them while it is open."
+            "The app's own tables (circuit events, metrics) are on the guarded database "
+            "{alias!r}: {path} counts their writes on circuit {circuit!r}, and refuses them "
+            "while it is open (the database store's steps and manual changes pass)."
         ),
         (
             'Set RESILIENCE_CRM["DATABASE_ALIAS"] to another alias (a second entry for the same '
