@@ -277,6 +277,17 @@ def test_the_admin_answers_a_short_503_page(admin_client, refusing):
     assert f"<code>manage.py resilience_reset {CIRCUIT}</code>" in page
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_replay_stops_when_the_database_fails_under_it(proxy, settings):
+    settings.DATABASE_ROUTERS = ["resilience_crm.routers.ResilienceRouter"]
+    settings.RESILIENCE_CRM = {**settings.RESILIENCE_CRM, "DATABASE_ALIAS": GUARDED}
+    proxy.cut()  # the queued writes' table refuses connections
+
+    report = replay.replay()
+
+    assert report.stopped == "the database failed; the rest waits for the next replay"
+
+
 def test_a_replay_stops_with_the_circuit_that_refused_it(refusing):
     refusing()
 

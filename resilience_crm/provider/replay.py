@@ -78,22 +78,28 @@ def replay(*, lease: float = LEASE_SECONDS, limit: int | None = None,
         while limit is None or report.applied + report.failed < limit:
             try:
                 row = claim(owner, lease, skip=tried, using=db)
-            except CircuitOpenError as err:  # the query guard: the database is known down
-                retry = f", tried again in {err.retry_after:.0f}s" if err.retry_after else ""
-                report.stopped = (f"circuit {err.circuit} is open{retry}; the rest waits for "
-                                  "the next replay")
+            except DatabaseError as err:  # down, or known down (the query guard's circuit)
+                report.stopped = _stopped_by(err)
                 return report
             if row is None:
                 break
             tried.add(row.pk)
             outcome = apply(row, owner)
             if outcome == "stop":
-                report.stopped = "the database failed; the rest waits for the next replay"
+                report.stopped = _stopped_by(None)
                 return report
             setattr(report, outcome, getattr(report, outcome) + 1)
             if outcome == "dead":
                 report.failed += 1
     return report
+
+
+def _stopped_by(err: BaseException | None) -> str:
+    """Why a replay stopped: the database failed, or a circuit refuses it (``err``)."""
+    if isinstance(err, CircuitOpenError):
+        retry = f", tried again in {err.retry_after:.0f}s" if err.retry_after else ""
+        return f"circuit {err.circuit} is open{retry}; the rest waits for the next replay"
+    return "the database failed; the rest waits for the next replay"
 
 
 def drain() -> int:
