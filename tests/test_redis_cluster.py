@@ -12,13 +12,14 @@ from typing import Any
 import pytest
 from django.core.cache import caches
 from django.db import connections
+from django.utils import timezone
 from django_redis import get_redis_connection
 from redis.exceptions import ResponseError
 
 from crm_demo.crm.models import Contact
 from resilience_crm import get_breaker, protected, spool, testutils
 from resilience_crm.breakers.stores.redis import RedisStore
-from resilience_crm.exceptions import IdempotencyConflict
+from resilience_crm.exceptions import CircuitOpenError, IdempotencyConflict
 from resilience_crm.lua import REDIS_DOWN, LuaScript
 from resilience_crm.observability import exposition
 from resilience_crm.provider import probe, queue, stream
@@ -28,6 +29,7 @@ from resilience_crm.ratelimit.principals import Principal
 from resilience_crm.ratelimit.stores.redis import SCRIPT as GCRA
 from resilience_crm.ratelimit.stores.redis import RedisLimiterStore
 from resilience_crm.redis_cluster import RedisClusterClient
+from resilience_crm.signals import circuit_transition
 from tests.failing import boom, trip
 from tests.processes import ctx, run_processes
 from tests.waiting import wait_until
@@ -277,3 +279,44 @@ def test_limits_are_exact_across_processes_on_the_cluster(settings, cluster_cach
     assert fell_back.value == 0  # every decision on the cluster, none on a worker's own
     assert sum(count.value for count in admitted) == 30
     assert all(count.value <= 20 for count in admitted)
+
+
+def test_half_open_admits_its_trials_once_across_processes_on_the_cluster(
+        settings, cluster_cache, transactional_db) -> None:
+    """Invariants 1 and 2 on the cluster: 8 processes released together on a circuit past
+    its reset_timeout get exactly ``half_open_max_calls`` trial permits, and the move to
+    half-open is announced by one of them only."""
+    settings.CACHES = {**settings.CACHES, "cluster": cluster_cache.cache(
+        SOCKET_TIMEOUT=5, SOCKET_CONNECT_TIMEOUT=5,  # 8 processes on two loaded cores
+        SERIALIZER="resilience_crm.cache_serializer.SignedJSONSerializer")}
+    name = f"cl.trials.{uuid.uuid4().hex[:8]}"
+    settings.RESILIENCE_CRM = {
+        **settings.RESILIENCE_CRM, "STORE": "redis", "CACHE_ALIAS": "cluster",
+        "CIRCUITS": {name: {"failure_threshold": 2, "reset_timeout": 1, "max_reset_timeout": 1,
+                            "half_open_max_calls": 2}}}
+    breaker = get_breaker(name)
+    trip(breaker)
+    until = breaker.snapshot()["until"]
+    wait_until(lambda: timezone.now() > until, "the reset_timeout to pass")
+    testutils.reset()  # the children fork without this process's view of the circuit
+    connections.close_all()  # the children open their own
+    barrier = ctx.Barrier(PROCESSES)
+    permits, announced = ctx.Value("i", 0), ctx.Value("i", 0)
+
+    def count(sender, to_state, local, **kwargs) -> None:
+        if to_state == "half_open" and not local:
+            with announced.get_lock():
+                announced.value += 1
+
+    def worker(index: int) -> None:
+        circuit_transition.connect(count, weak=False)
+        barrier.wait(timeout=30)
+        try:
+            get_breaker(name).allow()
+        except CircuitOpenError:
+            return
+        with permits.get_lock():
+            permits.value += 1
+
+    run_processes(worker, count=PROCESSES, timeout=120)
+    assert (permits.value, announced.value) == (2, 1)
