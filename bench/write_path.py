@@ -44,18 +44,11 @@ os.environ["DJANGO_SETTINGS_MODULE"] = "crm_demo.settings"
 
 import django  # noqa: E402
 import plots  # noqa: E402  (bench/ is on sys.path)
-import psycopg  # noqa: E402
+from chaos import create_database  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 OURS, PLAIN = "resilience_crm", "plain DRF"  # as in plain_drf, imported once Django is set up
 KINDS = ("list", "detail", "create", "update", "delete")
-
-
-def create_database(url: str) -> None:
-    name = url.rsplit("/", 1)[1]
-    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def setup() -> None:

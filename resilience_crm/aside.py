@@ -43,8 +43,8 @@ def end(token: Token[bool]) -> None:
 @contextlib.contextmanager
 def stand_aside() -> Iterator[None]:
     """Run the block with the guard standing aside (nested blocks are fine)."""
-    token = _aside.set(True)
+    token = begin()
     try:
         yield
     finally:
-        _aside.reset(token)
+        end(token)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -260,9 +260,14 @@ def pooled_databases() -> Iterator[tuple[str, Any]]:
             continue
         options = database.get("OPTIONS")
         pool = options.get("pool") if isinstance(options, dict) else None
-        engine = str(database.get("ENGINE", ""))
-        if pool and any(name in engine for name in POSTGRES_ENGINES):
+        if pool and is_postgres(database):
             yield alias, pool
+
+
+def is_postgres(database: Mapping[str, Any]) -> bool:
+    """Whether a ``DATABASES`` entry's ``ENGINE`` is PostgreSQL's (or a backend built on it)."""
+    engine = str(database.get("ENGINE", ""))
+    return any(name in engine for name in POSTGRES_ENGINES)
 
 
 # Checks ---------------------------------------------------------------------------------

@@ -152,6 +152,13 @@ class ResilienceSettings:
                   if isinstance(name, str) and name and name not in names]
         return names
 
+    def guarding(self, alias: str) -> str | None:
+        """The circuit ``PROTECT_QUERIES`` names for database ``alias``, ``None`` when none
+        does (or the setting is malformed: checks E040-E042 report it)."""
+        guarded = self.PROTECT_QUERIES
+        circuit = guarded.get(alias) if isinstance(guarded, dict) else None
+        return circuit if isinstance(circuit, str) and circuit else None
+
     def circuit_defaults(self) -> dict[str, Any]:
         """Breaker settings every circuit starts from: defaults, then ``CIRCUIT_DEFAULTS``."""
         config = dict(BREAKER_DEFAULTS)

@@ -15,9 +15,9 @@ from django.utils.module_loading import import_string
 from resilience_crm import transactions
 from resilience_crm.checks import (
     CHECKS,
-    POSTGRES_ENGINES,
     TAG,
     Check,
+    is_postgres,
     setting_path,
     settings_check,
     table,
@@ -82,7 +82,7 @@ def check_postgres_driver(app_configs: Any = None, **kwargs: Any) -> list[CheckM
     driver; for another alias it would say so only at the first query."""
     aliases = [alias for alias, database in django_settings.DATABASES.items()
                if isinstance(database, dict)
-               and any(name in str(database.get("ENGINE", "")) for name in POSTGRES_ENGINES)]
+               and is_postgres(database)]
     if not aliases:
         return []
     errors = []

@@ -215,10 +215,8 @@ def _trial_interval() -> float:
     half-open trials it gets: backing off longer, the thread would leave the circuit
     half-open, waiting for a trial, long after the database is back. While the circuit is
     open a round is refused before any connect, so trying that often costs nothing."""
-    alias = conf.settings.DATABASE_ALIAS or DEFAULT_DB_ALIAS
-    guarded = conf.settings.PROTECT_QUERIES
-    circuit = guarded.get(alias) if isinstance(guarded, dict) else None
-    if not isinstance(circuit, str):
+    circuit = conf.settings.guarding(conf.settings.DATABASE_ALIAS or DEFAULT_DB_ALIAS)
+    if circuit is None:
         return BACKOFF_MAX
     seconds = conf.settings.circuit_config(circuit).get("reset_timeout")
     if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds > 0:

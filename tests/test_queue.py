@@ -128,6 +128,21 @@ def test_a_failed_effect_leaves_no_key_behind(queued):
     assert not QueuedWrite.objects.exists()
 
 
+def test_a_refused_write_leaves_the_cached_reads_of_its_space_fresh(queued):
+    fetched = []
+
+    def contacts():
+        fetched.append(1)
+        return ["a contact"]
+
+    protected.read("contacts:all", contacts)
+    with pytest.raises(TypeError):  # refused by the handler: nothing was written
+        protected.submit("test.contact", contact(1, no_such_field=1), idempotency_key="k1")
+
+    assert protected.read("contacts:all", contacts) == ["a contact"]
+    assert len(fetched) == 1  # still the cached one
+
+
 def test_writes_during_an_outage_are_queued_then_applied_exactly_once(queued):
     outage()
     receipts = []

@@ -13,9 +13,9 @@ from django.db.utils import load_backend
 
 from resilience_crm.checks import (
     CHECKS,
-    POSTGRES_ENGINES,
     Check,
     is_number,
+    is_postgres,
     listing,
     setting_path,
     settings_check,
@@ -97,8 +97,7 @@ def check_query_timeout(config: dict[str, Any]) -> list[CheckMessage]:
         database = django_settings.DATABASES.get(alias) if isinstance(alias, str) else None
         if database is None:
             errors.append(_unknown_alias(path, alias))
-        elif not is_number(seconds) or seconds <= 0 or not any(
-                name in str(database.get("ENGINE", "")) for name in POSTGRES_ENGINES):
+        elif not is_number(seconds) or seconds <= 0 or not is_postgres(database):
             errors.append(CHECKS["GUARD_SHAPE"](path=path, expected=expected,
                                                 found=f"{seconds!r} for {alias!r}"))
     return errors

@@ -47,11 +47,7 @@ def registry() -> Any:
 def circuit_for(alias: str) -> str | None:
     """The circuit that guards ``alias`` here and now; ``None`` when none does or the guard
     stands aside."""
-    if aside.standing_aside():
-        return None
-    protect = settings.PROTECT_QUERIES
-    circuit = protect.get(alias) if isinstance(protect, dict) else None
-    return circuit if isinstance(circuit, str) and circuit else None
+    return None if aside.standing_aside() else settings.guarding(alias)
 
 
 def enter(circuit: str) -> tuple[Breaker, Permit] | None:

@@ -72,6 +72,12 @@ class Provider(reads.Reads):
         self.invalidate(key, using=using)
         return value
 
+    def lookup(self, key: str, fn: Callable[[], T], *, circuit: str = OP_CIRCUITS["write"],
+               using: str | None = DEFAULT_DB_ALIAS) -> T:
+        """``fn()``, a read the write path needs (what became of a write), under ``circuit``
+        with its deadline and retries: no cached read, and nothing invalidated."""
+        return self._call(circuit, fn, using, operation=cache.space_of(key))
+
     def rpc(self, name: str, fn: Callable[[], T], *, circuit: str = OP_CIRCUITS["rpc"],
             retry: bool = True) -> T:
         """``fn()`` (an upstream call, no database transaction) under the rpc circuit."""

@@ -42,11 +42,15 @@ from resilience_crm.provider.replay import replay  # noqa: F401  (``queue.replay
 
 
 class Provider(Protocol):
-    """What ``submit`` needs of the provider that calls it: a protected write (the facade's
-    ``Provider.write``). A protocol, so the queue does not import the facade that imports it."""
+    """What ``submit`` needs of the provider that calls it: a protected write, and a lookup
+    (the facade's ``Provider.write`` and ``Provider.lookup``). A protocol, so the queue does
+    not import the facade that imports it."""
 
     def write(self, key: str, fn: Callable[[], Any], *, circuit: str, using: str | None,
               then: Callable[[Any], object] | None = None) -> Any: ...
+
+    def lookup(self, key: str, fn: Callable[[], Any], *, circuit: str,
+               using: str | None) -> Any: ...
 
 #: Errors meaning "the write was not applied and could not be": queue it.
 QUEUE_ON = (CircuitOpenError, DependencyUnavailable, OperationTimeout, RetriesExhausted)
@@ -145,7 +149,7 @@ def _recorded(provider: Provider, found: handlers.Handler, key: str,
                 .values_list("payload_hash", "state", "result").first())
 
     try:
-        row = provider.write(found.key, lookup, circuit=found.circuit, using=found.using)
+        row = provider.lookup(found.key, lookup, circuit=found.circuit, using=found.using)
     except QUEUE_ON:
         return None
     if row is None:
