@@ -19,6 +19,7 @@ from resilience_crm.breakers.stores.redis import RedisStore
 from resilience_crm.models import Circuit, CircuitEvent
 from resilience_crm.ratelimit import limiter
 from resilience_crm.ratelimit.principals import Principal
+from resilience_crm.signals import shared_store_recovered
 from tests.failing import trip
 from tests.waiting import wait_until
 
@@ -91,6 +92,12 @@ def test_a_master_killed_under_load(failover) -> None:
         finally:
             connections.close_all()
 
+    recoveries = []
+
+    def recovered(sender, **kwargs) -> None:
+        recoveries.append(sender)
+
+    shared_store_recovered.connect(recovered)
     threads = [threading.Thread(target=load) for _ in range(THREADS)]
     for thread in threads:
         thread.start()
@@ -113,6 +120,7 @@ def test_a_master_killed_under_load(failover) -> None:
         stop.set()
         for thread in threads:
             thread.join(timeout=60)
+        shared_store_recovered.disconnect(recovered)
 
     # No 500, no refusal by the limiter (it failed open), only the open circuit's 503.
     assert {(name, status, code) for name, status, code in answers} == {
@@ -124,6 +132,9 @@ def test_a_master_killed_under_load(failover) -> None:
     # The promoted replica kept the state: still open, generation 1, shared.
     assert store.read(victim)["gen"] == 1
     assert get_breaker(victim).snapshot()["store"] == "shared"
+    # The outage ended once, on the promoted replica: pending manual changes are applied
+    # and the local-breaker alert re-armed by that signal's receivers.
+    assert len(recoveries) == 1
 
     # A failover loses the writes its replica had not received yet: here, the whole circuit.
     # A worker that never saw it seeds it from its row, and its generations go on.

@@ -161,16 +161,16 @@ class FailoverStore(BaseStore):
     def _succeeded(self, name: str, shard: str, result: Mapping[str, Any]) -> None:
         with self._lock:
             self._last[name] = {field: result[field] for field in CARRIED}
-            recovered = shard in self._down
-            self._down.discard(shard)
-            self._retry_at.pop(shard, None)
+            # A failover moves a slot to another master: the shard the circuit was down on
+            # is then gone, and answering on the new one ends its outage too.
             moved_from = self._local_shard.get(name, shard)
-            if moved_from != shard:  # its slot moved to another master: the old one is gone
-                self._down.discard(moved_from)
-            # The local states of this shard's circuits, and of this circuit wherever it
-            # was stepped locally (a failover moves a slot to another master).
+            ended = {shard, moved_from} & self._down
+            recovered = bool(ended)
+            self._down -= ended
+            self._retry_at.pop(shard, None)
+            # The local states of the circuits of the shards back, and of this circuit.
             for local in [circuit for circuit, where in self._local_shard.items()
-                          if circuit == name or (recovered and where == shard)]:
+                          if circuit == name or where in ended]:
                 del self._local_shard[local]
                 self._local.clear(local)
         if recovered:
