@@ -93,6 +93,8 @@ class LuaScript:
                 node = client.get_node_from_key(keys[0]) if keys else node
                 return self(client.get_redis_connection(node), keys, args)
         except (ConnectionError, TimeoutError):
+            # As the client does: learn the layout again, asking the failed master last.
             with contextlib.suppress(*REDIS_DOWN):
-                client.nodes_manager.initialize()
+                client.nodes_manager.move_node_to_end_of_cached_nodes(node.name)
+                client.nodes_manager.initialize(last_failed_node_name=node.name)
             raise

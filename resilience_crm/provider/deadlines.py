@@ -99,8 +99,7 @@ def connect_wait(using: str) -> float:
 def pool_timeout(pool: Any) -> Any:
     """How long psycopg_pool waits for a connection, by ``OPTIONS["pool"]`` (``True`` or a
     dict of the pool's arguments): its ``timeout``, else psycopg_pool's default."""
-    return pool.get("timeout", PSYCOPG_POOL_DEFAULT_TIMEOUT) if isinstance(
-        pool, dict) else PSYCOPG_POOL_DEFAULT_TIMEOUT
+    return _pool_option(pool, "timeout", PSYCOPG_POOL_DEFAULT_TIMEOUT)
 
 
 def pool_reconnect_timeout(pool: Any) -> Any:
@@ -109,8 +108,13 @@ def pool_reconnect_timeout(pool: Any) -> Any:
     retries, the pool counts the connection as its own and waits out each backoff, however
     many requests are waiting; once it gives up, the next request that waits connects at
     once."""
-    return pool.get("reconnect_timeout", PSYCOPG_POOL_DEFAULT_RECONNECT_TIMEOUT) if isinstance(
-        pool, dict) else PSYCOPG_POOL_DEFAULT_RECONNECT_TIMEOUT
+    return _pool_option(pool, "reconnect_timeout", PSYCOPG_POOL_DEFAULT_RECONNECT_TIMEOUT)
+
+
+def _pool_option(pool: Any, name: str, default: float) -> Any:
+    """``OPTIONS["pool"]``'s ``name`` (``pool`` is ``True`` or a dict of the pool's
+    arguments), else psycopg_pool's ``default``."""
+    return pool.get(name, default) if isinstance(pool, dict) else default
 
 
 @contextlib.contextmanager

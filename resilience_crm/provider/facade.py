@@ -116,7 +116,7 @@ class Provider(reads.Reads):
     def _invalidate(self, space: str) -> None:
         """Bump ``space``'s version; the write queue's length comes back in the same round
         trip, so the next ``submit`` knows whether a queued write may share its key."""
-        stream.learned(self.cache.invalidate(space, stream_length=stream.stream_key()))
+        stream.emptiness.saw(self.cache.invalidate(space, stream_length=stream.stream_key()))
 
     def revoke(self, key: str, *, using: str | None = DEFAULT_DB_ALIAS) -> None:
         """Take ``key``'s cached read away, fresh and stale, everywhere (after the surrounding

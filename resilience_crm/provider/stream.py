@@ -96,11 +96,6 @@ def stream_key() -> str:
     return STREAM_KEY if available() else ""
 
 
-def learned(length: int | None) -> None:
-    """The stream's length, read along with something else (``None``: not read)."""
-    emptiness.saw(length)
-
-
 def queued_hash(key: str) -> str | None:
     """The payload hash of a write with ``key`` still waiting in the stream, if any: asked
     of Redis (with the stream's length, in the same round trip) unless this process saw the
