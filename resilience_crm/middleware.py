@@ -7,9 +7,10 @@ its decision on the request (``request.resilience_ratelimit``, see
 and, on a refusal, ``Retry-After`` and an ``application/problem+json`` body with
 ``code: "RATE_LIMITED"`` and ``violated_policies``. Sync and async capable.
 
-Before the view, it refuses a request from an address that has spent its ``AUTH_FAILURES``
-(:mod:`resilience_crm.ratelimit.auth_failures`) with the same ``429``, before anything is looked up;
-after it, it counts a ``401`` to a request with credentials as a failure.
+Before the view (``process_view``), it refuses a request from an address that has spent its
+``AUTH_FAILURES`` (:mod:`resilience_crm.ratelimit.auth_failures`) with the same ``429``, before
+anything is looked up, or leaves that to the view's throttle for credentials that passed
+before; after the view, it counts a ``401`` to a request with credentials as a failure.
 
 A :class:`~resilience_crm.exceptions.ResilienceError` that a plain Django view raises (the
 query guard's :class:`~resilience_crm.exceptions.DatabaseCircuitOpen` from any ORM call, say)
@@ -30,6 +31,7 @@ from resilience_crm.exceptions import ResilienceError
 from resilience_crm.ratelimit import auth_failures, headers
 from resilience_crm.ratelimit.gcra import Decision
 from resilience_crm.ratelimit.headers import refusal
+from resilience_crm.throttling import decides_auth_failures
 
 
 class ResilienceMiddleware:
@@ -45,19 +47,24 @@ class ResilienceMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:
             return self.__acall__(request)
-        locked_out = auth_failures.refused(request)
-        if locked_out is not None:
-            return refusal(locked_out)
         response = self.get_response(request)
         return _answer(request, response, auth_failures.observe(request, response.status_code))
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
-        locked_out = await sync_to_async(auth_failures.refused)(request)
-        if locked_out is not None:
-            return refusal(locked_out)
         response = await self.get_response(request)
         spent = await sync_to_async(auth_failures.observe)(request, response.status_code)
         return _answer(request, response, spent)
+
+    def process_view(self, request: HttpRequest, view_func: Callable[..., Any],
+                     view_args: Any, view_kwargs: Any) -> HttpResponseBase | None:
+        """Refuse a request from an address that spent its ``AUTH_FAILURES``, before the view
+        looks anything up; or leave that to the view's ``TierRateThrottle``, for credentials
+        that passed before (see :mod:`resilience_crm.ratelimit.auth_failures`)."""
+        if auth_failures.deferrable(request) and decides_auth_failures(view_func):
+            auth_failures.defer(request)
+            return None
+        locked_out = auth_failures.refused(request)
+        return None if locked_out is None else refusal(locked_out)
 
     def process_exception(self, request: HttpRequest,
                           exception: Exception) -> HttpResponseBase | None:

@@ -22,13 +22,15 @@ from resilience_crm.signals import circuit_transition, shared_store_recovered
 
 def forget_settings() -> None:
     """Forget everything this process built from settings: the settings themselves, the
-    breakers and their store, the limiter's store and plans, cached tiers and the principals'
-    options. Each is built again, from the settings of the moment, on its next use."""
+    breakers and their store, the limiter's store and plans, cached tiers, the principals'
+    options and the credentials that passed authentication. Each is built again, from the
+    settings of the moment, on its next use."""
     settings.reload()
     registry.clear()
     limiter.clear()
     tiers.clear()
     principals.forget()
+    auth_failures.forget()
 
 
 @receiver(setting_changed, dispatch_uid="resilience_crm.settings_changed")

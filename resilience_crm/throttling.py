@@ -25,7 +25,7 @@ from rest_framework.throttling import BaseThrottle
 
 from resilience_crm.constants import OP_CLASSES
 from resilience_crm.exceptions import ResilienceError, StoreUnavailable
-from resilience_crm.ratelimit import headers, limiter, principals
+from resilience_crm.ratelimit import auth_failures, headers, limiter, principals
 from resilience_crm.ratelimit.gcra import Decision
 from resilience_crm.ratelimit.principals import Principal
 
@@ -72,7 +72,9 @@ class TierRateThrottle(BaseThrottle):
     decision: Decision | None = None
 
     def allow_request(self, request: Any, view: Any) -> bool:
-        decision = limiter.check(request, operation(request, view), endpoint(request))
+        decision = limiter.check(request, operation(request, view), endpoint(request),
+                                 checking=auth_failures.deferred(request))
+        auth_failures.passed(request)
         self.decision = decision
         headers.attach(request, decision)
         if decision.source == "unavailable":
@@ -81,6 +83,20 @@ class TierRateThrottle(BaseThrottle):
 
     def wait(self) -> float | None:
         return self.decision.retry_after if self.decision is not None else None
+
+
+def decides_auth_failures(view: Any) -> bool:
+    """Whether ``view`` (a URL's view function) is a DRF view whose throttles include
+    :class:`TierRateThrottle`, which checks an address's ``AUTH_FAILURES`` when the middleware
+    leaves it the check."""
+    from rest_framework.views import APIView  # DRF imports this module while it builds APIView
+
+    cls = getattr(view, "cls", None)
+    if cls is None or cls.get_throttles is not APIView.get_throttles:
+        return False
+    throttles = getattr(view, "initkwargs", {}).get("throttle_classes", cls.throttle_classes)
+    return any(isinstance(throttle, type) and issubclass(throttle, TierRateThrottle)
+               for throttle in throttles)
 
 
 @dataclass(frozen=True)

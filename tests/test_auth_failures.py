@@ -69,6 +69,60 @@ def test_a_busy_office_that_authenticates_is_never_refused(demo: Any) -> None:
     assert client.get("/api/contacts/", HTTP_AUTHORIZATION="Token typo").status_code == 429
 
 
+def spend_failures(client: APIClient, n: int = 30) -> None:
+    assert {client.get("/api/contacts/", HTTP_AUTHORIZATION=f"Token {secrets.token_hex(20)}"
+                       ).status_code for _ in range(n)} == {401}
+
+
+@pytest.mark.parametrize("store", ["redis", "memory", "database"])
+def test_credentials_that_passed_before_are_refused_with_the_throttles_decision(
+        demo: Any, store: str) -> None:
+    """A token this process has seen pass is not refused before its lookup (that spares
+    nothing): the throttle checks the address with its own decision (on Redis and in memory
+    in the same step; on the database a step before), and refuses it all the same, charging
+    none of the user's own limits."""
+    demo.RESILIENCE_CRM = {**demo.RESILIENCE_CRM, "RATELIMIT_STORE": store}
+    set_tier("free", {"read": "1000/d"})  # nothing refills during the test
+    token = Token.objects.create(user=User.objects.create_user("clerk")).key
+    client = APIClient()
+    first = client.get("/api/contacts/", HTTP_AUTHORIZATION=f"Token {token}")
+    assert first.status_code == 200
+    spend_failures(client)
+    response = client.get("/api/contacts/", HTTP_AUTHORIZATION=f"Token {token}")
+    assert problem(response, 429, "RATE_LIMITED")["violated_policies"] == [
+        "auth_failures.3600s"]
+    elsewhere = client.get("/api/contacts/", HTTP_AUTHORIZATION=f"Token {token}",
+                           REMOTE_ADDR="192.0.2.9")
+    assert elsewhere.status_code == 200
+    assert int(elsewhere["X-RateLimit-Remaining"]) == int(first["X-RateLimit-Remaining"]) - 1
+
+
+def test_valid_credentials_not_seen_pass_here_are_refused_before_their_lookup(
+        demo: Any) -> None:
+    client = APIClient()
+    spend_failures(client)
+    token = Token.objects.create(user=User.objects.create_user("clerk")).key
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get("/api/contacts/", HTTP_AUTHORIZATION=f"Token {token}")
+    assert response.status_code == 429 and token_lookups(queries) == 0
+
+
+def test_credentials_refused_since_they_passed_are_refused_before_their_lookup(
+        demo: Any) -> None:
+    """A ``401`` makes this process forget that the credentials passed."""
+    found = Token.objects.create(user=User.objects.create_user("clerk"))
+    client = APIClient()
+    assert client.get("/api/contacts/", HTTP_AUTHORIZATION=f"Token {found.key}"
+                      ).status_code == 200
+    found.delete()  # revoked
+    assert client.get("/api/contacts/", HTTP_AUTHORIZATION=f"Token {found.key}"
+                      ).status_code == 401
+    spend_failures(client, 29)
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get("/api/contacts/", HTTP_AUTHORIZATION=f"Token {found.key}")
+    assert response.status_code == 429 and token_lookups(queries) == 0
+
+
 def test_failed_password_logins_count_too(demo: Any) -> None:
     demo.RESILIENCE_CRM = {**demo.RESILIENCE_CRM, "AUTH_FAILURES": "3/h"}
     set_tier("anonymous", {"auth": "100/min"})

@@ -12,6 +12,9 @@ from typing import Any
 import pytest
 
 from resilience_crm import metrics
+from resilience_crm.ratelimit import limiter
+from resilience_crm.ratelimit.gcra import Limit
+from resilience_crm.ratelimit.principals import Principal
 from tests.ratelimit_helpers import set_tier
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.ratelimit_urls"), pytest.mark.slow]
@@ -107,3 +110,25 @@ def test_a_stalled_redis_costs_one_socket_timeout_then_recovers(client, settings
     redis_proxy.stalled = False
     response = client.get("/things/")
     assert response["X-RateLimit-Remaining"] == "98"  # back on Redis, its count intact
+
+
+def test_an_addresss_failures_are_checked_on_this_processs_counts_while_down(
+        redis_down) -> None:
+    """A check the throttle makes in its decision's step (``AUTH_FAILURES`` for credentials
+    that passed before) falls back with the decision: on this process's share."""
+
+    def failures(store: Any, scale: float) -> tuple[Limit, ...]:
+        return (Limit(store.key("ip:192.0.2.1", "authfail:60"), "auth_failures.60s",
+                      max(1, int(4 * scale)), 60),)
+
+    who = Principal(key="ip:192.0.2.1", tier="anonymous")
+    check = limiter.Check(failures, "auth")
+    first, took = timed(limiter.decide, who, "read", checking=check)
+    assert first.allowed and first.source == "fallback" and took < BOUND
+    for _ in range(2):  # 4/min across 2 expected processes
+        limiter.decide_limits(failures, op_class="auth")
+    refused = limiter.decide(who, "read", checking=check)
+    assert not refused.allowed and refused.violated == ("auth_failures.60s",)
+    assert refused.source == "fallback"
+    assert limiter.decide(who, "read").allowed  # the refusal charged the read limit nothing
+    assert not limiter.decide(who, "read").allowed

@@ -79,6 +79,41 @@ def test_lua_and_sql_decide_exactly_like_python(shared_store, specs, steps) -> N
         assert stored_tats(limits) == tats
 
 
+@hypothesis_settings(max_examples=40, deadline=None,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    specs=st.lists(st.tuples(st.integers(1, 10), st.integers(1, 90),
+                             st.sampled_from(["enforced", "shadow", "checked"])),
+                   min_size=1, max_size=4),
+    steps=st.lists(st.tuples(st.integers(0, 20 * US), st.integers(1, 3), st.booleans()),
+                   min_size=1, max_size=25),
+)
+def test_checked_limits_refuse_and_are_never_charged_in_lua_as_in_python(
+        store, specs, steps) -> None:
+    """Limits only checked (an address's failures, say) refuse the whole request when they
+    do not conform, and are never charged: other steps charge them (``spend``)."""
+    principal = uuid.uuid4().hex
+    limits = [Limit(store.key(principal, f"t:{i}"), f"p{i}", n, t, shadow=mode == "shadow",
+                    checked=mode == "checked") for i, (n, t, mode) in enumerate(specs)]
+    tats: list[int | None] = [None] * len(limits)
+    now = NOW
+    for gap, cost, spend in steps:
+        now += gap
+        if spend:  # a failure elsewhere charges each checked limit once
+            for i, limit in enumerate(limits):
+                if limit.checked:
+                    charged = Limit(limit.key, limit.policy, limit.limit, limit.period)
+                    store.evaluate([charged], now_us=now)
+                    tats[i] = gcra.evaluate([charged], [tats[i]], now)[2][0] or tats[i]
+        expected_allowed, expected, new = gcra.evaluate(limits, tats, now, cost)
+        assert store.evaluate(limits, cost, now_us=now) == (expected_allowed, expected)
+        assert all(tat is None for tat, limit in zip(new, limits, strict=True)
+                   if limit.checked)
+        tats = [t if t is not None else old for t, old in zip(new, tats, strict=True)]
+        assert [None if (tat := store.client.get(limit.key)) is None else int(tat)
+                for limit in limits] == tats
+
+
 def test_memory_store_runs_the_same_arithmetic() -> None:
     clock = Clock(NOW / US)
     memory = MemoryLimiterStore(clock=clock)

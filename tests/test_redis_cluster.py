@@ -25,6 +25,7 @@ from resilience_crm.observability import exposition
 from resilience_crm.provider import probe, queue, stream
 from resilience_crm.provider.cache import space_of
 from resilience_crm.ratelimit import limiter
+from resilience_crm.ratelimit.gcra import Limit
 from resilience_crm.ratelimit.principals import Principal
 from resilience_crm.ratelimit.stores.redis import SCRIPT as GCRA
 from resilience_crm.ratelimit.stores.redis import RedisLimiterStore
@@ -137,6 +138,31 @@ def test_limits_of_a_request_are_decided_together_in_one_slot(on_cluster, settin
     assert answers == [True, True, True, True, False, False]
     # A refusal by the global limit charged u:3's own limit nothing.
     assert store.client.get(limiter.limits_for(users[2], "write", None, store)[0].key) is None
+
+
+def test_an_addresss_failures_are_checked_a_step_before_the_decision_on_the_cluster(
+        on_cluster, settings) -> None:
+    """The address's key lies in another slot than the client's: not in the decision's
+    script (the cluster would refuse it), but peeked at just before, and refusing all the
+    same, the client's own limit uncharged."""
+    settings.RESILIENCE_CRM = {**settings.RESILIENCE_CRM, "TIERS": {"t": {"read": "5/min"}}}
+    user = Principal(key="u:1", tier="t")
+    store = limiter.get_store()
+    assert isinstance(store, RedisLimiterStore) and not store.checks_in_step
+
+    def failures(store: Any, scale: float) -> tuple[Limit, ...]:
+        return (Limit(store.key("ip:192.0.2.1", "authfail:60"), "auth_failures.60s", 2, 60),)
+
+    address = failures(store, 1)[0].key
+    assert store.client.keyslot(address) != store.client.keyslot(
+        limiter.limits_for(user, "read", None, store)[0].key)
+    check = limiter.Check(failures, "auth")
+    assert limiter.decide(user, "read", checking=check).allowed
+    for _ in range(2):
+        limiter.decide_limits(failures, op_class="auth")
+    refused = limiter.decide(user, "read", checking=check)
+    assert not refused.allowed and refused.violated == ("auth_failures.60s",)
+    assert [limiter.decide(user, "read").allowed for _ in range(5)] == [True] * 4 + [False]
 
 
 def test_gcra_script_refuses_keys_of_two_clients_on_the_cluster(on_cluster) -> None:

@@ -43,8 +43,14 @@ def pair(streaming_replica, django_db_blocker):
                 streaming_replica.replica_port)), \
             extra_database(DIRECT, streaming_replica.settings(
                 streaming_replica.primary_port)):
-        with django_db_blocker.unblock(), connections[DIRECT].schema_editor() as editor:
-            editor.create_model(Platform)
+        with django_db_blocker.unblock():
+            with connections[DIRECT].schema_editor() as editor:
+                editor.create_model(Platform)
+            # On a loaded machine the replica may replay the table after the first test
+            # asks it for a row.
+            wait_until(lambda: Platform._meta.db_table in
+                       connections[REPLICA].introspection.table_names(),
+                       "the replica replays the table")
         try:
             yield proxy
         finally:

@@ -2,8 +2,9 @@
 front of the real PostgreSQL and Redis (each burst a client sends after the server last
 answered is one round trip): a create is two database round trips (``BEGIN`` and the
 statement timeout with the insert; the idempotency row, in its final state, with the
-``COMMIT``) and two Redis round trips (the limiter's decision; the cache invalidation, which
-also reads the write queue's length)."""
+``COMMIT``) and two Redis round trips (the limiter's decision, which also checks the address's
+``AUTH_FAILURES`` for a token that passed before; the cache invalidation, which also reads the
+write queue's length)."""
 
 from __future__ import annotations
 
@@ -35,8 +36,7 @@ def wire(api, settings, redis_url, postgres, monkeypatch):
         settings.CACHES = {**settings.CACHES, "proxied": {
             **settings.CACHES["redis"], "LOCATION": redis.url(path=target.path or "/0")}}
         settings.RESILIENCE_CRM = {**settings.RESILIENCE_CRM, "CACHE_ALIAS": "proxied",
-                                   "SNAPSHOT_TTL": 3600, "TIER_CACHE_TTL": 3600,
-                                   "AUTH_FAILURES": None}
+                                   "SNAPSHOT_TTL": 3600, "TIER_CACHE_TTL": 3600}
         monkeypatch.setattr(protected.cache, "_monotonic", Clock())
         monkeypatch.setattr(stream.emptiness, "monotonic", Clock())
         with default_database_through(db):

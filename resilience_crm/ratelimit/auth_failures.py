@@ -15,6 +15,14 @@ method): once the address has no failures left, it answers ``429`` with ``Retry-
 without any lookup. The count lives in the limiter's store (Redis: one round trip to peek,
 one script to count; keys expire when their bucket is full again); while that store is
 unreachable each process counts on its own, at its share (limit / ``EXPECTED_PROCESSES``).
+
+Credentials that passed authentication in this process before (:func:`passed`) spare no
+lookup by being refused early: for them, when the view's throttles include
+:class:`~resilience_crm.throttling.TierRateThrottle`, the middleware leaves the check to the
+throttle (:func:`defer`), which makes it in the same store step as its own decision
+(:func:`deferred`; one round trip, not two). The address is checked afresh either way: what
+this process remembers is only that a credential is not made up, never that an address may
+pass.
 """
 
 from __future__ import annotations
@@ -34,6 +42,14 @@ from resilience_crm.ratelimit.stores.base import BaseLimiterStore
 OP_CLASS = "auth"
 #: Methods that send no credentials in their body.
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+#: The Django request attribute that says the address is for the throttle to check.
+DEFERRED = "_resilience_auth_failures_deferred"
+#: How many credentials :func:`passed` remembers; past it, it forgets them all at once.
+MAX_PASSED = 10_000
+
+#: Hashes (this process's ``hash()``, so nothing secret is kept) of the ``Authorization``
+#: values that passed authentication here.
+_passed: set[int] = set()
 
 
 def _limits(address: str) -> Callable[[BaseLimiterStore, float], tuple[Limit, ...]]:
@@ -70,6 +86,42 @@ def refused(request: HttpRequest) -> Decision | None:
     return None if decision.allowed else decision
 
 
+def deferrable(request: HttpRequest) -> bool:
+    """Whether ``request``'s credentials passed authentication in this process before, so
+    refusing it before its lookup spares nothing (while ``AUTH_FAILURES`` is on)."""
+    credentials = request.META.get("HTTP_AUTHORIZATION")
+    return bool(settings.AUTH_FAILURES) and credentials is not None and (
+        hash(credentials) in _passed)
+
+
+def defer(request: HttpRequest) -> None:
+    """Leave the check of ``request``'s address to the throttle's decision."""
+    setattr(request, DEFERRED, True)
+
+
+def deferred(request: Any) -> limiter.Check | None:
+    """The check of the address that the middleware left to the throttle deciding
+    ``request`` (a Django or DRF request), once; ``None`` when it was not left."""
+    request = getattr(request, "_request", request)
+    if not request.__dict__.pop(DEFERRED, False):
+        return None
+    return limiter.Check(_limits(client_ip(request)), OP_CLASS)
+
+
+def passed(request: Any) -> None:
+    """Remember that the credentials ``request`` sent passed authentication."""
+    credentials = getattr(request, "_request", request).META.get("HTTP_AUTHORIZATION")
+    if credentials is not None and settings.AUTH_FAILURES:
+        if len(_passed) >= MAX_PASSED:
+            _passed.clear()
+        _passed.add(hash(credentials))
+
+
+def forget() -> None:
+    """Forget every credential :func:`passed` remembers."""
+    _passed.clear()
+
+
 def failed(request: Any) -> Decision | None:
     """Count one failed authentication of ``request``'s address (a Django or DRF request);
     the decision says how many failures the address has left."""
@@ -82,5 +134,6 @@ def failed(request: Any) -> Decision | None:
 def observe(request: HttpRequest, status: int) -> Decision | None:
     """Count the answer to ``request`` as a failure if an authenticator refused it."""
     if status == 401 and "HTTP_AUTHORIZATION" in request.META:
+        _passed.discard(hash(request.META["HTTP_AUTHORIZATION"]))
         return failed(request)
     return None

@@ -7,7 +7,8 @@ fresh key admits a burst of N, then one request every ``I``. A rejected request 
 when it would conform (``Retry-After``) and how many requests are left (``RateLimit``).
 
 :func:`evaluate` decides every limit that applies to one request together and consumes from
-all of them or from none. Limits marked ``shadow`` are decided and reported but never reject.
+all of them or from none. Limits marked ``shadow`` are decided and reported but never reject;
+limits marked ``checked`` can reject but are never charged.
 Times are whole microseconds, so this module, ``stores/gcra.lua`` and any clock agree to the
 microsecond. The Redis and in-process limiter stores both run exactly this arithmetic.
 """
@@ -31,6 +32,9 @@ class Limit:
     limit: int
     period: float
     shadow: bool = False
+    #: Checked but never charged: the request must conform to it, and spends nothing of it
+    #: (an address's ``AUTH_FAILURES``, checked in the same step as the request's own limits).
+    checked: bool = False
     #: The emission interval in whole microseconds, rounded up (never faster than asked).
     interval_us: int = field(init=False)
     #: How far ahead of now the TAT may lie: the burst of ``limit`` requests.
@@ -59,8 +63,8 @@ def evaluate(limits: Sequence[Limit], tats: Sequence[int | None], now_us: int,
     ``tats`` holds each limit's stored TAT (``None`` for a key never seen or expired).
     Returns ``(allowed, outcomes, new_tats)``; ``new_tats[i]`` is the TAT to store, or
     ``None`` to leave the key as it is. The request is allowed when every non-shadow limit
-    conforms; then every conforming limit is charged, shadow ones included. When it is
-    rejected, no limit is charged.
+    conforms; then every conforming limit is charged, shadow ones included, and checked
+    ones never. When it is rejected, no limit is charged.
     """
     staged = []
     allowed = True
@@ -71,11 +75,11 @@ def evaluate(limits: Sequence[Limit], tats: Sequence[int | None], now_us: int,
         conform = new_tat - now_us <= tolerance
         if not conform and not limit.shadow:
             allowed = False
-        staged.append((interval, tolerance, tat, new_tat, conform))
+        staged.append((interval, tolerance, tat, new_tat, conform, limit.checked))
     outcomes: list[Outcome] = []
     new_tats: list[int | None] = []
-    for interval, tolerance, tat, new_tat, conform in staged:
-        if allowed and conform:
+    for interval, tolerance, tat, new_tat, conform, checked in staged:
+        if allowed and conform and not checked:
             outcomes.append(Outcome(True, (tolerance - (new_tat - now_us)) // interval,
                                     new_tat - now_us, 0))
             new_tats.append(new_tat)

@@ -17,13 +17,14 @@ Every decision is counted as ``ratelimit_decisions{op_class, decision}``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.http import HttpRequest
@@ -226,26 +227,60 @@ def _build(who: Principal, op_class: str, endpoint: str | None, store: BaseLimit
     return tuple(found)
 
 
+class Check(NamedTuple):
+    """Limits a request must conform to without spending them (an address's
+    ``AUTH_FAILURES``): ``limits_of(store, scale)`` builds them, and a refusal by them is
+    reported under ``op_class``."""
+
+    limits_of: Callable[[BaseLimiterStore, float], tuple[Limit, ...]]
+    op_class: str
+
+
 def check(request: HttpRequest, op_class: str, endpoint: str | None = None,
-          cost: int = 1) -> Decision:
+          cost: int = 1, *, checking: Check | None = None) -> Decision:
     """Decide one request (of weight ``cost``); never raises for an unreachable store."""
-    return decide(principal(request), op_class, endpoint, cost)
+    return decide(principal(request), op_class, endpoint, cost, checking=checking)
 
 
 def decide(who: Principal, op_class: str, endpoint: str | None = None,
-           cost: int = 1) -> Decision:
-    """Decide ``cost`` requests of ``who`` for ``op_class`` on ``endpoint``."""
+           cost: int = 1, *, checking: Check | None = None) -> Decision:
+    """Decide ``cost`` requests of ``who`` for ``op_class`` on ``endpoint``.
+
+    ``checking``: limits to check first, never charged; when they refuse, their refusal is the
+    answer and nothing is charged. A store that :attr:`~BaseLimiterStore.checks_in_step`
+    checks them in the same step as the request's own limits (one round trip), any other
+    store a step before."""
+    store = _store or get_store()
+    limits = () if who.exempt else limits_for(who, op_class, endpoint, store)
+    if checking is not None and not (limits and cost == 1 and store.checks_in_step):
+        if refused := _refused_by(checking):
+            return refused
+        checking = None
+    checked = () if checking is None else tuple([
+        dataclasses.replace(limit, checked=True) for limit in checking.limits_of(store, 1.0)])
     if who.exempt:
         return _counted(Decision(allowed=True, source="exempt", op_class=op_class), who.tier)
-    store = _store or get_store()
-    limits = limits_for(who, op_class, endpoint, store)
     if not limits:
         return _counted(Decision(allowed=True, source="unlimited", op_class=op_class),
                         who.tier)
-    answer = _shared(store, limits, cost)
-    if answer is not None:
-        return _counted(gcra.decision(limits, *answer, op_class=op_class), who.tier)
-    return _counted(_without_store(who, op_class, endpoint, cost), who.tier)
+    answer = _shared(store, limits + checked, cost)
+    if answer is None:  # both on this process's own counts
+        if checking is not None and (refused := _refused_by(checking)):
+            return refused
+        return _counted(_without_store(who, op_class, endpoint, cost), who.tier)
+    if checking is not None:
+        allowed, outcomes = answer
+        own = len(limits)
+        if not all([outcome.conform for outcome in outcomes[own:]]):
+            return gcra.decision(checked, False, outcomes[own:], op_class=checking.op_class)
+        answer = allowed, outcomes[:own]
+    return _counted(gcra.decision(limits, *answer, op_class=op_class), who.tier)
+
+
+def _refused_by(checking: Check) -> Decision | None:
+    """The refusal of ``checking``'s limits, peeked at on their own, or ``None``."""
+    decision = decide_limits(checking.limits_of, op_class=checking.op_class, charge=False)
+    return None if decision.allowed else decision
 
 
 def decide_limits(limits_of: Callable[[BaseLimiterStore, float], tuple[Limit, ...]], *,

@@ -16,6 +16,10 @@ class BaseLimiterStore(ABC):
     shared = True
     #: Whether :meth:`refusals` knows when each limit last refused.
     records_refusals = False
+    #: Whether :meth:`evaluate` takes limits of other principals that are only checked
+    #: (``Limit.checked``) in the same atomic step as the request's own: the limiter then
+    #: checks an address's ``AUTH_FAILURES`` with the request's limits, not a step before.
+    checks_in_step = False
 
     def key(self, principal: str, suffix: str, tag: str | None = None) -> str:
         """The key of one limit of ``principal``. Its hash tag (``tag``, by default the

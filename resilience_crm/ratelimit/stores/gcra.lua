@@ -4,8 +4,8 @@
 -- KEYS[n + i]   where limit i keeps when it last refused a request (microseconds), for a day
 -- ARGV[1]       now in microseconds, or "" for the Redis server's clock (TIME)
 -- ARGV[2]       cost (whole number of requests)
--- ARGV[3i..3i+2] limit i: interval and tolerance (microseconds), then "1" if it is in shadow
---               mode, "0" if it is enforced
+-- ARGV[3i..3i+2] limit i: interval and tolerance (microseconds), then its mode: "0" enforced,
+--               "1" shadow (never refuses), "2" checked (refuses, never charged)
 --
 -- Returns a flat array of integers: allowed (1 or 0), then for each limit conform (1 or 0),
 -- remaining, reset and retry (microseconds). Integers cross the wire as they are, with no
@@ -28,7 +28,7 @@ for i = 1, n do
   local tat = tonumber(redis.call("GET", KEYS[i])) or now
   if tat < now then tat = now end
   tats[i] = tat
-  if tat + ARGV[i * 3] * cost - now > tonumber(ARGV[i * 3 + 1]) and ARGV[i * 3 + 2] == "0" then
+  if tat + ARGV[i * 3] * cost - now > tonumber(ARGV[i * 3 + 1]) and ARGV[i * 3 + 2] ~= "1" then
     allowed = 0
   end
 end
@@ -47,7 +47,7 @@ for i = 1, n do
     if ARGV[i * 3 + 2] == "0" then
       redis.call("SET", KEYS[n + i], string.format("%d", now), "PX", 86400000)
     end
-  elseif allowed == 1 then
+  elseif allowed == 1 and ARGV[i * 3 + 2] ~= "2" then
     -- string.format: the TAT is stored as digits, which Redis keeps as a compact integer.
     redis.call("SET", KEYS[i], string.format("%d", new_tat), "PX",
                math.max(math.ceil((new_tat - now) / 1000), 1))

@@ -18,6 +18,7 @@ SWEEP_AT = 10_000
 
 class MemoryLimiterStore(BaseLimiterStore):
     shared = False
+    checks_in_step = True
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock

@@ -21,6 +21,12 @@ from resilience_crm.ratelimit.gcra import Limit, Outcome
 from resilience_crm.ratelimit.stores.base import BaseLimiterStore
 
 SCRIPT = LuaScript(Path(__file__).with_name("gcra.lua").read_text(encoding="utf-8"))
+#: The server's clock and the keys' TATs ("" where absent), read in one step: a script,
+#: as a pipeline cannot ask a Redis Cluster for the time.
+PEEK = LuaScript("""local now = redis.call("TIME")
+local reply = {now[1], now[2]}
+for i = 1, #KEYS do reply[i + 2] = redis.call("GET", KEYS[i]) or "" end
+return reply""")
 
 
 class RedisLimiterStore(BaseLimiterStore):
@@ -31,6 +37,9 @@ class RedisLimiterStore(BaseLimiterStore):
         self.alias = alias or settings.CACHE_ALIAS
         self._cache = caches[self.alias]
         self.client = get_redis_connection(self.alias)
+        # On a Redis Cluster (a client without one pool) a script reaches one slot: keys of
+        # another principal (an address's failures) cannot join a decision.
+        self.checks_in_step = getattr(self.client, "connection_pool", None) is not None
 
     def key(self, principal: str, suffix: str, tag: str | None = None) -> str:
         return str(self._cache.make_key(super().key(principal, suffix, tag)))
@@ -39,7 +48,8 @@ class RedisLimiterStore(BaseLimiterStore):
                  now_us: int | None = None) -> tuple[bool, list[Outcome]]:
         args: list[int | str] = ["" if now_us is None else int(now_us), int(cost)]
         for limit in limits:
-            args += (limit.interval_us, limit.tolerance_us, 1 if limit.shadow else 0)
+            args += (limit.interval_us, limit.tolerance_us,
+                     1 if limit.shadow else 2 if limit.checked else 0)
         try:
             keys = [limit.key for limit in limits]
             values = SCRIPT(self.client, keys + [f"{key}:r" for key in keys], args)
@@ -62,15 +72,11 @@ class RedisLimiterStore(BaseLimiterStore):
     def peek(self, limits: Sequence[Limit], cost: int = 1,
              now_us: int | None = None) -> tuple[bool, list[Outcome]]:
         """The keys' TATs and the server's clock in one round trip, decided here."""
-        pipeline = self.client.pipeline(transaction=False)
-        for limit in limits:
-            pipeline.get(limit.key)
-        pipeline.time()
         try:
-            *stored, (seconds, micros) = pipeline.execute()
-            tats = [None if tat is None else int(tat) for tat in stored]
+            seconds, micros, *stored = PEEK(self.client, [limit.key for limit in limits], ())
+            tats = [int(tat) if tat else None for tat in stored]
+            now = int(seconds) * gcra.US + int(micros) if now_us is None else now_us
         except (*REDIS_DOWN, TypeError, ValueError) as err:
             raise StoreUnavailable("The rate-limit store is unreachable.") from err
-        now = seconds * gcra.US + micros if now_us is None else now_us
         allowed, outcomes, _ = gcra.evaluate(limits, tats, now, cost)
         return allowed, outcomes
