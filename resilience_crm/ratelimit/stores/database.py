@@ -31,6 +31,7 @@ from django.db import DEFAULT_DB_ALIAS, connections
 
 from resilience_crm.conf import settings
 from resilience_crm.exceptions import StoreUnavailable
+from resilience_crm.libpq import with_statement_timeout
 from resilience_crm.ratelimit import gcra
 from resilience_crm.ratelimit.gcra import Limit, Outcome
 from resilience_crm.ratelimit.stores.base import BaseLimiterStore
@@ -130,8 +131,7 @@ class DatabaseLimiterStore(BaseLimiterStore):
             params = connections[self.alias].get_connection_params()
             for name in ("cursor_factory", "context", "prepare_threshold"):
                 params.pop(name, None)
-            options = f"-c statement_timeout={max(1, int(self.timeout * 1000))}"
-            params["options"] = f"{params.get('options', '')} {options}".strip()
+            params = with_statement_timeout(params, self.timeout)
             # The alias's own, but never longer than ours: a decision is not a query that
             # may wait a minute for a connection.
             params["connect_timeout"] = min(
