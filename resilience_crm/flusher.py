@@ -32,13 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from django.db import (
-    DEFAULT_DB_ALIAS,
-    InterfaceError,
-    OperationalError,
-    close_old_connections,
-    connections,
-)
+from django.db import InterfaceError, OperationalError, close_old_connections, connections
 
 from resilience_crm import conf
 
@@ -215,7 +209,7 @@ def _trial_interval() -> float:
     half-open trials it gets: backing off longer, the thread would leave the circuit
     half-open, waiting for a trial, long after the database is back. While the circuit is
     open a round is refused before any connect, so trying that often costs nothing."""
-    circuit = conf.settings.guarding(conf.settings.DATABASE_ALIAS or DEFAULT_DB_ALIAS)
+    circuit = conf.settings.guarding(conf.database_alias())
     if circuit is None:
         return BACKOFF_MAX
     seconds = conf.settings.circuit_config(circuit).get("reset_timeout")

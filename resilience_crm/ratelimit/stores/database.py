@@ -27,9 +27,9 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import psycopg
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import connections
 
-from resilience_crm.conf import settings
+from resilience_crm.conf import database_alias, settings
 from resilience_crm.exceptions import StoreUnavailable
 from resilience_crm.libpq import with_statement_timeout
 from resilience_crm.ratelimit import gcra
@@ -118,7 +118,7 @@ class DatabaseLimiterStore(BaseLimiterStore):
     needs_postgresql = True
 
     def __init__(self, alias: str | None = None) -> None:
-        self.alias = alias or settings.DATABASE_ALIAS or DEFAULT_DB_ALIAS
+        self.alias = alias or database_alias()
         self.timeout = float(settings.RATELIMIT_STORE_TIMEOUT)
         self._params: dict[str, Any] | None = None
         self._id = ""
