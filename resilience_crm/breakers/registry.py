@@ -124,7 +124,7 @@ def circuit_config(name: str) -> dict[str, Any]:
     """The breaker settings in effect for ``name`` in this process, without making its
     breaker: the breaker's (the overrides saved on the circuit included) once it is made,
     else the settings'."""
-    breaker = _breakers.get(name)
+    breaker = existing(name)
     return asdict(breaker.config) if breaker is not None else settings.circuit_config(name)
 
 
