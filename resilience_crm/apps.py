@@ -8,7 +8,7 @@ class ResilienceCrmConfig(AppConfig):
 
     def ready(self) -> None:
         from resilience_crm import buckets, flusher, receivers  # noqa: F401  (connects receivers)
-        from resilience_crm.breakers import events
+        from resilience_crm.breakers import events, registry
         from resilience_crm.observability import exposition, rules
         from resilience_crm.provider import replay
         from resilience_crm.ratelimit import (
@@ -26,6 +26,9 @@ class ResilienceCrmConfig(AppConfig):
         flusher.register(rules.evaluate_due)
         flusher.register(limiter.sweep)
         flusher.register(replay.replay_due)  # writes queued after the outage's replay
+        # Its backoff stops at the guard circuit's reset_timeout, the one saved in the admin
+        # included.
+        flusher.use_circuit_config(registry.circuit_config)
 
         # The system checks, each registered as its module is imported: the shared ones, then
         # each feature's. Imported here, in one place, since the shared module cannot import

@@ -12,7 +12,7 @@ from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Tags, register
 
 import resilience_crm.provider.probe as probe
-from resilience_crm import conf, redis_cluster
+from resilience_crm import redis_cluster
 from resilience_crm.checks import (
     CHECKS,
     TAG,
@@ -25,8 +25,6 @@ from resilience_crm.checks import (
 
 #: The ``OPTIONS["REDIS_CLIENT_KWARGS"]`` keys that make ``RedisCluster`` read from replicas.
 REPLICA_READS = ("read_from_replicas", "load_balancing_strategy")
-#: The ``OPTIONS["REDIS_CLIENT_KWARGS"]`` keys that ``CLUSTER_RETRIES`` replaces.
-RETRY_KWARGS = ("retry", "cluster_error_retry_attempts")
 
 MESSAGES = table({
     "CLUSTER_DATABASE": Check(
@@ -86,10 +84,10 @@ MESSAGES = table({
 })
 
 
-def cluster_cache(config: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+def cluster_cache() -> tuple[str, dict[str, Any]] | None:
     """``(alias, CACHES entry)`` of ``CACHE_ALIAS`` when it uses the cluster client."""
-    alias = config["CACHE_ALIAS"]
-    if not isinstance(alias, str) or not conf.cache_is_redis(alias):
+    alias = redis_cache_alias()
+    if alias is None:
         return None
     cache: dict[str, Any] = django_settings.CACHES[alias]
     if not uses_cluster_client(cache):
@@ -114,10 +112,10 @@ def locations(cache: dict[str, Any]) -> list[str]:
 
 
 @settings_check(Tags.caches)
-def check_cluster_cache(config: dict[str, Any]) -> list[CheckMessage]:
+def check_cluster_cache(_config: dict[str, Any]) -> list[CheckMessage]:
     """The cluster client's settings: database 0, a KEY_PREFIX without braces, no retries,
     no reads from replicas, and the default KEY_FUNCTION."""
-    found = cluster_cache(config)
+    found = cluster_cache()
     if found is None:
         return []
     alias, cache = found
@@ -133,15 +131,11 @@ def check_cluster_cache(config: dict[str, Any]) -> list[CheckMessage]:
         messages.append(CHECKS["CLUSTER_KEY_FUNCTION"](alias=alias))
     options = cache.get("OPTIONS") or {}
     kwargs = options.get("REDIS_CLIENT_KWARGS") or {}
-    retries = options.get(redis_cluster.RETRIES_OPTION, 0)
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        messages.append(CHECKS["CLUSTER_RETRIES_INVALID"](
-            alias=alias, problem=f"CLUSTER_RETRIES {retries!r}, not a whole number >= 0"))
-    elif retries:
+    retries = redis_cluster.retry_count(options)
+    if retries:
         messages.append(CHECKS["CLUSTER_RETRIES"](alias=alias, retries=retries))
-    messages += [CHECKS["CLUSTER_RETRIES_INVALID"](
-        alias=alias, problem=f"{key!r} in REDIS_CLIENT_KWARGS, which CLUSTER_RETRIES replaces")
-        for key in RETRY_KWARGS if key in kwargs]
+    messages += [CHECKS["CLUSTER_RETRIES_INVALID"](alias=alias, problem=problem)
+                 for problem in redis_cluster.retry_problems(options)]
     messages += [CHECKS["CLUSTER_REPLICA_READS"](alias=alias, option=key)
                  for key in REPLICA_READS if kwargs.get(key)]
     return messages

@@ -10,6 +10,7 @@ from dataclasses import fields
 from typing import Any
 
 from django.conf import settings as django_settings
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.utils.module_loading import import_string
 
 from resilience_crm.breakers.machine import Config
@@ -184,6 +185,14 @@ class ResilienceSettings:
 
     def store_class(self) -> type:
         return import_string(self.store_path())
+
+
+def database_alias() -> str:
+    """The alias of the database the app's tables (the database limiter store's included)
+    live on; the default one while ``DATABASE_ALIAS`` names none that exists (check E012)."""
+    alias = settings.DATABASE_ALIAS
+    return alias if isinstance(alias, str) and alias in connections.settings else (
+        DEFAULT_DB_ALIAS)
 
 
 def cache_backend(alias: str) -> str:

@@ -30,15 +30,10 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from django.db import (
-    DEFAULT_DB_ALIAS,
-    InterfaceError,
-    OperationalError,
-    close_old_connections,
-    connections,
-)
+from django.db import InterfaceError, OperationalError, close_old_connections, connections
 
 from resilience_crm import conf
 
@@ -63,6 +58,9 @@ Spill = Callable[[float], object]
 
 _tasks: list[Task] = []
 _spills: list[Spill] = []
+#: The breaker settings in effect for a circuit in this process: the settings' until
+#: :func:`use_circuit_config` gives the breakers' (the breakers import this module).
+_circuit_config: Callable[[str], Mapping[str, Any]] = conf.settings.circuit_config
 
 
 class _Worker:
@@ -89,6 +87,14 @@ def register(task: Task, *, spill: Spill | None = None) -> None:
         _tasks.append(task)
     if spill is not None and all(spill is not registered for registered in _spills):
         _spills.append(spill)
+
+
+def use_circuit_config(lookup: Callable[[str], Mapping[str, Any]]) -> None:
+    """Read a circuit's breaker settings with ``lookup`` (the backoff stops at the
+    ``reset_timeout`` of the guard's circuit): ``ResilienceCrmConfig.ready()`` gives the
+    registry's, which include the overrides saved on the circuit in the admin."""
+    global _circuit_config
+    _circuit_config = lookup
 
 
 def set_background(enabled: bool) -> None:
@@ -210,15 +216,16 @@ def _back_off(worker: _Worker, err: BaseException) -> None:
 
 def _trial_interval() -> float:
     """The longest a round may wait: when the query guard guards the app's tables
-    (``PROTECT_QUERIES``), the circuit's ``reset_timeout``, else :data:`BACKOFF_MAX`. Calls
-    through ``protected`` do not count on the guard's circuit, so these rounds may be all the
-    half-open trials it gets: backing off longer, the thread would leave the circuit
-    half-open, waiting for a trial, long after the database is back. While the circuit is
-    open a round is refused before any connect, so trying that often costs nothing."""
-    circuit = conf.settings.guarding(conf.settings.DATABASE_ALIAS or DEFAULT_DB_ALIAS)
+    (``PROTECT_QUERIES``), the circuit's ``reset_timeout`` in effect, else
+    :data:`BACKOFF_MAX`. Calls through ``protected`` do not count on the guard's circuit, so
+    these rounds may be all the half-open trials it gets: backing off longer, the thread
+    would leave the circuit half-open, waiting for a trial, long after the database is back.
+    While the circuit is open a round is refused before any connect, so trying that often
+    costs nothing."""
+    circuit = conf.settings.guarding(conf.database_alias())
     if circuit is None:
         return BACKOFF_MAX
-    seconds = conf.settings.circuit_config(circuit).get("reset_timeout")
+    seconds = _circuit_config(circuit).get("reset_timeout")
     if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds > 0:
         return float(seconds)
     return BACKOFF_MAX

@@ -43,6 +43,8 @@ from redis.retry import Retry
 #: The ``OPTIONS`` key giving how often ``RedisCluster`` retries a command after a connection
 #: error or a timeout (0: never, so nothing is counted twice).
 RETRIES_OPTION = "CLUSTER_RETRIES"
+#: The ``OPTIONS["REDIS_CLIENT_KWARGS"]`` keys that ``CLUSTER_RETRIES`` replaces.
+RETRY_KWARGS = ("retry", "cluster_error_retry_attempts")
 
 
 def database(location: str) -> str:
@@ -63,16 +65,36 @@ def startup_nodes(locations: Collection[str]) -> list[ClusterNode]:
     return nodes
 
 
-def retries(options: dict[str, Any]) -> int:
-    """How often the cluster client retries a command, from a cache's ``OPTIONS`` (E072)."""
+def retry_count(options: dict[str, Any]) -> int | None:
+    """``CLUSTER_RETRIES`` from a cache's ``OPTIONS`` (0 when absent); ``None`` when it is
+    not a whole number >= 0."""
     value = options.get(RETRIES_OPTION, 0)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ImproperlyConfigured(f"OPTIONS[{RETRIES_OPTION!r}] must be a whole number >= 0.")
-    kwargs = options.get("REDIS_CLIENT_KWARGS") or {}
-    if "retry" in kwargs or "cluster_error_retry_attempts" in kwargs:
-        raise ImproperlyConfigured(
-            f"Give OPTIONS[{RETRIES_OPTION!r}] instead of a retry in REDIS_CLIENT_KWARGS.")
+        return None
     return value
+
+
+def retry_problems(options: dict[str, Any]) -> list[str]:
+    """What is wrong with how a cache's ``OPTIONS`` say the cluster client retries (check
+    E072 reports each); none when nothing is."""
+    problems = []
+    if retry_count(options) is None:
+        problems.append(f"{RETRIES_OPTION} {options.get(RETRIES_OPTION)!r}, not a whole "
+                        "number >= 0")
+    kwargs = options.get("REDIS_CLIENT_KWARGS") or {}
+    problems += [f"{key!r} in REDIS_CLIENT_KWARGS, which {RETRIES_OPTION} replaces"
+                 for key in RETRY_KWARGS if key in kwargs]
+    return problems
+
+
+def retries(options: dict[str, Any]) -> int:
+    """How often the cluster client retries a command, from a cache's ``OPTIONS``;
+    ``ImproperlyConfigured`` with E072's problems when they have any."""
+    problems = retry_problems(options)
+    count = retry_count(options)
+    if problems or count is None:
+        raise ImproperlyConfigured(f"The Redis Cluster cache has {'; '.join(problems)}.")
+    return count
 
 
 class RedisClusterClient(DefaultClient):

@@ -43,6 +43,8 @@ TRIPS_AFTER_TWO = {
 #: The query guard's circuit in the test that guards the app's tables, and its reset_timeout.
 GUARD_CIRCUIT = "test.guard"
 GUARD_RESET = 1.0
+#: The guard circuit's reset_timeout in the settings when the admin saved GUARD_RESET over it.
+GUARD_SETTINGS_RESET = {"reset_timeout": 60, "max_reset_timeout": 60}
 
 
 @pytest.fixture(autouse=True)
@@ -401,18 +403,25 @@ def test_the_flusher_backs_off_while_the_database_is_down(postgres_proxy, backgr
 
 @pytest.mark.postgres
 @pytest.mark.slow
+@pytest.mark.parametrize("saved", [False, True], ids=["settings", "saved-in-the-admin"])
 def test_the_flusher_tries_again_within_the_reset_timeout_of_the_guard_on_its_tables(
-        postgres_proxy, background_flusher, settings, monkeypatch):
+        postgres_proxy, background_flusher, settings, monkeypatch, saved):
     """With the query guard on the app's tables, the flusher's rounds may be the only trials
     its circuit gets (calls through protected do not count on it): after a stall it tries
     again within the circuit's reset_timeout, not after its own backoff, so the events get
-    written and the circuit closes seconds after the database is back."""
+    written and the circuit closes seconds after the database is back. The reset_timeout in
+    effect: the settings', or the one saved on the circuit in the admin over them."""
     monkeypatch.setattr(flusher, "BACKOFF_START", 60.0)  # its own backoff: 15 to 30 s
+    reset = {"reset_timeout": GUARD_RESET, "max_reset_timeout": GUARD_RESET}
+    if saved:  # before the guard is on, so its breaker is made after, reading it
+        Circuit.objects.update_or_create(name=GUARD_CIRCUIT, defaults={"config": reset})
     settings.RESILIENCE_CRM = {**settings.RESILIENCE_CRM,
                                "PROTECT_QUERIES": {APP_ALIAS: GUARD_CIRCUIT},
                                "CIRCUITS": {CIRCUIT: TRIPS_AFTER_TWO, GUARD_CIRCUIT: {
-                                   "failure_threshold": 1, "reset_timeout": GUARD_RESET,
-                                   "max_reset_timeout": GUARD_RESET}}}
+                                   "failure_threshold": 1,
+                                   **(GUARD_SETTINGS_RESET if saved else reset)}}}
+    if saved:  # as on a worker's first request, while the database answers
+        assert get_breaker(GUARD_CIRCUIT).config.reset_timeout == GUARD_RESET
     breaker = get_breaker(CIRCUIT)
     postgres_proxy.stalled = True  # every connect times out
     trip(breaker)

@@ -14,6 +14,7 @@ from datetime import timedelta
 import pytest
 from django.contrib.auth.models import User
 from django.db import (
+    DatabaseError,
     DataError,
     IntegrityError,
     OperationalError,
@@ -27,6 +28,7 @@ from resilience_crm import aside, get_breaker, protected, testutils
 from resilience_crm.breakers import control, machine
 from resilience_crm.exceptions import CircuitOpenError, DatabaseCircuitOpen, OperationTimeout
 from resilience_crm.provider import replay
+from resilience_crm.provider.classify import classify
 from tests.databases import extra_database
 from tests.proxy import Proxy
 
@@ -224,6 +226,26 @@ def test_query_timeout_limits_every_statement_of_unprotected_code(proxy, setting
             cursor.execute("SELECT pg_sleep(5)")
 
     assert counts()["failures"] == 1  # a statement the server cancelled: the database's
+
+
+def test_the_databases_failure_raised_again_as_another_error_still_counts(proxy, settings):
+    """A wrapper of the caller's own, inside the guard's, may raise the database's failure
+    again as another error chained from it: the guard counts it, as ``protected`` does."""
+    settings.RESILIENCE_CRM = {**settings.RESILIENCE_CRM, "QUERY_TIMEOUT": {GUARDED: 0.1}}
+
+    def report(execute, sql, params, many, context):
+        try:
+            return execute(sql, params, many, context)
+        except OperationalError as err:
+            raise DatabaseError("the report could not be built") from err
+
+    with connections[GUARDED].execute_wrapper(report), pytest.raises(DatabaseError) as failed, \
+            connections[GUARDED].cursor() as cursor:
+        cursor.execute("SELECT pg_sleep(1)")  # cancelled by QUERY_TIMEOUT
+
+    assert not isinstance(failed.value, OperationalError)
+    assert classify(failed.value).dependency
+    assert counts()["failures"] == 1
 
 
 def test_no_query_timeout_by_default(proxy):

@@ -136,6 +136,18 @@ def test_auto_picks_the_database_on_postgresql_and_says_so_once(settings, caplog
     assert said == ["Rate limits are kept by DatabaseLimiterStore (RATELIMIT_STORE 'auto')."]
 
 
+def test_the_store_decides_on_the_default_database_while_database_alias_names_none(
+        settings, postgres, db) -> None:
+    """``DATABASE_ALIAS`` naming no database (check E012): the store decides on the default
+    one, where the limiter looked for PostgreSQL when it chose it."""
+    settings.RESILIENCE_CRM = {"DATABASE_ALIAS": "no_such_alias", "RATELIMIT_STORE": "auto"}
+    assert limiter.store_path() == limiter.STORE_ALIASES["database"]
+    store = DatabaseLimiterStore()
+    limit = Limit(store.key(uuid.uuid4().hex, "read:60"), "p", 1, 60)
+    assert store.evaluate([limit], now_us=NOW)[0]
+    assert not store.evaluate([limit], now_us=NOW)[0]
+
+
 def test_a_database_that_refuses_connections_is_store_unavailable(settings, postgres,
                                                                   db) -> None:
     down = {**connections["default"].settings_dict, "HOST": "127.0.0.1", "PORT": CLOSED_PORT}

@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from typing import Any
 
 from django.db import connections
@@ -117,6 +118,14 @@ def building_names() -> set[str]:
 def existing(name: str) -> Breaker | None:
     """The breaker of ``name`` if this process has built it, without building it."""
     return _breakers.get(name)
+
+
+def circuit_config(name: str) -> dict[str, Any]:
+    """The breaker settings in effect for ``name`` in this process, without making its
+    breaker: the breaker's (the overrides saved on the circuit included) once it is made,
+    else the settings'."""
+    breaker = existing(name)
+    return asdict(breaker.config) if breaker is not None else settings.circuit_config(name)
 
 
 def swap_breaker(name: str, breaker: Breaker | None) -> Breaker | None:

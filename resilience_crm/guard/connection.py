@@ -56,12 +56,3 @@ def query_timeout(alias: str) -> float | None:
         return float(seconds)
     return None
 
-
-def with_statement_timeout(params: dict[str, Any], seconds: float | None) -> dict[str, Any]:
-    """libpq connection ``params`` that start every session with ``statement_timeout`` at
-    ``seconds`` (as a startup option, so pooled connections get it too, with no extra round
-    trip); ``params`` unchanged when ``seconds`` is ``None``."""
-    if seconds is None:
-        return params
-    option = f"-c statement_timeout={max(1, round(seconds * 1000))}"
-    return {**params, "options": f"{params.get('options') or ''} {option}".strip()}

@@ -4,12 +4,13 @@
 none does or the guard stands aside (:mod:`resilience_crm.aside`). :func:`enter` takes
 a permit from the breaker, with no I/O while its snapshot is fresh; an open or forced-open
 circuit refuses with :class:`~resilience_crm.exceptions.DatabaseCircuitOpen` before anything
-is sent. :func:`leave` settles the permit: the dependency's failures (a lost connection, a
-timeout, Django's ``OperationalError`` / ``InterfaceError`` and the driver's own) count
-against the circuit; the caller's errors (``IntegrityError``, ``ProgrammingError``,
-``DataError``) count as the database answering; a statement slower than the circuit's
-``slow_call_duration`` counts as slow. The guard never retries: a statement may be part of a
-transaction that a retry would not repeat.
+is sent. :func:`leave` settles the permit: the database's failures (a lost connection, a
+timeout, an ``OperationalError`` / ``InterfaceError``, as ``protected`` judges them:
+:func:`resilience_crm.failures.database_failed`) count against the circuit; the caller's
+errors (``IntegrityError``, ``ProgrammingError``, ``DataError``) count as the database
+answering; a statement slower than the circuit's ``slow_call_duration`` counts as slow. The
+guard never retries: a statement may be part of a transaction that a retry would not
+repeat.
 """
 
 from __future__ import annotations
@@ -24,11 +25,8 @@ from resilience_crm.breakers import machine
 from resilience_crm.breakers.breaker import Breaker, Permit
 from resilience_crm.conf import settings
 from resilience_crm.exceptions import CircuitOpenError, DatabaseCircuitOpen
+from resilience_crm.failures import database_failed
 
-#: Class names (anywhere in an error's MRO) of the DB-API errors that mean the database, not
-#: the caller, failed: Django's wrapped ones and the driver's own (a failed connect raises
-#: the driver's, psycopg_pool's ``PoolTimeout`` among them).
-DEPENDENCY_ERRORS = frozenset({"OperationalError", "InterfaceError"})
 #: Where the breakers come from. Imported on first use: the guard's backends import this
 #: module, and Django loads a backend while it defines the models (it asks the connection how
 #: long a table name may be), before the registry, which needs the models, can be imported.
@@ -87,9 +85,7 @@ def is_failure(breaker: Breaker, exc: BaseException) -> bool:
     ``ignore_exceptions`` agree)."""
     if isinstance(exc, CircuitOpenError):
         return False
-    dependency = isinstance(exc, TimeoutError | ConnectionError) or bool(
-        DEPENDENCY_ERRORS & {cls.__name__ for cls in type(exc).__mro__})
-    return dependency and breaker.is_failure(exc)
+    return database_failed(exc) and breaker.is_failure(exc)
 
 
 def guarded(circuit: str, fn: Callable[..., Any], *args: Any) -> Any:

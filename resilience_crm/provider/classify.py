@@ -16,7 +16,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, NamedTuple
 
 from django.core.exceptions import ValidationError
-from django.db import DatabaseError, DataError, IntegrityError, InterfaceError, OperationalError
+from django.db import DatabaseError, DataError, IntegrityError
 from django.utils import timezone
 
 from resilience_crm.exceptions import (
@@ -27,6 +27,7 @@ from resilience_crm.exceptions import (
     ResilienceError,
     RetriesExhausted,
 )
+from resilience_crm.failures import chain_names, class_names, database_failed
 
 #: SQLSTATEs of errors that a new attempt can get past: serialization failure, deadlock.
 RETRYABLE_SQLSTATES = ("40001", "40P01")
@@ -63,7 +64,7 @@ def classify(exc: BaseException) -> Classification:
     status = _http_status(exc)
     if status is not None:
         return _classify_status(exc, status)
-    if isinstance(exc, DatabaseError) or "DatabaseError" in _class_names(exc):
+    if isinstance(exc, DatabaseError) or "DatabaseError" in class_names(exc):
         return _classify_database(exc)
     if isinstance(exc, TimeoutError):
         return Classification(False, True, OperationTimeout)
@@ -118,10 +119,8 @@ def _classify_database(exc: BaseException) -> Classification:
         return Classification(True, True, DependencyUnavailable)
     if sqlstate == QUERY_CANCELED:
         return Classification(False, True, OperationTimeout)
-    names = _class_names(exc) | (_class_names(exc.__cause__) if exc.__cause__ else set())
-    if isinstance(exc, OperationalError | InterfaceError) or names & {"OperationalError",
-                                                                       "InterfaceError"}:
-        if names & TIMEOUT_CLASS_NAMES:  # the pool's or libpq's connect wait ran out
+    if database_failed(exc):
+        if chain_names(exc) & TIMEOUT_CLASS_NAMES:  # the pool's or libpq's connect wait ran out
             return Classification(False, True, OperationTimeout)
         if sqlstate is None or sqlstate.startswith(CONNECTION_SQLSTATE_PREFIXES):
             return Classification(True, True, DependencyUnavailable)
@@ -167,12 +166,8 @@ def _headers(exc: BaseException) -> Any:
     return {}
 
 
-def _class_names(exc: BaseException) -> set[str]:
-    return {cls.__name__ for cls in type(exc).__mro__}
-
-
 def _is_redis_connection_error(exc: BaseException) -> bool:
-    names = _class_names(exc)
+    names = class_names(exc)
     module = type(exc).__module__
     return module.startswith(("redis", "django_redis")) and bool(
         names & {"ConnectionError", "TimeoutError", "ConnectionInterrupted"})

@@ -314,7 +314,7 @@ def check_ratelimit_store(config: dict[str, Any]) -> list[CheckMessage]:
         ))
     path = limiter.store_path()
     cls = import_string(path)
-    database = limiter.database_alias()
+    database = conf.database_alias()
     if getattr(cls, "needs_postgresql", False) and connections[database].vendor != "postgresql":
         errors.append(CHECKS["RATELIMIT_STORE_DATABASE_NOT_POSTGRESQL"](
             path=setting_path("RATELIMIT_STORE"), alias=database,

@@ -26,13 +26,13 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import connections
 from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
 from resilience_crm import metrics
 from resilience_crm.breakers import machine, registry
-from resilience_crm.conf import DEFAULTS, cache_is_redis, settings
+from resilience_crm.conf import DEFAULTS, cache_is_redis, database_alias, settings
 from resilience_crm.constants import OP_CIRCUITS
 from resilience_crm.exceptions import StoreUnavailable
 from resilience_crm.ratelimit import gcra, tiers
@@ -67,14 +67,6 @@ _plans: dict[tuple[Any, ...], tuple[Any, tuple[Limit, ...]]] = {}
 MAX_PLANS = 50_000
 #: Per (op class, tier, decision): the counters of decisions by op class and by tier.
 _counters: dict[tuple[str, str, str], tuple[metrics.Key, metrics.Key]] = {}
-
-
-def database_alias() -> str:
-    """The alias of the database the app's tables (the database store's included) live on;
-    the default one while ``DATABASE_ALIAS`` names none that exists (check E012)."""
-    alias = settings.DATABASE_ALIAS
-    return alias if isinstance(alias, str) and alias in connections.settings else (
-        DEFAULT_DB_ALIAS)
 
 
 def store_path() -> str:

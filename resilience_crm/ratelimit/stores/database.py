@@ -27,10 +27,11 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import psycopg
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import connections
 
-from resilience_crm.conf import settings
+from resilience_crm.conf import database_alias, settings
 from resilience_crm.exceptions import StoreUnavailable
+from resilience_crm.libpq import with_statement_timeout
 from resilience_crm.ratelimit import gcra
 from resilience_crm.ratelimit.gcra import Limit, Outcome
 from resilience_crm.ratelimit.stores.base import BaseLimiterStore
@@ -117,7 +118,7 @@ class DatabaseLimiterStore(BaseLimiterStore):
     needs_postgresql = True
 
     def __init__(self, alias: str | None = None) -> None:
-        self.alias = alias or settings.DATABASE_ALIAS or DEFAULT_DB_ALIAS
+        self.alias = alias or database_alias()
         self.timeout = float(settings.RATELIMIT_STORE_TIMEOUT)
         self._params: dict[str, Any] | None = None
         self._id = ""
@@ -130,8 +131,7 @@ class DatabaseLimiterStore(BaseLimiterStore):
             params = connections[self.alias].get_connection_params()
             for name in ("cursor_factory", "context", "prepare_threshold"):
                 params.pop(name, None)
-            options = f"-c statement_timeout={max(1, int(self.timeout * 1000))}"
-            params["options"] = f"{params.get('options', '')} {options}".strip()
+            params = with_statement_timeout(params, self.timeout)
             # The alias's own, but never longer than ours: a decision is not a query that
             # may wait a minute for a connection.
             params["connect_timeout"] = min(

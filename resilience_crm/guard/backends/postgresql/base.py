@@ -6,11 +6,8 @@ from typing import Any
 
 from django.db.backends.postgresql import base
 
-from resilience_crm.guard.connection import (
-    GuardedDatabaseWrapper,
-    query_timeout,
-    with_statement_timeout,
-)
+from resilience_crm.guard.connection import GuardedDatabaseWrapper, query_timeout
+from resilience_crm.libpq import with_statement_timeout
 
 
 class DatabaseWrapper(GuardedDatabaseWrapper, base.DatabaseWrapper):
