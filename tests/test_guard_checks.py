@@ -10,8 +10,6 @@ from django.core.checks import run_checks
 
 from crm_demo import settings as demo
 from resilience_crm import checks, conf
-from resilience_crm.exceptions import CircuitOpenError
-from resilience_crm.provider import classify
 from tests.test_checks import LOCMEM, ids, only, run
 
 GUARDED = "resilience_crm.guard.backends.postgresql"
@@ -94,11 +92,3 @@ def test_the_demo_and_the_suite_guard_their_default_database() -> None:
     assert demo.RESILIENCE_CRM["PROTECT_QUERIES"] == {"default": "crm.db"}
     assert demo.DATABASES["default"]["ENGINE"].startswith("resilience_crm.guard.backends.")
     assert "resilience_crm.W040" in demo.SILENCED_SYSTEM_CHECKS
-
-
-def test_the_guards_refusal_is_rebuilt_as_the_circuits_own_error() -> None:
-    """Another process's CIRCUIT_OPEN is a CircuitOpenError, not the guard's subclass, though
-    both share the code."""
-    rebuilt = classify.rebuild({"code": "CIRCUIT_OPEN", "retry_after": 3}, "crm.read")
-    assert type(rebuilt) is CircuitOpenError
-    assert rebuilt.retry_after == 3

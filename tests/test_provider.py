@@ -32,7 +32,7 @@ from resilience_crm.exceptions import (
 )
 from resilience_crm.models import CircuitMetric
 from resilience_crm.provider import cache, labels, retries
-from resilience_crm.provider.classify import classify, is_conflict, is_permanent
+from resilience_crm.provider.classify import classify, is_conflict, is_permanent, rebuild
 from resilience_crm.provider.facade import Provider
 from tests.clock import Clock
 from tests.proxy import PROXY_SOCKET_TIMEOUT, Proxy
@@ -413,6 +413,14 @@ def test_the_classifier_on_real_database_errors(postgres, db):
     with pytest.raises(Exception) as bad_sql, connection.cursor() as cursor:
         cursor.execute("SELECT no_such_column FROM auth_user")
     assert classify(bad_sql.value)[:3] == (False, False, None)
+
+
+def test_the_guards_refusal_is_rebuilt_as_the_circuits_own_error():
+    """Another process's CIRCUIT_OPEN is a CircuitOpenError, not the guard's subclass, though
+    both share the code."""
+    rebuilt = rebuild({"code": "CIRCUIT_OPEN", "retry_after": 3}, "crm.read")
+    assert type(rebuilt) is CircuitOpenError
+    assert rebuilt.retry_after == 3
 
 
 @pytest.mark.parametrize(("error", "permanent"), [

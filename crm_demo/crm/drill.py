@@ -42,14 +42,15 @@ from crm_demo.crm import client
 from crm_demo.crm.client import Reply
 from crm_demo.crm.faults import FaultProxy
 from crm_demo.crm.models import Contact
-from resilience_crm import flusher
+from resilience_crm import buckets
+from resilience_crm.breakers import events
 from resilience_crm.breakers import machine as core
 from resilience_crm.breakers.registry import get_breaker
 from resilience_crm.conf import cache_is_redis
 from resilience_crm.conf import settings as resilience_settings
 from resilience_crm.exceptions import ResilienceError
 from resilience_crm.models import QueuedWrite
-from resilience_crm.observability import alerts, drills
+from resilience_crm.observability import alerts, drills, exposition
 from resilience_crm.provider import queue, replicas
 from resilience_crm.provider.labels import FALLBACK_HEADER, REPLICA, STALE
 from resilience_crm.signals import circuit_transition
@@ -393,9 +394,12 @@ class Drill:
         """Write now what this process counted, as its background writer would in a while:
         the transitions, the per-minute call metrics (the dashboard's charts) and the
         counters ``/resilience/metrics`` sums, so a running demo server shows the outage at
-        once rather than after this process is gone."""
+        once rather than after this process is gone. The flusher's other tasks (the alert rules,
+        the limiter's sweep, the replay) are not the drill's to run."""
         try:
-            flusher.run_tasks()
+            events.write_pending()
+            buckets.write_buckets()
+            exposition.push()
         except Exception as err:  # the records wait in this process, then the shared store
             self.say(f"could not write the drill's events and call metrics yet ({err})")
         else:

@@ -113,26 +113,18 @@ class Engine:
         ``then``'s (``folding.py``); inside the caller's, the timeout is set, and put back
         after."""
         if using is None:
-            value = fn()
-            if then is not None:
-                then(value)
-            return value
+            return _and_then(fn, then)
         outer = connections[using].in_atomic_block
         with deadlines.cut_off(using, deadline), transaction.atomic(using=using):
             try:
                 if outer:
                     previous = deadlines.set_statement_timeout(using, deadline.remaining())
-                    value = fn()
-                    if then is not None:
-                        then(value)
+                    value = _and_then(fn, then)
                     if previous is not None:
                         deadlines.restore_statement_timeout(using, previous)
                     return value
                 with folding.folded(using, deadline.remaining) as fold:
-                    value = fn()
-                    if then is not None:
-                        fold.commit_with_next_statement()
-                        then(value)
+                    value = _and_then(fn, then, fold.commit_with_next_statement)
             except Exception:
                 # Let go of a broken connection inside the block: leaving it to Django,
                 # the block's end would open a new one (to restore autocommit) with no
@@ -141,6 +133,18 @@ class Engine:
                     _discard_lost_connections(using)
                 raise
             return value
+
+
+def _and_then(fn: Callable[[], T], then: Callable[[T], object] | None,
+              before_then: Callable[[], object] | None = None) -> T:
+    """``fn()``, then ``then(value)`` when ``then`` is given, with ``before_then()`` just
+    before it (the fold marks ``then``'s statement as the one to carry the commit)."""
+    value = fn()
+    if then is not None:
+        if before_then is not None:
+            before_then()
+        then(value)
+    return value
 
 
 def _finish(breaker: Any, permit: Any, outcome: str, deadline: deadlines.Deadline,

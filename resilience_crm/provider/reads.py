@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 import resilience_crm.provider.cache as cache
 import resilience_crm.provider.calls as calls
@@ -139,7 +139,7 @@ class Reads(calls.Engine):
         entry, now = lookup.entry, self._clock()
         if entry is not None and _fresh(entry, lookup.space_version, read.ttl, now):
             return Served(entry.value)
-        if entry is not None and entry.age(now) < read.ttl + read.stale_ttl:
+        if _servable(entry, read.ttl, read.stale_ttl, now):
             return self._revalidate(read, lookup)
         return self.flights.run(read.key, lambda: self._fetch(read, lookup), read.circuit,
                                 _budget(read.circuit))
@@ -187,12 +187,12 @@ class Reads(calls.Engine):
         bare = []
         for item in batch:
             entry = entries.get(keys[item])
-            if entry is None or entry.age(now) >= many.ttl + many.stale_ttl:
+            if _servable(entry, many.ttl, many.stale_ttl, now):
+                results[item] = entry.value
+                labels.mark(labels.STALE, entry.age(now))
+                metrics.inc("calls", circuit=many.circuit, outcome="fallback")
+            else:
                 bare.append(item)
-                continue
-            results[item] = entry.value
-            labels.mark(labels.STALE, entry.age(now))
-            metrics.inc("calls", circuit=many.circuit, outcome="fallback")
         if bare:
             if many.fallback_fn is None:
                 raise err from err.__cause__
@@ -294,7 +294,7 @@ class Reads(calls.Engine):
                                     read.replicas)
         if served is not None:
             return served
-        if entry is not None and entry.age(self._clock()) < read.ttl + read.stale_ttl:
+        if _servable(entry, read.ttl, read.stale_ttl, self._clock()):
             return self._stale(entry, read.circuit)
         if read.fallback_fn is not None:
             metrics.inc("calls", circuit=read.circuit, outcome="fallback")
@@ -329,6 +329,12 @@ class Reads(calls.Engine):
 
 def _fresh(entry: cache.Entry, space_version: int, ttl: float, now: float) -> bool:
     return entry.space_version == space_version and entry.age(now) < ttl
+
+
+def _servable(entry: cache.Entry | None, ttl: float, stale_ttl: float,
+              now: float) -> TypeGuard[cache.Entry]:
+    """Fresh, or stale by less than ``stale_ttl``: an entry a read may still serve."""
+    return entry is not None and entry.age(now) < ttl + stale_ttl
 
 
 def _budget(circuit: str) -> float:
