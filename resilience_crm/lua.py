@@ -1,5 +1,6 @@
-"""Redis as every feature talks to it: what counts as it being down (:data:`REDIS_DOWN`), and
-Lua scripts run by EVALSHA, once each."""
+"""Redis as every feature talks to it: what counts as it being down (:data:`REDIS_DOWN`),
+Lua scripts run by EVALSHA, once each, and a few commands in one round trip
+(:func:`pipelined`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from redis.exceptions import (
     MovedError,
     NoScriptError,
     RedisError,
+    ResponseError,
     TimeoutError,
     TryAgainError,
 )
@@ -98,3 +100,33 @@ class LuaScript:
                 client.nodes_manager.move_node_to_end_of_cached_nodes(node.name)
                 client.nodes_manager.initialize(last_failed_node_name=node.name)
             raise
+
+
+def pipelined(client: Any, *commands: Sequence[Any]) -> list[Any]:
+    """The replies to ``commands``, sent together in one round trip: on a connection of the
+    client's pool, as :class:`LuaScript` runs a script (without redis-py's ``Pipeline``, whose
+    bookkeeping costs about as much again as the round trip on a two-core machine:
+    docs/benchmarks.md), or through a pipeline on a Redis Cluster client, which has no one
+    pool. An error reply raises its ``ResponseError`` once every reply is read, so the
+    connection goes back to the pool with nothing left unread."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:
+        pipeline = client.pipeline(transaction=False)
+        for command in commands:
+            pipeline.execute_command(*command)
+        return list(pipeline.execute())
+    connection = pool.get_connection()
+    try:
+        connection.send_packed_command(connection.pack_commands(commands))
+        replies = []
+        for _ in commands:
+            try:
+                replies.append(connection.read_response())
+            except ResponseError as err:
+                replies.append(err)
+    finally:
+        pool.release(connection)
+    for reply in replies:
+        if isinstance(reply, ResponseError):
+            raise reply
+    return replies

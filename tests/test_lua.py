@@ -12,7 +12,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from resilience_crm.lua import LuaScript
+from resilience_crm.lua import LuaScript, pipelined
 from tests.proxy import Proxy
 from tests.waiting import wait_until
 
@@ -86,3 +86,17 @@ def test_a_script_redis_forgot_is_loaded_again(direct):
     assert INCR(direct, [key], []) == 2
     assert direct.script_exists(INCR.sha) == [True]
     direct.delete(key)
+
+
+def test_pipelined_commands_share_a_round_trip_and_an_error_leaves_nothing_unread(
+        direct: redis.Redis) -> None:
+    key = f"rcrm-test:{uuid.uuid4().hex}"
+    assert pipelined(direct, ("INCR", key), ("INCR", key), ("GET", key)) == [1, 2, b"2"]
+    direct.set(f"{key}:text", "words")
+    with pytest.raises(redis.ResponseError, match="not an integer"):
+        pipelined(direct, ("INCR", f"{key}:text"), ("INCR", key))
+    assert direct.get(key) == b"3"  # the command after the error ran
+    # The connection went back with both replies read: the next caller gets its own.
+    assert direct.connection_pool._available_connections
+    assert pipelined(direct, ("GET", key)) == [b"3"]
+    direct.delete(key, f"{key}:text")

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 from django.core.cache import caches
 
 from resilience_crm.conf import cache_is_redis, settings
-from resilience_crm.lua import REDIS_DOWN
+from resilience_crm.lua import REDIS_DOWN, pipelined
 
 logger = logging.getLogger("resilience_crm.provider.cache")
 
@@ -288,11 +288,10 @@ def _bump_on_redis(key: str, timeout: float | None, stream_length: str) -> int |
     """``INCR`` (django-redis keeps integers as they are, so the cache reads it back), its
     expiry, and the length of a stream, pipelined: one round trip."""
     shared: Any = caches[settings.CACHE_ALIAS]
-    pipeline = shared.client.get_client(write=True).pipeline(transaction=False)
-    pipeline.incr(shared.make_key(key))
+    commands: list[tuple[Any, ...]] = [("INCR", shared.make_key(key))]
     if timeout is not None:
-        pipeline.expire(shared.make_key(key), int(timeout))
+        commands.append(("EXPIRE", shared.make_key(key), int(timeout)))
     if stream_length:
-        pipeline.xlen(shared.make_key(stream_length))
-    replies = pipeline.execute()
+        commands.append(("XLEN", shared.make_key(stream_length)))
+    replies = pipelined(shared.client.get_client(write=True), *commands)
     return int(replies[-1]) if stream_length else None

@@ -27,7 +27,7 @@ from django_redis import get_redis_connection
 
 from resilience_crm.conf import cache_is_redis, settings
 from resilience_crm.exceptions import QueueUnavailable
-from resilience_crm.lua import LuaScript
+from resilience_crm.lua import LuaScript, pipelined
 
 SCRIPT = LuaScript(Path(__file__).with_name("enqueue.lua").read_text(encoding="utf-8"))
 STREAM_KEY = "resilience:queue:stream"
@@ -104,10 +104,8 @@ def queued_hash(key: str) -> str | None:
         return None
     try:
         client, cache = connection()
-        pipeline = client.pipeline(transaction=False)
-        pipeline.get(marker(cache, key))
-        pipeline.xlen(cache.make_key(STREAM_KEY))
-        value, length = pipeline.execute()
+        value, length = pipelined(client, ("GET", marker(cache, key)),
+                                  ("XLEN", cache.make_key(STREAM_KEY)))
     except Exception:  # noqa: BLE001  (Redis down: the database decides)
         return None
     emptiness.saw(int(length))
