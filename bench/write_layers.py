@@ -7,7 +7,7 @@ in which the sides take turns request by request.
 
 Each layer is timed by wrapping its function (a few microseconds each, on both sides); the
 database's round trips are timed in psycopg's ``execute`` and ``commit``, labelled by the
-statement's first word and table, Redis's in redis-py's pipeline and script calls.
+statement's first word and table, Redis's in the app's script and command calls.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ def instrument() -> None:
     from rest_framework import authentication, serializers, views
 
     import crm_demo.crm.authentication as token_checks
+    import resilience_crm.lua as lua
+    import resilience_crm.provider.cache as cache
     import resilience_crm.provider.calls as calls
     import resilience_crm.provider.facade as facade
     import resilience_crm.provider.queue as queue
@@ -78,7 +80,8 @@ def instrument() -> None:
     timed(psycopg.ClientCursor, "execute", statement)
     timed(psycopg.Connection, "commit", "db round trip: COMMIT")
     timed(redis.client.Pipeline, "execute", "redis round trip: pipeline")
-    timed(redis.client.Redis, "evalsha", "redis round trip: EVALSHA")
+    timed(cache, "pipelined", "redis round trip: commands (INCR + XLEN)")
+    timed(lua.LuaScript, "__call__", "redis round trip: script (EVALSHA)")
 
 
 def main() -> None:

@@ -9,9 +9,11 @@ import secrets
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.contrib.auth.models import User
 from django.core.checks import run_checks
 from django.db import connection
+from django.test import AsyncClient
 from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
@@ -121,6 +123,23 @@ def test_credentials_refused_since_they_passed_are_refused_before_their_lookup(
     with CaptureQueriesContext(connection) as queries:
         response = client.get("/api/contacts/", HTTP_AUTHORIZATION=f"Token {found.key}")
     assert response.status_code == 429 and token_lookups(queries) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_under_asgi_both_ways_refuse(demo: Any) -> None:
+    """The middleware's check before the view and the throttle's in its step, under ASGI."""
+    token = Token.objects.create(user=User.objects.create_user("clerk")).key
+
+    async def requests() -> tuple[int, list[int], int]:
+        client = AsyncClient()
+        known = await client.get("/api/contacts/", headers={"Authorization": f"Token {token}"})
+        guesses = [(await client.get(
+            "/api/contacts/", headers={"Authorization": f"Token {secrets.token_hex(20)}"})
+                    ).status_code for _ in range(31)]
+        again = await client.get("/api/contacts/", headers={"Authorization": f"Token {token}"})
+        return known.status_code, guesses, again.status_code
+
+    assert async_to_sync(requests)() == (200, [401] * 30 + [429], 429)
 
 
 def test_failed_password_logins_count_too(demo: Any) -> None:
