@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -86,6 +87,32 @@ def test_successes_flush_in_batches(store, clock):
         breaker.call(lambda: 1)
     assert store.steps == 2  # first fetch + one batch
     assert store.step(Step("test.circuit", breaker._step_config, 0.5))["calls"] == SUCCESS_BATCH
+
+
+def test_successes_counted_by_many_threads_reach_the_store_exactly(store, clock,
+                                                                   monkeypatch):
+    """Threads count without a lock while others take full batches: none lost, none twice."""
+    import resilience_crm.breakers.breaker as breaker_module
+
+    monkeypatch.setattr(breaker_module, "SUCCESS_BATCH", 997)
+    breaker = make_breaker(store, clock)
+    breaker.call(lambda: 1)
+    start = threading.Barrier(4)
+
+    def calls() -> None:
+        start.wait()
+        for _ in range(20_000):
+            breaker.call(lambda: 1)
+
+    threads = [threading.Thread(target=calls) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert store.steps > 50  # the batches were taken while the threads counted
+    clock.now += 0.6
+    breaker.call(lambda: 1)
+    assert breaker.snapshot()["calls"] == 80_002
 
 
 def test_failures_are_recorded_at_once_and_trip(store, clock, transitions):
