@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import dj_database_url  # noqa: E402
 import django  # noqa: E402
+import tier_rows  # noqa: E402  (bench/ is on sys.path)
 from django.conf import settings  # noqa: E402
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/1")
@@ -79,6 +80,7 @@ def setup() -> None:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
+    tier_rows.write(settings.RESILIENCE_CRM["TIERS"])
 
 
 def redis_bytes(redis: Any, keys: Iterable[Any]) -> float:

@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import dj_database_url  # noqa: E402
 import django  # noqa: E402
 import plots  # noqa: E402  (bench/ is on sys.path)
+import tier_rows  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from tests import redis_cluster  # noqa: E402
@@ -87,13 +88,8 @@ def setup(cluster_url: str | None = None) -> None:
     django.setup()
     from django.core.management import call_command
 
-    from resilience_crm.models import Tier
-
     call_command("migrate", verbosity=0)
-    # Tier rows win over settings, and migrate never overwrites one: a database another run
-    # used (the API benchmark's tiers, the demo's) would decide other limits.
-    for name, limits in settings.RESILIENCE_CRM["TIERS"].items():
-        Tier.objects.update_or_create(name=name, defaults={"limits": limits})
+    tier_rows.write(settings.RESILIENCE_CRM["TIERS"])
 
 
 def table_bytes(store: Any, rows: int = 0) -> tuple[int, int, int, int]:

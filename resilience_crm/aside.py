@@ -9,7 +9,8 @@ It is the app's own machinery that the guard lets through:
 - the guard, while it steps its own breaker;
 - the database breaker store, for every circuit's step (its state lives in the app's tables,
   which may sit on the guarded database: refusing them would take every circuit's shared
-  state away with the database's circuit);
+  state away with the database's circuit), and the durable row a circuit the Redis store
+  has lost is seeded from, for the same reason;
 - a manual change (:func:`resilience_crm.breakers.control.steer`): an operator's reset of
   the database's own circuit must reach its row, whatever that circuit says.
 

@@ -74,7 +74,8 @@ class TierRateThrottle(BaseThrottle):
     def allow_request(self, request: Any, view: Any) -> bool:
         decision = limiter.check(request, operation(request, view), endpoint(request),
                                  checking=auth_failures.deferred(request))
-        auth_failures.passed(request)
+        if getattr(request, "auth", None) is not None:  # an authenticator took credentials
+            auth_failures.passed(request)
         self.decision = decision
         headers.attach(request, decision)
         if decision.source == "unavailable":

@@ -148,8 +148,9 @@ class Cluster:
             self.node(port).flushall()
 
     def masters(self) -> list[int]:
-        return [int(master[1]) for _, _, master, *_ in
-                self.node(self._alive()).cluster("slots")]
+        # A master that holds several slot ranges is listed once.
+        return sorted({int(master[1]) for _, _, master, *_ in
+                       self.node(self._alive()).cluster("slots")})
 
     def _serve(self, port: int) -> subprocess.Popen:
         folder = self.root / str(port)

@@ -18,6 +18,7 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from resilience_crm.ratelimit import headers
 from resilience_crm.ratelimit.stores.base import BaseLimiterStore
 from resilience_crm.ratelimit.stores.memory import MemoryLimiterStore
 from tests.demo_api import PASSWORD, problem
@@ -80,9 +81,10 @@ def spend_failures(client: APIClient, n: int = 30) -> None:
 def test_credentials_that_passed_before_are_refused_with_the_throttles_decision(
         demo: Any, store: str) -> None:
     """A token this process has seen pass is not refused before its lookup (that spares
-    nothing): the throttle checks the address with its own decision (on Redis and in memory
-    in the same step; on the database a step before), and refuses it all the same, charging
-    none of the user's own limits."""
+    nothing): on Redis and in memory the throttle checks the address in its own decision's
+    step (the refusal is the throttle's decision, left on the request); the database store
+    cannot, so there the middleware checks first, before any view. Refused all the same,
+    charging none of the user's own limits."""
     demo.RESILIENCE_CRM = {**demo.RESILIENCE_CRM, "RATELIMIT_STORE": store}
     set_tier("free", {"read": "1000/d"})  # nothing refills during the test
     token = Token.objects.create(user=User.objects.create_user("clerk")).key
@@ -93,10 +95,25 @@ def test_credentials_that_passed_before_are_refused_with_the_throttles_decision(
     response = client.get("/api/contacts/", HTTP_AUTHORIZATION=f"Token {token}")
     assert problem(response, 429, "RATE_LIMITED")["violated_policies"] == [
         "auth_failures.3600s"]
+    by_throttle = headers.decision_of(response.wsgi_request) is not None
+    assert by_throttle is (store != "database")
     elsewhere = client.get("/api/contacts/", HTTP_AUTHORIZATION=f"Token {token}",
                            REMOTE_ADDR="192.0.2.9")
     assert elsewhere.status_code == 200
     assert int(elsewhere["X-RateLimit-Remaining"]) == int(first["X-RateLimit-Remaining"]) - 1
+
+
+def test_credentials_no_authenticator_took_are_not_remembered(demo: Any) -> None:
+    """A guess sent where nothing authenticates it (the token endpoint answers 400 to an
+    empty body) is not taken for a credential that passed: once the address is locked out,
+    it is refused before any lookup."""
+    client = APIClient()
+    guess = f"Token {secrets.token_hex(20)}"
+    assert client.post("/api/auth/token/", {}, HTTP_AUTHORIZATION=guess).status_code == 400
+    spend_failures(client)
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get("/api/contacts/", HTTP_AUTHORIZATION=guess)
+    assert response.status_code == 429 and token_lookups(queries) == 0
 
 
 def test_valid_credentials_not_seen_pass_here_are_refused_before_their_lookup(

@@ -68,7 +68,7 @@ def test_chaos_timeline_shades_the_fault_and_stacks_the_outcomes():
 
 def test_every_script_of_bench_is_run_or_named():
     scripts = {path.stem for path in (ROOT / "bench").glob("*.py")}
-    helpers = {"run", "plots", "plain_drf", "redis_django", "chaos"}
+    helpers = {"run", "plots", "plain_drf", "redis_django", "chaos", "tier_rows"}
     assert scripts - helpers == set(BENCHMARKS)
 
 

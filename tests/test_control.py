@@ -7,6 +7,8 @@ and a circuit with an audit trail cannot be deleted.
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission, User
@@ -166,6 +168,26 @@ def test_a_new_worker_takes_the_saved_overrides_from_redis_not_the_database(
 
     # Before its first step: a trial permit is never granted on the settings' figures.
     assert (breaker.config.failure_threshold, breaker.config.half_open_max_calls) == (9, 2)
+
+
+def test_a_new_worker_takes_the_saved_overrides_from_the_row_while_redis_is_down(
+        redis_settings):
+    """Redis unreachable, the database up: the breaker runs on what is saved on the row."""
+    Circuit.objects.filter(name=CIRCUIT).update(config={"failure_threshold": 9})
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens there
+    redis_settings.CACHES = {**redis_settings.CACHES, "down": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": f"redis://127.0.0.1:{port}/0",
+        "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.25, "SOCKET_TIMEOUT": 0.25},
+    }}
+    redis_settings.RESILIENCE_CRM = {"STORE": "redis", "CACHE_ALIAS": "down"}
+
+    breaker = registry.get_breaker(CIRCUIT)
+
+    assert not registry.get_store().available
+    assert breaker.config.failure_threshold == 9
 
 
 def _staff(client, *codenames: str) -> User:

@@ -25,7 +25,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from resilience_crm import aside, get_breaker, protected, testutils
-from resilience_crm.breakers import control, machine
+from resilience_crm.breakers import control, machine, registry
 from resilience_crm.exceptions import CircuitOpenError, DatabaseCircuitOpen, OperationTimeout
 from resilience_crm.provider import replay
 from resilience_crm.provider.classify import classify
@@ -161,6 +161,25 @@ def test_the_database_store_and_manual_changes_pass_a_guard_on_their_own_tables(
     assert get_breaker("crm.read").snapshot()["store"] == "shared"
     assert control.steer(CIRCUIT, machine.CLOSED, source="command").applied
     assert select_one() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_circuit_the_redis_store_lost_is_seeded_from_its_row_past_the_guard(
+        proxy, settings, redis_cache):
+    """The same with the Redis store: a circuit Redis has lost is seeded from its row on the
+    guarded alias while the database's circuit is forced open, and Redis stays this
+    process's store for every circuit."""
+    settings.DATABASE_ROUTERS = ["resilience_crm.routers.ResilienceRouter"]
+    settings.RESILIENCE_CRM = {**settings.RESILIENCE_CRM, "STORE": "redis",
+                               "CACHE_ALIAS": "redis", "DATABASE_ALIAS": GUARDED}
+    assert control.steer(CIRCUIT, machine.FORCED_OPEN, source="command").applied
+    with pytest.raises(DatabaseCircuitOpen):
+        select_one()
+    store = registry.shared_store()
+    store._client.delete(store.key("crm.read"))  # lost: evicted, say
+    assert get_breaker("crm.read").snapshot()["store"] == "shared"
+    assert registry.get_store().available
+    assert control.steer(CIRCUIT, machine.CLOSED, source="command").applied
 
 
 def test_the_callers_own_errors_are_not_counted(proxy):

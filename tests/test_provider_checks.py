@@ -216,7 +216,9 @@ def test_w012_w085_a_pool_must_fit_the_circuits(settings, check, pool, config, w
     assert bool(found) is warned
     if found:
         assert 'DATABASES["pooled"]' in found[0].msg
-        assert "s call_timeout" in found[0].msg or "s reset_timeout" in found[0].msg
+        named = {"POOL_WAIT_OVER_BUDGET": "s call_timeout",
+                 "POOL_RECONNECT_OVER_RESET": "s reset_timeout"}[check]
+        assert named in found[0].msg
 
 
 def test_the_demo_bounds_every_wait_on_postgresql():

@@ -281,6 +281,15 @@ class Breaker:
             return  # nothing was handed out since the state began; keep ours
         try:
             overrides = json.loads(text) if isinstance(text, str) else dict(text or {})
+        except (TypeError, ValueError) as err:
+            logger.error("Circuit %s: ignoring invalid overrides %r (%s)", self.name, text, err)
+            return
+        self.use_overrides(overrides)
+
+    def use_overrides(self, overrides: Any) -> None:
+        """Run on ``overrides`` (settings saved on the circuit) from now on; invalid ones are
+        logged and ignored."""
+        try:
             if not isinstance(overrides, dict):
                 raise ValueError("the overrides are not a JSON object")
             if overrides == self._overrides:
@@ -290,7 +299,8 @@ class Breaker:
                 raise ValueError("; ".join(f"{key} {message}" for key, message in problems))
             self._use(machine.Config.from_mapping(self._base_config | overrides))
         except (TypeError, ValueError) as err:
-            logger.error("Circuit %s: ignoring invalid overrides %r (%s)", self.name, text, err)
+            logger.error("Circuit %s: ignoring invalid overrides %r (%s)", self.name,
+                         overrides, err)
             return
         self._overrides = dict(overrides)
         logger.info("Circuit %s: now using overrides %r", self.name, self._overrides)

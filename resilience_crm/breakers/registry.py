@@ -12,7 +12,7 @@ from typing import Any
 
 from django.db import connections
 
-from resilience_crm import flusher
+from resilience_crm import aside, flusher
 from resilience_crm.breakers.breaker import Breaker
 from resilience_crm.breakers.machine import Config
 from resilience_crm.breakers.stores.base import BaseStore
@@ -47,16 +47,23 @@ def get_store() -> BaseStore:
 
 def durable_seed(name: str) -> dict[str, Any]:
     """The live state a circuit the shared store has lost starts from: its durable row
-    (:meth:`Circuit.live_seed`). Read on a thread of its own when an event loop runs in this
-    one (the ORM refuses to run there); it happens once per circuit the store has lost."""
+    (:meth:`Circuit.live_seed`), read with the query guard standing aside (the row may sit on
+    the guarded database: refused, it would take the shared store away from every circuit).
+    Read on a thread of its own when an event loop runs in this one (the ORM refuses to run
+    there); it happens once per circuit the store has lost."""
+
+    def seed() -> dict[str, Any]:
+        with aside.stand_aside():
+            return Circuit.objects.live_seed(name)
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return Circuit.objects.live_seed(name)
+        return seed()
 
     def read() -> dict[str, Any]:
         try:
-            return Circuit.objects.live_seed(name)
+            return seed()
         finally:
             connections.close_all()  # this short-lived thread's own connection
 
@@ -100,6 +107,10 @@ def get_breaker(name: str) -> Breaker:
                               base_config=base, overrides=overrides)
             if store.shared:
                 breaker.load_overrides()
+                if not getattr(store, "available", True):
+                    # The store could not tell (unreachable): the row, as for a store of
+                    # this process's own (none while the database is known down).
+                    breaker.use_overrides(_overrides(name))
         finally:
             _building.names = building_names() - {name}
         with _lock:
@@ -109,7 +120,7 @@ def get_breaker(name: str) -> Breaker:
 
 def building_names() -> set[str]:
     """The circuits whose breakers this thread is making right now (reading their saved
-    overrides, or their durable row when the shared store has lost them): a query guard on
+    overrides): a query guard on
     the database those are read from must let that read through, or making the breaker
     would wait for itself."""
     return set(getattr(_building, "names", ()))

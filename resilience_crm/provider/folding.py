@@ -67,6 +67,8 @@ class Fold:
 
     def __call__(self, execute: Callable[..., Any], sql: str, params: Any, many: bool,
                  context: dict[str, Any]) -> Any:
+        if self.begun and not self.commit:  # a statement in the middle: nothing to carry
+            return execute(sql, params, many, context)
         cursor, raw = context["cursor"].cursor, context["connection"].connection
         folds = not many and bool(CLIENT_CURSORS) and isinstance(cursor, CLIENT_CURSORS)
         before, after, skipped = "", "", 0

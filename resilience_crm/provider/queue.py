@@ -146,13 +146,13 @@ def _record(found: handlers.Handler, payload: Any, digest: str, key: str, entity
     now = timezone.now()
     row = {"name": found.name, "idempotency_key": key, "payload": payload,
            "payload_hash": digest, "state": QueuedWrite.State.APPLIED, "attempts": 1,
-           "last_error": "", "updated_at": now, "applied_at": now, "entity": entity,
-           "result": result, "lease_owner": "", "lease_until": None}
+           "updated_at": now, "applied_at": now, "entity": entity, "result": result}
     connection = connections[found.using]
     sql, fields = _insert_sql(connection.alias, connection.vendor)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [field.get_db_prep_save(row[field.name], connection)
-                             for field in fields])
+    with connection.cursor() as cursor:  # the rest as the model's defaults have them
+        cursor.execute(sql, [field.get_db_prep_save(
+            row[field.name] if field.name in row else field.get_default(), connection)
+            for field in fields])
 
 
 @functools.cache

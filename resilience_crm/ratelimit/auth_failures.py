@@ -18,8 +18,9 @@ unreachable each process counts on its own, at its share (limit / ``EXPECTED_PRO
 
 Credentials that passed authentication in this process before (:func:`passed`) spare no
 lookup by being refused early: for them, when the view's throttles include
-:class:`~resilience_crm.throttling.TierRateThrottle`, the middleware leaves the check to the
-throttle (:func:`defer`), which makes it in the same store step as its own decision
+:class:`~resilience_crm.throttling.TierRateThrottle` and the limiter's store checks in its
+decision's step (Redis, memory), the middleware leaves the check to the throttle
+(:func:`defer`), which makes it in the same store step as its own decision
 (:func:`deferred`; one round trip, not two). The address is checked afresh either way: what
 this process remembers is only that a credential is not made up, never that an address may
 pass.
@@ -88,10 +89,11 @@ def refused(request: HttpRequest) -> Decision | None:
 
 def deferrable(request: HttpRequest) -> bool:
     """Whether ``request``'s credentials passed authentication in this process before, so
-    refusing it before its lookup spares nothing (while ``AUTH_FAILURES`` is on)."""
+    refusing it before its lookup spares nothing, and the limiter's store checks the address
+    in the decision's own step (while ``AUTH_FAILURES`` is on): else the check stays first."""
     credentials = request.META.get("HTTP_AUTHORIZATION")
     return bool(settings.AUTH_FAILURES) and credentials is not None and (
-        hash(credentials) in _passed)
+        hash(credentials) in _passed) and limiter.get_store().checks_in_step
 
 
 def defer(request: HttpRequest) -> None:
@@ -109,7 +111,8 @@ def deferred(request: Any) -> limiter.Check | None:
 
 
 def passed(request: Any) -> None:
-    """Remember that the credentials ``request`` sent passed authentication."""
+    """Remember that the credentials ``request`` sent passed authentication (the caller
+    knows they did: DRF's ``request.auth`` is set)."""
     credentials = getattr(request, "_request", request).META.get("HTTP_AUTHORIZATION")
     if credentials is not None and settings.AUTH_FAILURES:
         if len(_passed) >= MAX_PASSED:

@@ -41,6 +41,8 @@ class Limit:
     tolerance_us: int = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.shadow and self.checked:
+            raise ValueError(f"{self.policy}: a limit is shadow or checked, not both.")
         # Worked out once: a limit is built once per client and used on every request.
         interval = -(-round(self.period * US) // self.limit)
         object.__setattr__(self, "interval_us", interval)
